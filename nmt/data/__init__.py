@@ -1,0 +1,1 @@
+"""Corpora → cleaned pairs → SentencePiece ids → length-bucketed batches."""

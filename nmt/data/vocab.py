@@ -1,0 +1,116 @@
+"""SentencePiece subword vocabularies.
+
+Every model trained here uses the same fixed special ids, so that checkpoints, search and the
+data pipeline agree without looking them up:
+
+====  =====  ===========================================
+ id   piece  meaning
+====  =====  ===========================================
+ 0    <pad>  padding; never predicted, ignored by the loss
+ 1    <unk>  a character outside the vocabulary
+ 2    <s>    beginning of sentence (decoder's first input)
+ 3    </s>   end of sentence (the decoder's stop signal)
+====  =====  ===========================================
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+from nmt.errors import NMTError
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class Vocab:
+    """A trained SentencePiece model: text ↔ subword ids (without <s> and </s>)."""
+
+    def __init__(self, model_path: str | Path):
+        self.path = Path(model_path)
+        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+
+    def __len__(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, lines: Sequence[str]) -> list[list[int]]:
+        return self.sp.encode(list(lines), out_type=int)
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        return self.sp.decode([strip_specials(seq) for seq in ids])
+
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        return [self.sp.id_to_piece(int(i)) for i in ids]
+
+    def model_bytes(self) -> bytes:
+        return self.path.read_bytes()
+
+
+def strip_specials(ids: Sequence[int]) -> list[int]:
+    """Cut a hypothesis at its first </s> and drop <pad> and <s>."""
+    out = []
+    for i in ids:
+        i = int(i)
+        if i == EOS_ID:
+            break
+        if i not in (PAD_ID, BOS_ID):
+            out.append(i)
+    return out
+
+
+def train_sentencepiece(
+    sentences: Iterable[str],
+    model_prefix: Path,
+    vocab_size: int,
+    model_type: str = "unigram",
+    character_coverage: float = 1.0,
+    input_sentence_size: int = 200_000,
+    seed: int = 1234,
+) -> Path:
+    """Train a SentencePiece model on ``sentences``; write ``<prefix>.model`` atomically.
+
+    The model is trained under a temporary prefix and renamed into place, so an interrupted run
+    never leaves a model that looks finished.
+    """
+    if model_type not in ("unigram", "bpe"):
+        raise NMTError(f"data.vocab.model_type: expected 'unigram' or 'bpe', got {model_type!r}")
+    model_prefix.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=model_prefix.parent) as tmp:
+        text_path = Path(tmp) / "input.txt"
+        with open(text_path, "w", encoding="utf-8") as f:
+            for line in sentences:
+                f.write(line + "\n")
+        tmp_prefix = Path(tmp) / "spm"
+        try:
+            spm.SentencePieceTrainer.train(
+                input=str(text_path),
+                model_prefix=str(tmp_prefix),
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=character_coverage,
+                pad_id=PAD_ID,
+                unk_id=UNK_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                input_sentence_size=input_sentence_size,
+                shuffle_input_sentence=True,
+                random_seed=seed,
+                hard_vocab_limit=True,
+                minloglevel=2,
+            )
+        except RuntimeError as err:
+            message = str(err).splitlines()[-1] if str(err) else "training failed"
+            if "Vocabulary size" in message or "vocab_size" in message:
+                raise NMTError(
+                    f"data.vocab: vocab size {vocab_size} is larger than the training text "
+                    f"allows ({message.strip()}); lower data.vocab.src_size/tgt_size"
+                ) from None
+            raise NMTError(f"SentencePiece training for {model_prefix}: {message}") from None
+        final = model_prefix.with_suffix(".model")
+        os.replace(f"{tmp_prefix}.model", final)
+        os.replace(f"{tmp_prefix}.vocab", model_prefix.with_suffix(".vocab"))
+    return final

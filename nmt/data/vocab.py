@@ -16,6 +16,7 @@ data pipeline agree without looking them up:
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -70,6 +71,7 @@ def train_sentencepiece(
     character_coverage: float = 1.0,
     input_sentence_size: int = 200_000,
     seed: int = 1234,
+    size_key: str = "data.vocab size",
 ) -> Path:
     """Train a SentencePiece model on ``sentences``; write ``<prefix>.model`` atomically.
 
@@ -85,6 +87,7 @@ def train_sentencepiece(
             for line in sentences:
                 f.write(line + "\n")
         tmp_prefix = Path(tmp) / "spm"
+        spm.set_random_generator_seed(seed)  # sampling of input_sentence_size is reproducible
         try:
             spm.SentencePieceTrainer.train(
                 input=str(text_path),
@@ -98,19 +101,19 @@ def train_sentencepiece(
                 eos_id=EOS_ID,
                 input_sentence_size=input_sentence_size,
                 shuffle_input_sentence=True,
-                random_seed=seed,
                 hard_vocab_limit=True,
                 minloglevel=2,
             )
         except RuntimeError as err:
-            message = str(err).splitlines()[-1] if str(err) else "training failed"
-            if "Vocabulary size" in message or "vocab_size" in message:
+            message = str(err).strip().splitlines()[-1] if str(err) else "training failed"
+            limit = re.search(r"value <= (\d+)", message)
+            if limit:
                 raise NMTError(
-                    f"data.vocab: vocab size {vocab_size} is larger than the training text "
-                    f"allows ({message.strip()}); lower data.vocab.src_size/tgt_size"
+                    f"{size_key}={vocab_size} is larger than the training text allows: "
+                    f"expected at most {limit.group(1)}"
                 ) from None
             raise NMTError(f"SentencePiece training for {model_prefix}: {message}") from None
-        final = model_prefix.with_suffix(".model")
+        final = Path(f"{model_prefix}.model")
         os.replace(f"{tmp_prefix}.model", final)
-        os.replace(f"{tmp_prefix}.vocab", model_prefix.with_suffix(".vocab"))
+        os.replace(f"{tmp_prefix}.vocab", f"{model_prefix}.vocab")
     return final

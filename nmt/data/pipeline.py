@@ -1,0 +1,301 @@
+"""From corpus files to encoded splits under ``data.out_dir``, cached between runs.
+
+``prepare(data_cfg)`` reads the corpus (TSV, aligned files or a recipe), cleans the training
+split, trains SentencePiece on it, encodes every split and writes:
+
+    <out_dir>/spm.en.model, spm.ko.model   (or spm.model when data.vocab.joint=true)
+    <out_dir>/{train,valid,test}.pt        source/target ids, flat int32 + offsets
+    <out_dir>/{train,valid,test}.{en,ko}   the normalised text (valid/test: the references)
+    <out_dir>/manifest.json                what was built from what; written last
+
+Every file is written to a temporary name and renamed into place, and the manifest goes last, so
+an interrupted run leaves no file that a later run would mistake for finished work. A later run
+whose inputs and settings match the manifest reuses the files and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from nmt.data.batching import TokenBatcher
+from nmt.data.corpus import (
+    CleanReport,
+    Pair,
+    clean_text,
+    length_filter,
+    normalize,
+    read_aligned,
+    read_tsv,
+)
+from nmt.data.recipes import run_recipe
+from nmt.data.vocab import BOS_ID, EOS_ID, Vocab, train_sentencepiece
+from nmt.errors import NMTError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPLITS = ("train", "valid", "test")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Split:
+    """One encoded split: ids per sentence and the normalised text they came from."""
+
+    src_ids: list[list[int]]  # subwords + </s>
+    tgt_ids: list[list[int]]  # <s> + subwords + </s>
+    src_text: list[str]
+    tgt_text: list[str]
+
+    def __len__(self) -> int:
+        return len(self.src_ids)
+
+
+@dataclass
+class PreparedData:
+    out_dir: Path
+    src_vocab: Vocab
+    tgt_vocab: Vocab
+    splits: dict[str, Split]
+
+    def batcher(
+        self, split: str, max_tokens: int, bucket_width: int, seed: int, shuffle: bool
+    ) -> TokenBatcher:
+        data = self.splits[split]
+        return TokenBatcher(data.src_ids, data.tgt_ids, max_tokens, bucket_width, seed, shuffle)
+
+
+def corpus_root(data_cfg: DictConfig) -> Path:
+    """``data.root``, else $NMT_CORPORA (already folded into data.root by the config), else ../shared/corpora."""
+    if data_cfg.get("root"):
+        return Path(data_cfg.root)
+    return REPO_ROOT.parent / "shared" / "corpora"
+
+
+def _resolve(root: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def _input_files(data_cfg: DictConfig) -> dict[str, list[Path]]:
+    """The files each split is read from (TSV: one; aligned: PREFIX.src and PREFIX.tgt)."""
+    root = corpus_root(data_cfg)
+    files = {}
+    for split in SPLITS:
+        value = data_cfg.get(split)
+        if not value:
+            raise NMTError(f"data.{split}: missing; give a file path (data.{split}=PATH)")
+        path = _resolve(root, str(value))
+        if data_cfg.format == "aligned":
+            files[split] = [
+                Path(f"{path}.{data_cfg.src_lang}"),
+                Path(f"{path}.{data_cfg.tgt_lang}"),
+            ]
+        else:
+            files[split] = [path]
+        for file in files[split]:
+            if not file.is_file():
+                raise NMTError(f"data.{split}: file not found: {file}")
+    return files
+
+
+def read_corpus(data_cfg: DictConfig, log: Callable[[str], None]) -> dict[str, list[Pair]]:
+    """Raw pairs per split, according to ``data.format``."""
+    fmt = data_cfg.format
+    if fmt == "recipe":
+        pairs, notes = run_recipe(
+            data_cfg.recipe, data_cfg.get("splits"), Path(data_cfg.out_dir), data_cfg.get("mirror")
+        )
+        for note in notes:
+            log(f"note: {note}")
+        return pairs
+    if fmt not in ("tsv", "aligned"):
+        raise NMTError(f"data.format: expected one of tsv, aligned, recipe; got {fmt!r}")
+    files = _input_files(data_cfg)
+    reader = read_tsv if fmt == "tsv" else read_aligned
+    return {split: reader(*paths) for split, paths in files.items()}
+
+
+def fingerprint(data_cfg: DictConfig) -> str:
+    """A hash of everything the prepared files depend on (settings and input files)."""
+    settings = OmegaConf.to_container(data_cfg, resolve=True)
+    for key in ("out_dir", "batching", "root"):
+        settings.pop(key, None)
+    inputs = []
+    if data_cfg.format == "recipe":
+        inputs = [data_cfg.get("mirror")]
+    else:
+        for split, paths in _input_files(data_cfg).items():
+            for p in paths:
+                stat = p.stat()
+                inputs.append([split, str(p.resolve()), stat.st_size, stat.st_mtime_ns])
+    blob = json.dumps({"v": FORMAT_VERSION, "settings": settings, "inputs": inputs}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _pack_ids(seqs: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
+    flat = torch.tensor([i for s in seqs for i in s], dtype=torch.int32)
+    return {
+        "flat": flat,
+        "offsets": torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
+    }
+
+
+def _unpack_ids(packed: dict[str, torch.Tensor]) -> list[list[int]]:
+    flat = packed["flat"].tolist()
+    offsets = packed["offsets"].tolist()
+    return [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
+def _vocab_paths(out_dir: Path, data_cfg: DictConfig) -> tuple[Path, Path]:
+    if data_cfg.vocab.joint:
+        return out_dir / "spm.model", out_dir / "spm.model"
+    return out_dir / f"spm.{data_cfg.src_lang}.model", out_dir / f"spm.{data_cfg.tgt_lang}.model"
+
+
+def _train_vocabs(
+    train: list[Pair], out_dir: Path, data_cfg: DictConfig, seed: int
+) -> tuple[Vocab, Vocab]:
+    v = data_cfg.vocab
+    src_path, tgt_path = _vocab_paths(out_dir, data_cfg)
+    common = dict(model_type=v.model_type, input_sentence_size=v.input_sentence_size, seed=seed)
+    if v.joint:
+        text = [s for s, _ in train] + [t for _, t in train]
+        train_sentencepiece(
+            text,
+            src_path.with_suffix(""),
+            v.src_size,
+            size_key="data.vocab.src_size",
+            character_coverage=v.tgt_character_coverage,
+            **common,
+        )
+    else:
+        train_sentencepiece(
+            (s for s, _ in train),
+            src_path.with_suffix(""),
+            v.src_size,
+            size_key="data.vocab.src_size",
+            character_coverage=v.src_character_coverage,
+            **common,
+        )
+        train_sentencepiece(
+            (t for _, t in train),
+            tgt_path.with_suffix(""),
+            v.tgt_size,
+            size_key="data.vocab.tgt_size",
+            character_coverage=v.tgt_character_coverage,
+            **common,
+        )
+    return Vocab(src_path), Vocab(tgt_path)
+
+
+def _encode(
+    pairs: list[Pair], src_vocab: Vocab, tgt_vocab: Vocab
+) -> tuple[list[list[int]], list[list[int]]]:
+    src = src_vocab.encode([s for s, _ in pairs])
+    tgt = tgt_vocab.encode([t for _, t in pairs])
+    return src, tgt
+
+
+def _build(data_cfg: DictConfig, out_dir: Path, seed: int, log: Callable[[str], None]) -> None:
+    raw = read_corpus(data_cfg, log)
+    report = CleanReport()
+    train = clean_text(raw["train"], data_cfg.clean.dedup, report)
+    if not train:
+        raise NMTError(
+            f"data.train: no usable sentence pairs left after cleaning ({report.total} read)"
+        )
+    log(
+        f"training SentencePiece ({data_cfg.vocab.model_type}, joint={data_cfg.vocab.joint}) on {len(train):,} pairs"
+    )
+    src_vocab, tgt_vocab = _train_vocabs(train, out_dir, data_cfg, seed)
+
+    src_ids, tgt_ids = _encode(train, src_vocab, tgt_vocab)
+    keep = length_filter(src_ids, tgt_ids, data_cfg.clean.max_len, data_cfg.clean.max_ratio, report)
+    splits = {
+        "train": ([train[i] for i in keep], [src_ids[i] for i in keep], [tgt_ids[i] for i in keep])
+    }
+    for line in report.lines():
+        log(f"train: {line}")
+    for name in ("valid", "test"):
+        # Valid and test are normalised but never filtered: every reference is scored.
+        pairs = [(normalize(s), normalize(t)) for s, t in raw[name]]
+        empty = sum(1 for s, t in pairs if not s or not t)
+        if empty:
+            log(f"warning: {name} has {empty} pairs with an empty side; they are kept and scored")
+        splits[name] = (pairs, *_encode(pairs, src_vocab, tgt_vocab))
+
+    for name, (pairs, src, tgt) in splits.items():
+        packed = {
+            "src": _pack_ids([s + [EOS_ID] for s in src]),
+            "tgt": _pack_ids([[BOS_ID] + t + [EOS_ID] for t in tgt]),
+        }
+        tmp = out_dir / f"{name}.pt.tmp"
+        torch.save(packed, tmp)
+        os.replace(tmp, out_dir / f"{name}.pt")
+        _atomic_write_text(
+            out_dir / f"{name}.{data_cfg.src_lang}", "".join(s + "\n" for s, _ in pairs)
+        )
+        _atomic_write_text(
+            out_dir / f"{name}.{data_cfg.tgt_lang}", "".join(t + "\n" for _, t in pairs)
+        )
+        log(f"{name}: {len(pairs):,} pairs")
+    _atomic_write_text(
+        out_dir / "clean_report.json",
+        json.dumps(dict(report.dropped, total=report.total, kept=report.kept), indent=2),
+    )
+
+
+def _load(data_cfg: DictConfig, out_dir: Path) -> PreparedData:
+    src_path, tgt_path = _vocab_paths(out_dir, data_cfg)
+    splits = {}
+    for name in SPLITS:
+        packed = torch.load(out_dir / f"{name}.pt", weights_only=True)
+        src_text = (
+            (out_dir / f"{name}.{data_cfg.src_lang}").read_text(encoding="utf-8").splitlines()
+        )
+        tgt_text = (
+            (out_dir / f"{name}.{data_cfg.tgt_lang}").read_text(encoding="utf-8").splitlines()
+        )
+        splits[name] = Split(
+            _unpack_ids(packed["src"]), _unpack_ids(packed["tgt"]), src_text, tgt_text
+        )
+    return PreparedData(out_dir, Vocab(src_path), Vocab(tgt_path), splits)
+
+
+def prepare(
+    data_cfg: DictConfig, seed: int = 1234, log: Callable[[str], None] = print
+) -> PreparedData:
+    """Build (or reuse) the prepared data described by ``data_cfg``; return it loaded."""
+    out_dir = Path(data_cfg.out_dir)
+    manifest_path = out_dir / "manifest.json"
+    key = fingerprint(data_cfg)
+    if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("fingerprint") == key:
+        log(f"reusing prepared data in {out_dir} (inputs and settings unchanged)")
+        return _load(data_cfg, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path.unlink(missing_ok=True)  # the old files no longer describe these settings
+    start = time.perf_counter()
+    _build(data_cfg, out_dir, seed, log)
+    manifest = {
+        "fingerprint": key,
+        "format_version": FORMAT_VERSION,
+        "data": OmegaConf.to_container(data_cfg, resolve=True),
+    }
+    _atomic_write_text(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False))
+    log(f"prepared {out_dir} in {time.perf_counter() - start:.1f} s")
+    return _load(data_cfg, out_dir)

@@ -1,0 +1,34 @@
+"""``python -m nmt.prepare data=enko``: build SentencePiece models and encoded splits.
+
+Prints the cleaning report (pairs dropped per reason) and the padding ratio of the training
+batches under ``data.batching``. Running it again reuses the prepared files.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from nmt.data.pipeline import PreparedData, prepare
+from nmt.errors import exit_on_user_error
+
+
+def report_batching(data: PreparedData, data_cfg: DictConfig) -> None:
+    b = data_cfg.batching
+    batcher = data.batcher("train", b.max_tokens, b.bucket_width, b.seed, shuffle=True)
+    print(
+        f"train batches: {batcher.num_batches():,} of ≤{b.max_tokens} tokens; "
+        f"padding ratio {batcher.padding_ratio():.1%}"
+    )
+    print(f"vocabularies: {len(data.src_vocab):,} source, {len(data.tgt_vocab):,} target subwords")
+
+
+@hydra.main(config_path="../configs", config_name="prepare", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    data = prepare(cfg.data, seed=cfg.seed)
+    report_batching(data, cfg.data)
+
+
+if __name__ == "__main__":
+    main()

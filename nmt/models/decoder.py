@@ -1,0 +1,282 @@
+"""Attentional RNN decoders: ``bahdanau`` (attend, then step) and ``luong`` (step, then attend).
+
+Both produce, per target step t, an *attentional vector* h̃_t (batch, hidden) from which
+:class:`~nmt.models.seq2seq.Seq2Seq` predicts y_t with one output projection, and both work
+with every score function, GRU or LSTM, and 1..N layers (the query is the top layer's state).
+
+Decoder state travels explicitly in :class:`DecoderState`; nothing is kept on the modules
+between calls.  :meth:`DecoderState.index_select` and :meth:`Memory.index_select` reorder or
+repeat the batch for beam search.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from nmt.models.attention import Attention
+from nmt.models.encoder import rnn_class
+
+
+class Memory(NamedTuple):
+    """What the decoder reads from the encoder, computed once per batch by ``Seq2Seq.encode``."""
+
+    values: Tensor  # (batch, src_len, value_size): encoder states h_j, zeros at padding
+    keys: Tensor  # (batch, src_len, key_size): Attention.project_keys(values)
+    src_mask: Tensor  # bool (batch, src_len), True = real token
+    final: Tensor  # (batch, encoder final size): input of the bridge
+
+    def index_select(self, idx: Tensor) -> Memory:
+        """Reorder/repeat along the batch dimension; idx: LongTensor (new_batch,)."""
+        return Memory(*(t.index_select(0, idx) for t in self))
+
+
+class DecoderState(NamedTuple):
+    """The recurrent state between two decoder steps."""
+
+    hidden: Tensor  # (num_layers, batch, hidden): s_{t-1} per layer (LSTM: h)
+    cell: Tensor | None  # (num_layers, batch, hidden): LSTM memory cell c_{t-1}; None for GRU
+    attn_vector: Tensor | None  # (batch, hidden): h̃_{t-1} for Luong input feeding, else None
+
+    def index_select(self, idx: Tensor) -> DecoderState:
+        """Reorder/repeat along the batch dimension; idx: LongTensor (new_batch,)."""
+        return DecoderState(
+            self.hidden.index_select(1, idx),
+            None if self.cell is None else self.cell.index_select(1, idx),
+            None if self.attn_vector is None else self.attn_vector.index_select(0, idx),
+        )
+
+
+class DecoderStep(NamedTuple):
+    attn_vector: Tensor  # (batch, hidden): h̃_t
+    attn_weights: Tensor  # (batch, src_len)
+    state: DecoderState
+
+
+class DecoderOutput(NamedTuple):
+    attn_vectors: Tensor  # (batch, tgt_len, hidden): h̃_1..h̃_T
+    attn_weights: Tensor  # (batch, tgt_len, src_len)
+    state: DecoderState
+
+
+class Decoder(nn.Module):
+    """What both styles share: the RNN, the bridge, embedding dropout, the attention.
+
+    Bridge (``bridge=True``): s_0 = tanh(W_b · encoder final + b_b), one hidden-size slice per
+    decoder layer, where encoder final is the top encoder layer's last state
+    [→h_S ; ←h_1] (Bahdanau et al. 2015, appendix A.2.2, s_0 = tanh(W_s ←h_1)).  An LSTM's
+    memory cell starts equal to s_0.  ``bridge=False``: s_0 = 0.
+
+    The RNN is one ``nn.GRU``/``nn.LSTM`` (N layers, dropout between layers) stepped with a
+    length-1 sequence; on CPU this costs the same as ``nn.GRUCell`` and lets the Luong
+    decoder without input feeding run the whole target sequence in one call.
+    """
+
+    def __init__(
+        self,
+        attention: Attention,
+        rnn_type: str,
+        rnn_input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float,
+        encoder_final_size: int,
+        bridge: bool,
+    ):
+        super().__init__()
+        self.attention = attention
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.is_lstm = rnn_type == "lstm"
+        self.rnn = rnn_class(rnn_type, "model.decoder.rnn_type")(
+            rnn_input_size,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.bridge = nn.Linear(encoder_final_size, num_layers * hidden_size) if bridge else None
+        self.dropout = nn.Dropout(dropout)  # on the target embeddings
+
+    def init_rnn_state(self, memory: Memory) -> tuple[Tensor, Tensor | None]:
+        """(s_0, c_0), each (num_layers, batch, hidden); c_0 is None for a GRU."""
+        batch = memory.final.size(0)
+        if self.bridge is None:
+            hidden = memory.final.new_zeros(self.num_layers, batch, self.hidden_size)
+        else:
+            hidden = torch.tanh(self.bridge(memory.final))  # (batch, num_layers*hidden)
+            hidden = hidden.view(batch, self.num_layers, self.hidden_size).transpose(0, 1)
+            hidden = hidden.contiguous()  # (num_layers, batch, hidden)
+        return hidden, (hidden if self.is_lstm else None)
+
+    def run_rnn(self, inputs: Tensor, state: DecoderState) -> tuple[Tensor, Tensor, Tensor | None]:
+        """inputs (batch, steps, rnn_input) → top-layer outputs (batch, steps, hidden), h, c."""
+        if self.is_lstm:
+            outputs, (hidden, cell) = self.rnn(inputs, (state.hidden, state.cell))
+            return outputs, hidden, cell
+        outputs, hidden = self.rnn(inputs, state.hidden)
+        return outputs, hidden, None
+
+    def step(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderStep:
+        """One target step.  embedded: (batch, embed_dim), the embedding of y_{t-1}."""
+        return self.step_dropped(self.dropout(embedded), state, memory)
+
+    def step_dropped(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderStep:
+        raise NotImplementedError
+
+
+class LuongDecoder(Decoder):
+    """Step the RNN, then attend with its new state  (Luong et al. 2015, §3).
+
+        x_t   = [E y_{t-1} ; h̃_{t-1}]  with input feeding (§3.3), else E y_{t-1}
+        h_t   = RNN(x_t, h_{t-1})
+        query = h_t (top layer);  context c_t, weights α_t = Attention(query, keys, values)
+        h̃_t  = tanh(W_c [c_t ; h_t])                                          (eq. 5)
+
+    h̃_0 = 0.  Without input feeding the steps do not depend on each other's attention, so the
+    teacher-forced :meth:`forward` runs the RNN over the whole target at once and attends with
+    all queries in one batched call.
+    """
+
+    def __init__(
+        self,
+        attention: Attention,
+        rnn_type: str,
+        embed_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float,
+        value_size: int,
+        encoder_final_size: int,
+        bridge: bool,
+        input_feeding: bool,
+    ):
+        rnn_input_size = embed_dim + (hidden_size if input_feeding else 0)
+        super().__init__(
+            attention,
+            rnn_type,
+            rnn_input_size,
+            hidden_size,
+            num_layers,
+            dropout,
+            encoder_final_size,
+            bridge,
+        )
+        self.input_feeding = input_feeding
+        self.combine = nn.Linear(value_size + hidden_size, hidden_size, bias=False)  # W_c
+
+    def init_state(self, memory: Memory) -> DecoderState:
+        hidden, cell = self.init_rnn_state(memory)
+        attn_vector = (
+            hidden.new_zeros(hidden.size(1), self.hidden_size) if self.input_feeding else None
+        )
+        return DecoderState(hidden, cell, attn_vector)
+
+    def attend_and_combine(self, outputs: Tensor, memory: Memory) -> tuple[Tensor, Tensor]:
+        """outputs h_t (batch, steps, hidden) → h̃_t (batch, steps, hidden), α (batch, steps, src_len)."""
+        context, attn_weights = self.attention(outputs, memory.keys, memory.values, memory.src_mask)
+        # context: (batch, steps, value_size)
+        attn_vectors = torch.tanh(self.combine(torch.cat([context, outputs], dim=-1)))
+        return attn_vectors, attn_weights  # (batch, steps, hidden), (batch, steps, src_len)
+
+    def step_dropped(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderStep:
+        inputs = embedded  # (batch, embed_dim)
+        if self.input_feeding:
+            inputs = torch.cat([embedded, state.attn_vector], dim=-1)  # (batch, embed+hidden)
+        outputs, hidden, cell = self.run_rnn(inputs.unsqueeze(1), state)  # (batch, 1, hidden)
+        attn_vector, attn_weights = self.attend_and_combine(outputs, memory)
+        attn_vector = attn_vector.squeeze(1)  # (batch, hidden)
+        new_state = DecoderState(hidden, cell, attn_vector if self.input_feeding else None)
+        return DecoderStep(attn_vector, attn_weights.squeeze(1), new_state)
+
+    def forward(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderOutput:
+        """Teacher-forced pass.  embedded: (batch, tgt_len, embed_dim) for y_0..y_{T-1}."""
+        embedded = self.dropout(embedded)
+        if not self.input_feeding:
+            outputs, hidden, cell = self.run_rnn(embedded, state)  # (batch, tgt_len, hidden)
+            attn_vectors, attn_weights = self.attend_and_combine(outputs, memory)
+            return DecoderOutput(attn_vectors, attn_weights, DecoderState(hidden, cell, None))
+        attn_vectors, attn_weights = [], []
+        for t in range(embedded.size(1)):
+            out = self.step_dropped(embedded[:, t], state, memory)
+            attn_vectors.append(out.attn_vector)
+            attn_weights.append(out.attn_weights)
+            state = out.state
+        # stacked: (batch, tgt_len, hidden), (batch, tgt_len, src_len)
+        return DecoderOutput(torch.stack(attn_vectors, 1), torch.stack(attn_weights, 1), state)
+
+
+class BahdanauDecoder(Decoder):
+    """Attend with the previous state, then step the RNN on [E y_{t-1} ; c_t]  (Bahdanau et al. 2015).
+
+        query = s_{t-1} (top layer);  context c_t, weights α_t = Attention(query, keys, values)
+                                                                         (§3.1, eqs. 5-6)
+        s_t   = RNN([E y_{t-1} ; c_t], s_{t-1})                          (eq. 4, appendix A.2.2)
+        h̃_t  = tanh(W_o [s_t ; c_t ; E y_{t-1}] + b_o)                   (eq. 4, g(y_{t-1}, s_t, c_t))
+
+    The deep output g of eq. 4 is one tanh layer here (the paper's appendix uses a maxout
+    layer).  h̃_t does not feed back, so the teacher-forced :meth:`forward` computes it for all
+    steps at once after the loop.
+    """
+
+    def __init__(
+        self,
+        attention: Attention,
+        rnn_type: str,
+        embed_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float,
+        value_size: int,
+        encoder_final_size: int,
+        bridge: bool,
+    ):
+        super().__init__(
+            attention,
+            rnn_type,
+            embed_dim + value_size,
+            hidden_size,
+            num_layers,
+            dropout,
+            encoder_final_size,
+            bridge,
+        )
+        self.pre_output = nn.Linear(hidden_size + value_size + embed_dim, hidden_size)  # W_o
+
+    def init_state(self, memory: Memory) -> DecoderState:
+        hidden, cell = self.init_rnn_state(memory)
+        return DecoderState(hidden, cell, None)
+
+    def recur(self, embedded: Tensor, state: DecoderState, memory: Memory):
+        """Attend with s_{t-1}, then step: → s_t (batch, 1, hidden), c_t (batch, 1, value),
+        α_t (batch, 1, src_len), new state."""
+        query = state.hidden[-1].unsqueeze(1)  # (batch, 1, hidden): top layer's s_{t-1}
+        context, attn_weights = self.attention(query, memory.keys, memory.values, memory.src_mask)
+        inputs = torch.cat([embedded.unsqueeze(1), context], dim=-1)  # (batch, 1, embed+value)
+        outputs, hidden, cell = self.run_rnn(inputs, state)  # (batch, 1, hidden)
+        return outputs, context, attn_weights, DecoderState(hidden, cell, None)
+
+    def output(self, outputs: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
+        """h̃ = tanh(W_o [s ; c ; E y_prev]); each (batch, steps, ·) → (batch, steps, hidden)."""
+        return torch.tanh(self.pre_output(torch.cat([outputs, context, embedded], dim=-1)))
+
+    def step_dropped(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderStep:
+        outputs, context, attn_weights, state = self.recur(embedded, state, memory)
+        attn_vector = self.output(outputs, context, embedded.unsqueeze(1)).squeeze(1)
+        return DecoderStep(attn_vector, attn_weights.squeeze(1), state)
+
+    def forward(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderOutput:
+        """Teacher-forced pass.  embedded: (batch, tgt_len, embed_dim) for y_0..y_{T-1}."""
+        embedded = self.dropout(embedded)
+        outputs, contexts, attn_weights = [], [], []
+        for t in range(embedded.size(1)):
+            out, context, weights, state = self.recur(embedded[:, t], state, memory)
+            outputs.append(out)
+            contexts.append(context)
+            attn_weights.append(weights)
+        outputs = torch.cat(outputs, 1)  # (batch, tgt_len, hidden)
+        contexts = torch.cat(contexts, 1)  # (batch, tgt_len, value_size)
+        attn_vectors = self.output(outputs, contexts, embedded)  # (batch, tgt_len, hidden)
+        return DecoderOutput(attn_vectors, torch.cat(attn_weights, 1), state)

@@ -1,0 +1,153 @@
+"""The evaluate command line: reports with signatures, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nmt.errors import NMTError
+from nmt.evaluate import read_text_lines
+
+REPO = Path(__file__).resolve().parents[1]
+REFS = ["파일을 엽니다.", "추상 객체 계층", "비트 (빅 엔디안 순서)"]
+
+
+def run_cli(*args: str, cwd: Path, script: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    entry = [str(REPO / "scripts" / "evaluate.py")] if script else ["-m", "nmt.evaluate"]
+    return subprocess.run(
+        [sys.executable, *entry, *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    (tmp_path / "ref.ko").write_text("\n".join(REFS) + "\n", encoding="utf-8")
+    (tmp_path / "good.ko").write_text("\n".join(REFS) + "\n", encoding="utf-8")
+    (tmp_path / "bad.ko").write_text("파일을 연다.\n추상 추상 추상 추상\n비트\n", encoding="utf-8")
+    return tmp_path
+
+
+def test_two_systems_give_a_json_report_with_signatures(files):
+    result = run_cli("hyp=[good.ko,bad.ko]", "ref=ref.ko", "json=report.json", cwd=files)
+    assert result.returncode == 0, result.stderr
+
+    report = json.loads((files / "report.json").read_text(encoding="utf-8"))
+    assert report["ref"] == "ref.ko"
+    good, bad = report["systems"]
+    assert (good["system"], bad["system"], good["lines"]) == ("good.ko", "bad.ko", 3)
+    assert good["scores"]["bleu_ko-mecab"]["score"] == pytest.approx(100.0)
+    assert bad["scores"]["bleu_ko-mecab"]["score"] < 100.0
+    assert "|tok:ko-mecab-" in bad["scores"]["bleu_ko-mecab"]["signature"]
+    assert set(bad["scores"]) == {"bleu_ko-mecab", "bleu_char", "bleu_13a", "chrf", "ter"}
+    assert all(entry["signature"].startswith("nrefs:1|") for entry in bad["scores"].values())
+    assert bad["degeneracy"]["repetition_rate"] == pytest.approx(1 / 3)
+    # the printed table has the same rows, and Hydra left nothing behind
+    assert "== bad.ko vs ref.ko (3 lines)" in result.stdout
+    assert bad["scores"]["chrf"]["signature"] in result.stdout
+    assert sorted(p.name for p in files.iterdir()) == ["bad.ko", "good.ko", "ref.ko", "report.json"]
+
+
+def test_script_wrapper_runs_from_another_folder(files, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    result = run_cli(
+        f"hyp={files / 'good.ko'}", f"ref={files / 'ref.ko'}", cwd=elsewhere, script=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "bleu_ko-mecab" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda d: None, "missing.ko: hypothesis file not found"),
+        (lambda d: (d / "empty.ko").write_bytes(b""), "empty.ko: hypothesis file is empty"),
+        (
+            lambda d: (d / "short.ko").write_text("한 줄\n", encoding="utf-8"),
+            "short.ko has 1 lines but ref.ko has 3",
+        ),
+        (
+            lambda d: (d / "latin1.ko").write_bytes("ok\ncaf\xe9\n".encode("latin-1")),
+            "latin1.ko:2: invalid UTF-8",
+        ),
+    ],
+    ids=["missing", "empty", "line-count", "utf8"],
+)
+def test_user_errors_exit_2_with_one_line(files, make, expected):
+    make(files)
+    name = expected.split(":")[0].split()[0]
+    result = run_cli(f"hyp={name}", "ref=ref.ko", cwd=files)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    assert expected in line
+
+
+def test_missing_reference_is_named(files):
+    result = run_cli("hyp=good.ko", "ref=nope.ko", cwd=files)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: nope.ko: reference file not found"
+
+
+def test_read_text_lines_keeps_alignment(tmp_path):
+    path = tmp_path / "h.ko"
+    # an empty hypothesis, CRLF endings and a U+2028 inside a line all stay one line each
+    path.write_bytes("첫째\r\n\r\n셋\u2028째\n".encode())
+    assert read_text_lines(path, "hypothesis") == ["첫째", "", "셋\u2028째"]
+    with pytest.raises(NMTError, match="reference file not found"):
+        read_text_lines(tmp_path / "none", "reference")
+
+
+def test_checkpoint_mode_decodes_then_scores(tmp_path, monkeypatch):
+    """The ckpt branch against stand-ins for nmt.checkpoint and nmt.search."""
+    import types
+
+    from omegaconf import OmegaConf
+
+    from nmt.evaluate import evaluate_checkpoint
+
+    (tmp_path / "valid.tsv").write_text(
+        "".join(f"en {i}\t{ref}\n" for i, ref in enumerate(REFS)), encoding="utf-8"
+    )
+    train_cfg = OmegaConf.create(
+        {"data": {"format": "tsv", "root": str(tmp_path), "valid": "valid.tsv", "test": None}}
+    )
+    search_cfg = OmegaConf.create({"name": "greedy"})
+    calls = []
+
+    def translate_lines(model, src_vocab, tgt_vocab, lines, cfg):
+        calls.append((model, list(lines), cfg.name))
+        return [REFS[int(line.split()[1])] for line in lines]
+
+    monkeypatch.setitem(
+        sys.modules,
+        "nmt.checkpoint",
+        types.SimpleNamespace(load_for_inference=lambda path, device: ("m", "sv", "tv", train_cfg)),
+    )
+    monkeypatch.setitem(
+        sys.modules, "nmt.search", types.SimpleNamespace(translate_lines=translate_lines)
+    )
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"")
+
+    report = evaluate_checkpoint(ckpt, search_cfg, split="valid", out_path=tmp_path / "hyp.ko")
+    assert calls == [("m", ["en 0", "en 1", "en 2"], "greedy")]
+    assert report["src"] == report["ref"] == str(tmp_path / "valid.tsv")
+    assert report["systems"][0]["scores"]["bleu_ko-mecab"]["score"] == pytest.approx(100.0)
+    assert (tmp_path / "hyp.ko").read_text(encoding="utf-8") == "".join(r + "\n" for r in REFS)
+
+    (tmp_path / "src.en").write_text("en 2\nen 0\n", encoding="utf-8")
+    (tmp_path / "ref.ko").write_text(f"{REFS[2]}\n{REFS[1]}\n", encoding="utf-8")
+    report = evaluate_checkpoint(
+        ckpt, search_cfg, src_path=tmp_path / "src.en", ref_path=tmp_path / "ref.ko"
+    )
+    assert 0 < report["systems"][0]["scores"]["bleu_char"]["score"] < 100
+    with pytest.raises(NMTError, match="no test split"):
+        evaluate_checkpoint(ckpt, search_cfg, split="test")
+    with pytest.raises(NMTError, match="expected one of train, valid, test"):
+        evaluate_checkpoint(ckpt, search_cfg, split="dev")

@@ -31,9 +31,15 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 class Vocab:
     """A trained SentencePiece model: text ↔ subword ids (without <s> and </s>)."""
 
-    def __init__(self, model_path: str | Path):
-        self.path = Path(model_path)
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+    def __init__(self, model_path: str | Path | None = None, *, model_proto: bytes | None = None):
+        """Load from a ``.model`` file, or from its bytes (as stored in a checkpoint)."""
+        if model_proto is None:
+            if model_path is None:
+                raise ValueError("Vocab needs a model_path or model_proto")
+            model_proto = Path(model_path).read_bytes()
+        self.path = Path(model_path) if model_path is not None else None
+        self.proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
 
     def __len__(self) -> int:
         return self.sp.get_piece_size()
@@ -48,7 +54,7 @@ class Vocab:
         return [self.sp.id_to_piece(int(i)) for i in ids]
 
     def model_bytes(self) -> bytes:
-        return self.path.read_bytes()
+        return self.proto
 
 
 def strip_specials(ids: Sequence[int]) -> list[int]:

@@ -1,0 +1,93 @@
+"""Optimisers and the learning-rate schedule, built from ``cfg.optim``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from omegaconf import DictConfig
+
+from nmt.errors import NMTError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "plateau", "inverse_sqrt")
+
+
+def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
+    if cfg.name == "adam":
+        return torch.optim.Adam(
+            params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        )
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(
+            params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        )
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    raise NMTError(f"optim.name: expected one of {', '.join(OPTIMIZERS)}; got {cfg.name!r}")
+
+
+class LRSchedule:
+    """lr(step) = optim.lr · warmup(step) · decay(step) · plateau_factor.
+
+    * warmup: linear from lr/warmup_steps to lr over the first ``warmup_steps`` steps.
+    * decay: ``inverse_sqrt`` multiplies by √(warmup_steps / step) after warm-up; otherwise 1.
+    * plateau_factor: ``plateau`` multiplies it by ``plateau_factor`` whenever the validation
+      metric has not improved for ``plateau_patience`` validations, down to ``min_lr``.
+    """
+
+    def __init__(self, cfg: DictConfig, optimizer: torch.optim.Optimizer):
+        if cfg.scheduler not in SCHEDULERS:
+            raise NMTError(
+                f"optim.scheduler: expected one of {', '.join(SCHEDULERS)}; got {cfg.scheduler!r}"
+            )
+        self.cfg = cfg
+        self.optimizer = optimizer
+        self.plateau_factor = 1.0
+        self.best: float | None = None
+        self.bad_validations = 0
+
+    def lr(self, step: int) -> float:
+        warmup = self.cfg.warmup_steps
+        factor = min(1.0, step / warmup) if warmup > 0 else 1.0
+        if self.cfg.scheduler == "inverse_sqrt" and warmup > 0 and step > warmup:
+            factor = math.sqrt(warmup / step)
+        return max(self.cfg.lr * factor * self.plateau_factor, self.cfg.min_lr)
+
+    def set_step(self, step: int) -> float:
+        """Set the learning rate for optimiser step ``step`` (1-based); return it."""
+        lr = self.lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def after_validation(self, score: float, higher_is_better: bool) -> bool:
+        """Record a validation score; return True when the plateau rule lowered the lr."""
+        if self.cfg.scheduler != "plateau":
+            return False
+        improved = self.best is None or (
+            score > self.best if higher_is_better else score < self.best
+        )
+        if improved:
+            self.best, self.bad_validations = score, 0
+            return False
+        self.bad_validations += 1
+        if self.bad_validations < self.cfg.plateau_patience:
+            return False
+        self.bad_validations = 0
+        self.plateau_factor *= self.cfg.plateau_factor
+        return True
+
+    def state_dict(self) -> dict:
+        return {
+            "plateau_factor": self.plateau_factor,
+            "best": self.best,
+            "bad_validations": self.bad_validations,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.plateau_factor = state["plateau_factor"]
+        self.best = state["best"]
+        self.bad_validations = state["bad_validations"]

@@ -1,0 +1,162 @@
+"""Validation during training, and everything the run writes to TensorBoard.
+
+At each validation the model is scored on the valid split the same way ``scripts/evaluate.py``
+scores a system: decode with the configured search, detokenise, and call
+:func:`nmt.metrics.score_corpus`. The scores, their sacrebleu signatures and the degeneracy and
+attention diagnostics go to TensorBoard and to ``validations.jsonl`` in the run dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from nmt.attention_stats import attention_statistics
+from nmt.data.batching import TokenBatcher
+from nmt.data.pipeline import PreparedData
+from nmt.loss import sequence_loss
+from nmt.metrics import degeneracy, score_corpus, write_text_atomic
+from nmt.search import decode_lines
+
+log = logging.getLogger("nmt")
+
+
+class Validator:
+    """Scores the model on the valid split and writes TensorBoard events (rank 0 only)."""
+
+    def __init__(self, cfg: DictConfig, data: PreparedData, run_dir: Path):
+        self.cfg = cfg
+        self.data = data
+        self.run_dir = run_dir
+        valid = data.splits["valid"]
+        n = cfg.trainer.val_max_sentences or len(valid)
+        self.src_lines, self.ref_lines = valid.src_text[:n], valid.tgt_text[:n]
+        b = cfg.data.batching
+        self.loss_batcher = TokenBatcher(
+            valid.src_ids[:n], valid.tgt_ids[:n], b.max_tokens, b.bucket_width, 0, shuffle=False
+        )
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.history_path = run_dir / "validations.jsonl"
+
+    # ------------------------------------------------------------------ training scalars
+    def log_train(
+        self, step: int, loss: float, lr: float, grad_norm: float, tokens_per_s: float
+    ) -> None:
+        w = self.writer
+        w.add_scalar("train/loss", loss, step)
+        w.add_scalar("train/perplexity", math.exp(min(loss, 50.0)), step)
+        w.add_scalar("train/lr", lr, step)
+        w.add_scalar("train/grad_norm", grad_norm, step)
+        w.add_scalar("train/tokens_per_s", tokens_per_s, step)
+
+    # ------------------------------------------------------------------ validation
+    @torch.inference_mode()
+    def valid_loss(self, model: torch.nn.Module) -> float:
+        """Per-token cross-entropy (no label smoothing) on the valid split, teacher forced."""
+        device = next(model.parameters()).device
+        total, tokens = 0.0, 0
+        for batch in self.loss_batcher.epoch(0):
+            batch = batch.to(device)
+            out = model(batch.src, batch.src_lengths, batch.tgt_in)
+            total += float(sequence_loss(out.logits, batch.tgt_out, 0.0))
+            tokens += batch.num_tgt_tokens
+        return total / max(tokens, 1)
+
+    def validate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        loss = self.valid_loss(model)
+        nbest = decode_lines(model, self.data.src_vocab, self.src_lines, self.cfg.search)
+        best = [hyps[0] for hyps in nbest]
+        hypotheses = self.data.tgt_vocab.decode([h.tokens for h in best])
+        scores = score_corpus(hypotheses, self.ref_lines)
+        diagnostics = degeneracy(hypotheses, self.ref_lines, [h.hit_max_len for h in best])
+        diagnostics.update(attention_statistics([h.attn_weights for h in best]))
+        model.train(was_training)
+
+        metrics = {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "bleu": scores["bleu_ko-mecab"]["score"],
+            "chrf": scores["chrf"]["score"],
+        }
+        self.write_events(step, metrics, scores, diagnostics, best, hypotheses)
+        record = {"step": step, **metrics, "scores": scores, "diagnostics": diagnostics}
+        with open(self.history_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        write_text_atomic(
+            self.run_dir / "valid_hypotheses.txt", "".join(h + "\n" for h in hypotheses)
+        )
+        log.info(
+            "validation at step %d: loss %.3f, ppl %.1f, BLEU %.2f (%s), chrF %.2f, repetition %.1f%%",
+            step,
+            loss,
+            metrics["perplexity"],
+            metrics["bleu"],
+            scores["bleu_ko-mecab"]["signature"],
+            metrics["chrf"],
+            100 * diagnostics["repetition_rate"],
+        )
+        return metrics
+
+    def write_events(self, step, metrics, scores, diagnostics, best, hypotheses) -> None:
+        w = self.writer
+        for name, value in metrics.items():
+            w.add_scalar(f"valid/{name}", value, step)
+        for name, entry in scores.items():
+            w.add_scalar(f"valid_scores/{name}", entry["score"], step)
+        for name, value in diagnostics.items():
+            w.add_scalar(f"valid_diagnostics/{name}", value, step)
+        samples = []
+        for i in range(min(self.cfg.trainer.num_samples, len(hypotheses))):
+            samples.append(
+                f"**source:** {self.src_lines[i]}  \n**reference:** {self.ref_lines[i]}  \n**hypothesis:** {hypotheses[i]}"
+            )
+        if samples:
+            w.add_text("valid/samples", "\n\n---\n\n".join(samples), step)
+        self.write_attention_images(step, best)
+        w.flush()
+
+    def write_attention_images(self, step: int, best) -> None:
+        from nmt.plotting import attention_figure
+
+        src_vocab, tgt_vocab = self.data.src_vocab, self.data.tgt_vocab
+        for i in range(min(self.cfg.trainer.num_attention_plots, len(best))):
+            hyp = best[i]
+            if hyp.attn_weights.numel() == 0:
+                continue
+            src_pieces = src_vocab.pieces(src_vocab.encode([self.src_lines[i]])[0]) + ["</s>"]
+            tgt_pieces = tgt_vocab.pieces(hyp.tokens) + ["</s>"]
+            figure = attention_figure(
+                hyp.attn_weights, src_pieces, tgt_pieces, title=f"valid sentence {i}, step {step}"
+            )
+            self.writer.add_figure(f"attention/valid_{i}", figure, step, close=True)
+
+    def finish(self, metrics: dict[str, float]) -> None:
+        """Record the run's hyper-parameters beside its final metrics (TensorBoard's HPARAMS tab)."""
+        flat = flatten(OmegaConf.to_container(self.cfg, resolve=True))
+        hparams = {
+            k: v if isinstance(v, int | float | str | bool) else str(v)
+            for k, v in flat.items()
+            if not k.startswith(("hydra", "data.root"))
+        }
+        self.writer.add_hparams(
+            hparams, {f"hparam/{k}": v for k, v in metrics.items()}, run_name="."
+        )
+        self.writer.close()
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -16,8 +16,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from nmt.errors import NMTError
 from nmt.models.attention import Attention
-from nmt.models.encoder import rnn_class
+from nmt.models.encoder import RNN_TYPES
 
 
 class Memory(NamedTuple):
@@ -61,17 +62,61 @@ class DecoderOutput(NamedTuple):
     state: DecoderState
 
 
+class StackedCell(nn.Module):
+    """One time step of an N-layer GRU or LSTM: ``nn.GRUCell``/``nn.LSTMCell`` per layer.
+
+    Dropout is applied between layers, as in ``nn.GRU``.  Stepping cells costs fewer small
+    operations per step than a length-1 ``nn.GRU`` call, which matters on CPU where the
+    decoder loop is bound by per-operation overhead.
+    """
+
+    def __init__(
+        self, rnn_type: str, input_size: int, hidden_size: int, num_layers: int, dropout: float
+    ):
+        super().__init__()
+        cell_class = {"gru": nn.GRUCell, "lstm": nn.LSTMCell}.get(rnn_type)
+        if cell_class is None:
+            raise NMTError(
+                f"model.decoder.rnn_type: expected one of {', '.join(RNN_TYPES)}; got {rnn_type!r}"
+            )
+        self.is_lstm = rnn_type == "lstm"
+        self.cells = nn.ModuleList(
+            cell_class(input_size if i == 0 else hidden_size, hidden_size)
+            for i in range(num_layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, inputs: Tensor, hidden: Tensor, cell: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """inputs (batch, input_size); hidden, cell (num_layers, batch, hidden) → new (hidden, cell)."""
+        if len(self.cells) == 1:  # the common case, without stacking
+            if self.is_lstm:
+                h, c = self.cells[0](inputs, (hidden[0], cell[0]))
+                return h.unsqueeze(0), c.unsqueeze(0)
+            return self.cells[0](inputs, hidden[0]).unsqueeze(0), None
+        hiddens, cells = [], []
+        x = inputs
+        for i, layer in enumerate(self.cells):
+            if i > 0:
+                x = self.dropout(x)
+            if self.is_lstm:
+                x, c = layer(x, (hidden[i], cell[i]))
+                cells.append(c)
+            else:
+                x = layer(x, hidden[i])
+            hiddens.append(x)
+        # stacked: (num_layers, batch, hidden)
+        return torch.stack(hiddens), (torch.stack(cells) if self.is_lstm else None)
+
+
 class Decoder(nn.Module):
     """What both styles share: the RNN, the bridge, embedding dropout, the attention.
 
     Bridge (``bridge=True``): s_0 = tanh(W_b · encoder final + b_b), one hidden-size slice per
     decoder layer, where encoder final is the top encoder layer's last state
-    [→h_S ; ←h_1] (Bahdanau et al. 2015, appendix A.2.2, s_0 = tanh(W_s ←h_1)).  An LSTM's
+    [→h_S ; ←h_1] (cf. Bahdanau et al. 2015, appendix A.2.2, s_0 = tanh(W_s ←h_1)).  An LSTM's
     memory cell starts equal to s_0.  ``bridge=False``: s_0 = 0.
-
-    The RNN is one ``nn.GRU``/``nn.LSTM`` (N layers, dropout between layers) stepped with a
-    length-1 sequence; on CPU this costs the same as ``nn.GRUCell`` and lets the Luong
-    decoder without input feeding run the whole target sequence in one call.
     """
 
     def __init__(
@@ -90,13 +135,7 @@ class Decoder(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.is_lstm = rnn_type == "lstm"
-        self.rnn = rnn_class(rnn_type, "model.decoder.rnn_type")(
-            rnn_input_size,
-            hidden_size,
-            num_layers=num_layers,
-            batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+        self.rnn = StackedCell(rnn_type, rnn_input_size, hidden_size, num_layers, dropout)
         self.bridge = nn.Linear(encoder_final_size, num_layers * hidden_size) if bridge else None
         self.dropout = nn.Dropout(dropout)  # on the target embeddings
 
@@ -110,14 +149,6 @@ class Decoder(nn.Module):
             hidden = hidden.view(batch, self.num_layers, self.hidden_size).transpose(0, 1)
             hidden = hidden.contiguous()  # (num_layers, batch, hidden)
         return hidden, (hidden if self.is_lstm else None)
-
-    def run_rnn(self, inputs: Tensor, state: DecoderState) -> tuple[Tensor, Tensor, Tensor | None]:
-        """inputs (batch, steps, rnn_input) → top-layer outputs (batch, steps, hidden), h, c."""
-        if self.is_lstm:
-            outputs, (hidden, cell) = self.rnn(inputs, (state.hidden, state.cell))
-            return outputs, hidden, cell
-        outputs, hidden = self.rnn(inputs, state.hidden)
-        return outputs, hidden, None
 
     def step(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderStep:
         """One target step.  embedded: (batch, embed_dim), the embedding of y_{t-1}."""
@@ -135,9 +166,9 @@ class LuongDecoder(Decoder):
         query = h_t (top layer);  context c_t, weights α_t = Attention(query, keys, values)
         h̃_t  = tanh(W_c [c_t ; h_t])                                          (eq. 5)
 
-    h̃_0 = 0.  Without input feeding the steps do not depend on each other's attention, so the
-    teacher-forced :meth:`forward` runs the RNN over the whole target at once and attends with
-    all queries in one batched call.
+    h̃_0 = 0.  Without input feeding the RNN does not depend on the attention, so the
+    teacher-forced :meth:`forward` steps only the RNN and then attends with all queries and
+    applies W_c in one batched call.
     """
 
     def __init__(
@@ -175,7 +206,7 @@ class LuongDecoder(Decoder):
         return DecoderState(hidden, cell, attn_vector)
 
     def attend_and_combine(self, outputs: Tensor, memory: Memory) -> tuple[Tensor, Tensor]:
-        """outputs h_t (batch, steps, hidden) → h̃_t (batch, steps, hidden), α (batch, steps, src_len)."""
+        """h_t (batch, steps, hidden) → h̃_t (batch, steps, hidden), α_t (batch, steps, src_len)."""
         context, attn_weights = self.attention(outputs, memory.keys, memory.values, memory.src_mask)
         # context: (batch, steps, value_size)
         attn_vectors = torch.tanh(self.combine(torch.cat([context, outputs], dim=-1)))
@@ -185,8 +216,8 @@ class LuongDecoder(Decoder):
         inputs = embedded  # (batch, embed_dim)
         if self.input_feeding:
             inputs = torch.cat([embedded, state.attn_vector], dim=-1)  # (batch, embed+hidden)
-        outputs, hidden, cell = self.run_rnn(inputs.unsqueeze(1), state)  # (batch, 1, hidden)
-        attn_vector, attn_weights = self.attend_and_combine(outputs, memory)
+        hidden, cell = self.rnn(inputs, state.hidden, state.cell)  # (num_layers, batch, hidden)
+        attn_vector, attn_weights = self.attend_and_combine(hidden[-1].unsqueeze(1), memory)
         attn_vector = attn_vector.squeeze(1)  # (batch, hidden)
         new_state = DecoderState(hidden, cell, attn_vector if self.input_feeding else None)
         return DecoderStep(attn_vector, attn_weights.squeeze(1), new_state)
@@ -195,8 +226,12 @@ class LuongDecoder(Decoder):
         """Teacher-forced pass.  embedded: (batch, tgt_len, embed_dim) for y_0..y_{T-1}."""
         embedded = self.dropout(embedded)
         if not self.input_feeding:
-            outputs, hidden, cell = self.run_rnn(embedded, state)  # (batch, tgt_len, hidden)
-            attn_vectors, attn_weights = self.attend_and_combine(outputs, memory)
+            # Only the RNN runs step by step; attention and W_c run once over all steps.
+            hidden, cell, outputs = state.hidden, state.cell, []
+            for t in range(embedded.size(1)):
+                hidden, cell = self.rnn(embedded[:, t], hidden, cell)
+                outputs.append(hidden[-1])
+            attn_vectors, attn_weights = self.attend_and_combine(torch.stack(outputs, 1), memory)
             return DecoderOutput(attn_vectors, attn_weights, DecoderState(hidden, cell, None))
         attn_vectors, attn_weights = [], []
         for t in range(embedded.size(1)):
@@ -249,34 +284,37 @@ class BahdanauDecoder(Decoder):
         hidden, cell = self.init_rnn_state(memory)
         return DecoderState(hidden, cell, None)
 
-    def recur(self, embedded: Tensor, state: DecoderState, memory: Memory):
-        """Attend with s_{t-1}, then step: → s_t (batch, 1, hidden), c_t (batch, 1, value),
-        α_t (batch, 1, src_len), new state."""
+    def recur(
+        self, embedded: Tensor, state: DecoderState, memory: Memory
+    ) -> tuple[Tensor, Tensor, DecoderState]:
+        """Attend with s_{t-1}, then step the RNN.  embedded (batch, embed_dim)
+        → context c_t (batch, value_size), α_t (batch, src_len), state holding s_t."""
         query = state.hidden[-1].unsqueeze(1)  # (batch, 1, hidden): top layer's s_{t-1}
         context, attn_weights = self.attention(query, memory.keys, memory.values, memory.src_mask)
-        inputs = torch.cat([embedded.unsqueeze(1), context], dim=-1)  # (batch, 1, embed+value)
-        outputs, hidden, cell = self.run_rnn(inputs, state)  # (batch, 1, hidden)
-        return outputs, context, attn_weights, DecoderState(hidden, cell, None)
+        context = context.squeeze(1)  # (batch, value_size)
+        inputs = torch.cat([embedded, context], dim=-1)  # (batch, embed+value)
+        hidden, cell = self.rnn(inputs, state.hidden, state.cell)  # (num_layers, batch, hidden)
+        return context, attn_weights.squeeze(1), DecoderState(hidden, cell, None)
 
-    def output(self, outputs: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
-        """h̃ = tanh(W_o [s ; c ; E y_prev]); each (batch, steps, ·) → (batch, steps, hidden)."""
-        return torch.tanh(self.pre_output(torch.cat([outputs, context, embedded], dim=-1)))
+    def output(self, top: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
+        """h̃ = tanh(W_o [s ; c ; E y_prev] + b_o); inputs (..., ·) → (..., hidden)."""
+        return torch.tanh(self.pre_output(torch.cat([top, context, embedded], dim=-1)))
 
     def step_dropped(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderStep:
-        outputs, context, attn_weights, state = self.recur(embedded, state, memory)
-        attn_vector = self.output(outputs, context, embedded.unsqueeze(1)).squeeze(1)
-        return DecoderStep(attn_vector, attn_weights.squeeze(1), state)
+        context, attn_weights, state = self.recur(embedded, state, memory)
+        attn_vector = self.output(state.hidden[-1], context, embedded)  # (batch, hidden)
+        return DecoderStep(attn_vector, attn_weights, state)
 
     def forward(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderOutput:
         """Teacher-forced pass.  embedded: (batch, tgt_len, embed_dim) for y_0..y_{T-1}."""
         embedded = self.dropout(embedded)
-        outputs, contexts, attn_weights = [], [], []
+        tops, contexts, attn_weights = [], [], []
         for t in range(embedded.size(1)):
-            out, context, weights, state = self.recur(embedded[:, t], state, memory)
-            outputs.append(out)
+            context, weights, state = self.recur(embedded[:, t], state, memory)
+            tops.append(state.hidden[-1])
             contexts.append(context)
             attn_weights.append(weights)
-        outputs = torch.cat(outputs, 1)  # (batch, tgt_len, hidden)
-        contexts = torch.cat(contexts, 1)  # (batch, tgt_len, value_size)
-        attn_vectors = self.output(outputs, contexts, embedded)  # (batch, tgt_len, hidden)
-        return DecoderOutput(attn_vectors, torch.cat(attn_weights, 1), state)
+        tops = torch.stack(tops, 1)  # (batch, tgt_len, hidden)
+        contexts = torch.stack(contexts, 1)  # (batch, tgt_len, value_size)
+        attn_vectors = self.output(tops, contexts, embedded)  # (batch, tgt_len, hidden)
+        return DecoderOutput(attn_vectors, torch.stack(attn_weights, 1), state)

@@ -84,7 +84,9 @@ class Seq2Seq(nn.Module):
         """src (batch, src_len) long, PAD_ID-padded; src_lengths (batch,) in any order."""
         values, final = self.encoder(src, src_lengths)  # (batch, src_len, value_size)
         keys = self.decoder.attention.project_keys(values)  # once per batch
-        src_mask = src != PAD_ID  # (batch, src_len), True = real token
+        # from the lengths, not the ids, so whatever sits in the padding is never attended to
+        positions = torch.arange(src.size(1), device=src.device)  # (src_len,)
+        src_mask = positions < src_lengths.to(src.device).unsqueeze(1)  # (batch, src_len)
         return Memory(values, keys, src_mask, final)
 
     def init_state(self, memory: Memory) -> DecoderState:

@@ -1,0 +1,194 @@
+"""The five score functions, the shared masked softmax and the context vector."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nmt.errors import NMTError
+from nmt.models.attention import (
+    SCORES,
+    ConcatScore,
+    attend,
+    build_attention,
+    masked_softmax,
+)
+
+BATCH, TGT_LEN, SRC_LEN = 3, 2, 6
+LENGTHS = torch.tensor([6, 2, 4])  # unsorted, one sentence fills the batch
+
+
+def make_attention(score: str, query_size: int = 5, value_size: int = 8):
+    torch.manual_seed(0)
+    return build_attention(score, query_size, value_size, hidden_size=7, max_src_len=10)
+
+
+def make_inputs(query_size: int = 5, value_size: int = 8):
+    query = torch.randn(BATCH, TGT_LEN, query_size)
+    values = torch.randn(BATCH, SRC_LEN, value_size)
+    src_mask = torch.arange(SRC_LEN)[None, :] < LENGTHS[:, None]  # (batch, src_len)
+    return query, values, src_mask
+
+
+@pytest.mark.parametrize("value_size", [5, 8], ids=["same-size", "bidirectional-size"])
+@pytest.mark.parametrize("score", SCORES)
+def test_weights_sum_to_one_on_real_positions_and_are_zero_on_padding(score, value_size):
+    attention = make_attention(score, value_size=value_size)
+    query, values, src_mask = make_inputs(value_size=value_size)
+    context, weights = attention(query, attention.project_keys(values), values, src_mask)
+
+    assert context.shape == (BATCH, TGT_LEN, value_size)
+    assert weights.shape == (BATCH, TGT_LEN, SRC_LEN)
+    pad = ~src_mask.unsqueeze(1).expand_as(weights)
+    assert torch.all(weights[pad] == 0.0)
+    assert torch.all(weights[~pad] > 0.0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(BATCH, TGT_LEN))
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_values_at_padded_positions_change_nothing(score):
+    attention = make_attention(score)
+    query, values, src_mask = make_inputs()
+    context, weights = attention(query, attention.project_keys(values), values, src_mask)
+
+    noisy = values.clone()
+    noisy[~src_mask] = 1e3 * torch.randn(int((~src_mask).sum()), values.size(-1))
+    context2, weights2 = attention(query, attention.project_keys(noisy), noisy, src_mask)
+
+    assert not torch.equal(noisy, values)
+    torch.testing.assert_close(context2, context)
+    torch.testing.assert_close(weights2, weights)
+
+
+def test_context_is_the_weighted_sum_of_values_worked_example():
+    # Four source words, then one padded position holding junk that must not leak in.
+    weights = torch.tensor([0.1, 0.055, 0.8, 0.045])
+    values = torch.tensor(
+        [[1.0, 0, 0, 1], [1, 0, 0, 2], [1, 1, 2, 0], [1, 1, 0, 0], [100, -100, 100, 100]]
+    ).unsqueeze(0)  # (batch=1, src_len=5, 4)
+    src_mask = torch.tensor([[True, True, True, True, False]])
+    # scores = log(weights): the shared softmax must return the weights unchanged
+    scores = torch.cat([weights.log(), torch.tensor([3.0])]).view(1, 1, 5)
+
+    context, attn_weights = attend(scores, values, src_mask)
+
+    # partial products: (0.1 0 0 0.1) + (0.055 0 0 0.11) + (0.8 0.8 1.6 0) + (0.045 0.045 0 0)
+    expected = torch.tensor([[[1.0, 0.845, 1.6, 0.21]]])
+    torch.testing.assert_close(context, expected)
+    torch.testing.assert_close(attn_weights[0, 0, :4], weights)
+    assert attn_weights[0, 0, 4].item() == 0.0
+
+
+def test_masked_softmax_is_fp32_safe_for_half_precision_scores():
+    scores = torch.tensor([[[60000.0, 60000.0, -60000.0]]], dtype=torch.float16)
+    weights = masked_softmax(scores, torch.tensor([[True, True, False]]))
+    assert weights.dtype == torch.float16
+    assert weights.tolist() == [[[0.5, 0.5, 0.0]]]
+
+
+def test_scaled_dot_is_dot_divided_by_sqrt_d():
+    d = 6
+    dot, scaled = make_attention("dot", d, d), make_attention("scaled_dot", d, d)
+    query, values, _ = make_inputs(d, d)
+    dot_scores = dot.score(query, dot.project_keys(values))
+    scaled_scores = scaled.score(query, scaled.project_keys(values))
+    torch.testing.assert_close(scaled_scores, dot_scores / math.sqrt(d))
+    # and dot really is qᵀh
+    torch.testing.assert_close(dot_scores[1, 0, 2], query[1, 0] @ values[1, 2])
+
+
+def test_general_with_identity_matrix_equals_dot():
+    d = 6
+    dot, general = make_attention("dot", d, d), make_attention("general", d, d)
+    query, values, src_mask = make_inputs(d, d)
+    with torch.no_grad():
+        general.score.key_proj.weight.copy_(torch.eye(d))
+    general_out = general(query, general.project_keys(values), values, src_mask)
+    dot_out = dot(query, dot.project_keys(values), values, src_mask)
+    torch.testing.assert_close(
+        general.score(query, general.project_keys(values)),
+        dot.score(query, dot.project_keys(values)),
+    )
+    torch.testing.assert_close(general_out.context, dot_out.context)
+
+
+def test_general_scores_are_q_W_h():
+    general = make_attention("general", 5, 8)
+    query, values, _ = make_inputs(5, 8)
+    W = general.score.key_proj.weight  # (query_size, value_size)
+    scores = general.score(query, general.project_keys(values))
+    torch.testing.assert_close(scores[2, 1, 3], query[2, 1] @ W @ values[2, 3])
+
+
+def test_dot_projects_keys_only_when_sizes_differ():
+    same = make_attention("dot", 8, 8)
+    assert sum(p.numel() for p in same.parameters()) == 0
+    values = torch.randn(BATCH, SRC_LEN, 8)
+    assert same.project_keys(values) is values
+
+    differ = make_attention("dot", 5, 8)  # bidirectional keys 2*hidden vs decoder hidden
+    keys = differ.project_keys(values)
+    assert keys.shape == (BATCH, SRC_LEN, 5)
+    torch.testing.assert_close(keys, values @ differ.score.key_proj.weight.T)
+
+
+def test_concat_is_v_tanh_W_of_query_and_key_concatenated():
+    attention = make_attention("concat", 5, 8)
+    score: ConcatScore = attention.score
+    query, values, _ = make_inputs(5, 8)
+    scores = score(query, attention.project_keys(values))
+    # the textbook form, one (query, value) pair at a time: vᵀ tanh(W [q; h] + b)
+    W = torch.cat([score.query_proj.weight, score.key_proj.weight], dim=1)  # (7, 5 + 8)
+    b, v = score.key_proj.bias, score.v.weight[0]
+    for i, t, j in [(0, 0, 0), (1, 1, 1), (2, 0, 5)]:
+        expected = v @ torch.tanh(W @ torch.cat([query[i, t], values[i, j]]) + b)
+        torch.testing.assert_close(scores[i, t, j], expected)
+
+
+def test_location_ignores_key_contents():
+    attention = make_attention("location")
+    query, values, src_mask = make_inputs()
+    out1 = attention(query, attention.project_keys(values), values, src_mask)
+    other = torch.randn_like(values)
+    out2 = attention(query, attention.project_keys(other), other, src_mask)
+    torch.testing.assert_close(out1.attn_weights, out2.attn_weights)
+
+
+def test_location_beyond_max_src_len_scores_zero():
+    max_len, src_len = 3, 5
+    attention = build_attention("location", 4, 4, max_src_len=max_len)
+    query = torch.randn(2, 1, 4)
+    values = torch.randn(2, src_len, 4)
+    src_mask = torch.tensor([[True] * 5, [True] * 4 + [False]])
+    scores = attention.score(query, attention.project_keys(values))
+    assert scores.shape == (2, 1, src_len)
+    torch.testing.assert_close(scores[:, :, :max_len], attention.score.position_proj(query))
+    assert torch.all(scores[:, :, max_len:] == 0.0)
+
+    _, weights = attention(query, attention.project_keys(values), values, src_mask)
+    # every position past the maximum gets the same weight exp(0) / Z; padding still 0
+    z = scores[0, 0].exp().sum()
+    torch.testing.assert_close(weights[0, 0, 3:], (1 / z).expand(2))
+    assert weights[1, 0, 4].item() == 0.0
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 1))
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_many_queries_at_once_equal_one_query_at_a_time(score):
+    attention = make_attention(score)
+    query, values, src_mask = make_inputs()
+    keys = attention.project_keys(values)
+    together = attention(query, keys, values, src_mask)
+    for t in range(TGT_LEN):
+        alone = attention(query[:, t : t + 1], keys, values, src_mask)
+        torch.testing.assert_close(alone.context, together.context[:, t : t + 1])
+        torch.testing.assert_close(alone.attn_weights, together.attn_weights[:, t : t + 1])
+
+
+def test_unknown_score_lists_the_valid_ones():
+    with pytest.raises(NMTError, match=r"model\.attention\.score: expected one of dot, general, "):
+        build_attention("foo", 4, 4)
+    with pytest.raises(NMTError, match="got 'foo'"):
+        build_attention("foo", 4, 4)

@@ -1,0 +1,454 @@
+"""Encoder, decoders and Seq2Seq: every option combination, masking, the step API, learnability."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, train_sentencepiece
+from nmt.errors import NMTError
+from nmt.models import SCORES, Seq2Seq, build_model
+
+SRC_VOCAB, TGT_VOCAB = 23, 19
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a shared 2-core machine the threads of
+    one op wait for each other; run this module single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def model_cfg(
+    rnn_type: str = "gru",
+    score: str = "concat",
+    style: str = "luong",
+    *,
+    bidirectional: bool = True,
+    enc_layers: int = 1,
+    dec_layers: int = 1,
+    input_feeding: bool | None = None,
+    bridge: bool = True,
+    tie: bool = False,
+    embed_dim: int = 6,
+    enc_hidden: int = 5,
+    dec_hidden: int = 7,
+    dropout: float = 0.0,
+) -> dict:
+    """A tiny config shaped like configs/model/*; sizes differ so that mix-ups fail loudly."""
+    attention = {"score": score}
+    if score == "concat":
+        attention["hidden_size"] = 4
+    if score == "location":
+        attention["max_src_len"] = 10
+    return {
+        "encoder": {
+            "rnn_type": rnn_type,
+            "embed_dim": embed_dim,
+            "hidden_size": enc_hidden,
+            "num_layers": enc_layers,
+            "bidirectional": bidirectional,
+            "dropout": dropout,
+        },
+        "attention": attention,
+        "decoder": {
+            "style": style,
+            "rnn_type": rnn_type,
+            "embed_dim": embed_dim,
+            "hidden_size": dec_hidden,
+            "num_layers": dec_layers,
+            "dropout": dropout,
+            "input_feeding": (style == "luong") if input_feeding is None else input_feeding,
+            "bridge": bridge,
+        },
+        "tie_embeddings": tie,
+    }
+
+
+def make_model(seed: int = 0, **kwargs) -> Seq2Seq:
+    torch.manual_seed(seed)
+    return build_model(model_cfg(**kwargs), SRC_VOCAB, TGT_VOCAB)
+
+
+def pad(seqs: list[list[int]], width: int | None = None) -> torch.Tensor:
+    width = width or max(map(len, seqs))
+    return torch.tensor([s + [PAD_ID] * (width - len(s)) for s in seqs])
+
+
+def tiny_batch(seed: int = 1):
+    """Three sentence pairs of unsorted lengths, padded; ids avoid the special tokens."""
+    g = torch.Generator().manual_seed(seed)
+    src_lengths, tgt_lengths = [4, 6, 2], [3, 5, 2]
+    src = pad([torch.randint(4, SRC_VOCAB, (n,), generator=g).tolist() for n in src_lengths])
+    tgt = [torch.randint(4, TGT_VOCAB, (n,), generator=g).tolist() for n in tgt_lengths]
+    tgt_in = pad([[BOS_ID] + y for y in tgt])
+    tgt_out = pad([y + [EOS_ID] for y in tgt])
+    return src, torch.tensor(src_lengths), tgt_in, tgt_out
+
+
+def loss_of(logits: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID)
+
+
+def check_forward_backward(model: Seq2Seq, record_property=None) -> None:
+    src, src_lengths, tgt_in, tgt_out = tiny_batch()
+    out = model(src, src_lengths, tgt_in)
+    assert out.logits.shape == (3, tgt_in.size(1), TGT_VOCAB)
+    assert out.attn_weights.shape == (3, tgt_in.size(1), src.size(1))
+    src_pad = (src == PAD_ID).unsqueeze(1).expand_as(out.attn_weights)
+    assert torch.all(out.attn_weights[src_pad] == 0.0)
+    torch.testing.assert_close(out.attn_weights.sum(-1), torch.ones(3, tgt_in.size(1)))
+
+    loss_of(out.logits, tgt_out).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} gets no gradient"
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+    n = model.num_parameters()
+    assert n == sum(p.numel() for p in model.parameters())
+    if record_property is not None:
+        record_property("num_parameters", n)
+    print(f"{n} parameters")
+
+
+# ---------------------------------------------------------------------------------------------
+# every option combination runs forward and backward
+
+
+@pytest.mark.parametrize("style", ["luong", "bahdanau"])
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+def test_every_combination_runs_forward_and_backward(rnn_type, score, style, record_property):
+    check_forward_backward(make_model(rnn_type=rnn_type, score=score, style=style), record_property)
+
+
+VARIANTS = {
+    "unidirectional": dict(bidirectional=False),
+    "two-layers-gru": dict(enc_layers=2, dec_layers=2, dropout=0.3),
+    "two-layers-lstm": dict(rnn_type="lstm", enc_layers=2, dec_layers=2),
+    "three-dec-layers-one-enc": dict(dec_layers=3, bidirectional=False),
+    "no-bridge": dict(bridge=False),
+    "no-input-feeding": dict(input_feeding=False),
+    "tied-same-size": dict(tie=True, dec_hidden=6),
+    "tied-projected": dict(tie=True),
+    "dot-same-size-keys": dict(score="dot", enc_hidden=7, bidirectional=False, dec_hidden=7),
+}
+
+
+@pytest.mark.parametrize(
+    "variant, style",
+    [
+        (variant, style)
+        for variant in VARIANTS
+        for style in ["luong", "bahdanau"]
+        if not (style == "bahdanau" and variant == "no-input-feeding")  # a Luong option
+    ],
+)
+def test_variants_run_forward_and_backward(variant, style, record_property):
+    kwargs = VARIANTS[variant]
+    check_forward_backward(make_model(style=style, **kwargs), record_property)
+
+
+# ---------------------------------------------------------------------------------------------
+# padding
+
+
+@pytest.mark.parametrize("style", ["luong", "bahdanau"])
+@pytest.mark.parametrize("score", SCORES)
+def test_padding_content_and_amount_change_nothing(score, style):
+    model = make_model(score=score, style=style, dropout=0.3).eval()
+    src, src_lengths, tgt_in, _ = tiny_batch()
+    with torch.no_grad():
+        out = model(src, src_lengths, tgt_in)
+        # other token ids at the padded positions, and three more padded columns
+        noisy = torch.cat([src, torch.zeros(3, 3, dtype=torch.long)], dim=1)
+        real = noisy != PAD_ID
+        noisy[~real] = torch.randint(4, SRC_VOCAB, (int((~real).sum()),))
+        noisy_out = model(noisy, src_lengths, tgt_in)
+    torch.testing.assert_close(noisy_out.logits, out.logits)
+    torch.testing.assert_close(noisy_out.attn_weights[:, :, : src.size(1)], out.attn_weights)
+    assert torch.all(noisy_out.attn_weights[:, :, src.size(1) :] == 0.0)
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+@pytest.mark.parametrize("style", ["luong", "bahdanau"])
+def test_each_sentence_of_a_padded_unsorted_batch_equals_it_alone(style, rnn_type):
+    model = make_model(rnn_type=rnn_type, style=style, enc_layers=2).eval()
+    src, src_lengths, tgt_in, tgt_out = tiny_batch()
+    with torch.no_grad():
+        batch_out = model(src, src_lengths, tgt_in)
+        for i in range(3):
+            n, m = int(src_lengths[i]), int((tgt_out[i] != PAD_ID).sum())
+            alone = model(src[i : i + 1, :n], src_lengths[i : i + 1], tgt_in[i : i + 1, :m])
+            torch.testing.assert_close(alone.logits[0], batch_out.logits[i, :m])
+            torch.testing.assert_close(alone.attn_weights[0], batch_out.attn_weights[i, :m, :n])
+
+
+def test_encoder_states_are_zero_at_padding_and_final_is_last_real_state():
+    model = make_model(enc_layers=2)
+    src, src_lengths, _, _ = tiny_batch()
+    memory = model.encode(src, src_lengths)
+    assert memory.values.shape == (3, src.size(1), 2 * 5)
+    assert memory.src_mask.dtype == torch.bool
+    assert torch.equal(memory.src_mask, src != PAD_ID)  # tiny_batch has no PAD inside
+    assert torch.all(memory.values[~memory.src_mask] == 0.0)
+    for i, n in enumerate(src_lengths.tolist()):
+        forward_last = memory.values[i, n - 1, :5]  # →h at the last real token
+        backward_first = memory.values[i, 0, 5:]  # ←h at the first token
+        torch.testing.assert_close(memory.final[i], torch.cat([forward_last, backward_first]))
+
+
+# ---------------------------------------------------------------------------------------------
+# the step interface used by search
+
+
+STEP_CASES = {
+    "luong-gru": dict(style="luong"),
+    "luong-no-input-feeding": dict(style="luong", input_feeding=False),
+    "luong-lstm-2-layers": dict(style="luong", rnn_type="lstm", enc_layers=2, dec_layers=2),
+    "luong-location-tied": dict(style="luong", score="location", tie=True),
+    "bahdanau-gru": dict(style="bahdanau"),
+    "bahdanau-lstm-2-layers-dot": dict(
+        style="bahdanau", rnn_type="lstm", dec_layers=2, score="dot"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", STEP_CASES)
+def test_step_by_step_equals_teacher_forced_forward(case):
+    model = make_model(dropout=0.3, **STEP_CASES[case]).eval()
+    src, src_lengths, tgt_in, _ = tiny_batch()
+    with torch.no_grad():
+        forward = model(src, src_lengths, tgt_in)
+        memory = model.encode(src, src_lengths)
+        state = model.init_state(memory)
+        for t in range(tgt_in.size(1)):
+            logits, attn_weights, state = model.step(tgt_in[:, t], state, memory)
+            assert logits.shape == (3, TGT_VOCAB)
+            torch.testing.assert_close(logits, forward.logits[:, t])
+            torch.testing.assert_close(attn_weights, forward.attn_weights[:, t])
+
+
+def test_dropout_is_active_in_training_mode():
+    model = make_model(dropout=0.5)
+    src, src_lengths, tgt_in, _ = tiny_batch()
+    torch.manual_seed(1)
+    first = model(src, src_lengths, tgt_in).logits
+    second = model(src, src_lengths, tgt_in).logits
+    assert not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize("style", ["luong", "bahdanau"])
+def test_index_select_reorders_and_repeats_the_batch(style):
+    model = make_model(style=style, rnn_type="lstm", dec_layers=2).eval()
+    src, src_lengths, tgt_in, _ = tiny_batch()
+    idx = torch.tensor([2, 2, 0, 1, 1, 0])
+    with torch.no_grad():
+        memory = model.encode(src, src_lengths)
+        state = model.init_state(memory)
+        logits, _, state = model.step(tgt_in[:, 0], state, memory)
+        next_logits, next_weights, _ = model.step(tgt_in[:, 1], state, memory)
+        beam_memory, beam_state = memory.index_select(idx), state.index_select(idx)
+        beam_logits, beam_weights, _ = model.step(tgt_in[idx, 1], beam_state, beam_memory)
+    torch.testing.assert_close(beam_logits, next_logits[idx])
+    torch.testing.assert_close(beam_weights, next_weights[idx])
+
+
+@pytest.mark.parametrize("style", ["luong", "bahdanau"])
+def test_teacher_forcing_zero_feeds_the_models_own_argmax(style):
+    model = make_model(style=style).eval()
+    src, src_lengths, tgt_in, _ = tiny_batch()
+    with torch.no_grad():
+        sampled = model(src, src_lengths, tgt_in, teacher_forcing=0.0)
+        memory = model.encode(src, src_lengths)
+        state, tokens = model.init_state(memory), tgt_in[:, 0]
+        for t in range(tgt_in.size(1)):
+            logits, _, state = model.step(tokens, state, memory)
+            torch.testing.assert_close(sampled.logits[:, t], logits)
+            tokens = logits.argmax(-1)
+        # mixing with probability 1 of the reference is the teacher-forced pass
+        state = model.init_state(memory)
+        mixed = model.forward_sampled(tgt_in, state, memory, teacher_forcing=1.0)
+        torch.testing.assert_close(mixed.logits, model(src, src_lengths, tgt_in).logits)
+
+
+def test_scheduled_sampling_trains():
+    model = make_model(dropout=0.2)
+    src, src_lengths, tgt_in, tgt_out = tiny_batch()
+    out = model(src, src_lengths, tgt_in, teacher_forcing=0.5)
+    assert out.logits.shape == (3, tgt_in.size(1), TGT_VOCAB)
+    loss_of(out.logits, tgt_out).backward()
+    assert model.encoder.embed.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# tied embeddings, parameter counts, configs
+
+
+def test_tied_embeddings_share_one_matrix():
+    untied, tied = make_model(dec_hidden=6), make_model(dec_hidden=6, tie=True)
+    assert tied.output_proj.weight is tied.tgt_embed.weight
+    assert untied.num_parameters() - tied.num_parameters() == TGT_VOCAB * 6
+
+    # hidden 7 ≠ embedding 6: the untied 7×vocab output matrix becomes a 7→6 projection
+    projected = make_model(tie=True)
+    assert projected.output_proj.weight is projected.tgt_embed.weight
+    assert make_model().num_parameters() - projected.num_parameters() == 7 * TGT_VOCAB - 7 * 6
+
+
+def compose_model_cfg(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        return compose("train", overrides=overrides).model
+
+
+def test_reference_config_parameter_count():
+    """biGRU 256 encoder, GRU 256 Luong decoder with input feeding, concat attention, 8k/8k."""
+    model = build_model(compose_model_cfg([]), 8000, 8000)
+    e, h, v, a = 256, 256, 8000, 256
+    gru = lambda inp: 3 * h * (inp + h) + 2 * 3 * h  # noqa: E731
+    expected = (
+        v * e  # source embeddings
+        + 2 * gru(e)  # bidirectional encoder
+        + h * a + 2 * h * a + a + a  # concat: W_q, W_k (+ bias), v
+        + gru(e + h)  # decoder GRU, input [embedding; h̃]
+        + 2 * h * h + h  # bridge
+        + (2 * h + h) * h  # W_c
+        + v * e  # target embeddings
+        + h * v + v  # output projection
+    )  # fmt: skip
+    assert model.num_parameters() == expected
+    tied = build_model(compose_model_cfg(["model.tie_embeddings=true"]), 8000, 8000)
+    assert tied.num_parameters() == expected - v * e
+    print(f"reference model: {expected} parameters ({expected - v * e} tied)")
+
+
+def test_every_config_file_builds_a_model():
+    from hydra import compose, initialize_config_dir
+
+    src, src_lengths, tgt_in, _ = tiny_batch()
+    combinations = [("gru", score, "luong") for score in SCORES] + [
+        ("lstm", "concat", "luong"),
+        ("gru", "dot", "bahdanau"),
+        ("lstm", "location", "bahdanau"),
+    ]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        for encoder, attention, decoder in combinations:
+            overrides = [
+                f"model/encoder={encoder}",
+                f"model/attention={attention}",
+                f"model/decoder={decoder}",
+            ]
+            model = build_model(compose("train", overrides=overrides).model, SRC_VOCAB, TGT_VOCAB)
+            assert model.decoder.rnn.is_lstm == (encoder == "lstm")  # interpolated rnn_type
+            with torch.no_grad():
+                out = model(src, src_lengths, tgt_in)
+            assert out.logits.shape == (3, tgt_in.size(1), TGT_VOCAB), overrides
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("attention", "score", "foo"), "model.attention.score: expected one of dot, general, "
+         "scaled_dot, concat, location; got 'foo'"),
+        (("encoder", "rnn_type", "rnn"), "model.encoder.rnn_type: expected one of gru, lstm; got 'rnn'"),
+        (("decoder", "rnn_type", "GRU"), "model.decoder.rnn_type: expected one of gru, lstm; got 'GRU'"),
+        (("decoder", "style", "joey"), "model.decoder.style: expected one of luong, bahdanau; got 'joey'"),
+        (("decoder", "num_layers", 0), "model.decoder.num_layers: expected a positive integer; got 0"),
+        (("encoder", "dropout", 1.5), "model.encoder.dropout: expected a number in [0, 1); got 1.5"),
+        (("encoder", "bidirectional", "yes"), "model.encoder.bidirectional: expected true or false"),
+        (("attention", "hidden_size", 8), "model.attention.hidden_size: unknown option"),
+        (("decoder", "input_feed", True), "model.decoder.input_feed: unknown option"),
+        ((None, "tie_embeddings", 1), "model.tie_embeddings: expected true or false; got 1"),
+    ],
+)  # fmt: skip
+def test_bad_config_values_are_rejected_with_the_valid_ones(change, message):
+    cfg = model_cfg(score="dot")
+    group, key, value = change
+    (cfg if group is None else cfg[group])[key] = value
+    with pytest.raises(NMTError) as err:
+        build_model(cfg, SRC_VOCAB, TGT_VOCAB)
+    assert message in str(err.value)
+
+
+def test_missing_options_are_named():
+    cfg = model_cfg(score="location")
+    del cfg["attention"]["max_src_len"]
+    with pytest.raises(NMTError, match=r"model\.attention\.max_src_len: missing"):
+        build_model(cfg, SRC_VOCAB, TGT_VOCAB)
+    cfg = model_cfg(style="bahdanau", input_feeding=True)
+    with pytest.raises(NMTError, match=r"model\.decoder\.input_feeding: expected false"):
+        build_model(cfg, SRC_VOCAB, TGT_VOCAB)
+
+
+# ---------------------------------------------------------------------------------------------
+# learnability: a tiny model of each score function memorises 32 real sentence pairs
+
+
+def corpus_dir() -> Path:
+    return Path(os.environ.get("NMT_CORPORA", Path(__file__).parents[2] / "shared/corpora"))
+
+
+@pytest.fixture(scope="module")
+def overfit_batch(tmp_path_factory):
+    """32 short English→Korean pairs (≤ 12 subwords) from the enko corpus, as id tensors."""
+    path = corpus_dir() / "enko/train.tsv"
+    if not path.exists():
+        pytest.skip(f"corpus not found: {path} (set NMT_CORPORA)")
+    with open(path, encoding="utf-8") as f:
+        pairs = [line.rstrip("\n").split("\t") for line in itertools.islice(f, 2000)]
+    tmp = tmp_path_factory.mktemp("spm")
+    src_vocab = Vocab(train_sentencepiece([en for en, _ in pairs], tmp / "en", 500))
+    tgt_vocab = Vocab(
+        train_sentencepiece([ko for _, ko in pairs], tmp / "ko", 1000, character_coverage=0.995)
+    )
+    chosen = []
+    for src_ids, tgt_ids in zip(
+        src_vocab.encode([en for en, _ in pairs]),
+        tgt_vocab.encode([ko for _, ko in pairs]),
+        strict=True,
+    ):
+        if 3 <= len(src_ids) <= 12 and 3 <= len(tgt_ids) <= 12:
+            chosen.append((src_ids, tgt_ids))
+        if len(chosen) == 32:
+            break
+    assert len(chosen) == 32
+    src = pad([s for s, _ in chosen])
+    src_lengths = torch.tensor([len(s) for s, _ in chosen])
+    tgt_in = pad([[BOS_ID] + t for _, t in chosen])
+    tgt_out = pad([t + [EOS_ID] for _, t in chosen])
+    return src, src_lengths, tgt_in, tgt_out, len(src_vocab), len(tgt_vocab)
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_tiny_model_overfits_32_sentence_pairs(score, overfit_batch):
+    src, src_lengths, tgt_in, tgt_out, src_vocab_size, tgt_vocab_size = overfit_batch
+    cfg = model_cfg(score=score, embed_dim=64, enc_hidden=64, dec_hidden=64)
+    if score == "concat":
+        cfg["attention"]["hidden_size"] = 64
+    if score == "location":
+        cfg["attention"]["max_src_len"] = src.size(1)
+    torch.manual_seed(0)
+    model = build_model(cfg, src_vocab_size, tgt_vocab_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
+    losses = []
+    for _ in range(100):  # about 25 steps are needed
+        loss = loss_of(model(src, src_lengths, tgt_in).logits, tgt_out)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if losses[-1] < 0.1:
+            break
+    print(f"{score}: loss {losses[0]:.2f} → {losses[-1]:.3f} in {len(losses)} steps")
+    assert losses[-1] < 0.1, f"{score}: loss after {len(losses)} steps is {losses[-1]:.3f}"

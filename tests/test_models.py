@@ -430,10 +430,15 @@ def overfit_batch(tmp_path_factory):
     return src, src_lengths, tgt_in, tgt_out, len(src_vocab), len(tgt_vocab)
 
 
-@pytest.mark.parametrize("score", SCORES)
-def test_tiny_model_overfits_32_sentence_pairs(score, overfit_batch):
+OVERFIT_CASES = [(score, "luong", "gru") for score in SCORES] + [("concat", "bahdanau", "lstm")]
+
+
+@pytest.mark.parametrize("score, style, rnn_type", OVERFIT_CASES)
+def test_tiny_model_overfits_32_sentence_pairs(score, style, rnn_type, overfit_batch):
     src, src_lengths, tgt_in, tgt_out, src_vocab_size, tgt_vocab_size = overfit_batch
-    cfg = model_cfg(score=score, embed_dim=64, enc_hidden=64, dec_hidden=64)
+    cfg = model_cfg(
+        rnn_type, score, style, embed_dim=64, enc_hidden=64, dec_hidden=64, tie=style == "bahdanau"
+    )
     if score == "concat":
         cfg["attention"]["hidden_size"] = 64
     if score == "location":
@@ -450,5 +455,7 @@ def test_tiny_model_overfits_32_sentence_pairs(score, overfit_batch):
         losses.append(loss.item())
         if losses[-1] < 0.1:
             break
-    print(f"{score}: loss {losses[0]:.2f} → {losses[-1]:.3f} in {len(losses)} steps")
+    print(
+        f"{score}/{style}/{rnn_type}: loss {losses[0]:.2f} → {losses[-1]:.3f} in {len(losses)} steps"
+    )
     assert losses[-1] < 0.1, f"{score}: loss after {len(losses)} steps is {losses[-1]:.3f}"

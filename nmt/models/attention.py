@@ -21,8 +21,10 @@ Query and key sizes: with a bidirectional encoder the values are 2·hidden wide 
 is the decoder's hidden size.  ``general`` and ``concat`` have a learned matrix on the key side
 that maps any value size to the size they need.  ``dot`` and ``scaled_dot`` have no parameters
 when the sizes agree; when they differ, the keys are a learned linear projection of the values
-to the query size (no bias), k_j = W_k h_j, computed once per batch.  ``location`` does not look
-at the keys' contents (only at their number, src_len).
+to the query size (no bias), k_j = W_k h_j, computed once per batch; ``dot`` is then the same
+function family as ``general`` (qᵀ W_k h_j), and stays parameter-free only where the decoder
+hidden size equals the encoder output size.  ``location`` does not look at the keys' contents
+(only at their number, src_len).
 """
 
 from __future__ import annotations

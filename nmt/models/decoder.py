@@ -152,9 +152,13 @@ class Decoder(nn.Module):
 
     def step(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderStep:
         """One target step.  embedded: (batch, embed_dim), the embedding of y_{t-1}."""
-        return self.step_dropped(self.dropout(embedded), state, memory)
+        return self.step_after_dropout(self.dropout(embedded), state, memory)
 
-    def step_dropped(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderStep:
+    def step_after_dropout(
+        self, embedded: Tensor, state: DecoderState, memory: Memory
+    ) -> DecoderStep:
+        """One step on an embedding that already went through dropout (the teacher-forced
+        ``forward`` applies dropout once to all steps, then calls this per step)."""
         raise NotImplementedError
 
 
@@ -212,7 +216,9 @@ class LuongDecoder(Decoder):
         attn_vectors = torch.tanh(self.combine(torch.cat([context, outputs], dim=-1)))
         return attn_vectors, attn_weights  # (batch, steps, hidden), (batch, steps, src_len)
 
-    def step_dropped(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderStep:
+    def step_after_dropout(
+        self, embedded: Tensor, state: DecoderState, memory: Memory
+    ) -> DecoderStep:
         inputs = embedded  # (batch, embed_dim)
         if self.input_feeding:
             inputs = torch.cat([embedded, state.attn_vector], dim=-1)  # (batch, embed+hidden)
@@ -228,14 +234,15 @@ class LuongDecoder(Decoder):
         if not self.input_feeding:
             # Only the RNN runs step by step; attention and W_c run once over all steps.
             hidden, cell, outputs = state.hidden, state.cell, []
-            for t in range(embedded.size(1)):
-                hidden, cell = self.rnn(embedded[:, t], hidden, cell)
+            for embedded_t in embedded.unbind(1):  # (batch, embed_dim)
+                hidden, cell = self.rnn(embedded_t, hidden, cell)
                 outputs.append(hidden[-1])
             attn_vectors, attn_weights = self.attend_and_combine(torch.stack(outputs, 1), memory)
             return DecoderOutput(attn_vectors, attn_weights, DecoderState(hidden, cell, None))
         attn_vectors, attn_weights = [], []
-        for t in range(embedded.size(1)):
-            out = self.step_dropped(embedded[:, t], state, memory)
+        # unbind, not embedded[:, t]: its backward is one stack, not a zeroed copy per step
+        for embedded_t in embedded.unbind(1):  # (batch, embed_dim)
+            out = self.step_after_dropout(embedded_t, state, memory)
             attn_vectors.append(out.attn_vector)
             attn_weights.append(out.attn_weights)
             state = out.state
@@ -300,7 +307,9 @@ class BahdanauDecoder(Decoder):
         """h̃ = tanh(W_o [s ; c ; E y_prev] + b_o); inputs (..., ·) → (..., hidden)."""
         return torch.tanh(self.pre_output(torch.cat([top, context, embedded], dim=-1)))
 
-    def step_dropped(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderStep:
+    def step_after_dropout(
+        self, embedded: Tensor, state: DecoderState, memory: Memory
+    ) -> DecoderStep:
         context, attn_weights, state = self.recur(embedded, state, memory)
         attn_vector = self.output(state.hidden[-1], context, embedded)  # (batch, hidden)
         return DecoderStep(attn_vector, attn_weights, state)
@@ -309,8 +318,8 @@ class BahdanauDecoder(Decoder):
         """Teacher-forced pass.  embedded: (batch, tgt_len, embed_dim) for y_0..y_{T-1}."""
         embedded = self.dropout(embedded)
         tops, contexts, attn_weights = [], [], []
-        for t in range(embedded.size(1)):
-            context, weights, state = self.recur(embedded[:, t], state, memory)
+        for embedded_t in embedded.unbind(1):  # (batch, embed_dim)
+            context, weights, state = self.recur(embedded_t, state, memory)
             tops.append(state.hidden[-1])
             contexts.append(context)
             attn_weights.append(weights)

@@ -12,7 +12,8 @@ argmax of the teacher-forced logits on its own prefix.
 Output layer: p(y_t | y_<t, x) = softmax(W_out h̃_t + b)  (Luong et al. 2015, eq. 6).  With
 ``tie_embeddings`` W_out is the target embedding matrix E (Press & Wolf 2017); when the decoder
 hidden size differs from the embedding size, h̃_t first goes through a learned projection
-P (embed_dim × hidden, no bias): logits = E P h̃_t + b.
+P (embed_dim × hidden, no bias): logits = E P h̃_t + b.  A tied E is initialised from
+N(0, 1/embed_dim) so that the initial logits stay small.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class Seq2Seq(nn.Module):
             )
             self.output_proj = nn.Linear(tgt_embed_dim, tgt_vocab_size)
             self.output_proj.weight = self.tgt_embed.weight  # tied: W_out = E
+            # N(0, 1/embed_dim) rather than N(0, 1), so that the initial logits E P h̃ stay O(1)
+            with torch.no_grad():
+                self.tgt_embed.weight.normal_(0.0, tgt_embed_dim**-0.5)
+                self.tgt_embed.weight[PAD_ID].zero_()
         else:
             self.pre_output_proj = nn.Identity()
             self.output_proj = nn.Linear(hidden, tgt_vocab_size)

@@ -66,13 +66,6 @@ def test_option_composes_and_resolves(compose_config, group, option):
     assert resolved["model"]["decoder"]["rnn_type"] == resolved["model"]["encoder"]["rnn_type"]
 
 
-FILE_CORPORA_BUG = (
-    "configs/data/{tsv,aligned}.yaml inherit enko.yaml; OmegaConf ignores `???` when merging, "
-    "so data.train/valid/test keep enko's paths instead of being mandatory"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=FILE_CORPORA_BUG)
 @pytest.mark.parametrize("option", [option for group, option in MANDATORY])
 def test_file_corpora_require_their_paths(compose_config, option):
     # The other options have no missing value: test_option_composes_and_resolves throws on one.

@@ -111,8 +111,9 @@ def test_aligned_files_with_different_line_counts_name_both_files(tmp_path):
     (tmp_path / "c.ko").write_text("가\n나\n다\n라\n", encoding="utf-8")
     with pytest.raises(NMTError) as err:
         read_aligned(tmp_path / "c.en", tmp_path / "c.ko")
-    assert str(err.value).startswith(
-        f"{tmp_path / 'c.en'} has 3 lines but {tmp_path / 'c.ko'} has 4"
+    assert str(err.value) == (
+        f"{tmp_path / 'c.ko'}:4: no matching line in {tmp_path / 'c.en'} "
+        f"({tmp_path / 'c.en'} has 3 lines, {tmp_path / 'c.ko'} has 4)"
     )
 
 
@@ -582,7 +583,7 @@ def aligned_line_counts(root: Path) -> tuple[list[str], list[str]]:
         (root / f"{prefix}.ko").write_text(ko, encoding="utf-8")
     uneven, even = root / "uneven", root / "even"
     args = ["data=aligned", *splits(uneven, even, even)]
-    return args, [f"{uneven}.en has 3 lines but {uneven}.ko has 4"]
+    return args, [f"{uneven}.ko:4: no matching line in {uneven}.en"]
 
 
 def tsv_no_tab(root: Path) -> tuple[list[str], list[str]]:

@@ -64,9 +64,10 @@ def read_aligned(src_path: Path, tgt_path: Path) -> list[Pair]:
     src = [text for _, text in read_lines(src_path)]
     tgt = [text for _, text in read_lines(tgt_path)]
     if len(src) != len(tgt):
+        longer, shorter = (src_path, tgt_path) if len(src) > len(tgt) else (tgt_path, src_path)
         raise NMTError(
-            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: "
-            "aligned files must have one line per sentence pair"
+            f"{longer}:{min(len(src), len(tgt)) + 1}: no matching line in {shorter} "
+            f"({src_path} has {len(src)} lines, {tgt_path} has {len(tgt)})"
         )
     return list(zip(src, tgt, strict=True))
 

@@ -118,6 +118,12 @@ def train_sentencepiece(
                     f"{size_key}={vocab_size} is larger than the training text allows: "
                     f"expected at most {limit.group(1)}"
                 ) from None
+            too_small = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+            if too_small:
+                raise NMTError(
+                    f"{size_key}={vocab_size} is smaller than the {too_small.group(2)} characters "
+                    f"the text needs at character coverage {character_coverage}: raise it"
+                ) from None
             raise NMTError(f"SentencePiece training for {model_prefix}: {message}") from None
         final = Path(f"{model_prefix}.model")
         os.replace(f"{tmp_prefix}.model", final)

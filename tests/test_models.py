@@ -238,6 +238,79 @@ def test_step_by_step_equals_teacher_forced_forward(case):
             torch.testing.assert_close(attn_weights, forward.attn_weights[:, t])
 
 
+def first_two_steps(model: Seq2Seq):
+    """Memory, the state after one step on <s>, and the next step's inputs, in eval mode."""
+    src, src_lengths, tgt_in, _ = tiny_batch()
+    memory = model.encode(src, src_lengths)
+    _, _, state = model.step(tgt_in[:, 0], model.init_state(memory), memory)
+    return memory, state, tgt_in[:, 1]
+
+
+def masked_attention(scores: torch.Tensor, memory) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference softmax over real positions and context, written out: (batch, src_len) scores."""
+    weights = scores.exp() * memory.src_mask
+    weights = weights / weights.sum(-1, keepdim=True)
+    return torch.einsum("bs,bsv->bv", weights, memory.values), weights
+
+
+def test_luong_step_follows_the_equations():
+    """h_t = GRU([E y; h̃_{t-1}], h_{t-1}); α = softmax(h_tᵀ W_k h_j); h̃_t = tanh(W_c [c; h_t])."""
+    model = make_model(score="dot", style="luong").eval()  # keys: projected 10 → 7
+    with torch.no_grad():
+        memory, state, prev = first_two_steps(model)
+        assert state.attn_vector is not None and state.attn_vector.abs().sum() > 0
+        logits, attn_weights, new_state = model.step(prev, state, memory)
+
+        x = torch.cat([model.tgt_embed(prev), state.attn_vector], dim=-1)
+        h = model.decoder.rnn.cells[0](x, state.hidden[0])
+        keys = memory.values @ model.decoder.attention.score.key_proj.weight.T
+        context, weights = masked_attention(torch.einsum("bh,bsh->bs", h, keys), memory)
+        h_tilde = torch.tanh(model.decoder.combine(torch.cat([context, h], dim=-1)))
+    torch.testing.assert_close(attn_weights, weights)
+    torch.testing.assert_close(new_state.hidden[0], h)
+    torch.testing.assert_close(new_state.attn_vector, h_tilde)
+    torch.testing.assert_close(logits, model.output_proj(h_tilde))
+
+
+def test_bahdanau_step_follows_the_equations():
+    """α = softmax(vᵀ tanh(W_q s_{t-1} + W_k h_j)); s_t = GRU([E y; c], s_{t-1});
+    h̃_t = tanh(W_o [s_t; c; E y])."""
+    model = make_model(score="concat", style="bahdanau").eval()
+    score = model.decoder.attention.score
+    with torch.no_grad():
+        memory, state, prev = first_two_steps(model)
+        logits, attn_weights, new_state = model.step(prev, state, memory)
+
+        s_prev, embedded = state.hidden[0], model.tgt_embed(prev)
+        hidden = torch.tanh(score.query_proj(s_prev).unsqueeze(1) + score.key_proj(memory.values))
+        context, weights = masked_attention(score.v(hidden).squeeze(-1), memory)
+        s = model.decoder.rnn.cells[0](torch.cat([embedded, context], dim=-1), s_prev)
+        h_tilde = torch.tanh(model.decoder.pre_output(torch.cat([s, context, embedded], dim=-1)))
+    torch.testing.assert_close(attn_weights, weights)
+    torch.testing.assert_close(new_state.hidden[0], s)
+    torch.testing.assert_close(logits, model.output_proj(h_tilde))
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+def test_bridge_sets_the_initial_state(rnn_type):
+    src, src_lengths, _, _ = tiny_batch()
+    model = make_model(rnn_type=rnn_type, dec_layers=2)
+    memory = model.encode(src, src_lengths)
+    state = model.init_state(memory)
+    expected = torch.tanh(model.decoder.bridge(memory.final)).view(3, 2, 7).transpose(0, 1)
+    torch.testing.assert_close(state.hidden, expected)  # (num_layers, batch, hidden)
+    if rnn_type == "lstm":
+        torch.testing.assert_close(state.cell, state.hidden)  # c_0 = s_0
+    else:
+        assert state.cell is None
+    assert torch.equal(state.attn_vector, torch.zeros(3, 7))  # h̃_0 = 0 for input feeding
+
+    no_bridge = make_model(rnn_type=rnn_type, dec_layers=2, bridge=False)
+    state = no_bridge.init_state(no_bridge.encode(src, src_lengths))
+    assert torch.equal(state.hidden, torch.zeros(2, 3, 7))
+    assert not any("bridge" in name for name, _ in no_bridge.named_parameters())
+
+
 def test_dropout_is_active_in_training_mode():
     model = make_model(dropout=0.5)
     src, src_lengths, tgt_in, _ = tiny_batch()
@@ -245,6 +318,9 @@ def test_dropout_is_active_in_training_mode():
     first = model(src, src_lengths, tgt_in).logits
     second = model(src, src_lengths, tgt_in).logits
     assert not torch.allclose(first, second)
+    # on h̃ before the output projection too
+    attn_vectors = torch.ones(4, 7)
+    assert not torch.allclose(model.logits(attn_vectors), model.eval().logits(attn_vectors))
 
 
 @pytest.mark.parametrize("style", ["luong", "bahdanau"])

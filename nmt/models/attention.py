@@ -127,11 +127,11 @@ class GeneralScore(nn.Module):
 
 
 class ConcatScore(nn.Module):
-    """score(q, h_j) = vᵀ tanh(W [q; h_j]) = vᵀ tanh(W_q q + W_k h_j)  (additive attention).
+    """score(q, h_j) = vᵀ tanh(W [q; h_j] + b) = vᵀ tanh(W_q q + W_k h_j + b)  (additive attention).
 
     Bahdanau et al. 2015, appendix A.1.2 (e_ij = vᵀ tanh(W s_{i-1} + U h_j)); Luong et al. 2015,
-    eq. 8 ("concat").  W = [W_q W_k] is split so that the key half k_j = W_k h_j (with the
-    layer's only bias) is computed once per batch.  v ∈ R^{hidden_size}.
+    eq. 8 ("concat").  W = [W_q W_k] is split so that the key half k_j = W_k h_j + b is
+    computed once per batch.  v ∈ R^{hidden_size}.
     """
 
     def __init__(self, query_size: int, value_size: int, hidden_size: int):
@@ -162,7 +162,7 @@ class LocationScore(nn.Module):
     def __init__(self, query_size: int, max_src_len: int):
         super().__init__()
         self.max_src_len = max_src_len
-        self.position_proj = nn.Linear(query_size, max_src_len)  # W_a
+        self.position_proj = nn.Linear(query_size, max_src_len, bias=False)  # W_a
 
     def project_keys(self, values: Tensor) -> Tensor:
         return values  # only src_len = values.size(1) is used

@@ -1,0 +1,623 @@
+"""Greedy and beam search over a trained :class:`~nmt.models.Seq2Seq`, and line-level translation.
+
+Both searches are batched over sentences and step the decoder one target position at a time
+through the model's step API::
+
+    memory = model.encode(src, src_lengths)
+    state = model.init_state(memory)
+    logits, attn_weights, state = model.step(prev_tokens, state, memory)
+
+Conventions shared by both searches:
+
+* **Forbidden outputs.** ``<pad>`` and ``<s>`` are never predicted (their log-probability is set
+  to -inf, without renormalising), so a hypothesis's ``log_prob`` is exactly the sum of the
+  model's teacher-forced log-probabilities of its tokens and its ``</s>``.
+* **Length.** A hypothesis's length is the number of tokens it predicted, ``</s>`` included when
+  it has one. Sentence ``i`` stops after at most
+  ``max_len[i] = floor(max_len_ratio * src_lengths[i] + max_len_offset)`` predicted tokens
+  (``src_lengths`` as given to the model, i.e. with the source ``</s>``); a hypothesis stopped
+  there without ``</s>`` has ``hit_max_len=True``. The limit is per sentence, so a translation
+  never depends on the other sentences of its batch.
+* **Score.** ``score = log_prob / lp(length)`` with GNMT's length penalty
+  ``lp(n) = ((5 + n) / 6) ** alpha`` (Wu et al. 2016, eq. 14); ``alpha = 0`` gives
+  ``score == log_prob``.
+
+Speed: a step is one decoder call on all unfinished rows, tensor ops over them, and one host
+sync (is every sentence done?); there is no Python loop over hypotheses. Sentences that are done
+leave the decoder's batch (:class:`_Decoding`), and beam search finds its top ``k`` of ``k * V``
+candidates with two small ``topk`` calls instead of one over ``k * V`` (:func:`_beam_step`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+
+from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
+from nmt.errors import NMTError
+from nmt.models import DecoderState, Memory, Seq2Seq
+
+SEARCH_NAMES = ("greedy", "beam")
+FORBIDDEN_IDS = (PAD_ID, BOS_ID)  # never predicted
+
+
+@dataclass
+class Hypothesis:
+    """One output of a search.
+
+    tokens: predicted target ids without ``<s>`` and ``</s>``.
+    score: ``log_prob`` divided by the length penalty; what the beam ranks by.
+    log_prob: sum of the log-probabilities of ``tokens`` and, when present, the final ``</s>``.
+    attn_weights: (len(tokens) + 1 if it ended with ``</s>`` else len(tokens), src_len) attention
+        weights of each predicted position over this sentence's source (padding trimmed).
+    hit_max_len: the hypothesis was stopped by the length limit, not by ``</s>``.
+    """
+
+    tokens: list[int]
+    score: float
+    log_prob: float
+    attn_weights: torch.Tensor
+    hit_max_len: bool
+
+
+@dataclass
+class SearchResult:
+    """``hypotheses[i]``: the n-best list of sentence ``i`` of the batch, best score first."""
+
+    hypotheses: list[list[Hypothesis]]
+
+    def best(self) -> list[Hypothesis]:
+        """The best hypothesis of every sentence."""
+        return [nbest[0] for nbest in self.hypotheses]
+
+
+def gnmt_length_penalty(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
+    """GNMT length penalty ``((5 + length) / 6) ** alpha`` (Wu et al. 2016, eq. 14).
+
+    lengths: (...) long. Returns (...) float; exactly 1.0 when ``alpha == 0``.
+    """
+    return ((5.0 + lengths.float()) / 6.0) ** alpha
+
+
+def max_lengths(
+    src_lengths: torch.Tensor, max_len_ratio: float, max_len_offset: float
+) -> torch.Tensor:
+    """Per-sentence limit ``floor(max_len_ratio * src_length + max_len_offset)``, at least 0.
+
+    src_lengths: (batch,). Returns (batch,) long, on the same device.
+    """
+    limit = torch.floor(src_lengths.double() * max_len_ratio + max_len_offset)
+    return limit.clamp(min=0).long()
+
+
+def _predictable_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax of ``logits`` (rows, V), in fp32, with the forbidden ids set to -inf."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (rows, V)
+    log_probs[:, list(FORBIDDEN_IDS)] = -math.inf
+    return log_probs
+
+
+# --------------------------------------------------------------------------------------------
+# The decoder's batch, which shrinks as sentences finish
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Decoding:
+    """The sentences still being decoded, and the decoder inputs of their rows.
+
+    Each sentence owns ``per_sentence`` consecutive rows (1 for greedy, ``beam_size`` for beam).
+    Results are kept in full-size tensors, one entry per row of the whole batch; ``rows`` maps
+    the decoder's current rows to them. Sentences that are done are dropped from the decoder's
+    batch, so the remaining steps cost less.
+    """
+
+    per_sentence: int
+    sentences: torch.Tensor  # (active,) indices into the batch
+    rows: torch.Tensor  # (active*per_sentence,) indices into the full rows
+    memory: Memory
+    state: DecoderState
+    prev: torch.Tensor  # (active*per_sentence,) the tokens to feed next
+
+    @classmethod
+    def start(cls, model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, per_sentence: int):
+        """Encode the batch; repeat each sentence's memory and state ``per_sentence`` times."""
+        batch, device = src.size(0), src.device
+        memory = model.encode(src, src_lengths)
+        state = model.init_state(memory)
+        if per_sentence > 1:
+            repeat = torch.arange(batch, device=device).repeat_interleave(per_sentence)
+            memory = memory.index_select(repeat)  # (batch*per, ...) every copy the same source
+            state = state.index_select(repeat)
+        rows = torch.arange(batch * per_sentence, device=device)
+        prev = torch.full_like(rows, BOS_ID)
+        return cls(per_sentence, torch.arange(batch, device=device), rows, memory, state, prev)
+
+    def step(self, model: Seq2Seq) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoder step on the active rows: logits (rows, V), attn_weights (rows, src_len)."""
+        logits, attn_weights, self.state = model.step(self.prev, self.state, self.memory)
+        return logits, attn_weights
+
+    def drop_done(self, done: torch.Tensor) -> None:
+        """Keep only the sentences whose entry in ``done`` (batch,) is False."""
+        keep = (~done[self.sentences]).nonzero().squeeze(1)  # (kept,) positions among the active
+        offsets = torch.arange(self.per_sentence, device=keep.device)
+        keep_rows = (keep[:, None] * self.per_sentence + offsets).view(-1)  # (kept*per,)
+        self.sentences = self.sentences[keep]
+        self.rows = self.rows[keep_rows]
+        self.memory = self.memory.index_select(keep_rows)
+        self.state = self.state.index_select(keep_rows)
+        self.prev = self.prev[keep_rows]
+
+
+def _decoding_steps(decoding: _Decoding, done: torch.Tensor, max_steps: int):
+    """Yield step numbers until every sentence is done, dropping done sentences first.
+
+    ``done`` (batch,) is read each time, so the caller updates it in place. Reading it is the
+    one host sync per step; dropping sentences (a second sync) happens only when some finished.
+    """
+    batch = done.numel()
+    for step in range(max_steps):
+        num_done = int(done.sum())
+        if num_done == batch:
+            return
+        if num_done > batch - decoding.sentences.numel():
+            decoding.drop_done(done)
+        yield step
+
+
+def _spread(values: torch.Tensor, rows: torch.Tensor, num_rows: int, fill: float) -> torch.Tensor:
+    """values (n, ...) of ``rows`` (n,) → (num_rows, ...) with ``fill`` in the other rows."""
+    out = values.new_full((num_rows, *values.shape[1:]), fill)
+    out[rows] = values
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Greedy search
+# --------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def greedy_search(
+    model: Seq2Seq,
+    src: torch.Tensor,
+    src_lengths: torch.Tensor,
+    max_len_ratio: float,
+    max_len_offset: float,
+    length_penalty: float = 0.0,
+) -> SearchResult:
+    """Pick the most probable token at every step until ``</s>`` or the sentence's length limit.
+
+    src: (batch, src_len) long, padded with ``<pad>``; src_lengths: (batch,).
+    ``length_penalty`` (alpha) changes only the reported ``score`` (greedy's choice does not
+    depend on it); pass the beam's alpha to compare scores with :func:`beam_search`.
+    A finished sentence leaves the decoder's batch. The caller puts the model in eval mode.
+    """
+    batch, src_len = src.shape
+    device = src.device
+    max_lens = max_lengths(src_lengths, max_len_ratio, max_len_offset).to(device)  # (batch,)
+    decoding = _Decoding.start(model, src, src_lengths, per_sentence=1)
+    log_prob = torch.zeros(batch, device=device)  # (batch,)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)  # (batch,)
+    finished = max_lens == 0  # (batch,)
+    hit_max = finished.clone()  # (batch,)
+
+    step_tokens, step_attn = [], []
+    for step in _decoding_steps(decoding, finished, int(max_lens.max()) if batch else 0):
+        rows = decoding.rows  # (active,) every one of them unfinished
+        logits, attn_weights = decoding.step(model)  # (active, V), (active, src_len)
+        best_log_prob, token = _predictable_log_probs(logits).max(dim=-1)  # (active,), (active,)
+        log_prob[rows] = log_prob[rows] + best_log_prob
+        lengths[rows] = step + 1
+        stopped_by_length = (token != EOS_ID) & (step + 1 >= max_lens[rows])
+        hit_max[rows] = stopped_by_length
+        finished[rows] = (token == EOS_ID) | stopped_by_length
+        step_tokens.append(_spread(token, rows, batch, PAD_ID))
+        step_attn.append(_spread(attn_weights, rows, batch, 0.0))
+        decoding.prev = token
+
+    tokens, attn = _stack_steps(step_tokens, step_attn, batch, src_len, device)
+    score = log_prob / gnmt_length_penalty(lengths, length_penalty)
+    hyps = _hypotheses(tokens, attn, lengths, log_prob, score, hit_max, src_lengths)
+    return SearchResult([[hyp] for hyp in hyps])
+
+
+# --------------------------------------------------------------------------------------------
+# Beam search
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Beams:
+    """Per-hypothesis beam state, one row per hypothesis.
+
+    Rows ``i * beam_size ... (i + 1) * beam_size - 1`` belong to sentence ``i``; after every step
+    they are sorted by score, best first.
+    """
+
+    log_prob: torch.Tensor  # (rows,) fp32; -inf for an empty slot
+    lengths: torch.Tensor  # (rows,) long, predicted tokens so far
+    finished: torch.Tensor  # (rows,) bool: ended by </s>, by the length limit, or empty
+    hit_max: torch.Tensor  # (rows,) bool
+
+    def take(self, rows: torch.Tensor) -> _Beams:
+        return _Beams(
+            self.log_prob[rows], self.lengths[rows], self.finished[rows], self.hit_max[rows]
+        )
+
+    def put(self, rows: torch.Tensor, part: _Beams) -> None:
+        self.log_prob[rows] = part.log_prob
+        self.lengths[rows] = part.lengths
+        self.finished[rows] = part.finished
+        self.hit_max[rows] = part.hit_max
+
+
+@torch.inference_mode()
+def beam_search(
+    model: Seq2Seq,
+    src: torch.Tensor,
+    src_lengths: torch.Tensor,
+    beam_size: int,
+    length_penalty: float,
+    max_len_ratio: float,
+    max_len_offset: float,
+    n_best: int = 1,
+) -> SearchResult:
+    """Batched beam search with GNMT length penalty; returns each sentence's ``n_best`` best.
+
+    src: (batch, src_len) long, padded with ``<pad>``; src_lengths: (batch,).
+
+    Every sentence keeps ``beam_size`` hypotheses, all in one tensor of ``batch * beam_size``
+    rows, so a step is one decoder call, one ``topk`` over ``beam_size * V`` candidates per
+    sentence and one reorder of the decoder state:
+
+    1. Each row's candidates are its log-prob plus the step's log-probabilities of every token.
+       A *finished* row offers exactly one candidate: itself unchanged (token ``<pad>``, +0, same
+       length; every other token -inf), so it stays finished and never grows.
+    2. Candidates are ranked by their length-penalised score, each with its own length, so a
+       finished hypothesis competes fairly with the longer live ones.
+    3. The best ``beam_size`` candidates of each sentence become its new rows; a row whose new
+       token is ``</s>``, or that reached the sentence's length limit, is finished.
+    4. A sentence is *done* when its ``n_best`` best rows are all finished, and leaves the
+       decoder's batch. With ``alpha = 0`` this is exact: a live hypothesis's log-prob can only
+       fall, so it can never overtake a finished one ranked above it. The loop ends when every
+       sentence is done.
+
+    Tokens, attention rows and the parent of every row are kept per step and followed back from
+    the final rows once, at the end. With ``beam_size = 1`` the result equals
+    :func:`greedy_search` (given the same alpha). The caller puts the model in eval mode.
+    """
+    if beam_size < 1:
+        raise NMTError(f"search.beam_size: expected an integer >= 1, got {beam_size}")
+    if not 1 <= n_best <= beam_size:
+        raise NMTError(
+            f"search.n_best: expected 1 <= n_best <= beam_size ({beam_size}), got {n_best}"
+        )
+    batch, src_len = src.shape
+    num_rows = batch * beam_size
+    device = src.device
+    max_lens = max_lengths(src_lengths, max_len_ratio, max_len_offset).to(device)  # (batch,)
+    row_max_lens = max_lens.repeat_interleave(beam_size)  # (batch*beam,)
+    decoding = _Decoding.start(model, src, src_lengths, per_sentence=beam_size)
+    beams = _initial_beams(batch, beam_size, max_lens, device)
+    done = max_lens == 0  # (batch,)
+
+    history = _History(num_rows, src_len)
+    for step in _decoding_steps(decoding, done, int(max_lens.max()) if batch else 0):
+        rows = decoding.rows  # (active*beam,)
+        logits, attn_weights = decoding.step(model)  # (active*beam, V), (active*beam, src_len)
+        parent, token, part = _beam_step(
+            logits, beams.take(rows), step, beam_size, length_penalty, row_max_lens[rows]
+        )  # parent: (active*beam,) among the active rows
+        beams.put(rows, part)
+        done[decoding.sentences] = part.finished.view(-1, beam_size)[:, :n_best].all(dim=1)
+        decoding.state = decoding.state.index_select(parent)
+        decoding.prev = token
+        history.record(rows, parent, token, attn_weights)
+    return _collect_nbest(beams, history, src_lengths, beam_size, n_best, length_penalty)
+
+
+class _History:
+    """What every one of the batch*beam rows became at each step, to be read back at the end.
+
+    Per step: ``tokens`` (batch*beam,), the token appended (``<pad>`` if none);
+    ``attn_weights`` (batch*beam, src_len), the attention that predicted it; ``parents``
+    (batch*beam,), the row it extended (itself for a row that did not step).
+    """
+
+    def __init__(self, num_rows: int, src_len: int):
+        self.num_rows = num_rows
+        self.src_len = src_len
+        self.tokens: list[torch.Tensor] = []
+        self.attn_weights: list[torch.Tensor] = []
+        self.parents: list[torch.Tensor] = []
+
+    def record(
+        self,
+        rows: torch.Tensor,
+        parent: torch.Tensor,
+        token: torch.Tensor,
+        attn_weights: torch.Tensor,
+    ) -> None:
+        """One step of the active ``rows`` (n,): ``rows[j]`` now extends ``rows[parent[j]]``
+        with ``token[j]``; attn_weights (n, src_len) is indexed by the rows before the step."""
+        self.tokens.append(_spread(token, rows, self.num_rows, PAD_ID))
+        attn_of_new_rows = attn_weights.index_select(0, parent)  # (n, src_len)
+        self.attn_weights.append(_spread(attn_of_new_rows, rows, self.num_rows, 0.0))
+        parents = torch.arange(self.num_rows, device=rows.device)
+        parents[rows] = rows[parent]
+        self.parents.append(parents)
+
+    def backtrack(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (n, steps) and attention (n, steps, src_len) of ``rows`` (n,), read backwards."""
+        steps = len(self.tokens)
+        tokens = torch.empty(rows.numel(), steps, dtype=torch.long, device=rows.device)
+        attn = torch.empty(rows.numel(), steps, self.src_len, device=rows.device)
+        for t in range(steps - 1, -1, -1):
+            tokens[:, t] = self.tokens[t][rows]
+            attn[:, t] = self.attn_weights[t][rows]
+            rows = self.parents[t][rows]
+        return tokens, attn
+
+
+def _collect_nbest(
+    beams: _Beams,
+    history: _History,
+    src_lengths: torch.Tensor,
+    beam_size: int,
+    n_best: int,
+    alpha: float,
+) -> SearchResult:
+    """The ``n_best`` first rows of every sentence (already sorted), minus empty slots."""
+    batch = src_lengths.numel()
+    device = beams.log_prob.device
+    best_rows = (
+        torch.arange(batch, device=device)[:, None] * beam_size
+        + torch.arange(n_best, device=device)
+    ).view(-1)  # (batch*n_best,)
+    tokens, attn = history.backtrack(best_rows)
+    log_prob = beams.log_prob[best_rows]  # (batch*n_best,)
+    lengths = beams.lengths[best_rows]
+    score = log_prob / gnmt_length_penalty(lengths, alpha)
+    hit_max = beams.hit_max[best_rows]
+    hyps = _hypotheses(
+        tokens, attn, lengths, log_prob, score, hit_max, src_lengths.repeat_interleave(n_best)
+    )
+    nbest_lists = [hyps[i * n_best : (i + 1) * n_best] for i in range(batch)]
+    return SearchResult([[h for h in nbest if h.log_prob > -math.inf] for nbest in nbest_lists])
+
+
+def _initial_beams(
+    batch: int, beam_size: int, max_lens: torch.Tensor, device: torch.device
+) -> _Beams:
+    """One live empty hypothesis per sentence (slot 0); the other slots are empty (-inf).
+
+    A sentence whose length limit is 0 starts finished: its output is empty, ``hit_max_len``.
+    """
+    log_prob = torch.full((batch, beam_size), -math.inf, device=device)  # (batch, beam)
+    log_prob[:, 0] = 0.0
+    zero_limit = (max_lens == 0).repeat_interleave(beam_size)  # (batch*beam,)
+    return _Beams(
+        log_prob=log_prob.view(-1),
+        lengths=torch.zeros(batch * beam_size, dtype=torch.long, device=device),
+        finished=zero_limit.clone(),
+        hit_max=zero_limit.clone(),
+    )
+
+
+def _beam_step(
+    logits: torch.Tensor,
+    beams: _Beams,
+    step: int,
+    beam_size: int,
+    alpha: float,
+    max_lens: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, _Beams]:
+    """Expand every row by one token and keep the best ``beam_size`` per sentence.
+
+    logits: (rows, V) of step ``step`` (0-based), where every live row has ``step`` tokens;
+    beams and max_lens (rows,): the same rows, ``rows = sentences * beam_size``. Returns
+    ``parent`` (rows,), the row each new row extends; ``token`` (rows,), the token it appended
+    (``<pad>`` for a finished row); the new beams.
+
+    Ranking is by ``score = log_prob / lp(length)``. All live candidates have length
+    ``step + 1``, so dividing them by the common ``lp(step + 1)`` would not change their order:
+    they are ranked by their raw log-prob, and a finished row's single candidate carries its
+    log-prob rescaled to that length, ``log_prob * lp(step + 1) / lp(own length)``, which places
+    it exactly where its own score would.
+
+    The top ``beam_size`` of a sentence's ``beam_size * V`` candidates are found in two stages:
+    the best ``beam_size`` tokens of each row (adding the row's log-prob does not change their
+    order within the row), then the best ``beam_size`` of those ``beam_size**2`` per sentence.
+    Only the first stage touches (rows, V).
+    """
+    rows, vocab = logits.shape
+    sentences = rows // beam_size
+    per_row = min(beam_size, vocab)
+    row_log_probs, row_tokens = _predictable_log_probs(logits).topk(per_row, dim=1)
+    cand = beams.log_prob[:, None] + row_log_probs  # (rows, per_row)
+    # A finished row offers one candidate: itself, token <pad>, its score at length step + 1.
+    live_penalty = ((5.0 + step + 1) / 6.0) ** alpha
+    finished_value = beams.log_prob * (live_penalty / gnmt_length_penalty(beams.lengths, alpha))
+    finished_cand = torch.full_like(cand, -math.inf)
+    finished_cand[:, 0] = finished_value
+    cand = torch.where(beams.finished[:, None], finished_cand, cand)  # (rows, per_row)
+    row_tokens = row_tokens.masked_fill(beams.finished[:, None], PAD_ID)  # (rows, per_row)
+
+    flat = cand.view(sentences, beam_size * per_row)
+    top_value, top_idx = flat.topk(beam_size, dim=1)  # (sentences, beam)
+    first_row = torch.arange(sentences, device=logits.device)[:, None] * beam_size
+    parent = (first_row + top_idx // per_row).view(-1)  # (rows,)
+    token = row_tokens.view(sentences, -1).gather(1, top_idx).view(-1)  # (rows,)
+    was_finished = beams.finished[parent]  # (rows,)
+    log_prob = torch.where(was_finished, beams.log_prob[parent], top_value.view(-1))
+    lengths = torch.where(was_finished, beams.lengths[parent], step + 1)
+
+    ended = ~was_finished & (token == EOS_ID)
+    stopped_by_length = ~was_finished & ~ended & (lengths >= max_lens)
+    empty = log_prob == -math.inf  # fewer than beam_size possible candidates
+    finished = was_finished | ended | stopped_by_length | empty
+    hit_max = beams.hit_max[parent] | stopped_by_length
+    return parent, token, _Beams(log_prob, lengths, finished, hit_max)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared output assembly
+# --------------------------------------------------------------------------------------------
+
+
+def _stack_steps(
+    step_tokens: list[torch.Tensor],
+    step_attn: list[torch.Tensor],
+    rows: int,
+    src_len: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack per-step tokens (rows,) and attention (rows, src_len) along a new steps axis."""
+    if not step_tokens:
+        return (
+            torch.empty(rows, 0, dtype=torch.long, device=device),
+            torch.empty(rows, 0, src_len, device=device),
+        )
+    return torch.stack(step_tokens, dim=1), torch.stack(step_attn, dim=1).float()
+
+
+def _hypotheses(
+    tokens: torch.Tensor,
+    attn: torch.Tensor,
+    lengths: torch.Tensor,
+    log_prob: torch.Tensor,
+    score: torch.Tensor,
+    hit_max: torch.Tensor,
+    src_lengths: torch.Tensor,
+) -> list[Hypothesis]:
+    """Cut each row to its length and its own source length; drop the final ``</s>`` token.
+
+    tokens: (n, steps); attn: (n, steps, src_len); the others (n,). One host transfer each.
+    """
+    tokens_list = tokens.tolist()
+    lengths_list = lengths.tolist()
+    src_len_list = src_lengths.tolist()
+    attn = attn.cpu()
+    hyps = []
+    for i, (log_p, sc, hit) in enumerate(
+        zip(log_prob.tolist(), score.tolist(), hit_max.tolist(), strict=True)
+    ):
+        n = lengths_list[i]
+        seq = tokens_list[i][:n]
+        if seq and seq[-1] == EOS_ID:
+            seq = seq[:-1]
+        hyps.append(Hypothesis(seq, sc, log_p, attn[i, :n, : src_len_list[i]], bool(hit)))
+    return hyps
+
+
+# --------------------------------------------------------------------------------------------
+# Lines of text
+# --------------------------------------------------------------------------------------------
+
+
+def _check_search_cfg(search_cfg: DictConfig) -> None:
+    if search_cfg.name not in SEARCH_NAMES:
+        raise NMTError(
+            f"search.name: expected one of {', '.join(SEARCH_NAMES)}, got {search_cfg.name!r}"
+        )
+    if search_cfg.batch_size < 1:
+        raise NMTError(f"search.batch_size: expected an integer >= 1, got {search_cfg.batch_size}")
+
+
+def _search_batch(
+    model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, search_cfg: DictConfig
+) -> SearchResult:
+    """Run the search that ``search_cfg.name`` names on one padded batch."""
+    if search_cfg.name == "greedy":
+        return greedy_search(
+            model,
+            src,
+            src_lengths,
+            max_len_ratio=search_cfg.max_len_ratio,
+            max_len_offset=search_cfg.max_len_offset,
+            length_penalty=search_cfg.length_penalty,
+        )
+    return beam_search(
+        model,
+        src,
+        src_lengths,
+        beam_size=search_cfg.beam_size,
+        length_penalty=search_cfg.length_penalty,
+        max_len_ratio=search_cfg.max_len_ratio,
+        max_len_offset=search_cfg.max_len_offset,
+        n_best=search_cfg.n_best,
+    )
+
+
+def _pad(seqs: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Id lists → src (batch, max_len) padded with ``<pad>``, src_lengths (batch,)."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    src = torch.full((len(seqs), int(lengths.max())), PAD_ID, dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        src[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return src.to(device), lengths.to(device)
+
+
+def _empty_hypothesis() -> Hypothesis:
+    return Hypothesis(
+        tokens=[], score=0.0, log_prob=0.0, attn_weights=torch.zeros(0, 0), hit_max_len=False
+    )
+
+
+def decode_lines(
+    model: Seq2Seq,
+    src_vocab: Vocab,
+    lines: Sequence[str],
+    search_cfg: DictConfig,
+    device: torch.device | str | None = None,
+) -> list[list[Hypothesis]]:
+    """Translate raw source lines; return the n-best hypotheses of each line, in input order.
+
+    Each line becomes ``src_vocab.encode(line) + [</s>]`` (as in training). Lines are sorted by
+    length and decoded ``search_cfg.batch_size`` at a time, so batches hold similar lengths;
+    because the searches are batch independent, the result does not depend on this order. A line
+    with no subwords (empty or blank) gets one empty hypothesis without running the model.
+
+    The model is put in eval mode for the call and its mode restored afterwards. ``device``
+    defaults to the model's.
+    """
+    _check_search_cfg(search_cfg)
+    if device is None:
+        device = next(model.parameters()).device
+    encoded = src_vocab.encode(lines)
+    results: list[list[Hypothesis]] = [[_empty_hypothesis()] for _ in lines]
+    order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: -len(encoded[i]))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), search_cfg.batch_size):
+            batch_idx = order[start : start + search_cfg.batch_size]
+            src, src_lengths = _pad([encoded[i] + [EOS_ID] for i in batch_idx], device)
+            found = _search_batch(model, src, src_lengths, search_cfg)
+            for i, nbest in zip(batch_idx, found.hypotheses, strict=True):
+                results[i] = nbest
+    finally:
+        model.train(was_training)
+    return results
+
+
+def translate_lines(
+    model: Seq2Seq,
+    src_vocab: Vocab,
+    tgt_vocab: Vocab,
+    lines: Sequence[str],
+    search_cfg: DictConfig,
+    device: torch.device | str | None = None,
+) -> list[str]:
+    """Translate raw source lines; return the detokenised best hypothesis of each, in input order.
+
+    See :func:`decode_lines` for batching and the n-best lists with scores and attention.
+    """
+    nbest_lists = decode_lines(model, src_vocab, lines, search_cfg, device)
+    return tgt_vocab.decode([nbest[0].tokens if nbest else [] for nbest in nbest_lists])

@@ -1,0 +1,466 @@
+"""Greedy and beam search on real tiny models: equalities that must hold whatever the weights.
+
+Each model is briefly trained on a toy task (target = the source reversed, shifted by one id) so
+that it ends its outputs with </s> at varying lengths; wrappers that forbid </s> or favour <pad>
+exercise the length limit and the forbidden ids. No test pins seed-dependent outputs: each
+compares two computations that must agree (beam 1 and greedy, batched and alone, search and
+teacher forcing, the batched beam and a plain one-hypothesis-at-a-time reference).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, train_sentencepiece
+from nmt.errors import NMTError
+from nmt.models import build_model
+from nmt.search import (
+    FORBIDDEN_IDS,
+    Hypothesis,
+    beam_search,
+    decode_lines,
+    gnmt_length_penalty,
+    greedy_search,
+    max_lengths,
+    translate_lines,
+)
+
+SRC_VOCAB, TGT_VOCAB = 14, 15
+SETUPS = [
+    ("luong", "concat", "gru"),
+    ("luong", "general", "lstm"),
+    ("bahdanau", "dot", "gru"),
+    ("bahdanau", "location", "lstm"),
+]
+SETUP_IDS = ["-".join(s) for s in SETUPS]
+FORBIDDEN_MASK = torch.isin(torch.arange(TGT_VOCAB), torch.tensor(FORBIDDEN_IDS))
+ATTENTION_EXTRA = {"concat": {"hidden_size": 16}, "location": {"max_src_len": 12}}
+
+
+def model_cfg(style: str, score: str, rnn_type: str):
+    return OmegaConf.create(
+        {
+            "encoder": {
+                "rnn_type": rnn_type,
+                "embed_dim": 16,
+                "hidden_size": 16,
+                "num_layers": 1,
+                "bidirectional": True,
+                "dropout": 0.0,
+            },
+            "attention": {"score": score, **ATTENTION_EXTRA.get(score, {})},
+            "decoder": {
+                "style": style,
+                "rnn_type": rnn_type,
+                "embed_dim": 16,
+                "hidden_size": 16,
+                "num_layers": 1,
+                "dropout": 0.0,
+                "input_feeding": style == "luong",
+                "bridge": True,
+            },
+            "tie_embeddings": False,
+        }
+    )
+
+
+def pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in seqs])
+    src = torch.full((len(seqs), int(lengths.max())), PAD_ID, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        src[i, : len(s)] = torch.tensor(s)
+    return src, lengths
+
+
+def toy_pairs(n: int, generator: torch.Generator) -> list[tuple[list[int], list[int]]]:
+    """Source: 1-6 ids in 4..SRC_VOCAB-1 then </s>; target: the ids reversed, plus one."""
+    pairs = []
+    for _ in range(n):
+        length = int(torch.randint(1, 7, (1,), generator=generator))
+        ids = torch.randint(4, SRC_VOCAB, (length,), generator=generator).tolist()
+        pairs.append((ids + [EOS_ID], [i + 1 for i in reversed(ids)]))
+    return pairs
+
+
+def train_briefly(model: torch.nn.Module, steps: int = 15) -> None:
+    """A few Adam steps: enough for </s> to be predicted sometimes, not always."""
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    model.train()
+    for _ in range(steps):
+        pairs = toy_pairs(32, generator)
+        src, src_lengths = pad([s for s, _ in pairs])
+        tgt, _ = pad([[BOS_ID] + t + [EOS_ID] for _, t in pairs])
+        tgt_in = tgt[:, :-1].masked_fill(tgt[:, :-1] == EOS_ID, PAD_ID)
+        logits = model(src, src_lengths, tgt_in).logits  # (batch, tgt_len, V)
+        loss = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), tgt[:, 1:], ignore_index=PAD_ID
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds overhead (and contention on shared CPUs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=SETUPS, ids=SETUP_IDS)
+def model(request):
+    torch.manual_seed(1234)
+    net = build_model(model_cfg(*request.param), SRC_VOCAB, TGT_VOCAB)
+    train_briefly(net)
+    return net
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Eight sentences of lengths 2-7 (</s> included), padded together."""
+    src, src_lengths = pad([s for s, _ in toy_pairs(8, torch.Generator().manual_seed(7))])
+    return src, src_lengths
+
+
+class Forced(NamedTuple):
+    """One hypothesis re-scored by teacher forcing, at its target positions (tokens + </s>)."""
+
+    log_probs: torch.Tensor  # (targets,) log-probability of each target
+    logits: torch.Tensor  # (targets, V)
+    attn_weights: torch.Tensor  # (targets, src_len of its sentence)
+
+
+def teacher_forced(
+    model, src, src_lengths, rows: list[int], hyps: list[Hypothesis]
+) -> list[Forced]:
+    """Re-score ``hyps[j]``, a hypothesis for sentence ``rows[j]``, in one teacher-forced pass."""
+    targets = [h.tokens + ([] if h.hit_max_len else [EOS_ID]) for h in hyps]
+    tgt_in, _ = pad([[BOS_ID] + t[:-1] for t in targets])
+    idx = torch.tensor(rows)
+    with torch.no_grad():
+        out = model(src[idx], src_lengths[idx], tgt_in)
+    logits = out.logits.float()  # (n, tgt_len, V)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return [
+        Forced(
+            log_probs[j, torch.arange(len(t)), torch.tensor(t, dtype=torch.long)],
+            logits[j, : len(t)],
+            out.attn_weights[j, : len(t), : int(src_lengths[rows[j]])],
+        )
+        for j, t in enumerate(targets)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_beam_size_one_equals_greedy(model, batch, alpha):
+    src, src_lengths = batch
+    greedy = greedy_search(model, src, src_lengths, 1.5, 3, length_penalty=alpha).best()
+    beam = beam_search(model, src, src_lengths, 1, alpha, 1.5, 3).best()
+    for g, b in zip(greedy, beam, strict=True):
+        assert g.tokens == b.tokens
+        assert g.hit_max_len == b.hit_max_len
+        assert g.score == pytest.approx(b.score, abs=1e-6)
+        assert g.log_prob == pytest.approx(b.log_prob, abs=1e-6)
+        torch.testing.assert_close(g.attn_weights, b.attn_weights)
+
+
+def test_outputs_are_not_trivial(model, batch):
+    """Guard for the other tests: the trained toy models end some hypotheses with </s>."""
+    src, src_lengths = batch
+    hyps = greedy_search(model, src, src_lengths, 1.5, 3).best()
+    assert any(not h.hit_max_len for h in hyps)
+    assert any(len(h.tokens) > 0 for h in hyps)
+
+
+def test_greedy_is_argmax_of_teacher_forced_logits(model, batch):
+    src, src_lengths = batch
+    hyps = greedy_search(model, src, src_lengths, 1.5, 3).best()
+    rows = list(range(len(hyps)))
+    for hyp, forced in zip(hyps, teacher_forced(model, src, src_lengths, rows, hyps), strict=True):
+        logits = forced.logits.masked_fill(FORBIDDEN_MASK, -math.inf)  # (targets, V)
+        assert logits.argmax(dim=-1).tolist() == hyp.tokens + ([] if hyp.hit_max_len else [EOS_ID])
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_output_does_not_depend_on_batch_mates(model, batch, search):
+    """Decoded alone or padded among shorter/longer sentences: the same hypotheses."""
+    src, src_lengths = batch
+
+    def run(s, lengths):
+        if search == "greedy":
+            return greedy_search(model, s, lengths, 1.5, 3, length_penalty=1.0).hypotheses
+        return beam_search(model, s, lengths, 4, 1.0, 1.5, 3, n_best=2).hypotheses
+
+    together = run(src, src_lengths)
+    for i in range(src.size(0)):
+        n = int(src_lengths[i])
+        alone = run(src[i : i + 1, :n], src_lengths[i : i + 1])[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in together[i]]
+        for a, t in zip(alone, together[i], strict=True):
+            assert a.score == pytest.approx(t.score, abs=1e-5)
+            assert a.hit_max_len == t.hit_max_len
+            torch.testing.assert_close(a.attn_weights, t.attn_weights, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_nbest_sorted_distinct_and_scored_by_teacher_forcing(model, batch, alpha):
+    src, src_lengths = batch
+    beam_size = 4
+    result = beam_search(model, src, src_lengths, beam_size, alpha, 1.5, 3, n_best=beam_size)
+    for nbest in result.hypotheses:
+        assert len(nbest) == beam_size
+        assert len({tuple(h.tokens) for h in nbest}) == beam_size
+        scores = [h.score for h in nbest]
+        assert scores == sorted(scores, reverse=True)
+    rows = [i for i, nbest in enumerate(result.hypotheses) for _ in nbest]
+    hyps = [h for nbest in result.hypotheses for h in nbest]
+    for hyp, forced in zip(hyps, teacher_forced(model, src, src_lengths, rows, hyps), strict=True):
+        assert hyp.log_prob == pytest.approx(float(forced.log_probs.sum()), abs=1e-4)
+        length = torch.tensor(len(forced.log_probs))
+        penalty = float(gnmt_length_penalty(length, alpha))
+        assert hyp.score == pytest.approx(hyp.log_prob / penalty, abs=1e-5)
+        torch.testing.assert_close(hyp.attn_weights, forced.attn_weights, atol=1e-5, rtol=1e-4)
+
+
+@dataclass
+class RefHyp:
+    tokens: list[int]
+    log_prob: float
+    state: object  # the decoder state after the hypothesis's last token
+    finished: bool = False
+    hit_max_len: bool = False
+
+    def score(self, alpha: float) -> float:
+        return self.log_prob / ((5 + len(self.tokens)) / 6) ** alpha
+
+
+def reference_beam_search(model, src, src_length, beam_size, alpha, max_len, n_best):
+    """The same algorithm written plainly: one sentence, one hypothesis at a time, lists.
+
+    tokens here include the final </s>. Each step: every live hypothesis proposes every
+    predictable token; a finished one proposes itself; keep the best ``beam_size`` by score;
+    stop when the ``n_best`` best are all finished or the length limit is reached.
+    """
+    memory = model.encode(src[None, :src_length], torch.tensor([src_length]))
+    beam = [RefHyp([], 0.0, model.init_state(memory))]
+    for step in range(max_len):
+        if all(h.finished for h in beam[:n_best]):
+            break
+        candidates = []
+        for hyp in beam:
+            if hyp.finished:
+                candidates.append(hyp)
+                continue
+            prev = torch.tensor([hyp.tokens[-1] if hyp.tokens else BOS_ID])
+            logits, _, state = model.step(prev, hyp.state, memory)
+            log_probs = torch.log_softmax(logits[0].float(), dim=-1).masked_fill(
+                FORBIDDEN_MASK, -math.inf
+            )
+            for token, token_log_prob in enumerate(log_probs.tolist()):
+                if token_log_prob > -math.inf:
+                    ended = token == EOS_ID
+                    at_limit = not ended and step + 1 >= max_len
+                    new = RefHyp(
+                        hyp.tokens + [token],
+                        hyp.log_prob + token_log_prob,
+                        state,
+                        ended or at_limit,
+                        at_limit,
+                    )
+                    candidates.append(new)
+        beam = sorted(candidates, key=lambda h: h.score(alpha), reverse=True)[:beam_size]
+    return beam[:n_best]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_beam_search_matches_plain_reference(model, batch, alpha):
+    """Batched, masked, two-stage top-k search == the one-hypothesis-at-a-time definition."""
+    src, src_lengths = batch
+    beam_size, n_best, ratio, offset = 3, 2, 1.0, 2
+    result = beam_search(model, src, src_lengths, beam_size, alpha, ratio, offset, n_best=n_best)
+    limits = max_lengths(src_lengths, ratio, offset).tolist()
+    with torch.no_grad():
+        for i, nbest in enumerate(result.hypotheses):
+            expected = reference_beam_search(
+                model, src[i], int(src_lengths[i]), beam_size, alpha, limits[i], n_best
+            )
+            assert [h.tokens for h in nbest] == [
+                e.tokens[:-1] if e.tokens and not e.hit_max_len else e.tokens for e in expected
+            ]
+            assert [h.hit_max_len for h in nbest] == [e.hit_max_len for e in expected]
+            for h, e in zip(nbest, expected, strict=True):
+                assert h.score == pytest.approx(e.score(alpha), abs=1e-5)
+
+
+class LogitBias(torch.nn.Module):
+    """Wraps a model and adds ``bias`` (V,) to its step logits."""
+
+    def __init__(self, inner, bias: torch.Tensor):
+        super().__init__()
+        self.inner = inner
+        self.bias = bias
+
+    def encode(self, src, src_lengths):
+        return self.inner.encode(src, src_lengths)
+
+    def init_state(self, memory):
+        return self.inner.init_state(memory)
+
+    def step(self, prev, state, memory):
+        logits, attn_weights, state = self.inner.step(prev, state, memory)
+        return logits + self.bias, attn_weights, state
+
+
+def never_ends(model):
+    """</s> is never predicted: every hypothesis runs to its limit."""
+    return LogitBias(model, torch.zeros(TGT_VOCAB).index_fill(0, torch.tensor([EOS_ID]), -math.inf))
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_pad_and_bos_are_never_predicted(model, batch, search):
+    src, src_lengths = batch
+    bias = torch.zeros(TGT_VOCAB).masked_fill(FORBIDDEN_MASK, 20.0)  # the model's favourites
+    if search == "greedy":
+        result = greedy_search(LogitBias(model, bias), src, src_lengths, 1.5, 3)
+    else:
+        result = beam_search(LogitBias(model, bias), src, src_lengths, 3, 1.0, 1.5, 3, n_best=3)
+    for nbest in result.hypotheses:
+        assert nbest
+        for hyp in nbest:
+            assert not set(hyp.tokens) & set(FORBIDDEN_IDS)
+            assert hyp.log_prob < -10  # their probability mass is not renormalised away
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_max_length_is_per_sentence(model, batch, search):
+    src, src_lengths = batch
+    ratio, offset = 0.5, 1
+    limits = max_lengths(src_lengths, ratio, offset).tolist()
+    assert limits == [math.floor(ratio * n + offset) for n in src_lengths.tolist()]
+    if search == "greedy":
+        hyps = greedy_search(never_ends(model), src, src_lengths, ratio, offset).best()
+    else:
+        hyps = beam_search(never_ends(model), src, src_lengths, 3, 1.0, ratio, offset).best()
+    for hyp, limit in zip(hyps, limits, strict=True):
+        assert hyp.hit_max_len
+        assert len(hyp.tokens) == limit
+
+    # With </s> allowed no hypothesis is longer than its limit, </s> included.
+    for hyp, limit in zip(
+        beam_search(model, src, src_lengths, 3, 1.0, ratio, offset).best(), limits, strict=True
+    ):
+        assert len(hyp.tokens) + (0 if hyp.hit_max_len else 1) <= limit
+
+
+def test_zero_length_limit_gives_empty_hypothesis(model, batch):
+    src, src_lengths = batch
+    for hyps in (
+        greedy_search(model, src, src_lengths, 0.0, 0),
+        beam_search(model, src, src_lengths, 3, 1.0, 0.0, 0),
+    ):
+        for hyp in hyps.best():
+            assert hyp.tokens == [] and hyp.hit_max_len and hyp.log_prob == 0.0
+            assert hyp.attn_weights.shape[0] == 0
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_attention_matrix_per_hypothesis(model, batch, search):
+    src, src_lengths = batch
+    if search == "greedy":
+        result = greedy_search(model, src, src_lengths, 1.5, 3)
+    else:
+        result = beam_search(model, src, src_lengths, 3, 1.0, 1.5, 3, n_best=3)
+    for i, nbest in enumerate(result.hypotheses):
+        for hyp in nbest:
+            rows = len(hyp.tokens) + (0 if hyp.hit_max_len else 1)
+            assert hyp.attn_weights.shape == (rows, int(src_lengths[i]))
+            torch.testing.assert_close(hyp.attn_weights.sum(dim=-1), torch.ones(rows))
+
+
+def test_nbest_larger_than_beam_is_rejected(model, batch):
+    src, src_lengths = batch
+    with pytest.raises(NMTError, match="n_best"):
+        beam_search(model, src, src_lengths, 2, 1.0, 1.5, 3, n_best=3)
+
+
+# --------------------------------------------------------------------------------------------
+# Lines of text
+
+
+@pytest.fixture(scope="module")
+def vocabs(tmp_path_factory):
+    """Tiny SentencePiece vocabularies whose sizes match the toy models'."""
+    out = tmp_path_factory.mktemp("spm")
+    words = ["a", "b", "c", "ab", "ba", "cab"]
+    text = [" ".join(words[(i + j) % len(words)] for j in range(i % 5 + 1)) for i in range(60)]
+    src = Vocab(train_sentencepiece(text, out / "src", SRC_VOCAB, model_type="bpe"))
+    tgt = Vocab(train_sentencepiece(text, out / "tgt", TGT_VOCAB, model_type="bpe"))
+    return src, tgt
+
+
+def search_cfg(name: str, batch_size: int = 2, n_best: int = 1):
+    return OmegaConf.create(
+        {
+            "name": name,
+            "beam_size": 3 if name == "beam" else 1,
+            "length_penalty": 1.0,
+            "max_len_ratio": 1.5,
+            "max_len_offset": 3,
+            "n_best": n_best,
+            "batch_size": batch_size,
+        }
+    )
+
+
+LINES = ["a b c", "", "cab ba ab a b", "b", "   ", "ba ba"]
+
+
+@pytest.mark.parametrize("name", ["greedy", "beam"])
+def test_translate_lines_keeps_input_order(model, vocabs, name):
+    src_vocab, tgt_vocab = vocabs
+    cfg = search_cfg(name)
+    together = translate_lines(model, src_vocab, tgt_vocab, LINES, cfg)
+    alone = [translate_lines(model, src_vocab, tgt_vocab, [line], cfg)[0] for line in LINES]
+    assert together == alone
+    assert together[1] == "" and together[4] == ""
+    assert model.training is False
+
+
+def test_decode_lines_matches_beam_search(model, vocabs):
+    src_vocab, _ = vocabs
+    nbest_lists = decode_lines(model, src_vocab, LINES, search_cfg("beam", batch_size=4, n_best=2))
+    for line, nbest in zip(LINES, nbest_lists, strict=True):
+        ids = src_vocab.encode([line])[0]
+        if not ids:
+            assert [h.tokens for h in nbest] == [[]]
+            continue
+        src, src_lengths = pad([ids + [EOS_ID]])
+        direct = beam_search(model, src, src_lengths, 3, 1.0, 1.5, 3, n_best=2).hypotheses[0]
+        assert [h.tokens for h in nbest] == [h.tokens for h in direct]
+
+
+def test_decode_lines_restores_training_mode(model, vocabs):
+    model.train()
+    try:
+        decode_lines(model, vocabs[0], ["a b"], search_cfg("greedy"))
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_unknown_search_name_lists_the_valid_ones(model, vocabs):
+    with pytest.raises(NMTError, match="greedy, beam"):
+        translate_lines(model, vocabs[0], vocabs[1], ["a"], search_cfg("sampling"))

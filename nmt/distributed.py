@@ -4,12 +4,18 @@
 single-process context whose collectives return their input, so the trainer has one code path.
 With it, the process group is initialised from torchrun's environment (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): NCCL on CUDA, gloo on CPU.
+
+Every collective is entered by all ranks at the same point of the loop. While rank 0 validates,
+the other ranks wait in :meth:`DistContext.broadcast` for its metrics; a collective that waits
+longer than ``trainer.dist_timeout_minutes`` fails, and a rank that fails or exits makes
+torchrun stop the others.
 """
 
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -57,16 +63,26 @@ class DistContext:
     def all_reduce_min(self, value: float) -> float:
         return self._reduce(value, torch_dist.ReduceOp.MIN)
 
-    def broadcast_float(self, value: float) -> float:
-        """Rank 0's value on every rank (so that all ranks stop on the same step)."""
-        return self.broadcast_dict({"v": value})["v"]
-
-    def broadcast_dict(self, value: dict[str, Any]) -> dict[str, Any]:
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` (any picklable object) on every rank."""
         if not self.enabled:
             return value
         box = [value]
         torch_dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch_dist.barrier()
+
+    @contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Run the block on rank 0 first, then on the others (e.g. prepare data, then read it)."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
 
     def gather_rng(self, state: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
         """Every rank's RNG state (a list, indexed by rank) under DDP; the state itself otherwise."""
@@ -81,13 +97,20 @@ class DistContext:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
     def cleanup(self) -> None:
+        """Leave the process group (no barrier: it also runs when this rank has failed)."""
         if self.enabled and torch_dist.is_initialized():
-            torch_dist.barrier()
             torch_dist.destroy_process_group()
 
 
-def setup(enabled: bool) -> DistContext:
+def setup(enabled: bool, timeout_minutes: float = 30) -> DistContext:
+    """The context for ``trainer.distributed``; initialises the process group under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if not enabled:
+        if world_size > 1:
+            raise NMTError(
+                f"launched as one of {world_size} processes (WORLD_SIZE={world_size}) but "
+                "trainer.distributed=false: add trainer.distributed=true"
+            )
         return DistContext()
     missing = [v for v in TORCHRUN_VARS if v not in os.environ]
     if missing:
@@ -102,5 +125,5 @@ def setup(enabled: bool) -> DistContext:
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend=backend, timeout=timedelta(minutes=10))
+        torch_dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
     return DistContext(True, torch_dist.get_rank(), torch_dist.get_world_size(), device)

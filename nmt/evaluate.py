@@ -126,13 +126,14 @@ def evaluate_checkpoint(
     if split is not None and split not in SPLITS:
         raise NMTError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
     from nmt.checkpoint import load_for_inference
+    from nmt.data.corpus import normalize
     from nmt.search import translate_lines
 
     model, src_vocab, tgt_vocab, train_cfg = load_for_inference(ckpt_path, device)
     if split is not None:
         sources, references, src_name, ref_name = _read_split(train_cfg, split)
     else:
-        sources = read_text_lines(src_path, "source")
+        sources = [normalize(line) for line in read_text_lines(src_path, "source")]
         references = read_text_lines(ref_path, "reference")
         src_name, ref_name = str(src_path), str(ref_path)
         if len(sources) != len(references):
@@ -222,8 +223,13 @@ def _one_ref(value: Any) -> str:
 
 
 def _read_split(train_cfg: Any, split: str) -> tuple[list[str], list[str], str, str]:
-    """Source and reference lines of a split named in the checkpoint's data config."""
-    from nmt.data.corpus import read_aligned, read_tsv
+    """Source and reference lines of a split named in the checkpoint's data config.
+
+    Both sides are normalised as ``nmt.prepare`` normalises valid and test, so ``split=valid``
+    scores the same text that validation during training scores.
+    """
+    from nmt.data.corpus import normalize, read_aligned, read_tsv
+    from nmt.data.pipeline import corpus_root
 
     data = OmegaConf.create(train_cfg).data
     if data.format not in ("tsv", "aligned"):
@@ -233,8 +239,7 @@ def _read_split(train_cfg: Any, split: str) -> tuple[list[str], list[str], str, 
         )
     if data[split] is None:
         raise NMTError(f"the checkpoint's data config has no {split} split (data.{split} is null)")
-    root = REPO_ROOT.parent / "shared" / "corpora" if data.root is None else Path(data.root)
-    path = root / data[split]
+    path = corpus_root(data) / Path(data[split]).expanduser()
     if data.format == "tsv":
         pairs = read_tsv(path)
         src_name = ref_name = str(path)
@@ -242,7 +247,7 @@ def _read_split(train_cfg: Any, split: str) -> tuple[list[str], list[str], str, 
         src_file, ref_file = (Path(f"{path}.{lang}") for lang in (data.src_lang, data.tgt_lang))
         pairs = read_aligned(src_file, ref_file)
         src_name, ref_name = str(src_file), str(ref_file)
-    return [s for s, _ in pairs], [t for _, t in pairs], src_name, ref_name
+    return [normalize(s) for s, _ in pairs], [normalize(t) for _, t in pairs], src_name, ref_name
 
 
 if __name__ == "__main__":

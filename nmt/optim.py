@@ -29,6 +29,15 @@ def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
     raise NMTError(f"optim.name: expected one of {', '.join(OPTIMIZERS)}; got {cfg.name!r}")
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Restore the optimiser's moments and step counts from a checkpoint, but keep the
+    hyper-parameters it was built with (lr, betas, momentum, weight decay from ``cfg.optim``)."""
+    configured = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, settings in zip(optimizer.param_groups, configured, strict=True):
+        group.update(settings)
+
+
 class LRSchedule:
     """lr(step) = optim.lr · warmup(step) · decay(step) · plateau_factor.
 

@@ -1,17 +1,24 @@
 """The training loop: batches → loss → optimiser step, with validation, checkpoints and logging.
 
-Read :func:`train` top to bottom: it builds the pieces, restores a checkpoint when resuming,
-then runs epochs of token-budget batches until a limit (steps, epochs, minutes) or early
-stopping ends the run. Everything a resumed run needs to continue exactly — weights,
-optimiser, schedule, RNG states, the position inside the epoch — is in each checkpoint.
+Read :meth:`Trainer.fit` top to bottom: it runs groups of token-budget batches until a limit
+(steps, epochs, minutes) or early stopping ends the run, validating every
+``trainer.val_every_steps`` and once more at the end. Everything a resumed run needs to continue
+exactly — weights, optimiser, schedule, RNG states, the position inside the epoch — is in each
+checkpoint, and a checkpoint is written right after every validation.
+
+Under ``torchrun`` (``trainer.distributed=true``) every rank runs the same loop on its share of
+each epoch's batches; collectives keep the ranks in step (see :mod:`nmt.distributed`), and only
+rank 0 validates and writes files.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,13 +35,14 @@ from nmt.data.pipeline import PreparedData, prepare
 from nmt.errors import NMTError
 from nmt.loss import sequence_loss
 from nmt.models import build_model
-from nmt.optim import LRSchedule, build_optimizer
+from nmt.optim import LRSchedule, build_optimizer, load_optimizer_state
 from nmt.validation import Validator
 
 log = logging.getLogger("nmt")
 
 # Settings that define the model and its vocabulary: on resume these come from the checkpoint.
 ARCHITECTURE_KEYS = ("model", "data.vocab", "data.name")
+STOPPING_METRICS = ("bleu", "chrf", "loss")  # what validation returns and early stopping can watch
 
 
 @dataclass
@@ -43,11 +51,13 @@ class Progress:
 
     step: int = 0  # optimiser steps taken
     epoch: int = 0
-    batches_in_epoch: int = 0  # batches of `epoch` already consumed
+    batches_in_epoch: int = 0  # batches of `epoch` consumed, counted over all ranks
     best_score: float | None = None
     validations_without_gain: int = 0
-    best_checkpoints: list[tuple[float, str]] = field(default_factory=list)
-    minutes: float = 0.0  # training wall-clock so far, across resumes
+    best_checkpoints: list[tuple[float, str]] = field(
+        default_factory=list
+    )  # (score, file), best first
+    minutes: float = 0.0  # wall-clock of the run so far (validation included), across resumes
 
 
 def pick_device(name: str) -> torch.device:
@@ -69,6 +79,20 @@ def autocast_context(precision: str, device: torch.device):
         raise NMTError(f"trainer.precision={precision} needs CUDA; use fp32 on {device.type}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+def check_trainer_cfg(t: DictConfig) -> None:
+    """Reject settings the loop cannot run with, naming the valid values."""
+    if t.max_steps is None and t.max_epochs is None and t.max_minutes is None:
+        raise NMTError("trainer: set at least one of max_steps, max_epochs, max_minutes")
+    if t.early_stopping_metric not in STOPPING_METRICS:
+        raise NMTError(
+            f"trainer.early_stopping_metric: expected one of {', '.join(STOPPING_METRICS)}; "
+            f"got {t.early_stopping_metric!r}"
+        )
+    for key in ("accum_steps", "val_every_steps", "log_every_steps", "keep_best"):
+        if not isinstance(t[key], int) or t[key] < 1:
+            raise NMTError(f"trainer.{key}: expected an integer >= 1; got {t[key]!r}")
 
 
 def seed_everything(seed: int) -> None:
@@ -97,7 +121,8 @@ def resolve_resume(resume: Any, run_dir: Path) -> Path | None:
     path = run_dir / "checkpoints" / "last.pt" if resume is True else Path(str(resume))
     if not path.is_file():
         hint = (
-            " (pass hydra.run.dir=<the run's folder>, or trainer.resume=PATH)"
+            " (Hydra makes a new timestamped run dir for every command: pass "
+            "hydra.run.dir=<the run's folder>, or trainer.resume=PATH)"
             if resume is True
             else ""
         )
@@ -139,34 +164,53 @@ def config_differences(
     return diffs
 
 
+def rank_checkpoints(
+    best: list[tuple[float, str]], score: float, name: str, keep: int, higher_is_better: bool
+) -> tuple[list[tuple[float, str]], list[str]]:
+    """Add checkpoint ``name`` with its validation ``score`` to the ``best`` list.
+
+    Returns the best ``keep`` entries, best first (on a tie the older checkpoint ranks first),
+    and the names of the checkpoints that dropped out of the list (possibly ``name`` itself).
+    """
+    ranked = sorted([*best, (score, name)], key=lambda e: -e[0] if higher_is_better else e[0])
+    return ranked[:keep], [n for _, n in ranked[keep:]]
+
+
 @dataclass
 class TrainWindow:
-    """Loss and tokens since the last log line."""
+    """Loss, tokens and steps since the last log line (this rank's share)."""
 
     loss: float = 0.0
     tokens: int = 0
+    steps: int = 0
     start: float = field(default_factory=time.perf_counter)
 
     def add(self, loss: float, tokens: int) -> None:
         self.loss += loss
         self.tokens += tokens
+        self.steps += 1
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` (a validation) out of the throughput."""
+        self.start += seconds
 
 
 class Trainer:
     """Holds the pieces of one run; :meth:`fit` is the loop."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, data: PreparedData | None = None):
-        self.run_dir = run_dir
-        self.ctx = dist.setup(cfg.trainer.distributed)
-        self.checkpoint_path = resolve_resume(cfg.trainer.resume, run_dir)
+        self.ctx = dist.setup(cfg.trainer.distributed, cfg.trainer.dist_timeout_minutes)
+        self.run_dir = Path(self.ctx.broadcast(str(run_dir)))  # rank 0's run dir on every rank
+        self.checkpoint_path = resolve_resume(cfg.trainer.resume, self.run_dir)
         saved = load_checkpoint(self.checkpoint_path) if self.checkpoint_path else None
         self.cfg = merge_resumed_config(cfg, saved["config"]) if saved else cfg
         t = self.cfg.trainer
+        check_trainer_cfg(t)
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
-        self.device = pick_device(t.device) if not self.ctx.enabled else self.ctx.device
-        seed_everything(self.cfg.seed)
-        self.data = data or prepare(self.cfg.data, seed=self.cfg.seed, log=self.info)
+        self.device = self.ctx.device if self.ctx.enabled else pick_device(t.device)
+        seed_everything(self.cfg.seed)  # the same initial weights on every rank
+        self.data = data or self.load_data()
         b = self.cfg.data.batching
         self.batcher = self.data.batcher(
             "train", b.max_tokens, b.bucket_width, b.seed, shuffle=True
@@ -181,39 +225,69 @@ class Trainer:
         )
         self.autocast = autocast_context(t.precision, self.device)
         self.progress = Progress()
-        self.last_validated_step = -1
+        self.last_validated_step: int | None = None
+        self.metrics: dict[str, float] = {}
+        self.nonfinite_streak = 0
         if saved:
             self.restore(saved)
-        self.validator = Validator(self.cfg, self.data, run_dir) if self.ctx.is_main else None
+        elif self.ctx.world_size > 1:
+            seed_everything(self.cfg.seed + self.ctx.rank)  # each rank its own dropout masks
+        purge_step = self.progress.step + 1 if saved else None
+        self.validator = (
+            Validator(self.cfg, self.data, self.run_dir, purge_step) if self.ctx.is_main else None
+        )
         self.info(
             f"model: {self.model.num_parameters():,} parameters; device {self.device}; "
-            f"{self.batcher.num_batches(world_size=self.ctx.world_size):,} batches per epoch per rank; "
-            f"effective batch ≤ {b.max_tokens * t.accum_steps * self.ctx.world_size:,} tokens per step"
+            f"{self.batcher.num_batches(world_size=self.ctx.world_size):,} batches per epoch per rank"
+        )
+        self.info(
+            f"effective batch ≤ {b.max_tokens * t.accum_steps * self.ctx.world_size:,} tokens per "
+            f"optimiser step (trainer.accum_steps={t.accum_steps} × {self.ctx.world_size} ranks × "
+            f"data.batching.max_tokens={b.max_tokens:,}); measured: train/tokens_per_step"
         )
 
     def info(self, message: str) -> None:
         if self.ctx.is_main:
             log.info(message)
 
+    def load_data(self) -> PreparedData:
+        """Prepare (or reuse) ``data.out_dir``; rank 0 first, then the others read what it wrote."""
+        with self.ctx.main_first():
+            return prepare(self.cfg.data, seed=self.cfg.seed, log=self.info)
+
     # ---------------------------------------------------------------- checkpoints
     def restore(self, saved: dict) -> None:
+        """Continue from a checkpoint: weights, optimiser, schedule, progress and RNG states."""
+        vocab = saved["vocab"]
+        if (vocab["src_model"], vocab["tgt_model"]) != (
+            self.data.src_vocab.model_bytes(),
+            self.data.tgt_vocab.model_bytes(),
+        ):
+            raise NMTError(
+                f"{self.checkpoint_path}: its SentencePiece models differ from those in "
+                f"data.out_dir={self.cfg.data.out_dir}; resume with the data the run was trained on"
+            )
         self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        for group in self.optimizer.param_groups:  # a new optim.lr on the command line wins
-            group["initial_lr"] = self.cfg.optim.lr
+        saved_optim = saved["config"]["optim"]["name"]
+        if saved_optim == self.cfg.optim.name:
+            load_optimizer_state(self.optimizer, saved["optimizer"])
+        else:
+            self.info(f"resume: optim.name {saved_optim} → {self.cfg.optim.name}: fresh state")
         self.schedule.load_state_dict(saved["schedule"])
-        self.scaler.load_state_dict(saved["scaler"])
+        if saved["scaler"]:  # empty when saved without fp16 loss scaling
+            self.scaler.load_state_dict(saved["scaler"])
         progress = saved["progress"]
         progress["best_checkpoints"] = [tuple(x) for x in progress["best_checkpoints"]]
         self.progress = Progress(**progress)
+        self.last_validated_step = self.progress.step  # checkpoints are written after validation
         rng = saved["rng"]
-        if saved.get("world_size", 1) == self.ctx.world_size:
+        if saved["world_size"] == self.ctx.world_size:
             set_rng_state(rng[self.ctx.rank] if isinstance(rng, list) else rng)
         else:
             self.info(
-                f"resume: {saved.get('world_size', 1)} ranks saved, {self.ctx.world_size} now: RNG reseeded"
+                f"resume: {saved['world_size']} ranks saved, {self.ctx.world_size} now: RNG reseeded"
             )
-            seed_everything(self.cfg.seed + self.progress.step)
+            seed_everything(self.cfg.seed + self.progress.step + self.ctx.rank)
         self.info(
             f"resumed from {self.checkpoint_path} at step {self.progress.step} (epoch {self.progress.epoch})"
         )
@@ -231,27 +305,26 @@ class Trainer:
             "vocab": vocab_payload(self.data.src_vocab, self.data.tgt_vocab),
         }
 
-    def save(self, score: float | None) -> None:
-        """Write last.pt; with a validation score, also keep the best ``trainer.keep_best``."""
+    def save(self, score: float) -> None:
+        """Write last.pt, and stepNNNNNNN.pt while it ranks among the best ``trainer.keep_best``
+        by ``score``; best.pt is a copy of the best one. Files that drop out are deleted."""
+        p = self.progress
+        p.minutes = self.elapsed_minutes()
+        name = f"step{p.step:07d}.pt"
+        p.best_checkpoints, dropped = rank_checkpoints(
+            p.best_checkpoints, score, name, self.cfg.trainer.keep_best, self.higher_is_better
+        )
         payload = self.checkpoint_payload()  # every rank joins the RNG gather
         if not self.ctx.is_main:
             return
         ckpt_dir = self.run_dir / "checkpoints"
-        save_checkpoint(ckpt_dir / "last.pt", payload)
-        if score is None:
-            return
-        best = self.progress.best_checkpoints
-        name = f"step{self.progress.step:07d}.pt"
-        sign = -1.0 if self.higher_is_better else 1.0
-        best.append((sign * score, name))
-        best.sort()
-        for _, stale in best[self.cfg.trainer.keep_best :]:
-            (ckpt_dir / stale).unlink(missing_ok=True)
-        del best[self.cfg.trainer.keep_best :]
-        if any(n == name for _, n in best):
-            payload["progress"] = asdict(self.progress)
+        if name not in dropped:
             save_checkpoint(ckpt_dir / name, payload)
-            save_checkpoint(ckpt_dir / "best.pt", payload) if best[0][1] == name else None
+        if p.best_checkpoints[0][1] == name:
+            save_checkpoint(ckpt_dir / "best.pt", payload)
+        save_checkpoint(ckpt_dir / "last.pt", payload)
+        for stale in dropped:
+            (ckpt_dir / stale).unlink(missing_ok=True)
 
     @property
     def higher_is_better(self) -> bool:
@@ -261,7 +334,8 @@ class Trainer:
     def train_step(self, batches: list[Batch]) -> tuple[float, int, float | None]:
         """Forward and backward over ``batches`` (gradient accumulation), then one optimiser step.
 
-        Returns (summed loss, target tokens, gradient norm or None when the step was skipped).
+        Returns (summed loss, target tokens, gradient norm, or None when the loss or the
+        gradient was not finite and the step was skipped). Under DDP all ranks skip together.
         """
         total_loss, total_tokens = 0.0, 0
         tokens = sum(b.num_tgt_tokens for b in batches)
@@ -279,134 +353,173 @@ class Trainer:
             total_loss += loss.item()
             total_tokens += batch.num_tgt_tokens
         finite = self.ctx.all_reduce_min(float(math.isfinite(total_loss))) > 0
-        if not finite:
-            self.optimizer.zero_grad(set_to_none=True)
-            return total_loss, total_tokens, None
-        self.scaler.unscale_(self.optimizer)
-        clip = self.cfg.optim.clip_grad_norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), clip if clip else float("inf")
-        )
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        grad_norm = None
+        if finite:
+            self.scaler.unscale_(self.optimizer)
+            clip = self.cfg.optim.clip_grad_norm
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip or float("inf"))
+            )
+            # fp16 loss scaling handles overflowing gradients itself (it skips the update)
+            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+                grad_norm = None
+        if grad_norm is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return total_loss, total_tokens, float(grad_norm)
+        return total_loss, total_tokens, grad_norm
+
+    def skip_nonfinite(self, loss: float) -> None:
+        """Count a skipped step; stop the run after ``trainer.max_nonfinite_steps`` in a row."""
+        self.nonfinite_streak += 1
+        limit = self.cfg.trainer.max_nonfinite_steps
+        if self.ctx.is_main:
+            log.warning(
+                "step %d: non-finite loss or gradient (loss %s); step skipped (%d in a row, %d allowed)",
+                self.progress.step + 1,
+                loss,
+                self.nonfinite_streak,
+                limit,
+            )
+        if self.nonfinite_streak >= limit:
+            raise NMTError(
+                f"the loss or gradient was non-finite for {self.nonfinite_streak} steps in a row "
+                "(trainer.max_nonfinite_steps); lower optim.lr or set optim.clip_grad_norm"
+            )
 
     # ---------------------------------------------------------------- the loop
-    def limits_reached(self, start_time: float) -> str | None:
+    def batch_groups(self) -> Iterator[list[Batch]]:
+        """Endless groups of ``trainer.accum_steps`` batches of this rank's share, epoch after epoch.
+
+        ``progress`` counts a group as consumed when it is handed out, and moves to the next epoch
+        with the epoch's last group, so a checkpoint written after the step resumes right after
+        it. The count is over all ranks: a run resumed with another number of ranks rounds it up
+        to a whole number of batches per rank (skipping at most ``world_size - 1`` batches).
+        """
+        accum, rank, world = self.cfg.trainer.accum_steps, self.ctx.rank, self.ctx.world_size
+        while True:
+            p = self.progress
+            done = -(-p.batches_in_epoch // world)  # this rank's batches already consumed
+            groups = (self.batcher.num_batches(p.epoch, world) - done) // accum
+            if groups <= 0 and done == 0:
+                raise NMTError(
+                    f"the train split gives {self.batcher.num_batches(p.epoch, world)} batches per "
+                    f"rank, fewer than trainer.accum_steps={accum}: lower accum_steps or "
+                    "data.batching.max_tokens"
+                )
+            batches = itertools.islice(self.batcher.epoch(p.epoch, rank, world), done, None)
+            for g in range(groups):
+                group = [next(batches) for _ in range(accum)]
+                if g == groups - 1:
+                    p.epoch, p.batches_in_epoch = p.epoch + 1, 0
+                else:
+                    p.batches_in_epoch = (done + (g + 1) * accum) * world
+                yield group
+            if groups <= 0:  # resumed with fewer batches left than one group
+                p.epoch, p.batches_in_epoch = p.epoch + 1, 0
+
+    def elapsed_minutes(self) -> float:
+        """Wall-clock of the run so far (validation included), across resumes."""
+        return self.minutes_at_start + (time.perf_counter() - self.fit_start) / 60
+
+    def stop_reason(self) -> str | None:
+        """Why training stops now (the first limit reached, or early stopping); None to go on.
+
+        The same answer on every rank: the minutes are rank 0's.
+        """
         t, p = self.cfg.trainer, self.progress
         if t.max_steps is not None and p.step >= t.max_steps:
             return f"trainer.max_steps={t.max_steps} reached"
         if t.max_epochs is not None and p.epoch >= t.max_epochs:
             return f"trainer.max_epochs={t.max_epochs} reached"
-        minutes = p.minutes + (time.perf_counter() - start_time) / 60
-        if t.max_minutes is not None and self.ctx.broadcast_float(minutes) >= t.max_minutes:
+        if (
+            t.max_minutes is not None
+            and self.ctx.broadcast(self.elapsed_minutes()) >= t.max_minutes
+        ):
             return f"trainer.max_minutes={t.max_minutes} reached"
+        patience = t.early_stopping_patience
+        if patience is not None and p.validations_without_gain >= patience:
+            return (
+                f"early stopping: valid {t.early_stopping_metric} did not improve for {patience} "
+                "validations (trainer.early_stopping_patience)"
+            )
         return None
 
-    def batches(self):
-        """Yield lists of ``accum_steps`` batches until ``trainer.max_epochs``, resuming inside
-        an epoch where the checkpoint left off."""
-        accum, max_epochs = self.cfg.trainer.accum_steps, self.cfg.trainer.max_epochs
-        while max_epochs is None or self.progress.epoch < max_epochs:
-            group: list[Batch] = []
-            epoch_batches = self.batcher.epoch(
-                self.progress.epoch, self.ctx.rank, self.ctx.world_size
-            )
-            for index, batch in enumerate(epoch_batches):
-                if index < self.progress.batches_in_epoch:
-                    continue
-                group.append(batch)
-                if len(group) == accum:
-                    self.progress.batches_in_epoch = index + 1
-                    yield group
-                    group = []
-            self.progress.epoch += 1
-            self.progress.batches_in_epoch = 0
-
     def fit(self) -> dict[str, float]:
-        t = self.cfg.trainer
-        if t.max_steps is None and t.max_epochs is None and t.max_minutes is None:
-            raise NMTError("trainer: set at least one of max_steps, max_epochs, max_minutes")
-        start = time.perf_counter()
-        bar = tqdm(
-            total=t.max_steps,
+        """Train until :meth:`stop_reason`; return the last validation's metrics."""
+        self.fit_start, self.minutes_at_start = time.perf_counter(), self.progress.minutes
+        with tqdm(
+            total=self.cfg.trainer.max_steps,
             initial=self.progress.step,
             disable=not self.ctx.is_main,
             desc="train",
             unit="step",
             dynamic_ncols=True,
-        )
+        ) as bar:
+            reason = self.run_steps(bar)
+        if self.last_validated_step != self.progress.step:  # a fresh run stopped before step 1
+            self.validate_and_save()
+        self.info(f"stopped at step {self.progress.step}: {reason}")
+        if self.validator:
+            self.validator.finish(self.metrics)
+        return self.metrics
+
+    def run_steps(self, bar: tqdm) -> str | None:
+        """Optimiser steps, logging and validating on schedule, until a stop reason; return it."""
+        t = self.cfg.trainer
         window = TrainWindow()
-        nonfinite_streak = 0
-        metrics: dict[str, float] = {}
-        batch_iter = self.batches()
-        stop_reason = self.limits_reached(start)
-        while stop_reason is None:
-            group = next(batch_iter, None)
-            if group is None:
-                stop_reason = f"trainer.max_epochs={t.max_epochs} reached"
-                break
+        groups = self.batch_groups()
+        reason = self.stop_reason()
+        while reason is None:
             lr = self.schedule.set_step(self.progress.step + 1)
-            loss, tokens, grad_norm = self.train_step(group)
+            loss, tokens, grad_norm = self.train_step(next(groups))
             if grad_norm is None:
-                nonfinite_streak += 1
-                log.warning(
-                    "step %d: non-finite loss (%s); step skipped", self.progress.step + 1, loss
-                )
-                if nonfinite_streak >= t.max_nonfinite_steps:
-                    raise NMTError(
-                        f"the loss was non-finite for {nonfinite_streak} steps in a row "
-                        "(trainer.max_nonfinite_steps); lower optim.lr or set optim.clip_grad_norm"
-                    )
+                self.skip_nonfinite(loss)
                 continue
-            nonfinite_streak = 0
+            self.nonfinite_streak = 0
             self.progress.step += 1
             bar.update(1)
             window.add(loss, tokens)
             if self.progress.step % t.log_every_steps == 0:
                 self.log_train(window, lr, grad_norm, bar)
                 window = TrainWindow()
-            stop_reason = self.limits_reached(start)
-            if self.progress.step % t.val_every_steps == 0 or stop_reason:
-                start = self.add_minutes(start)
-                metrics = self.validate_and_save()
-                if self.early_stop():
-                    stop_reason = f"valid {t.early_stopping_metric} did not improve for {t.early_stopping_patience} validations"
-        bar.close()
-        if self.last_validated_step != self.progress.step:
-            self.add_minutes(start)
-            metrics = self.validate_and_save()
-        self.info(f"stopped at step {self.progress.step}: {stop_reason}")
-        if self.validator:
-            self.validator.finish(metrics)
-        self.ctx.cleanup()
-        return metrics
-
-    def add_minutes(self, since: float) -> float:
-        """Add the wall-clock since ``since`` to the run's training minutes; return now."""
-        now = time.perf_counter()
-        self.progress.minutes += (now - since) / 60
-        return now
+            reason = self.stop_reason()
+            if reason or self.progress.step % t.val_every_steps == 0:
+                window.exclude(self.validate_and_save())
+                reason = self.stop_reason()
+        return reason
 
     def log_train(self, window: TrainWindow, lr: float, grad_norm: float, bar: tqdm) -> None:
+        """Loss per target token, throughput and effective batch over the window, all ranks summed."""
         elapsed = time.perf_counter() - window.start
         tokens = self.ctx.all_reduce_sum(float(window.tokens))
         loss = self.ctx.all_reduce_sum(window.loss) / max(tokens, 1)
         tokens_per_s = tokens / max(elapsed, 1e-9)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}")
         if self.validator:
-            self.validator.log_train(self.progress.step, loss, lr, grad_norm, tokens_per_s)
+            scalars = {
+                "loss": loss,
+                "perplexity": math.exp(min(loss, 50.0)),
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": tokens_per_s,
+                "tokens_per_step": tokens / window.steps,  # the effective batch, in target tokens
+            }
+            self.validator.log_train(self.progress.step, scalars)
 
-    def validate_and_save(self) -> dict[str, float]:
-        self.last_validated_step = self.progress.step
+    def validate_and_save(self) -> float:
+        """Validate on rank 0 (the other ranks wait for its metrics), update the schedule and
+        early stopping, write the checkpoints. Returns the seconds it took."""
+        start = time.perf_counter()
         metrics = self.validator.validate(self.model, self.progress.step) if self.validator else {}
-        metrics = self.ctx.broadcast_dict(metrics)
-        score = metrics[self.cfg.trainer.early_stopping_metric]
-        self.schedule.after_validation(score, self.higher_is_better)
+        self.metrics = self.ctx.broadcast(metrics)
+        score = self.metrics[self.cfg.trainer.early_stopping_metric]
+        if self.schedule.after_validation(score, self.higher_is_better):
+            self.info(f"plateau: learning rate × {self.cfg.optim.plateau_factor}")
         self.update_early_stopping(score)
         self.save(score)
-        return metrics
+        self.last_validated_step = self.progress.step
+        return time.perf_counter() - start
 
     def update_early_stopping(self, score: float) -> None:
         p = self.progress
@@ -418,11 +531,20 @@ class Trainer:
         else:
             p.validations_without_gain += 1
 
-    def early_stop(self) -> bool:
-        patience = self.cfg.trainer.early_stopping_patience
-        return patience is not None and self.progress.validations_without_gain >= patience
-
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    """Train a model as ``cfg`` says, writing checkpoints, logs and TensorBoard events to ``run_dir``."""
-    return Trainer(cfg, run_dir).fit()
+    """Train a model as ``cfg`` says, writing checkpoints, logs and TensorBoard events to ``run_dir``.
+
+    Ctrl-C stops with exit status 130 and says how to continue from the last checkpoint.
+    """
+    trainer = Trainer(cfg, run_dir)
+    try:
+        return trainer.fit()
+    except KeyboardInterrupt:
+        trainer.info(
+            f"interrupted at step {trainer.progress.step}; continue from the last checkpoint "
+            f"with trainer.resume=true hydra.run.dir={trainer.run_dir}"
+        )
+        raise SystemExit(130) from None
+    finally:
+        trainer.ctx.cleanup()

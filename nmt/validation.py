@@ -30,7 +30,11 @@ log = logging.getLogger("nmt")
 class Validator:
     """Scores the model on the valid split and writes TensorBoard events (rank 0 only)."""
 
-    def __init__(self, cfg: DictConfig, data: PreparedData, run_dir: Path):
+    def __init__(
+        self, cfg: DictConfig, data: PreparedData, run_dir: Path, purge_step: int | None = None
+    ):
+        """``purge_step``: on resume, the first step not in the checkpoint; TensorBoard drops the
+        events an interrupted run wrote from that step on."""
         self.cfg = cfg
         self.data = data
         self.run_dir = run_dir
@@ -41,19 +45,14 @@ class Validator:
         self.loss_batcher = TokenBatcher(
             valid.src_ids[:n], valid.tgt_ids[:n], b.max_tokens, b.bucket_width, 0, shuffle=False
         )
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
         self.history_path = run_dir / "validations.jsonl"
 
     # ------------------------------------------------------------------ training scalars
-    def log_train(
-        self, step: int, loss: float, lr: float, grad_norm: float, tokens_per_s: float
-    ) -> None:
-        w = self.writer
-        w.add_scalar("train/loss", loss, step)
-        w.add_scalar("train/perplexity", math.exp(min(loss, 50.0)), step)
-        w.add_scalar("train/lr", lr, step)
-        w.add_scalar("train/grad_norm", grad_norm, step)
-        w.add_scalar("train/tokens_per_s", tokens_per_s, step)
+    def log_train(self, step: int, scalars: dict[str, float]) -> None:
+        """``train/<name>`` for each of ``scalars`` (loss, perplexity, lr, grad_norm, ...)."""
+        for name, value in scalars.items():
+            self.writer.add_scalar(f"train/{name}", value, step)
 
     # ------------------------------------------------------------------ validation
     @torch.inference_mode()

@@ -1,0 +1,704 @@
+"""Speed, memory and FLOPs of any training configuration: ``python scripts/benchmark.py [overrides]``.
+
+The config is ``configs/benchmark.yaml``: the training config plus a ``benchmark`` section, so
+every training override works (``+experiment=joeynmt_ref``, ``model/attention=dot``, …). It
+measures, on the device the trainer would pick (``trainer.device``):
+
+* **Training throughput**: the trainer's step (forward, :func:`nmt.loss.sequence_loss`, backward,
+  clipping, optimiser) on the training split's batches of epoch 0, in the trainer's order.
+  ``warmup_steps`` untimed steps, then ``windows`` timed windows of ``steps_per_window`` steps;
+  the throughput is the median over windows of target tokens/s and of source + target tokens/s.
+  Each step's time is split into data (building the batch and moving it to the device), forward,
+  backward and optimiser; "other" is what the window's wall clock holds beyond those.
+* **Peak memory** of the training phase: on CPU the peak resident set size (Linux: ``VmHWM``
+  from ``/proc/self/status``, reset before warm-up through ``/proc/self/clear_refs``; elsewhere
+  ``resource.getrusage`` ``ru_maxrss``, the whole process's peak); on CUDA also
+  ``torch.cuda.max_memory_allocated``.
+* **Decoding speed**: :func:`nmt.search.decode_lines` on the first ``decode_sentences``
+  sentences of the test split, greedy and beam (``beam_size``, ``search.length_penalty``),
+  in sentences/s and predicted tokens/s (``</s>`` included).
+* **FLOPs**: :func:`flops_per_target_token`, the model's matrix multiplies per target token from
+  the config's sizes and the lengths of the batches measured, the achieved GFLOP/s (training
+  FLOPs per target token × target tokens/s) and a GEMM peak measured in the same run
+  (:func:`gemm_peak`), so the two can be compared on one machine.
+
+The report is printed as a table and written as JSON to ``benchmark.output`` (atomically).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from nmt.data.batching import Batch, TokenBatcher
+from nmt.data.pipeline import REPO_ROOT, PreparedData, prepare
+from nmt.data.vocab import PAD_ID, Vocab
+from nmt.errors import NMTError, exit_on_user_error
+from nmt.loss import sequence_loss
+from nmt.metrics import write_json
+from nmt.models import build_model
+from nmt.optim import LRSchedule, build_optimizer
+from nmt.search import Hypothesis, decode_lines
+from nmt.trainer import autocast_context, pick_device
+
+log = logging.getLogger("nmt")
+
+# Backward ≈ 2 × forward: each weight matmul y = W x needs one matmul for the gradient of x and
+# one for the gradient of W.
+TRAIN_FLOPS_FACTOR = 3
+RNN_GATES = {"gru": 3, "lstm": 4}
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LengthStats:
+    """Real (unpadded) lengths of the batches measured, summed over their sentences."""
+
+    sentences: int = 0
+    src_tokens: int = 0  # Σ S_i, source subwords with </s>
+    tgt_tokens: int = 0  # Σ T_i, predicted target tokens (tgt_out without padding)
+    attended: int = 0  # Σ S_i · T_i, source positions attended over all target tokens
+
+    def add(self, batch: Batch) -> None:
+        src = batch.src_lengths.cpu()  # (batch,)
+        tgt = (batch.tgt_out != PAD_ID).sum(1).cpu()  # (batch,)
+        self.sentences += src.numel()
+        self.src_tokens += int(src.sum())
+        self.tgt_tokens += int(tgt.sum())
+        self.attended += int((src * tgt).sum())
+
+    @property
+    def src_per_tgt(self) -> float:
+        return self.src_tokens / self.tgt_tokens
+
+    @property
+    def attn_src_len(self) -> float:
+        """Mean source length a target token attends over (weighted by target length)."""
+        return self.attended / self.tgt_tokens
+
+    @property
+    def sentences_per_tgt(self) -> float:
+        return self.sentences / self.tgt_tokens
+
+
+@dataclass
+class FlopCount:
+    """Forward FLOPs per target token by piece; ``train`` adds the backward pass."""
+
+    pieces: dict[str, float]
+
+    @property
+    def forward(self) -> float:
+        return sum(self.pieces.values())
+
+    @property
+    def train(self) -> float:
+        return TRAIN_FLOPS_FACTOR * self.forward
+
+
+def rnn_flops(rnn_type: str, input_size: int, hidden_size: int) -> int:
+    """One RNN layer, one direction, one token: W_ih x + W_hh h for every gate.
+
+    2 · gates · hidden · (input + hidden), gates = 3 (GRU) or 4 (LSTM).
+    """
+    return 2 * RNN_GATES[rnn_type] * hidden_size * (input_size + hidden_size)
+
+
+def flops_per_target_token(model_cfg: Any, tgt_vocab_size: int, lengths: LengthStats) -> FlopCount:
+    """Forward matmul FLOPs per target token, piece by piece (a multiply-add counts 2).
+
+    Sizes: E_s, E_t embeddings; H_e encoder hidden per direction, D directions, L_e layers;
+    V = D·H_e encoder output (values); H decoder hidden, L_d layers; A the concat layer;
+    |V_t| target vocabulary; S the source length attended over. Per source token:
+
+        encoder_rnn     Σ_layers D · rnn(in, H_e), in = E_s (first layer) or D·H_e
+        attention_keys  concat 2·V·A; general 2·V·H; dot/scaled_dot 2·V·H if V ≠ H else 0;
+                        location 0  (projected once per batch)
+
+    per sentence: ``bridge`` 2·V·L_d·H (when ``bridge``); per target token:
+
+        decoder_rnn     rnn(in, H) + (L_d − 1) · rnn(H, H); in = E_t + H (Luong, input
+                        feeding), E_t (Luong), E_t + V (Bahdanau)
+        attention       scores: dot/scaled_dot/general 2·H·S; concat 2·H·A (W_q q) + 2·A·S (vᵀ);
+                        location 2·H·max_src_len (W_a q); then the context 2·S·V
+        combine         Luong W_c: 2·(V + H)·H;  Bahdanau W_o: 2·(H + V + E_t)·H
+        output_proj     2·H·|V_t|; tied with H ≠ E_t: 2·H·E_t + 2·E_t·|V_t|
+
+    The per-source and per-sentence pieces are spread over the target tokens with the measured
+    ratios. Padding is not counted: these are the FLOPs of the real tokens. Element-wise work
+    (gate non-linearities, tanh, softmax, embeddings lookups) is left out.
+    """
+    cfg = (
+        OmegaConf.to_container(model_cfg, resolve=True)
+        if OmegaConf.is_config(model_cfg)
+        else model_cfg
+    )
+    enc, att, dec = cfg["encoder"], cfg["attention"], cfg["decoder"]
+    values = (2 if enc["bidirectional"] else 1) * enc["hidden_size"]  # V
+    hidden, embed = dec["hidden_size"], dec["embed_dim"]  # H, E_t
+    if cfg["tie_embeddings"] and hidden != embed:
+        output_proj = 2 * hidden * embed + 2 * embed * tgt_vocab_size
+    else:
+        output_proj = 2 * hidden * tgt_vocab_size
+    combine = {
+        "luong": 2 * (values + hidden) * hidden,
+        "bahdanau": 2 * (hidden + values + embed) * hidden,
+    }
+    return FlopCount(
+        {
+            "encoder_rnn": encoder_rnn_flops(enc) * lengths.src_per_tgt,
+            "attention_keys": key_flops(att, values, hidden) * lengths.src_per_tgt,
+            "bridge": (2 * values * dec["num_layers"] * hidden if dec["bridge"] else 0)
+            * lengths.sentences_per_tgt,
+            "decoder_rnn": float(decoder_rnn_flops(dec, values)),
+            "attention": attention_flops(att, values, hidden, lengths.attn_src_len),
+            "combine": float(combine[dec["style"]]),
+            "output_proj": float(output_proj),
+        }
+    )
+
+
+def encoder_rnn_flops(enc: dict) -> int:
+    """Per source token: Σ_layers D · rnn(in, H_e), in = E_s (first layer) or D·H_e."""
+    directions = 2 if enc["bidirectional"] else 1
+    return sum(
+        directions
+        * rnn_flops(
+            enc["rnn_type"],
+            enc["embed_dim"] if layer == 0 else directions * enc["hidden_size"],
+            enc["hidden_size"],
+        )
+        for layer in range(enc["num_layers"])
+    )
+
+
+def key_flops(att: dict, values: int, hidden: int) -> int:
+    """Per source token, once per batch: the keys k_j = W_k h_j, where the score has them."""
+    score = att["score"]
+    if score == "concat":
+        return 2 * values * att["hidden_size"]
+    if score == "general" or (score in ("dot", "scaled_dot") and values != hidden):
+        return 2 * values * hidden
+    return 0  # dot/scaled_dot with V = H use the values; location ignores them
+
+
+def decoder_rnn_flops(dec: dict, values: int) -> int:
+    """Per target token: rnn(in, H) + (L_d − 1)·rnn(H, H); in = E_t + H (Luong with input
+    feeding), E_t (Luong), E_t + V (Bahdanau)."""
+    hidden, embed = dec["hidden_size"], dec["embed_dim"]
+    if dec["style"] == "bahdanau":
+        first_input = embed + values
+    else:
+        first_input = embed + (hidden if dec["input_feeding"] else 0)
+    return rnn_flops(dec["rnn_type"], first_input, hidden) + (dec["num_layers"] - 1) * rnn_flops(
+        dec["rnn_type"], hidden, hidden
+    )
+
+
+def attention_flops(att: dict, values: int, hidden: int, src_len: float) -> float:
+    """Per target token: the scores over ``src_len`` positions, then the context 2·S·V."""
+    score = att["score"]
+    if score == "concat":
+        a = att["hidden_size"]
+        scores = 2 * hidden * a + 2 * a * src_len  # W_q q, then vᵀ tanh(·) at every position
+    elif score == "location":
+        scores = 2 * hidden * att["max_src_len"]  # W_a q, all max_src_len rows
+    else:
+        scores = 2 * hidden * src_len  # qᵀ k_j
+    return scores + 2 * src_len * values
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+
+
+class Clock:
+    """``now()`` after waiting for the device's queued work (CUDA), so phases are not blurred."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+def gemm_peak(
+    device: torch.device, sizes: Sequence[int], repeats: int, min_seconds: float = 0.05
+) -> dict[str, Any]:
+    """Best fp32 ``torch.mm`` rate over square sizes ``n`` (2·n³ FLOPs each), in GFLOP/s.
+
+    Each measurement runs enough products back to back to last ``min_seconds``; the best of
+    ``repeats`` measurements per size counts.
+    """
+    clock = Clock(device)
+    best, best_n = 0.0, None
+    for n in sizes:
+        a = torch.randn(n, n, device=device)
+        b = torch.randn(n, n, device=device)
+        out = torch.empty(n, n, device=device)
+        start = clock.now()
+        torch.mm(a, b, out=out)  # warm-up; also sizes the batch of products below
+        calls = max(1, min(1000, math.ceil(min_seconds / max(clock.now() - start, 1e-9))))
+        for _ in range(repeats):
+            start = clock.now()
+            for _ in range(calls):
+                torch.mm(a, b, out=out)
+            rate = 2 * n**3 * calls / (clock.now() - start) / 1e9
+            if rate > best:
+                best, best_n = rate, n
+    return {"gflops": best, "n": best_n, "sizes": list(sizes), "dtype": "float32"}
+
+
+@dataclass
+class PhaseTimes:
+    """Seconds spent in each phase of the training step, summed over steps."""
+
+    data: float = 0.0
+    forward: float = 0.0
+    backward: float = 0.0
+    optimizer: float = 0.0
+
+    def total(self) -> float:
+        return self.data + self.forward + self.backward + self.optimizer
+
+
+@dataclass
+class Window:
+    seconds: float
+    steps: int
+    src_tokens: int
+    tgt_tokens: int
+    phases: PhaseTimes = field(default_factory=PhaseTimes)
+
+
+def endless_batches(batcher: TokenBatcher) -> Iterator[Batch]:
+    """The training batches in the trainer's order: epoch 0, then 1, 2, …"""
+    epoch = 0
+    while True:
+        empty = True
+        for batch in batcher.epoch(epoch):
+            empty = False
+            yield batch
+        if empty:
+            raise NMTError("the train split gives no batches")
+        epoch += 1
+
+
+class StepRunner:
+    """The trainer's optimiser step on one batch, with each phase timed."""
+
+    def __init__(self, cfg: DictConfig, model: torch.nn.Module, device: torch.device):
+        self.cfg = cfg
+        self.model = model
+        self.device = device
+        self.optimizer = build_optimizer(cfg.optim, model.parameters())
+        self.schedule = LRSchedule(cfg.optim, self.optimizer)
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=cfg.trainer.precision == "fp16" and device.type == "cuda"
+        )
+        self.autocast = autocast_context(cfg.trainer.precision, device)
+        self.clock = Clock(device)
+        self.step_number = 0
+
+    def step(self, batches: Iterator[Batch], phases: PhaseTimes, lengths: LengthStats) -> Batch:
+        t0 = self.clock.now()
+        batch = next(batches).to(self.device)
+        t1 = self.clock.now()
+        with self.autocast:
+            out = self.model(
+                batch.src, batch.src_lengths, batch.tgt_in, self.cfg.trainer.teacher_forcing
+            )
+            loss = sequence_loss(out.logits, batch.tgt_out, self.cfg.trainer.label_smoothing)
+        t2 = self.clock.now()
+        self.scaler.scale(loss / batch.num_tgt_tokens).backward()
+        t3 = self.clock.now()
+        self.step_number += 1
+        self.schedule.set_step(self.step_number)
+        if math.isfinite(loss.item()):
+            self.scaler.unscale_(self.optimizer)
+            clip = self.cfg.optim.clip_grad_norm
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip or float("inf"))
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        t4 = self.clock.now()
+        phases.data += t1 - t0
+        phases.forward += t2 - t1
+        phases.backward += t3 - t2
+        phases.optimizer += t4 - t3
+        lengths.add(batch)
+        return batch
+
+    def window(self, batches: Iterator[Batch], steps: int, lengths: LengthStats) -> Window:
+        phases = PhaseTimes()
+        src_tokens = tgt_tokens = 0
+        start = self.clock.now()
+        for _ in range(steps):
+            batch = self.step(batches, phases, lengths)
+            src_tokens += batch.num_src_tokens
+            tgt_tokens += batch.num_tgt_tokens
+        return Window(self.clock.now() - start, steps, src_tokens, tgt_tokens, phases)
+
+
+def time_training(
+    cfg: DictConfig, model: torch.nn.Module, data: PreparedData, device: torch.device
+) -> tuple[dict[str, Any], LengthStats]:
+    """Warm up, then time ``windows`` windows; returns the report's ``train`` section and the
+    lengths of the timed batches."""
+    bench, b = cfg.benchmark, cfg.data.batching
+    batcher = data.batcher("train", b.max_tokens, b.bucket_width, b.seed, shuffle=True)
+    batches = endless_batches(batcher)
+    model.train()
+    runner = StepRunner(cfg, model, device)
+    runner.window(batches, bench.warmup_steps, LengthStats())
+    lengths = LengthStats()
+    windows = [
+        runner.window(batches, bench.steps_per_window, lengths) for _ in range(bench.windows)
+    ]
+    return training_report(windows, lengths), lengths
+
+
+def training_report(windows: Sequence[Window], lengths: LengthStats) -> dict[str, Any]:
+    seconds = sum(w.seconds for w in windows)
+    steps = sum(w.steps for w in windows)
+    phases = PhaseTimes()
+    for w in windows:
+        for name in ("data", "forward", "backward", "optimizer"):
+            setattr(phases, name, getattr(phases, name) + getattr(w.phases, name))
+    ms_per_step = {name: 1000 * value / steps for name, value in asdict(phases).items()}
+    ms_per_step["other"] = 1000 * (seconds - phases.total()) / steps
+    return {
+        "tgt_tokens_per_s": statistics.median(w.tgt_tokens / w.seconds for w in windows),
+        "src_tgt_tokens_per_s": statistics.median(
+            (w.src_tokens + w.tgt_tokens) / w.seconds for w in windows
+        ),
+        "window_tgt_tokens_per_s": [w.tgt_tokens / w.seconds for w in windows],
+        "steps_per_s": steps / seconds,
+        "ms_per_step": ms_per_step,
+        "time_share": {name: value * steps / 1000 / seconds for name, value in ms_per_step.items()},
+        "timed_steps": steps,
+        "timed_seconds": seconds,
+        "sentences_per_step": lengths.sentences / steps,
+        "tgt_tokens_per_step": lengths.tgt_tokens / steps,
+        "mean_src_len": lengths.src_tokens / lengths.sentences,
+        "mean_tgt_len": lengths.tgt_tokens / lengths.sentences,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Memory
+# --------------------------------------------------------------------------------------------
+
+PROC_STATUS = Path("/proc/self/status")
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a new peak: CUDA's allocator statistics and, on Linux, the peak RSS (VmHWM).
+
+    Returns whether the RSS peak could be reset.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib(since_reset: bool) -> tuple[float, str]:
+    """The peak resident set size and where the figure comes from."""
+    if since_reset:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024, "VmHWM since the training phase began"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kib = peak / 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB elsewhere
+    return kib / 1024, "ru_maxrss, the process's peak (data preparation included)"
+
+
+def memory_report(device: torch.device, since_reset: bool) -> dict[str, Any]:
+    rss, source = peak_rss_mib(since_reset)
+    cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"peak_rss_mib": rss, "rss_source": source, "cuda_max_allocated_mib": cuda}
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------
+
+
+def predicted_tokens(hyp: Hypothesis) -> int:
+    """Tokens the decoder predicted for ``hyp``: its subwords and, when it ended so, ``</s>``."""
+    return int(hyp.attn_weights.shape[0]) if hyp.attn_weights.dim() == 2 else 0
+
+
+def time_decoding(
+    model: torch.nn.Module,
+    src_vocab: Vocab,
+    lines: Sequence[str],
+    search_cfg: DictConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Decode ``lines`` once (after a short untimed warm-up) and report its speed."""
+    clock = Clock(device)
+    decode_lines(model, src_vocab, lines[:2], search_cfg, device)  # warm-up
+    start = clock.now()
+    best = [nbest[0] for nbest in decode_lines(model, src_vocab, lines, search_cfg, device)]
+    seconds = clock.now() - start
+    tokens = sum(predicted_tokens(h) for h in best)
+    return {
+        "beam_size": search_cfg.beam_size,
+        "length_penalty": search_cfg.length_penalty,
+        "sentences": len(lines),
+        "seconds": seconds,
+        "sentences_per_s": len(lines) / seconds,
+        "tokens_per_s": tokens / seconds,
+        "mean_output_len": tokens / len(lines),
+        "max_len_rate": sum(h.hit_max_len for h in best) / len(lines),
+    }
+
+
+def search_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The greedy and the beam search settings: the config's ``search`` with name and beam size
+    replaced (one hypothesis each; the beam keeps ``search.length_penalty``)."""
+    base = OmegaConf.to_container(cfg.search, resolve=True)
+    greedy = {**base, "name": "greedy", "beam_size": 1, "n_best": 1}
+    beam = {**base, "name": "beam", "beam_size": cfg.benchmark.beam_size, "n_best": 1}
+    return {"greedy": OmegaConf.create(greedy), "beam": OmegaConf.create(beam)}
+
+
+def decoding_report(
+    cfg: DictConfig, model: torch.nn.Module, data: PreparedData, device: torch.device
+) -> dict[str, Any] | None:
+    n = cfg.benchmark.decode_sentences
+    if n == 0:
+        return None
+    lines = data.splits["test"].src_text[:n]
+    if not lines:
+        raise NMTError("the test split is empty: nothing to decode (benchmark.decode_sentences=0)")
+    src_vocab, source = data.src_vocab, "the benchmark's freshly initialised model"
+    if cfg.benchmark.ckpt:
+        from nmt.checkpoint import load_for_inference
+
+        model, src_vocab, _, _ = load_for_inference(cfg.benchmark.ckpt, device)
+        source = str(cfg.benchmark.ckpt)
+    report: dict[str, Any] = {"model": source}
+    for name, search_cfg in search_configs(cfg).items():
+        log.info("decoding %d test sentences (%s)", len(lines), name)
+        report[name] = time_decoding(model, src_vocab, lines, search_cfg, device)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# The whole benchmark
+# --------------------------------------------------------------------------------------------
+
+
+def check_benchmark_cfg(bench: DictConfig) -> None:
+    """Reject values the benchmark cannot run with, naming what is expected."""
+
+    def integer(key: str, minimum: int, allow_null: bool = False) -> None:
+        value = bench[key]
+        if value is None and allow_null:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            null = " or null" if allow_null else ""
+            raise NMTError(
+                f"benchmark.{key}: expected an integer >= {minimum}{null}; got {value!r}"
+            )
+
+    integer("warmup_steps", 0)
+    integer("windows", 1)
+    integer("steps_per_window", 1)
+    integer("decode_sentences", 0, allow_null=True)
+    integer("beam_size", 1)
+    integer("threads", 1, allow_null=True)
+    integer("gemm_repeats", 1)
+    sizes = bench.gemm_sizes
+    if not sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
+        raise NMTError(f"benchmark.gemm_sizes: expected a list of positive integers; got {sizes}")
+    if bench.ckpt and not Path(bench.ckpt).is_file():
+        raise NMTError(f"benchmark.ckpt: no checkpoint at {bench.ckpt}")
+    if not bench.output:
+        raise NMTError("benchmark.output: expected a file path")
+    folder = Path(bench.output).parent
+    if not folder.is_dir():
+        raise NMTError(f"benchmark.output={bench.output}: folder {folder} does not exist")
+
+
+def device_report(device: torch.device) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return {
+        "type": device.type,
+        "name": name,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_benchmark(
+    cfg: DictConfig,
+    data: PreparedData | None = None,
+    progress: Callable[[str], None] = log.info,
+) -> dict[str, Any]:
+    """Measure everything the module docstring lists; return the report (a JSON-ready dict)."""
+    bench = cfg.benchmark
+    check_benchmark_cfg(bench)
+    if bench.threads:
+        torch.set_num_threads(bench.threads)
+    device = pick_device(cfg.trainer.device)
+    data = data or prepare(cfg.data, seed=cfg.seed, log=progress)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, len(data.src_vocab), len(data.tgt_vocab)).to(device)
+
+    progress(
+        f"training: {bench.warmup_steps} warm-up steps, then {bench.windows} windows of "
+        f"{bench.steps_per_window} steps on {device}"
+    )
+    rss_reset = reset_peak_memory(device)
+    train, lengths = time_training(cfg, model, data, device)
+    memory = memory_report(device, rss_reset)
+    flops = flops_per_target_token(cfg.model, len(data.tgt_vocab), lengths)
+    progress(f"GEMM peak: torch.mm fp32, n in {list(bench.gemm_sizes)}")
+    peak = gemm_peak(device, list(bench.gemm_sizes), bench.gemm_repeats)
+    achieved = flops.train * train["tgt_tokens_per_s"] / 1e9
+    return {
+        "config": {
+            "overrides": overrides(),
+            "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "data": cfg.data.name,
+            "max_tokens": cfg.data.batching.max_tokens,
+            "precision": cfg.trainer.precision,
+            "optim": cfg.optim.name,
+        },
+        "device": device_report(device),
+        "model": {
+            "parameters": model.num_parameters(),
+            "src_vocab": len(data.src_vocab),
+            "tgt_vocab": len(data.tgt_vocab),
+        },
+        "train": train,
+        "memory": memory,
+        "flops": {
+            "forward_per_tgt_token": flops.forward,
+            "train_per_tgt_token": flops.train,
+            "forward_pieces": flops.pieces,
+            "attn_src_len": lengths.attn_src_len,
+            "src_per_tgt": lengths.src_per_tgt,
+            "achieved_gflops": achieved,
+            "gemm_peak": peak,
+            "share_of_peak": achieved / peak["gflops"] if peak["gflops"] else None,
+        },
+        "decode": decoding_report(cfg, model, data, device),
+    }
+
+
+def overrides() -> list[str]:
+    """The command line's overrides, when run through Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return []
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The printed form of the report: one aligned table."""
+    dev, train, mem, flops = report["device"], report["train"], report["memory"], report["flops"]
+    ms = train["ms_per_step"]
+    rows = [
+        (
+            "device",
+            f"{dev['type']} ({dev['name']}), {dev['threads']} threads, torch {dev['torch']}",
+        ),
+        ("parameters", f"{report['model']['parameters']:,}"),
+        ("train target tokens/s", f"{train['tgt_tokens_per_s']:,.0f} (median of windows)"),
+        ("train src+tgt tokens/s", f"{train['src_tgt_tokens_per_s']:,.0f}"),
+        (
+            "ms per step",
+            f"{sum(ms.values()):.1f} = data {ms['data']:.1f} + forward {ms['forward']:.1f} + "
+            f"backward {ms['backward']:.1f} + optimizer {ms['optimizer']:.1f} + other {ms['other']:.1f}",
+        ),
+        (
+            "batch",
+            f"{train['sentences_per_step']:.1f} sentences, {train['tgt_tokens_per_step']:,.0f} "
+            f"target tokens; mean lengths src {train['mean_src_len']:.1f}, tgt {train['mean_tgt_len']:.1f}",
+        ),
+        ("peak RSS", f"{mem['peak_rss_mib']:,.0f} MiB ({mem['rss_source']})"),
+    ]
+    if mem["cuda_max_allocated_mib"] is not None:
+        rows.append(("CUDA max allocated", f"{mem['cuda_max_allocated_mib']:,.0f} MiB"))
+    pieces = ", ".join(f"{k} {v / 1e6:.3g}" for k, v in flops["forward_pieces"].items())
+    peak = flops["gemm_peak"]
+    rows += [
+        (
+            "FLOPs per target token",
+            f"{flops['train_per_tgt_token'] / 1e6:.3g} M (fwd+bwd = 3 × fwd)",
+        ),
+        ("  forward pieces (M)", pieces),
+        ("achieved", f"{flops['achieved_gflops']:.2f} GFLOP/s"),
+        ("GEMM peak", f"{peak['gflops']:.1f} GFLOP/s (fp32 torch.mm, n={peak['n']})"),
+        ("share of peak", f"{100 * (flops['share_of_peak'] or 0):.1f}%"),
+    ]
+    decode = report["decode"]
+    if decode is not None:
+        for name in ("greedy", "beam"):
+            d = decode[name]
+            rows.append(
+                (
+                    f"decode {name} (beam {d['beam_size']})",
+                    f"{d['sentences_per_s']:.2f} sentences/s, {d['tokens_per_s']:,.0f} tokens/s "
+                    f"({d['sentences']} sentences, mean length {d['mean_output_len']:.1f}, "
+                    f"{100 * d['max_len_rate']:.0f}% at the length limit)",
+                )
+            )
+        rows.append(("decoded with", decode["model"]))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+@hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="benchmark", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    report = run_benchmark(cfg)
+    print(format_report(report))
+    write_json(cfg.benchmark.output, report)
+    print(f"wrote {cfg.benchmark.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -123,10 +123,13 @@ class Validator:
         w.flush()
 
     def write_attention_images(self, step: int, best) -> None:
-        from nmt.plotting import attention_figure
+        count = min(self.cfg.trainer.num_attention_plots, len(best))
+        if count == 0:
+            return
+        from nmt.plotting import attention_figure  # matplotlib only when there is a plot to draw
 
         src_vocab, tgt_vocab = self.data.src_vocab, self.data.tgt_vocab
-        for i in range(min(self.cfg.trainer.num_attention_plots, len(best))):
+        for i in range(count):
             hyp = best[i]
             if hyp.attn_weights.numel() == 0:
                 continue

@@ -1,0 +1,107 @@
+"""The translate command line on a checkpoint trained for a few steps on the tiny corpus."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import quote, run_main
+
+from nmt.trainer import Trainer
+
+LINES = ["Open the file.", "", "The station is closed on Sundays.", "  Hello ,   world  "]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_prepared, tmp_path_factory) -> Path:
+    """A checkpoint after 2 steps of a tiny model (a Trainer in this process, one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("translate_run")
+    cfg = tiny_prepared.corpus.cfg(
+        "model.encoder.embed_dim=16",
+        "model.encoder.hidden_size=16",
+        "model.decoder.embed_dim=16",
+        "model.decoder.hidden_size=16",
+        "model.attention.hidden_size=16",
+        "data.batching.max_tokens=512",
+        "search=greedy",
+        "trainer.max_steps=2",
+        "trainer.val_max_sentences=1",
+        "trainer.num_attention_plots=0",
+        out_dir=tiny_prepared.data.out_dir,
+    )
+    Trainer(cfg, run_dir, tiny_prepared.data).fit()
+    torch.set_num_threads(threads)
+    return run_dir / "checkpoints" / "best.pt"
+
+
+def translate(ckpt: Path, *args: str):
+    return run_main("nmt.translate", f"ckpt={quote(ckpt)}", "search=greedy", *args)
+
+
+def test_file_to_file_gives_one_line_per_input_line(ckpt, tmp_path):
+    src, out = tmp_path / "in.en", tmp_path / "out.ko"
+    src.write_text("".join(line + "\n" for line in LINES), encoding="utf-8")
+    result = translate(ckpt, f"input={quote(src)}", f"output={quote(out)}")
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == ""  # every line ends in a newline
+    assert len(lines[:-1]) == len(LINES)
+    assert lines[1] == ""  # an empty source gives an empty translation
+    assert all(lines[i] for i in (0, 2, 3))
+    assert result.stdout == ""
+
+
+def test_stdin_to_stdout_matches_the_file_mode(ckpt, tmp_path, monkeypatch):
+    src, out = tmp_path / "in.en", tmp_path / "out.ko"
+    src.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    assert translate(ckpt, f"input={quote(src)}", f"output={quote(out)}").returncode == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(LINES) + "\n"))
+    result = translate(ckpt, "input=-")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == out.read_text(encoding="utf-8")
+
+
+def test_beam_search_translates_too(ckpt, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Open the file.\nClose it.\n"))
+    result = run_main(
+        "nmt.translate", f"ckpt={quote(ckpt)}", "input=-", "search=beam", "search.beam_size=3"
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2
+
+
+def test_attention_plot_writes_one_png_per_sentence(ckpt, tmp_path):
+    src, plots = tmp_path / "in.en", tmp_path / "plots"
+    src.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    args = [f"input={quote(src)}", f"output={quote(tmp_path / 'out.ko')}"]
+    result = translate(ckpt, *args, f"attention_plot={quote(plots)}")
+    assert result.returncode == 0, result.stderr
+    # numbered by input line; the empty line has no attention to draw
+    assert sorted(p.name for p in plots.iterdir()) == ["00001.png", "00003.png", "00004.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in plots.iterdir())
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    missing = tmp_path / "no.pt"
+    result = translate(missing, "input=-")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: checkpoint not found: {missing}"
+
+
+def test_missing_input_file_is_one_line(ckpt, tmp_path):
+    result = translate(ckpt, f"input={quote(tmp_path / 'no.en')}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'no.en'}: file not found"
+
+
+def test_interactive_prompt_translates_until_end_of_input(ckpt, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Open the file.\nClose it.\n"))
+    result = translate(ckpt)  # no input=: the prompt
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("ko> ") == 2
+    assert "Ctrl-D" in result.stderr

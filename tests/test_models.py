@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, train_sentencepiece
 from nmt.errors import NMTError
@@ -535,3 +536,36 @@ def test_tiny_model_overfits_32_sentence_pairs(score, style, rnn_type, overfit_b
         f"{score}/{style}/{rnn_type}: loss {losses[0]:.2f} → {losses[-1]:.3f} in {len(losses)} steps"
     )
     assert losses[-1] < 0.1, f"{score}: loss after {len(losses)} steps is {losses[-1]:.3f}"
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_encoder_states_equal_a_packed_bidirectional_rnn(rnn_type, num_layers):
+    """The per-direction, reverse-within-length encoder computes what packed sequences compute."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from nmt.models.encoder import Encoder
+
+    torch.manual_seed(0)
+    encoder = Encoder(50, rnn_type, 8, 6, num_layers, bidirectional=True, dropout=0.0).eval()
+    packed_rnn = (nn.GRU if rnn_type == "gru" else nn.LSTM)(
+        8, 6, num_layers=num_layers, batch_first=True, bidirectional=True
+    )
+    for layer in range(num_layers):
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            fwd = getattr(encoder.forward_rnns[layer], f"{name}_l0")
+            bwd = getattr(encoder.backward_rnns[layer], f"{name}_l0")
+            getattr(packed_rnn, f"{name}_l{layer}").data.copy_(fwd)
+            getattr(packed_rnn, f"{name}_l{layer}_reverse").data.copy_(bwd)
+    lengths = torch.tensor([5, 2, 7, 1])
+    src = torch.randint(4, 50, (4, 7)).masked_fill(torch.arange(7) >= lengths.unsqueeze(1), 0)
+    out = encoder(src, lengths)
+    packed = pack_padded_sequence(
+        encoder.embed(src), lengths, batch_first=True, enforce_sorted=False
+    )
+    expected, final = packed_rnn(packed)
+    expected, _ = pad_packed_sequence(expected, batch_first=True, total_length=7)
+    h_n = final[0] if rnn_type == "lstm" else final
+    top = h_n.view(num_layers, 2, 4, 6)[-1]
+    assert torch.allclose(out.states, expected, atol=1e-6)
+    assert torch.allclose(out.final, torch.cat([top[0], top[1]], dim=-1), atol=1e-6)

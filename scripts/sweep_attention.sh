@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The attention comparison: every score function × GRU/LSTM encoder, each trained for the same
+# wall-clock budget, then the comparison table and plots (scripts/compare.py).
+#
+#   bash scripts/sweep_attention.sh                      # 10 runs × 30 minutes, one after another
+#   MINUTES=10 SWEEP_DIR=multirun/att10 bash scripts/sweep_attention.sh optim.lr=1e-3
+#
+# Extra arguments go to every nmt.train run. Runs land in $SWEEP_DIR/<job>_<attention>-<encoder>-<decoder>.
+# ATTENTIONS and ENCODERS (comma-separated) choose the variants, e.g. to finish an interrupted sweep:
+#   SWEEP_DIR=multirun/attention/rest ATTENTIONS=location ENCODERS=lstm bash scripts/sweep_attention.sh
+#   python scripts/compare.py multirun/attention     # finds run folders at any depth
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+MINUTES="${MINUTES:-30}"
+ATTENTIONS="${ATTENTIONS:-dot,general,scaled_dot,concat,location}"
+ENCODERS="${ENCODERS:-gru,lstm}"
+SWEEP_DIR="${SWEEP_DIR:-multirun/attention}"
+
+python -m nmt.train -m \
+    model/attention="$ATTENTIONS" \
+    model/encoder="$ENCODERS" \
+    trainer.max_minutes="$MINUTES" \
+    hydra.sweep.dir="$SWEEP_DIR" \
+    'hydra.sweep.subdir=${hydra.job.num}_${model.attention.score}-${model.encoder.rnn_type}-${model.decoder.style}' \
+    "$@"
+
+python scripts/compare.py "$SWEEP_DIR" --evaluate-test

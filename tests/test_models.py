@@ -263,7 +263,7 @@ def test_luong_step_follows_the_equations():
         logits, attn_weights, new_state = model.step(prev, state, memory)
 
         x = torch.cat([model.tgt_embed(prev), state.attn_vector], dim=-1)
-        h = model.decoder.rnn.cells[0](x, state.hidden[0])
+        h = torch.gru_cell(x, state.hidden[0], *model.decoder.rnn.layer_weights(0))
         keys = memory.values @ model.decoder.attention.score.key_proj.weight.T
         context, weights = masked_attention(torch.einsum("bh,bsh->bs", h, keys), memory)
         h_tilde = torch.tanh(model.decoder.combine(torch.cat([context, h], dim=-1)))
@@ -285,7 +285,9 @@ def test_bahdanau_step_follows_the_equations():
         s_prev, embedded = state.hidden[0], model.tgt_embed(prev)
         hidden = torch.tanh(score.query_proj(s_prev).unsqueeze(1) + score.key_proj(memory.values))
         context, weights = masked_attention(score.v(hidden).squeeze(-1), memory)
-        s = model.decoder.rnn.cells[0](torch.cat([embedded, context], dim=-1), s_prev)
+        s = torch.gru_cell(
+            torch.cat([embedded, context], dim=-1), s_prev, *model.decoder.rnn.layer_weights(0)
+        )
         h_tilde = torch.tanh(model.decoder.pre_output(torch.cat([s, context, embedded], dim=-1)))
     torch.testing.assert_close(attn_weights, weights)
     torch.testing.assert_close(new_state.hidden[0], s)
@@ -569,3 +571,24 @@ def test_encoder_states_equal_a_packed_bidirectional_rnn(rnn_type, num_layers):
     top = h_n.view(num_layers, 2, 4, 6)[-1]
     assert torch.allclose(out.states, expected, atol=1e-6)
     assert torch.allclose(out.final, torch.cat([top[0], top[1]], dim=-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+def test_decoder_rnn_sequence_equals_its_steps(rnn_type):
+    """The one-call sequence path (Luong without input feeding) and the step path agree."""
+    from nmt.models.decoder import DecoderRNN
+
+    torch.manual_seed(0)
+    rnn = DecoderRNN(rnn_type, input_size=5, hidden_size=4, num_layers=2, dropout=0.3).eval()
+    inputs = torch.randn(3, 6, 5)
+    hidden = torch.randn(2, 3, 4)
+    cell = torch.randn(2, 3, 4) if rnn_type == "lstm" else None
+    outputs, final_hidden, final_cell = rnn.sequence(inputs, hidden, cell)
+    stepped = []
+    for x in inputs.unbind(1):
+        hidden, cell = rnn(x, hidden, cell)
+        stepped.append(hidden[-1])
+    torch.testing.assert_close(outputs, torch.stack(stepped, 1))
+    torch.testing.assert_close(final_hidden, hidden)
+    if rnn_type == "lstm":
+        torch.testing.assert_close(final_cell, cell)

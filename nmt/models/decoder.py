@@ -16,9 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from nmt.errors import NMTError
 from nmt.models.attention import Attention
-from nmt.models.encoder import RNN_TYPES
+from nmt.models.encoder import rnn_class
 
 
 class Memory(NamedTuple):
@@ -62,49 +61,60 @@ class DecoderOutput(NamedTuple):
     state: DecoderState
 
 
-class StackedCell(nn.Module):
-    """One time step of an N-layer GRU or LSTM: ``nn.GRUCell``/``nn.LSTMCell`` per layer.
+class DecoderRNN(nn.Module):
+    """An N-layer GRU or LSTM that runs a whole sequence or one step, on the same weights.
 
-    Dropout is applied between layers, as in ``nn.GRU``.  Stepping cells costs fewer small
-    operations per step than a length-1 ``nn.GRU`` call, which matters on CPU where the
-    decoder loop is bound by per-operation overhead.
+    :meth:`sequence` runs ``nn.GRU``/``nn.LSTM`` over all steps in one call (the time loop in
+    C++), for inputs known in advance: the Luong decoder without input feeding.  :meth:`forward`
+    takes one step with ``torch.gru_cell``/``torch.lstm_cell`` on each layer's weights: the loop
+    of input feeding, of the Bahdanau decoder and of search.  Dropout between layers, as in
+    ``nn.GRU``.
     """
 
     def __init__(
         self, rnn_type: str, input_size: int, hidden_size: int, num_layers: int, dropout: float
     ):
         super().__init__()
-        cell_class = {"gru": nn.GRUCell, "lstm": nn.LSTMCell}.get(rnn_type)
-        if cell_class is None:
-            raise NMTError(
-                f"model.decoder.rnn_type: expected one of {', '.join(RNN_TYPES)}; got {rnn_type!r}"
-            )
         self.is_lstm = rnn_type == "lstm"
-        self.cells = nn.ModuleList(
-            cell_class(input_size if i == 0 else hidden_size, hidden_size)
-            for i in range(num_layers)
+        self.num_layers = num_layers
+        self.layers = rnn_class(rnn_type, "model.decoder.rnn_type")(
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
         )
         self.dropout = nn.Dropout(dropout)
+
+    def layer_weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        return tuple(getattr(self.layers, f"{name}_l{layer}") for name in names)
+
+    def sequence(
+        self, inputs: Tensor, hidden: Tensor, cell: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """inputs (batch, steps, input_size) → top layer's outputs (batch, steps, hidden) and
+        the final (hidden, cell), each (num_layers, batch, hidden)."""
+        if self.is_lstm:
+            outputs, (hidden, cell) = self.layers(inputs, (hidden, cell))
+            return outputs, hidden, cell
+        outputs, hidden = self.layers(inputs, hidden)
+        return outputs, hidden, None
 
     def forward(
         self, inputs: Tensor, hidden: Tensor, cell: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
-        """inputs (batch, input_size); hidden, cell (num_layers, batch, hidden) → new (hidden, cell)."""
-        if len(self.cells) == 1:  # the common case, without stacking
-            if self.is_lstm:
-                h, c = self.cells[0](inputs, (hidden[0], cell[0]))
-                return h.unsqueeze(0), c.unsqueeze(0)
-            return self.cells[0](inputs, hidden[0]).unsqueeze(0), None
+        """One step.  inputs (batch, input_size); hidden, cell (num_layers, batch, hidden)."""
         hiddens, cells = [], []
         x = inputs
-        for i, layer in enumerate(self.cells):
-            if i > 0:
+        for layer in range(self.num_layers):
+            if layer > 0:
                 x = self.dropout(x)
             if self.is_lstm:
-                x, c = layer(x, (hidden[i], cell[i]))
+                x, c = torch.lstm_cell(x, (hidden[layer], cell[layer]), *self.layer_weights(layer))
                 cells.append(c)
             else:
-                x = layer(x, hidden[i])
+                x = torch.gru_cell(x, hidden[layer], *self.layer_weights(layer))
             hiddens.append(x)
         # stacked: (num_layers, batch, hidden)
         return torch.stack(hiddens), (torch.stack(cells) if self.is_lstm else None)
@@ -135,7 +145,7 @@ class Decoder(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.is_lstm = rnn_type == "lstm"
-        self.rnn = StackedCell(rnn_type, rnn_input_size, hidden_size, num_layers, dropout)
+        self.rnn = DecoderRNN(rnn_type, rnn_input_size, hidden_size, num_layers, dropout)
         self.bridge = nn.Linear(encoder_final_size, num_layers * hidden_size) if bridge else None
         self.dropout = nn.Dropout(dropout)  # on the target embeddings
 
@@ -232,12 +242,9 @@ class LuongDecoder(Decoder):
         """Teacher-forced pass.  embedded: (batch, tgt_len, embed_dim) for y_0..y_{T-1}."""
         embedded = self.dropout(embedded)
         if not self.input_feeding:
-            # Only the RNN runs step by step; attention and W_c run once over all steps.
-            hidden, cell, outputs = state.hidden, state.cell, []
-            for embedded_t in embedded.unbind(1):  # (batch, embed_dim)
-                hidden, cell = self.rnn(embedded_t, hidden, cell)
-                outputs.append(hidden[-1])
-            attn_vectors, attn_weights = self.attend_and_combine(torch.stack(outputs, 1), memory)
+            # The RNN runs over all steps in one call; attention and W_c once over all steps.
+            outputs, hidden, cell = self.rnn.sequence(embedded, state.hidden, state.cell)
+            attn_vectors, attn_weights = self.attend_and_combine(outputs, memory)
             return DecoderOutput(attn_vectors, attn_weights, DecoderState(hidden, cell, None))
         attn_vectors, attn_weights = [], []
         # unbind, not embedded[:, t]: its backward is one stack, not a zeroed copy per step

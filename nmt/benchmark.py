@@ -16,7 +16,8 @@ measures, on the device the trainer would pick (``trainer.device``):
   ``torch.cuda.max_memory_allocated``.
 * **Decoding speed**: :func:`nmt.search.decode_lines` on the first ``decode_sentences``
   sentences of the test split, greedy and beam (``beam_size``, ``search.length_penalty``),
-  in sentences/s and predicted tokens/s (``</s>`` included).
+  in sentences/s and predicted tokens/s (``</s>`` included), with the model the benchmark
+  trained for its timed steps (atypical output lengths) or, with ``ckpt``, a trained checkpoint.
 * **FLOPs**: :func:`flops_per_target_token`, the model's matrix multiplies per target token from
   the config's sizes and the lengths of the batches measured, the achieved GFLOP/s (training
   FLOPs per target token × target tokens/s) and a GEMM peak measured in the same run
@@ -498,7 +499,7 @@ def decoding_report(
     lines = data.splits["test"].src_text[:n]
     if not lines:
         raise NMTError("the test split is empty: nothing to decode (benchmark.decode_sentences=0)")
-    src_vocab, source = data.src_vocab, "the benchmark's freshly initialised model"
+    src_vocab, source = data.src_vocab, "the benchmark's model, trained for the timed steps only"
     if cfg.benchmark.ckpt:
         from nmt.checkpoint import load_for_inference
 

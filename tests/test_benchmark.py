@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import quote, run_main
+from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from nmt.benchmark import (
@@ -20,6 +21,7 @@ from nmt.benchmark import (
     gemm_peak,
     rnn_flops,
 )
+from nmt.checkpoint import save_checkpoint, vocab_payload
 from nmt.data.batching import collate
 from nmt.errors import NMTError
 from nmt.models import build_model
@@ -268,3 +270,36 @@ def test_decoding_can_be_skipped(tiny_prepared, tmp_path, monkeypatch):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(Path(out).read_text())["decode"] is None
+
+
+def test_decoding_with_a_checkpoint(tiny_prepared, tmp_path, monkeypatch, compose_config):
+    data = tiny_prepared.data
+    cfg = compose_config(
+        *tiny_prepared.corpus.overrides(data.out_dir), *TINY_MODEL, "model/attention=dot"
+    )
+    model = build_model(cfg.model, len(data.src_vocab), len(data.tgt_vocab))
+    ckpt = tmp_path / "trained.pt"
+    payload = {
+        "model": model.state_dict(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "vocab": vocab_payload(data.src_vocab, data.tgt_vocab),
+    }
+    save_checkpoint(ckpt, payload)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench.json"
+    result = run_main(
+        "nmt.benchmark",
+        *tiny_prepared.corpus.overrides(data.out_dir),
+        *TINY_MODEL,
+        "model.attention.hidden_size=16",
+        *QUICK,
+        "benchmark.windows=1",
+        "benchmark.warmup_steps=0",
+        "benchmark.decode_sentences=3",
+        f"benchmark.ckpt={quote(ckpt)}",
+        f"benchmark.output={quote(out)}",
+    )
+    assert result.returncode == 0, result.stderr
+    decode = json.loads(out.read_text())["decode"]
+    assert decode["model"] == str(ckpt)
+    assert decode["greedy"]["sentences"] == decode["beam"]["sentences"] == 3

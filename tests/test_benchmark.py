@@ -108,8 +108,8 @@ def tiny_batch(batch: int = 3, src_len: int = 7, tgt_len: int = 5):
     return collate(src, tgt, list(range(batch)))
 
 
-# torch's FLOP counter sees the matmuls of nn.GRU, the cells and the linear layers, but not those
-# of the CPU's fused packed-sequence LSTM kernel: the encoders here are GRUs.
+# torch's FLOP counter sees the matmuls of nn.GRU, of the cells and of the linear layers, but not
+# those of nn.LSTM over a whole sequence (a fused CPU kernel): here an LSTM only steps as a cell.
 COUNTED_CASES = {
     "concat-luong-feeding": ["model.attention.hidden_size=8"],
     "dot-bahdanau": ["model/attention=dot", "model/decoder=bahdanau"],

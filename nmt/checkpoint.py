@@ -49,6 +49,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
 
 
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """``model.load_state_dict(state)``, or one line naming the checkpoint when they do not fit
+    (a checkpoint from another version of the model code)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())
+        raise NMTError(
+            f"{path}: its weights do not fit the model this code builds from its config ({detail})"
+        ) from None
+
+
 def vocab_payload(src_vocab: Vocab, tgt_vocab: Vocab) -> dict[str, Any]:
     return {
         "src_path": str(src_vocab.path),
@@ -71,6 +83,6 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu"):
     cfg: DictConfig = OmegaConf.create(checkpoint["config"])
     src_vocab, tgt_vocab = vocabs_from(checkpoint)
     model = build_model(cfg.model, len(src_vocab), len(tgt_vocab))
-    model.load_state_dict(checkpoint["model"])
+    load_model_state(model, checkpoint["model"], path)
     model.to(device).eval()
     return model, src_vocab, tgt_vocab, cfg

@@ -18,7 +18,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from nmt import distributed as dist
-from nmt.checkpoint import load_checkpoint, save_checkpoint, vocab_payload
+from nmt.checkpoint import load_checkpoint, load_model_state, save_checkpoint, vocab_payload
 from nmt.data.batching import Batch
 from nmt.data.pipeline import PreparedData, prepare
 from nmt.errors import NMTError
@@ -130,7 +130,9 @@ def resolve_resume(resume: Any, run_dir: Path) -> Path | None:
     return path
 
 
-def merge_resumed_config(cfg: DictConfig, saved: dict) -> DictConfig:
+def merge_resumed_config(
+    cfg: DictConfig, saved: dict, report: Callable[[str], None] = log.info
+) -> DictConfig:
     """Architecture from the checkpoint, training settings from the command line; log the differences."""
     saved_cfg = OmegaConf.create(saved)
     merged = cfg.copy()
@@ -138,12 +140,8 @@ def merge_resumed_config(cfg: DictConfig, saved: dict) -> DictConfig:
         OmegaConf.update(merged, key, OmegaConf.select(saved_cfg, key), merge=False)
     for key, old, new in config_differences(saved_cfg, cfg):
         source = "checkpoint" if key.startswith(ARCHITECTURE_KEYS) else "command line"
-        log.info(
-            "resume: %s differs (checkpoint %r, given %r): using the %s value",
-            key,
-            old,
-            new,
-            source,
+        report(
+            f"resume: {key} differs (checkpoint {old!r}, given {new!r}): using the {source} value"
         )
     return merged
 
@@ -203,7 +201,7 @@ class Trainer:
         self.run_dir = Path(self.ctx.broadcast(str(run_dir)))  # rank 0's run dir on every rank
         self.checkpoint_path = resolve_resume(cfg.trainer.resume, self.run_dir)
         saved = load_checkpoint(self.checkpoint_path) if self.checkpoint_path else None
-        self.cfg = merge_resumed_config(cfg, saved["config"]) if saved else cfg
+        self.cfg = merge_resumed_config(cfg, saved["config"], self.info) if saved else cfg
         t = self.cfg.trainer
         check_trainer_cfg(t)
         if t.num_threads:
@@ -267,19 +265,45 @@ class Trainer:
                 f"{self.checkpoint_path}: its SentencePiece models differ from those in "
                 f"data.out_dir={self.cfg.data.out_dir}; resume with the data the run was trained on"
             )
-        self.model.load_state_dict(saved["model"])
+        load_model_state(self.model, saved["model"], self.checkpoint_path)
+        self.restore_optimizer(saved)
+        self.restore_progress(saved)
+        self.restore_rng(saved)
+        self.info(
+            f"resumed from {self.checkpoint_path} at step {self.progress.step} (epoch {self.progress.epoch})"
+        )
+
+    def restore_optimizer(self, saved: dict) -> None:
+        """Optimiser moments and loss scale; a different ``optim.name`` starts afresh."""
         saved_optim = saved["config"]["optim"]["name"]
         if saved_optim == self.cfg.optim.name:
             load_optimizer_state(self.optimizer, saved["optimizer"])
         else:
             self.info(f"resume: optim.name {saved_optim} → {self.cfg.optim.name}: fresh state")
-        self.schedule.load_state_dict(saved["schedule"])
         if saved["scaler"]:  # empty when saved without fp16 loss scaling
             self.scaler.load_state_dict(saved["scaler"])
-        progress = saved["progress"]
+
+    def restore_progress(self, saved: dict) -> None:
+        """Progress and schedule; scores of another ``early_stopping_metric`` are not compared."""
+        progress, schedule = dict(saved["progress"]), dict(saved["schedule"])
         progress["best_checkpoints"] = [tuple(x) for x in progress["best_checkpoints"]]
+        old, new = (
+            saved["config"]["trainer"]["early_stopping_metric"],
+            self.cfg.trainer.early_stopping_metric,
+        )
+        if old != new:
+            self.info(
+                f"resume: trainer.early_stopping_metric {old} → {new}: early stopping, the plateau "
+                "schedule and the best checkpoints start afresh (existing stepNNNNNNN.pt files stay)"
+            )
+            progress.update(best_score=None, validations_without_gain=0, best_checkpoints=[])
+            schedule.update(best=None, bad_validations=0)
+        self.schedule.load_state_dict(schedule)
         self.progress = Progress(**progress)
         self.last_validated_step = self.progress.step  # checkpoints are written after validation
+
+    def restore_rng(self, saved: dict) -> None:
+        """Each rank's RNG states; reseeded when the number of ranks changed."""
         rng = saved["rng"]
         if saved["world_size"] == self.ctx.world_size:
             set_rng_state(rng[self.ctx.rank] if isinstance(rng, list) else rng)
@@ -288,9 +312,6 @@ class Trainer:
                 f"resume: {saved['world_size']} ranks saved, {self.ctx.world_size} now: RNG reseeded"
             )
             seed_everything(self.cfg.seed + self.progress.step + self.ctx.rank)
-        self.info(
-            f"resumed from {self.checkpoint_path} at step {self.progress.step} (epoch {self.progress.epoch})"
-        )
 
     def checkpoint_payload(self) -> dict[str, Any]:
         return {

@@ -237,7 +237,10 @@ def test_resume_takes_training_settings_from_the_command_line(half_run, tiny_pre
     ckpt = load(run_dir / "checkpoints" / "last.pt")
     assert ckpt["progress"]["step"] == 3
     assert ckpt["config"]["model"]["decoder"]["hidden_size"] == 16
-    assert ckpt["model"]["decoder.rnn.cells.0.weight_hh"].shape == (48, 16)  # GRU: 3 gates × 16
+    recurrent = [
+        v for k, v in ckpt["model"].items() if k.startswith("decoder") and "weight_hh" in k
+    ]
+    assert recurrent and all(w.shape[-1] == 16 for w in recurrent)  # (gates × hidden, hidden)
     assert ckpt["config"]["optim"]["lr"] == 0.002
     assert [g["lr"] for g in ckpt["optimizer"]["param_groups"]] == [0.002]
 
@@ -383,6 +386,30 @@ def test_early_stopping_after_patience_validations(small_trainer, caplog):
         t.fit()
     assert t.progress.step == 3
     assert "early stopping: valid loss did not improve for 2 validations" in caplog.text
+
+
+def test_a_new_early_stopping_metric_on_resume_starts_afresh(small_trainer, tmp_path):
+    small_trainer("trainer.max_steps=2", "trainer.val_every_steps=1", run_dir=tmp_path / "a").fit()
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    assert load(last)["progress"]["best_score"] == 0.0  # BLEU of an untrained model
+    t = small_trainer(
+        f"trainer.resume={quote(last)}",
+        "optim.lr=0",
+        "optim.min_lr=0",
+        "trainer.early_stopping_metric=loss",
+        "trainer.early_stopping_patience=2",
+        "trainer.val_every_steps=1",
+        "trainer.max_steps=50",
+        run_dir=tmp_path / "a",
+    )
+    t.fit()
+    # step 3 sets the first loss to beat (BLEU 0.0 is not compared with a loss); 4 and 5 do not
+    assert t.progress.step == 5
+    assert [n for _, n in t.progress.best_checkpoints] == [
+        "step0000003.pt",
+        "step0000004.pt",
+        "step0000005.pt",
+    ]
 
 
 def test_keep_best_checkpoints_on_disk(small_trainer):

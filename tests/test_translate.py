@@ -105,3 +105,16 @@ def test_interactive_prompt_translates_until_end_of_input(ckpt, monkeypatch):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("ko> ") == 2
     assert "Ctrl-D" in result.stderr
+
+
+def test_checkpoint_from_another_model_version_is_one_line(ckpt, tmp_path):
+    saved = torch.load(ckpt, weights_only=True)
+    saved["model"]["encoder.renamed.weight"] = saved["model"].pop("encoder.embed.weight")
+    other = tmp_path / "other.pt"
+    torch.save(saved, other)
+    result = translate(other, "input=-")
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f"error: {other}: its weights do not fit the model")
+    assert "encoder.renamed.weight" in message

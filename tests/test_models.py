@@ -393,7 +393,7 @@ def compose_model_cfg(overrides: list[str]):
 
 def test_reference_config_parameter_count():
     """biGRU 256 encoder, GRU 256 Luong decoder with input feeding, concat attention, 8k/8k."""
-    model = build_model(compose_model_cfg([]), 8000, 8000)
+    model = build_model(compose_model_cfg(["+experiment=joeynmt_ref"]), 8000, 8000)
     e, h, v, a = 256, 256, 8000, 256
     gru = lambda inp: 3 * h * (inp + h) + 2 * 3 * h  # noqa: E731
     expected = (
@@ -407,7 +407,9 @@ def test_reference_config_parameter_count():
         + h * v + v  # output projection
     )  # fmt: skip
     assert model.num_parameters() == expected
-    tied = build_model(compose_model_cfg(["model.tie_embeddings=true"]), 8000, 8000)
+    tied = build_model(
+        compose_model_cfg(["+experiment=joeynmt_ref", "model.tie_embeddings=true"]), 8000, 8000
+    )
     assert tied.num_parameters() == expected - v * e
     print(f"reference model: {expected} parameters ({expected - v * e} tied)")
 
@@ -586,9 +588,29 @@ def test_decoder_rnn_sequence_equals_its_steps(rnn_type):
     outputs, final_hidden, final_cell = rnn.sequence(inputs, hidden, cell)
     stepped = []
     for x in inputs.unbind(1):
-        hidden, cell = rnn(x, hidden, cell)
+        hidden, cell = rnn(rnn.project_known(x), None, hidden, cell)
         stepped.append(hidden[-1])
     torch.testing.assert_close(outputs, torch.stack(stepped, 1))
     torch.testing.assert_close(final_hidden, hidden)
     if rnn_type == "lstm":
         torch.testing.assert_close(final_cell, cell)
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+def test_decoder_rnn_split_input_equals_the_full_cell(rnn_type):
+    """[known ; fed_back] through project_known + forward equals the cell on the concatenation."""
+    from nmt.models.decoder import DecoderRNN
+
+    torch.manual_seed(0)
+    rnn = DecoderRNN(rnn_type, input_size=7, hidden_size=4, num_layers=1, dropout=0.0)
+    known, fed_back = torch.randn(3, 5), torch.randn(3, 2)
+    hidden = torch.randn(1, 3, 4)
+    cell = torch.randn(1, 3, 4) if rnn_type == "lstm" else None
+    new_hidden, new_cell = rnn(rnn.project_known(known), fed_back, hidden, cell)
+    x = torch.cat([known, fed_back], dim=-1)
+    if rnn_type == "lstm":
+        h, c = torch.lstm_cell(x, (hidden[0], cell[0]), *rnn.layer_weights(0))
+        torch.testing.assert_close(new_cell[0], c)
+    else:
+        h = torch.gru_cell(x, hidden[0], *rnn.layer_weights(0))
+    torch.testing.assert_close(new_hidden[0], h)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt.models.attention import Attention
@@ -66,8 +67,10 @@ class DecoderRNN(nn.Module):
 
     :meth:`sequence` runs ``nn.GRU``/``nn.LSTM`` over all steps in one call (the time loop in
     C++), for inputs known in advance: the Luong decoder without input feeding.  :meth:`forward`
-    takes one step with ``torch.gru_cell``/``torch.lstm_cell`` on each layer's weights: the loop
-    of input feeding, of the Bahdanau decoder and of search.  Dropout between layers, as in
+    takes one step, the loop of input feeding, of the Bahdanau decoder and of search: layer 0's
+    input is split into the part known before the loop (the target embedding, projected for
+    all steps at once by :meth:`project_known`) and the part fed back inside it; the upper
+    layers step with ``torch.gru_cell``/``torch.lstm_cell``.  Dropout between layers, as in
     ``nn.GRU``.
     """
 
@@ -101,15 +104,38 @@ class DecoderRNN(nn.Module):
         outputs, hidden = self.layers(inputs, hidden)
         return outputs, hidden, None
 
+    def project_known(self, known: Tensor) -> Tensor:
+        """W_k x + b_ih for the first input columns of layer 0, the ones known before the loop.
+
+        known (..., k) → (..., gates*hidden).  In a teacher-forced pass the known inputs are the
+        target embeddings of every step, so this is one large matrix product per batch instead
+        of a small one per step.
+        """
+        w_ih, _, b_ih, _ = self.layer_weights(0)
+        return F.linear(known, w_ih[:, : known.size(-1)], b_ih)
+
     def forward(
-        self, inputs: Tensor, hidden: Tensor, cell: Tensor | None
+        self, known: Tensor, fed_back: Tensor | None, hidden: Tensor, cell: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
-        """One step.  inputs (batch, input_size); hidden, cell (num_layers, batch, hidden)."""
-        hiddens, cells = [], []
-        x = inputs
-        for layer in range(self.num_layers):
-            if layer > 0:
-                x = self.dropout(x)
+        """One step.  Layer 0's input is [x_known ; x_fed_back]:
+
+        known (batch, gates*hidden) = project_known(x_known); fed_back (batch, f) is the part
+        computed inside the loop (h̃_{t-1} or c_t), or None; hidden, cell (num_layers, batch,
+        hidden).  Returns the new (hidden, cell).
+        """
+        w_ih, w_hh, _, b_hh = self.layer_weights(0)
+        gates_in = known
+        if fed_back is not None:
+            gates_in = gates_in + F.linear(fed_back, w_ih[:, w_ih.size(1) - fed_back.size(-1) :])
+        gates_hidden = F.linear(hidden[0], w_hh, b_hh)  # (batch, gates*hidden)
+        if self.is_lstm:
+            x, c = lstm_cell_from_gates(gates_in + gates_hidden, cell[0])
+            hiddens, cells = [x], [c]
+        else:
+            x = gru_cell_from_gates(gates_in, gates_hidden, hidden[0])
+            hiddens, cells = [x], []
+        for layer in range(1, self.num_layers):
+            x = self.dropout(x)
             if self.is_lstm:
                 x, c = torch.lstm_cell(x, (hidden[layer], cell[layer]), *self.layer_weights(layer))
                 cells.append(c)
@@ -118,6 +144,29 @@ class DecoderRNN(nn.Module):
             hiddens.append(x)
         # stacked: (num_layers, batch, hidden)
         return torch.stack(hiddens), (torch.stack(cells) if self.is_lstm else None)
+
+
+def gru_cell_from_gates(gates_in: Tensor, gates_hidden: Tensor, h: Tensor) -> Tensor:
+    """GRU update from W_i x + b_i and W_h h + b_h, as ``torch.gru_cell`` computes it:
+
+    r = σ(i_r + h_r),  z = σ(i_z + h_z),  n = tanh(i_n + r ⊙ h_n),  h' = (1 − z) ⊙ n + z ⊙ h.
+    """
+    i_r, i_z, i_n = gates_in.chunk(3, dim=-1)
+    h_r, h_z, h_n = gates_hidden.chunk(3, dim=-1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return n + z * (h - n)
+
+
+def lstm_cell_from_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """LSTM update from W_i x + W_h h + b, as ``torch.lstm_cell`` computes it:
+
+    c' = σ(f) ⊙ c + σ(i) ⊙ tanh(g),  h' = σ(o) ⊙ tanh(c').
+    """
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 class Decoder(nn.Module):
@@ -229,10 +278,13 @@ class LuongDecoder(Decoder):
     def step_after_dropout(
         self, embedded: Tensor, state: DecoderState, memory: Memory
     ) -> DecoderStep:
-        inputs = embedded  # (batch, embed_dim)
-        if self.input_feeding:
-            inputs = torch.cat([embedded, state.attn_vector], dim=-1)  # (batch, embed+hidden)
-        hidden, cell = self.rnn(inputs, state.hidden, state.cell)  # (num_layers, batch, hidden)
+        return self.step_projected(self.rnn.project_known(embedded), state, memory)
+
+    def step_projected(self, known: Tensor, state: DecoderState, memory: Memory) -> DecoderStep:
+        """One step from the projected embedding  known (batch, gates*hidden)."""
+        # RNN input [E y_{t-1} ; h̃_{t-1}]: the embedding part arrives projected.
+        hidden, cell = self.rnn(known, state.attn_vector, state.hidden, state.cell)
+        # hidden: (num_layers, batch, hidden)
         attn_vector, attn_weights = self.attend_and_combine(hidden[-1].unsqueeze(1), memory)
         attn_vector = attn_vector.squeeze(1)  # (batch, hidden)
         new_state = DecoderState(hidden, cell, attn_vector if self.input_feeding else None)
@@ -247,9 +299,10 @@ class LuongDecoder(Decoder):
             attn_vectors, attn_weights = self.attend_and_combine(outputs, memory)
             return DecoderOutput(attn_vectors, attn_weights, DecoderState(hidden, cell, None))
         attn_vectors, attn_weights = [], []
-        # unbind, not embedded[:, t]: its backward is one stack, not a zeroed copy per step
-        for embedded_t in embedded.unbind(1):  # (batch, embed_dim)
-            out = self.step_after_dropout(embedded_t, state, memory)
+        known = self.rnn.project_known(embedded)  # (batch, tgt_len, gates*hidden), once
+        # unbind, not known[:, t]: its backward is one stack, not a zeroed copy per step
+        for known_t in known.unbind(1):  # (batch, gates*hidden)
+            out = self.step_projected(known_t, state, memory)
             attn_vectors.append(out.attn_vector)
             attn_weights.append(out.attn_weights)
             state = out.state
@@ -299,15 +352,17 @@ class BahdanauDecoder(Decoder):
         return DecoderState(hidden, cell, None)
 
     def recur(
-        self, embedded: Tensor, state: DecoderState, memory: Memory
+        self, known: Tensor, state: DecoderState, memory: Memory
     ) -> tuple[Tensor, Tensor, DecoderState]:
-        """Attend with s_{t-1}, then step the RNN.  embedded (batch, embed_dim)
-        → context c_t (batch, value_size), α_t (batch, src_len), state holding s_t."""
+        """Attend with s_{t-1}, then step the RNN.  known (batch, gates*hidden): the projected
+        embedding of y_{t-1} → context c_t (batch, value_size), α_t (batch, src_len), state with s_t."""
         query = state.hidden[-1].unsqueeze(1)  # (batch, 1, hidden): top layer's s_{t-1}
         context, attn_weights = self.attention(query, memory.keys, memory.values, memory.src_mask)
         context = context.squeeze(1)  # (batch, value_size)
-        inputs = torch.cat([embedded, context], dim=-1)  # (batch, embed+value)
-        hidden, cell = self.rnn(inputs, state.hidden, state.cell)  # (num_layers, batch, hidden)
+        # RNN input [E y_{t-1} ; c_t]: the embedding part arrives projected.
+        hidden, cell = self.rnn(
+            known, context, state.hidden, state.cell
+        )  # (num_layers, batch, hidden)
         return context, attn_weights.squeeze(1), DecoderState(hidden, cell, None)
 
     def output(self, top: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
@@ -317,7 +372,7 @@ class BahdanauDecoder(Decoder):
     def step_after_dropout(
         self, embedded: Tensor, state: DecoderState, memory: Memory
     ) -> DecoderStep:
-        context, attn_weights, state = self.recur(embedded, state, memory)
+        context, attn_weights, state = self.recur(self.rnn.project_known(embedded), state, memory)
         attn_vector = self.output(state.hidden[-1], context, embedded)  # (batch, hidden)
         return DecoderStep(attn_vector, attn_weights, state)
 
@@ -325,8 +380,9 @@ class BahdanauDecoder(Decoder):
         """Teacher-forced pass.  embedded: (batch, tgt_len, embed_dim) for y_0..y_{T-1}."""
         embedded = self.dropout(embedded)
         tops, contexts, attn_weights = [], [], []
-        for embedded_t in embedded.unbind(1):  # (batch, embed_dim)
-            context, weights, state = self.recur(embedded_t, state, memory)
+        known = self.rnn.project_known(embedded)  # (batch, tgt_len, gates*hidden), once
+        for known_t in known.unbind(1):  # (batch, gates*hidden)
+            context, weights, state = self.recur(known_t, state, memory)
             tops.append(state.hidden[-1])
             contexts.append(context)
             attn_weights.append(weights)

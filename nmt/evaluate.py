@@ -115,11 +115,13 @@ def evaluate_checkpoint(
     device: str = "cpu",
     out_path: str | Path | None = None,
     tokenizers: Sequence[str] = DEFAULT_TOKENIZERS,
+    max_sentences: int | None = None,
 ) -> dict[str, Any]:
     """Translate a split of the checkpoint's corpus (or ``src_path``) and score it.
 
     Give either ``split`` or both ``src_path`` and ``ref_path``. With ``out_path`` the decoded
-    hypotheses are also written there, one per line.
+    hypotheses are also written there, one per line. ``max_sentences`` keeps only the first N
+    sentences (a quick look; the scores are not comparable with the whole split's).
     """
     if not Path(ckpt_path).is_file():
         raise NMTError(f"{ckpt_path}: checkpoint file not found")
@@ -141,6 +143,8 @@ def evaluate_checkpoint(
                 f"{src_path} has {len(sources)} lines but {ref_path} has {len(references)}: "
                 "expected one reference per source line"
             )
+    if max_sentences is not None:
+        sources, references = sources[:max_sentences], references[:max_sentences]
     hypotheses = translate_lines(model, src_vocab, tgt_vocab, sources, search_cfg)
     if out_path is not None:
         write_text_atomic(out_path, "".join(h + "\n" for h in hypotheses))

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from nmt import distributed as dist
+from nmt.average import average_checkpoints, newest_step_checkpoints
 from nmt.checkpoint import load_checkpoint, load_model_state, save_checkpoint, vocab_payload
 from nmt.data.batching import Batch
 from nmt.data.pipeline import PreparedData, prepare
@@ -57,6 +58,7 @@ class Progress:
     best_checkpoints: list[tuple[float, str]] = field(
         default_factory=list
     )  # (score, file), best first
+    recent_checkpoints: list[str] = field(default_factory=list)  # trainer.keep_last, oldest first
     minutes: float = 0.0  # wall-clock of the run so far (validation included), across resumes
 
 
@@ -93,6 +95,19 @@ def check_trainer_cfg(t: DictConfig) -> None:
     for key in ("accum_steps", "val_every_steps", "log_every_steps", "keep_best"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise NMTError(f"trainer.{key}: expected an integer >= 1; got {t[key]!r}")
+    for key in ("keep_last", "average_last"):
+        if not isinstance(t[key], int) or t[key] < 0:
+            raise NMTError(f"trainer.{key}: expected an integer >= 0; got {t[key]!r}")
+    if not isinstance(t.keep_every_validation, bool):
+        raise NMTError(
+            f"trainer.keep_every_validation: expected true or false; got {t.keep_every_validation!r}"
+        )
+    if t.average_last > t.keep_last and not t.keep_every_validation:
+        raise NMTError(
+            f"trainer.average_last={t.average_last} averages the newest {t.average_last} step "
+            f"checkpoints: set trainer.keep_last >= {t.average_last} (now {t.keep_last}) or "
+            "trainer.keep_every_validation=true to keep them on disk"
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -172,6 +187,16 @@ def rank_checkpoints(
     """
     ranked = sorted([*best, (score, name)], key=lambda e: -e[0] if higher_is_better else e[0])
     return ranked[:keep], [n for _, n in ranked[keep:]]
+
+
+def keep_newest(recent: list[str], name: str, keep: int) -> tuple[list[str], list[str]]:
+    """Add checkpoint ``name`` to the ``recent`` list (oldest first) and keep the newest ``keep``.
+
+    Returns the new list and the names that dropped out of it (possibly ``name`` itself).
+    """
+    window = [*recent, name]
+    cut = max(len(window) - keep, 0)
+    return window[cut:], window[:cut]
 
 
 @dataclass
@@ -328,24 +353,56 @@ class Trainer:
 
     def save(self, score: float) -> None:
         """Write last.pt, and stepNNNNNNN.pt while it ranks among the best ``trainer.keep_best``
-        by ``score``; best.pt is a copy of the best one. Files that drop out are deleted."""
-        p = self.progress
+        by ``score`` or the newest ``trainer.keep_last`` (with ``trainer.keep_every_validation``:
+        always); best.pt is a copy of the best one. Files that drop out of both are deleted."""
+        t, p = self.cfg.trainer, self.progress
         p.minutes = self.elapsed_minutes()
         name = f"step{p.step:07d}.pt"
         p.best_checkpoints, dropped = rank_checkpoints(
-            p.best_checkpoints, score, name, self.cfg.trainer.keep_best, self.higher_is_better
+            p.best_checkpoints, score, name, t.keep_best, self.higher_is_better
         )
+        p.recent_checkpoints, expired = keep_newest(p.recent_checkpoints, name, t.keep_last)
+        kept = {n for _, n in p.best_checkpoints} | set(p.recent_checkpoints)
+        stale = [] if t.keep_every_validation else [n for n in dropped + expired if n not in kept]
         payload = self.checkpoint_payload()  # every rank joins the RNG gather
         if not self.ctx.is_main:
             return
         ckpt_dir = self.run_dir / "checkpoints"
-        if name not in dropped:
+        if name in kept or t.keep_every_validation:
             save_checkpoint(ckpt_dir / name, payload)
         if p.best_checkpoints[0][1] == name:
             save_checkpoint(ckpt_dir / "best.pt", payload)
         save_checkpoint(ckpt_dir / "last.pt", payload)
-        for stale in dropped:
-            (ckpt_dir / stale).unlink(missing_ok=True)
+        for old in stale:
+            (ckpt_dir / old).unlink(missing_ok=True)
+
+    def average_last_checkpoints(self) -> None:
+        """Write averaged.pt, the mean of the newest ``trainer.average_last`` step checkpoints on
+        disk (:mod:`nmt.average`), and log its valid scores next to best.pt's (rank 0)."""
+        k, ckpt_dir = self.cfg.trainer.average_last, self.run_dir / "checkpoints"
+        paths = newest_step_checkpoints(ckpt_dir, k)
+        if not paths:
+            self.info(f"trainer.average_last={k}: no step checkpoints in {ckpt_dir}")
+            return
+        save_checkpoint(ckpt_dir / "averaged.pt", average_checkpoints(paths))
+        fewer = f", only {len(paths)} on disk" if len(paths) < k else ""
+        lines = []
+        for name in ("averaged.pt", "best.pt"):  # best.pt is missing in a run resumed elsewhere
+            if (ckpt_dir / name).is_file():
+                m = self.score_checkpoint(ckpt_dir / name)
+                lines.append(
+                    f"{name}: valid BLEU {m['bleu']:.2f}, chrF {m['chrf']:.2f}, loss {m['loss']:.3f}"
+                )
+        self.info(
+            f"averaged {paths[0].name} … {paths[-1].name} (trainer.average_last={k}{fewer}); "
+            + "; ".join(lines)
+        )
+
+    def score_checkpoint(self, path: Path) -> dict[str, float]:
+        """Validation metrics of the weights in ``path`` (written nowhere but the return value)."""
+        model = build_model(self.cfg.model, len(self.data.src_vocab), len(self.data.tgt_vocab))
+        load_model_state(model, load_checkpoint(path)["model"], path)
+        return self.validator.score(model.to(self.device)).metrics
 
     @property
     def higher_is_better(self) -> bool:
@@ -481,6 +538,8 @@ class Trainer:
         if self.last_validated_step != self.progress.step:  # a fresh run stopped before step 1
             self.validate_and_save()
         self.info(f"stopped at step {self.progress.step}: {reason}")
+        if self.validator and self.cfg.trainer.average_last:
+            self.average_last_checkpoints()
         if self.validator:
             self.validator.finish(self.metrics)
         return self.metrics

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -22,9 +24,20 @@ from nmt.data.batching import TokenBatcher
 from nmt.data.pipeline import PreparedData
 from nmt.loss import sequence_loss
 from nmt.metrics import degeneracy, score_corpus, write_text_atomic
-from nmt.search import decode_lines
+from nmt.search import Hypothesis, decode_lines
 
 log = logging.getLogger("nmt")
+
+
+@dataclass
+class ValidationResult:
+    """What :meth:`Validator.score` measures on the valid sentences."""
+
+    metrics: dict[str, float]  # loss, perplexity, bleu (ko-mecab), chrf
+    scores: dict[str, dict[str, Any]]  # nmt.metrics.score_corpus, with signatures
+    diagnostics: dict[str, float]  # degeneracy and attention statistics
+    best: list[Hypothesis]  # the best hypothesis of each sentence
+    hypotheses: list[str]  # detokenised
 
 
 class Validator:
@@ -67,7 +80,8 @@ class Validator:
             tokens += batch.num_tgt_tokens
         return total / max(tokens, 1)
 
-    def validate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+    def score(self, model: torch.nn.Module) -> ValidationResult:
+        """Loss, scores and diagnostics of ``model`` on the valid sentences; writes nothing."""
         was_training = model.training
         model.eval()
         loss = self.valid_loss(model)
@@ -78,14 +92,21 @@ class Validator:
         diagnostics = degeneracy(hypotheses, self.ref_lines, [h.hit_max_len for h in best])
         diagnostics.update(attention_statistics([h.attn_weights for h in best]))
         model.train(was_training)
-
         metrics = {
             "loss": loss,
             "perplexity": math.exp(min(loss, 50.0)),
             "bleu": scores["bleu_ko-mecab"]["score"],
             "chrf": scores["chrf"]["score"],
         }
-        self.write_events(step, metrics, scores, diagnostics, best, hypotheses)
+        return ValidationResult(metrics, scores, diagnostics, best, hypotheses)
+
+    def validate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        """:meth:`score`, written to TensorBoard, ``validations.jsonl``, ``valid_hypotheses.txt``
+        and the log; returns the metrics."""
+        result = self.score(model)
+        metrics, scores, diagnostics = result.metrics, result.scores, result.diagnostics
+        hypotheses = result.hypotheses
+        self.write_events(step, metrics, scores, diagnostics, result.best, hypotheses)
         record = {"step": step, **metrics, "scores": scores, "diagnostics": diagnostics}
         with open(self.history_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -95,7 +116,7 @@ class Validator:
         log.info(
             "validation at step %d: loss %.3f, ppl %.1f, BLEU %.2f (%s), chrF %.2f, repetition %.1f%%",
             step,
-            loss,
+            metrics["loss"],
             metrics["perplexity"],
             metrics["bleu"],
             scores["bleu_ko-mecab"]["signature"],

@@ -1,0 +1,215 @@
+"""Checkpoint averaging (nmt/average.py, scripts/average_checkpoints.py) and the trainer's
+``keep_last`` / ``keep_every_validation`` / ``average_last``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt import checkpoint
+from nmt.average import average_checkpoints, main, newest_step_checkpoints
+from nmt.errors import NMTError
+from nmt.trainer import Trainer, check_trainer_cfg, keep_newest
+
+TINY_MODEL = [
+    "model.encoder.embed_dim=16",
+    "model.encoder.hidden_size=16",
+    "model.decoder.embed_dim=16",
+    "model.decoder.hidden_size=16",
+    "search=greedy",
+    "data.batching.max_tokens=512",
+    "trainer.num_threads=1",
+    "trainer.val_max_sentences=2",
+    "trainer.num_attention_plots=0",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fabricated(step: int, weight: torch.Tensor, **extra_model: torch.Tensor) -> dict:
+    """A checkpoint-shaped payload: a tied matrix under two names, an integer buffer."""
+    model = {
+        "embed.weight": weight,
+        "out.weight": weight,
+        "count": torch.tensor([step]),
+        **extra_model,
+    }
+    return {
+        "model": model,
+        "optimizer": {"state": {}, "param_groups": []},
+        "progress": {"step": step, "minutes": step / 10},
+        "config": {"step_was": step},
+        "vocab": {"src_model": b"src", "tgt_model": b"tgt"},
+    }
+
+
+def write(path: Path, payload: dict) -> Path:
+    checkpoint.save_checkpoint(path, payload)
+    return path
+
+
+def test_the_average_is_the_exact_mean_of_the_weights(tmp_path):
+    torch.manual_seed(0)
+    a, b, c = (torch.randn(4, 3) for _ in range(3))
+    paths = [
+        write(tmp_path / f"step{i}.pt", fabricated(i, w, bias=torch.full((2,), float(i))))
+        for i, w in enumerate((a, b, c), start=1)
+    ]
+    out = average_checkpoints(paths)
+    expected = ((a.double() + b.double() + c.double()) / 3).float()
+    assert torch.equal(out["model"]["embed.weight"], expected)
+    assert torch.equal(out["model"]["bias"], torch.full((2,), 2.0))
+    assert out["model"]["embed.weight"].dtype == torch.float32
+    # a tied matrix stays one tensor; integer buffers, config and progress are the last one's
+    assert out["model"]["out.weight"] is out["model"]["embed.weight"]
+    assert torch.equal(out["model"]["count"], torch.tensor([3]))
+    assert out["progress"] == {"step": 3, "minutes": 0.3} and out["config"] == {"step_was": 3}
+    assert out["averaged_from"] == [str(p) for p in paths]
+
+
+def test_two_checkpoints_average_to_their_midpoint(tmp_path):
+    a = write(tmp_path / "a.pt", fabricated(1, torch.tensor([1.0, 2.0, -3.5])))
+    b = write(tmp_path / "b.pt", fabricated(2, torch.tensor([3.0, 0.5, 1.0])))
+    out = average_checkpoints([a, b])
+    assert out["model"]["embed.weight"].tolist() == [2.0, 1.25, -1.25]
+
+
+def test_different_shapes_name_the_file_and_key(tmp_path):
+    a = write(tmp_path / "a.pt", fabricated(1, torch.zeros(4, 3)))
+    b = write(tmp_path / "b.pt", fabricated(2, torch.zeros(4, 3), bias=torch.zeros(2)))
+    c = write(tmp_path / "c.pt", fabricated(3, torch.zeros(5, 3)))
+    with pytest.raises(
+        NMTError, match=r"c\.pt: model key 'embed\.weight' is torch.float32 \(5, 3\)"
+    ):
+        average_checkpoints([a, c])
+    with pytest.raises(NMTError, match=r"b\.pt: model has 'bias', which .*a\.pt lacks"):
+        average_checkpoints([a, b])
+    with pytest.raises(NMTError, match=r"a\.pt: model lacks 'bias'"):
+        average_checkpoints([b, a])
+
+
+def test_different_vocabularies_are_refused(tmp_path):
+    a = write(tmp_path / "a.pt", fabricated(1, torch.zeros(2)))
+    other = fabricated(2, torch.zeros(2))
+    other["vocab"]["tgt_model"] = b"another"
+    b = write(tmp_path / "b.pt", other)
+    with pytest.raises(NMTError, match=r"b\.pt: vocab tgt_model differs"):
+        average_checkpoints([a, b])
+
+
+def test_last_k_picks_the_newest_step_checkpoints(tmp_path, capsys):
+    ckpt_dir = tmp_path / "checkpoints"
+    for step in (4, 12, 8, 100):
+        write(ckpt_dir / f"step{step:07d}.pt", fabricated(step, torch.full((2,), float(step))))
+    for other in ("best.pt", "last.pt", "averaged.pt", "step0000200.pt.tmp"):
+        write(ckpt_dir / other, fabricated(999, torch.zeros(2)))
+    assert [p.name for p in newest_step_checkpoints(ckpt_dir, 3)] == [
+        "step0000008.pt",
+        "step0000012.pt",
+        "step0000100.pt",
+    ]
+    main(["--run-dir", str(tmp_path), "--last", "2"])
+    out = checkpoint.load_checkpoint(ckpt_dir / "averaged.pt")
+    assert out["averaged_from"] == [
+        str(ckpt_dir / "step0000012.pt"),
+        str(ckpt_dir / "step0000100.pt"),
+    ]
+    assert out["model"]["embed.weight"].tolist() == [56.0, 56.0]
+    assert "wrote" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--run-dir", str(tmp_path), "--last", "5"])
+    assert exit_.value.code == 2
+    assert "4 step checkpoints (stepNNNNNNN.pt), --last 5 asked" in capsys.readouterr().err
+
+
+def test_inputs_and_output(tmp_path):
+    a = write(tmp_path / "a.pt", fabricated(1, torch.zeros(2)))
+    b = write(tmp_path / "b.pt", fabricated(2, torch.ones(2)))
+    main(["--inputs", str(a), str(b), "--output", str(tmp_path / "out" / "avg.pt")])
+    assert checkpoint.load_checkpoint(tmp_path / "out" / "avg.pt")["model"][
+        "embed.weight"
+    ].tolist() == [0.5, 0.5]
+    with pytest.raises(SystemExit):  # argparse: --inputs needs --output
+        main(["--inputs", str(a)])
+
+
+@pytest.mark.parametrize(
+    ("recent", "keep", "expected", "dropped"),
+    [([], 0, [], ["s3"]), (["s1", "s2"], 2, ["s2", "s3"], ["s1"]), (["s1"], 3, ["s1", "s3"], [])],
+)
+def test_keep_newest(recent, keep, expected, dropped):
+    assert keep_newest(recent, "s3", keep) == (expected, dropped)
+
+
+def test_average_last_needs_its_checkpoints_on_disk(tiny_prepared):
+    cfg = tiny_prepared.corpus.cfg(
+        "trainer.max_steps=1", "trainer.average_last=3", "trainer.keep_last=2"
+    )
+    with pytest.raises(
+        NMTError, match="trainer.keep_last >= 3 .now 2. or trainer.keep_every_validation"
+    ):
+        check_trainer_cfg(cfg.trainer)
+    cfg = tiny_prepared.corpus.cfg("trainer.max_steps=1", "trainer.keep_last=-1")
+    with pytest.raises(NMTError, match="trainer.keep_last: expected an integer >= 0"):
+        check_trainer_cfg(cfg.trainer)
+
+
+def trainer(tiny_prepared, run_dir: Path, *overrides: str) -> Trainer:
+    data = tiny_prepared.data
+    cfg = tiny_prepared.corpus.cfg(*TINY_MODEL, *overrides, out_dir=data.out_dir)
+    return Trainer(cfg, run_dir, data)
+
+
+def test_keep_last_and_average_last(tiny_prepared, tmp_path, caplog):
+    t = trainer(
+        tiny_prepared,
+        tmp_path,
+        "trainer.max_steps=5",
+        "trainer.val_every_steps=1",
+        "trainer.keep_best=1",
+        "trainer.keep_last=2",
+        "trainer.average_last=2",
+    )
+    with caplog.at_level(logging.INFO, logger="nmt"):
+        t.fit()
+    ckpt_dir = tmp_path / "checkpoints"
+    best = t.progress.best_checkpoints[0][1]
+    newest = ["step0000004.pt", "step0000005.pt"]
+    assert t.progress.recent_checkpoints == newest
+    names = {p.name for p in ckpt_dir.iterdir()}
+    assert names == {"last.pt", "best.pt", "averaged.pt", best, *newest}
+    averaged = checkpoint.load_checkpoint(ckpt_dir / "averaged.pt")
+    assert averaged["averaged_from"] == [str(ckpt_dir / n) for n in newest]
+    assert averaged["progress"]["step"] == 5
+    model, _, _, cfg = checkpoint.load_for_inference(ckpt_dir / "averaged.pt")
+    assert not model.training and cfg.trainer.average_last == 2
+    parts = [checkpoint.load_checkpoint(ckpt_dir / n)["model"] for n in newest]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, (parts[0][key] + parts[1][key]) / 2)
+    logged = "averaged step0000004.pt … step0000005.pt (trainer.average_last=2); averaged.pt: valid"
+    assert logged in caplog.text
+    assert "; best.pt: valid BLEU" in caplog.text
+
+
+def test_keep_every_validation(tiny_prepared, tmp_path):
+    t = trainer(
+        tiny_prepared,
+        tmp_path,
+        "trainer.max_steps=3",
+        "trainer.val_every_steps=1",
+        "trainer.keep_best=1",
+        "trainer.keep_every_validation=true",
+    )
+    t.fit()
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best.pt", "last.pt", "step0000001.pt", "step0000002.pt", "step0000003.pt"]

@@ -7,7 +7,8 @@
 
 Every system gets the same report from :mod:`nmt.metrics` that validation uses during training:
 BLEU (ko-mecab, char, 13a), chrF and TER with their sacrebleu signatures, and the degeneracy
-diagnostics. The report is printed as a table and, with ``json=``, written as JSON::
+diagnostics (in ckpt mode with ``max_len_rate``, the share of hypotheses the decoder cut at its
+length limit). The report is printed as a table and, with ``json=``, written as JSON::
 
     {"ref": "test.ko", "src": null, "ckpt": null, "split": null,
      "systems": [{"system": "a.ko", "lines": 1080,
@@ -129,7 +130,7 @@ def evaluate_checkpoint(
         raise NMTError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
     from nmt.checkpoint import load_for_inference
     from nmt.data.corpus import normalize
-    from nmt.search import translate_lines
+    from nmt.search import decode_lines
 
     model, src_vocab, tgt_vocab, train_cfg = load_for_inference(ckpt_path, device)
     if split is not None:
@@ -145,15 +146,19 @@ def evaluate_checkpoint(
             )
     if max_sentences is not None:
         sources, references = sources[:max_sentences], references[:max_sentences]
-    hypotheses = translate_lines(model, src_vocab, tgt_vocab, sources, search_cfg)
+    # the best hypothesis of each line, detokenised as translate_lines does
+    nbest_lists = decode_lines(model, src_vocab, sources, search_cfg)
+    hypotheses = tgt_vocab.decode([nbest[0].tokens if nbest else [] for nbest in nbest_lists])
     if out_path is not None:
         write_text_atomic(out_path, "".join(h + "\n" for h in hypotheses))
+    max_len_hits = [bool(nbest) and nbest[0].hit_max_len for nbest in nbest_lists]
+    system = score_system(str(ckpt_path), hypotheses, references, tokenizers, max_len_hits)
     return {
         "ref": ref_name,
         "src": src_name,
         "ckpt": str(ckpt_path),
         "split": split,
-        "systems": [score_system(str(ckpt_path), hypotheses, references, tokenizers)],
+        "systems": [system],
     }
 
 

@@ -21,6 +21,12 @@ Conventions shared by both searches:
 * **Score.** ``score = log_prob / lp(length)`` with GNMT's length penalty
   ``lp(n) = ((5 + n) / 6) ** alpha`` (Wu et al. 2016, eq. 14); ``alpha = 0`` gives
   ``score == log_prob``.
+* **Repeated n-grams** (``no_repeat_ngram_size = n > 0``; fairseq's ``--no-repeat-ngram-size``,
+  OpenNMT-py's ``block_ngram_repeat``). A hypothesis may not produce an n-gram of target ids that
+  it already contains: a token that would complete one gets -inf like the forbidden ids, before
+  the choice and without renormalising, so ``log_prob`` stays the teacher-forced sum
+  (:func:`block_repeated_ngrams`). ``</s>`` is never blocked (a live hypothesis has not produced
+  it), so a hypothesis can always end. ``n = 1`` forbids producing any token twice.
 
 Speed: a step is one decoder call on all unfinished rows, tensor ops over them, and one host
 sync (is every sentence done?); there is no Python loop over hypotheses. Sentences that are done
@@ -94,11 +100,44 @@ def max_lengths(
     return limit.clamp(min=0).long()
 
 
-def _predictable_log_probs(logits: torch.Tensor) -> torch.Tensor:
-    """log_softmax of ``logits`` (rows, V), in fp32, with the forbidden ids set to -inf."""
+def _predictable_log_probs(
+    logits: torch.Tensor, history: torch.Tensor | None, no_repeat_ngram_size: int
+) -> torch.Tensor:
+    """log_softmax of ``logits`` (rows, V), in fp32, with the forbidden ids set to -inf, and
+    the tokens that would repeat an n-gram of the row's ``history`` (rows, steps) too."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # (rows, V)
     log_probs[:, list(FORBIDDEN_IDS)] = -math.inf
+    if history is not None:
+        block_repeated_ngrams(log_probs, history, no_repeat_ngram_size)
     return log_probs
+
+
+def block_repeated_ngrams(log_probs: torch.Tensor, history: torch.Tensor, n: int) -> None:
+    """Set to -inf, in place, every token that would complete an n-gram its row already holds.
+
+    log_probs: (rows, V); history: (rows, t) long, the tokens each row has produced so far.
+    The row's last ``n - 1`` tokens are compared with each earlier window of ``n - 1`` tokens;
+    the token that followed a matching window is blocked. ``n = 1`` blocks every token of the
+    history; ``n = 0`` (off) and ``t < n - 1`` (no complete window yet) block nothing.
+    """
+    t = history.size(1)
+    if n == 0 or t < n - 1:
+        return
+    followers = history[:, n - 1 :]  # (rows, t-n+1) the token after each earlier window
+    if n > 1:
+        windows = history.unfold(1, n - 1, 1)  # (rows, t-n+2, n-1); the last is the row's tail
+        seen = (windows[:, :-1] == windows[:, -1:]).all(dim=2)  # (rows, t-n+1)
+        # a window that does not match writes to <pad>, which is -inf already
+        followers = followers.masked_fill(~seen, PAD_ID)
+    log_probs.scatter_(1, followers, -math.inf)
+
+
+def _check_no_repeat_ngram_size(n: object) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise NMTError(
+            "search.no_repeat_ngram_size: expected an integer >= 0 (0: off; n: no hypothesis "
+            f"produces an n-gram twice; 1: no token twice), got {n!r}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,7 +152,8 @@ class _Decoding:
     Each sentence owns ``per_sentence`` consecutive rows (1 for greedy, ``beam_size`` for beam).
     Results are kept in full-size tensors, one entry per row of the whole batch; ``rows`` maps
     the decoder's current rows to them. Sentences that are done are dropped from the decoder's
-    batch, so the remaining steps cost less.
+    batch, so the remaining steps cost less. ``history`` (kept only when repeated n-grams are
+    blocked) holds each row's tokens so far and follows the rows like the decoder state.
     """
 
     per_sentence: int
@@ -122,9 +162,17 @@ class _Decoding:
     memory: Memory
     state: DecoderState
     prev: torch.Tensor  # (active*per_sentence,) the tokens to feed next
+    history: torch.Tensor | None  # (active*per_sentence, steps) tokens so far, or None
 
     @classmethod
-    def start(cls, model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, per_sentence: int):
+    def start(
+        cls,
+        model: Seq2Seq,
+        src: torch.Tensor,
+        src_lengths: torch.Tensor,
+        per_sentence: int,
+        keep_history: bool,
+    ):
         """Encode the batch; repeat each sentence's memory and state ``per_sentence`` times."""
         batch, device = src.size(0), src.device
         memory = model.encode(src, src_lengths)
@@ -135,12 +183,26 @@ class _Decoding:
             state = state.index_select(repeat)
         rows = torch.arange(batch * per_sentence, device=device)
         prev = torch.full_like(rows, BOS_ID)
-        return cls(per_sentence, torch.arange(batch, device=device), rows, memory, state, prev)
+        history = torch.empty(rows.numel(), 0, dtype=torch.long, device=device)
+        sentences = torch.arange(batch, device=device)
+        return cls(
+            per_sentence, sentences, rows, memory, state, prev, history if keep_history else None
+        )
 
     def step(self, model: Seq2Seq) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoder step on the active rows: logits (rows, V), attn_weights (rows, src_len)."""
         logits, attn_weights, self.state = model.step(self.prev, self.state, self.memory)
         return logits, attn_weights
+
+    def advance(self, token: torch.Tensor, parent: torch.Tensor | None = None) -> None:
+        """Row ``j`` now extends row ``parent[j]`` (itself when ``parent`` is None) with
+        ``token[j]``; both (active*per,), ``parent`` indexing the active rows."""
+        if parent is not None:
+            self.state = self.state.index_select(parent)
+        if self.history is not None:
+            before = self.history if parent is None else self.history[parent]  # (rows, steps)
+            self.history = torch.cat([before, token[:, None]], dim=1)  # (rows, steps+1)
+        self.prev = token
 
     def drop_done(self, done: torch.Tensor) -> None:
         """Keep only the sentences whose entry in ``done`` (batch,) is False."""
@@ -152,6 +214,8 @@ class _Decoding:
         self.memory = self.memory.index_select(keep_rows)
         self.state = self.state.index_select(keep_rows)
         self.prev = self.prev[keep_rows]
+        if self.history is not None:
+            self.history = self.history[keep_rows]
 
 
 def _decoding_steps(decoding: _Decoding, done: torch.Tensor, max_steps: int):
@@ -190,18 +254,23 @@ def greedy_search(
     max_len_ratio: float,
     max_len_offset: float,
     length_penalty: float = 0.0,
+    no_repeat_ngram_size: int = 0,
 ) -> SearchResult:
     """Pick the most probable token at every step until ``</s>`` or the sentence's length limit.
 
     src: (batch, src_len) long, padded with ``<pad>``; src_lengths: (batch,).
     ``length_penalty`` (alpha) changes only the reported ``score`` (greedy's choice does not
     depend on it); pass the beam's alpha to compare scores with :func:`beam_search`.
+    ``no_repeat_ngram_size`` > 0 picks among the tokens that repeat no n-gram of the hypothesis.
     A finished sentence leaves the decoder's batch. The caller puts the model in eval mode.
     """
+    _check_no_repeat_ngram_size(no_repeat_ngram_size)
     batch, src_len = src.shape
     device = src.device
     max_lens = max_lengths(src_lengths, max_len_ratio, max_len_offset).to(device)  # (batch,)
-    decoding = _Decoding.start(model, src, src_lengths, per_sentence=1)
+    decoding = _Decoding.start(
+        model, src, src_lengths, per_sentence=1, keep_history=no_repeat_ngram_size > 0
+    )
     log_prob = torch.zeros(batch, device=device)  # (batch,)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)  # (batch,)
     finished = max_lens == 0  # (batch,)
@@ -211,7 +280,8 @@ def greedy_search(
     for step in _decoding_steps(decoding, finished, int(max_lens.max()) if batch else 0):
         rows = decoding.rows  # (active,) every one of them unfinished
         logits, attn_weights = decoding.step(model)  # (active, V), (active, src_len)
-        best_log_prob, token = _predictable_log_probs(logits).max(dim=-1)  # (active,), (active,)
+        log_probs = _predictable_log_probs(logits, decoding.history, no_repeat_ngram_size)
+        best_log_prob, token = log_probs.max(dim=-1)  # (active,), (active,)
         log_prob[rows] = log_prob[rows] + best_log_prob
         lengths[rows] = step + 1
         stopped_by_length = (token != EOS_ID) & (step + 1 >= max_lens[rows])
@@ -219,7 +289,7 @@ def greedy_search(
         finished[rows] = (token == EOS_ID) | stopped_by_length
         step_tokens.append(_spread(token, rows, batch, PAD_ID))
         step_attn.append(_spread(attn_weights, rows, batch, 0.0))
-        decoding.prev = token
+        decoding.advance(token)
 
     tokens, attn = _stack_steps(step_tokens, step_attn, batch, src_len, device)
     score = log_prob / gnmt_length_penalty(lengths, length_penalty)
@@ -267,6 +337,7 @@ def beam_search(
     max_len_ratio: float,
     max_len_offset: float,
     n_best: int = 1,
+    no_repeat_ngram_size: int = 0,
 ) -> SearchResult:
     """Batched beam search with GNMT length penalty; returns each sentence's ``n_best`` best.
 
@@ -276,7 +347,8 @@ def beam_search(
     rows, so a step is one decoder call, one ``topk`` over ``beam_size * V`` candidates per
     sentence and one reorder of the decoder state:
 
-    1. Each row's candidates are its log-prob plus the step's log-probabilities of every token.
+    1. Each row's candidates are its log-prob plus the step's log-probabilities of every token
+       (with ``no_repeat_ngram_size`` > 0, -inf for a token that repeats an n-gram of the row).
        A *finished* row offers exactly one candidate: itself unchanged (token ``<pad>``, +0, same
        length; every other token -inf), so it stays finished and never grows.
     2. Candidates are ranked by their length-penalised score, each with its own length, so a
@@ -290,8 +362,10 @@ def beam_search(
 
     Tokens, attention rows and the parent of every row are kept per step and followed back from
     the final rows once, at the end. With ``beam_size = 1`` the result equals
-    :func:`greedy_search` (given the same alpha). The caller puts the model in eval mode.
+    :func:`greedy_search` (given the same alpha and ``no_repeat_ngram_size``). The caller puts
+    the model in eval mode.
     """
+    _check_no_repeat_ngram_size(no_repeat_ngram_size)
     if beam_size < 1:
         raise NMTError(f"search.beam_size: expected an integer >= 1, got {beam_size}")
     if not 1 <= n_best <= beam_size:
@@ -303,7 +377,9 @@ def beam_search(
     device = src.device
     max_lens = max_lengths(src_lengths, max_len_ratio, max_len_offset).to(device)  # (batch,)
     row_max_lens = max_lens.repeat_interleave(beam_size)  # (batch*beam,)
-    decoding = _Decoding.start(model, src, src_lengths, per_sentence=beam_size)
+    decoding = _Decoding.start(
+        model, src, src_lengths, per_sentence=beam_size, keep_history=no_repeat_ngram_size > 0
+    )
     beams = _initial_beams(batch, beam_size, max_lens, device)
     done = max_lens == 0  # (batch,)
 
@@ -311,13 +387,13 @@ def beam_search(
     for step in _decoding_steps(decoding, done, int(max_lens.max()) if batch else 0):
         rows = decoding.rows  # (active*beam,)
         logits, attn_weights = decoding.step(model)  # (active*beam, V), (active*beam, src_len)
+        log_probs = _predictable_log_probs(logits, decoding.history, no_repeat_ngram_size)
         parent, token, part = _beam_step(
-            logits, beams.take(rows), step, beam_size, length_penalty, row_max_lens[rows]
+            log_probs, beams.take(rows), step, beam_size, length_penalty, row_max_lens[rows]
         )  # parent: (active*beam,) among the active rows
         beams.put(rows, part)
         done[decoding.sentences] = part.finished.view(-1, beam_size)[:, :n_best].all(dim=1)
-        decoding.state = decoding.state.index_select(parent)
-        decoding.prev = token
+        decoding.advance(token, parent)
         history.record(rows, parent, token, attn_weights)
     return _collect_nbest(beams, history, src_lengths, beam_size, n_best, length_penalty)
 
@@ -411,7 +487,7 @@ def _initial_beams(
 
 
 def _beam_step(
-    logits: torch.Tensor,
+    log_probs: torch.Tensor,
     beams: _Beams,
     step: int,
     beam_size: int,
@@ -420,7 +496,8 @@ def _beam_step(
 ) -> tuple[torch.Tensor, torch.Tensor, _Beams]:
     """Expand every row by one token and keep the best ``beam_size`` per sentence.
 
-    logits: (rows, V) of step ``step`` (0-based), where every live row has ``step`` tokens;
+    log_probs: (rows, V) of step ``step`` (0-based), from :func:`_predictable_log_probs`, where
+    every live row has ``step`` tokens;
     beams and max_lens (rows,): the same rows, ``rows = sentences * beam_size``. Returns
     ``parent`` (rows,), the row each new row extends; ``token`` (rows,), the token it appended
     (``<pad>`` for a finished row); the new beams.
@@ -436,10 +513,10 @@ def _beam_step(
     order within the row), then the best ``beam_size`` of those ``beam_size**2`` per sentence.
     Only the first stage touches (rows, V).
     """
-    rows, vocab = logits.shape
+    rows, vocab = log_probs.shape
     sentences = rows // beam_size
     per_row = min(beam_size, vocab)
-    row_log_probs, row_tokens = _predictable_log_probs(logits).topk(per_row, dim=1)
+    row_log_probs, row_tokens = log_probs.topk(per_row, dim=1)
     cand = beams.log_prob[:, None] + row_log_probs  # (rows, per_row)
     # A finished row offers one candidate: itself, token <pad>, its score at length step + 1.
     live_penalty = ((5.0 + step + 1) / 6.0) ** alpha
@@ -451,7 +528,7 @@ def _beam_step(
 
     flat = cand.view(sentences, beam_size * per_row)
     top_value, top_idx = flat.topk(beam_size, dim=1)  # (sentences, beam)
-    first_row = torch.arange(sentences, device=logits.device)[:, None] * beam_size
+    first_row = torch.arange(sentences, device=log_probs.device)[:, None] * beam_size
     parent = (first_row + top_idx // per_row).view(-1)  # (rows,)
     token = row_tokens.view(sentences, -1).gather(1, top_idx).view(-1)  # (rows,)
     was_finished = beams.finished[parent]  # (rows,)
@@ -528,6 +605,13 @@ def _check_search_cfg(search_cfg: DictConfig) -> None:
         )
     if search_cfg.batch_size < 1:
         raise NMTError(f"search.batch_size: expected an integer >= 1, got {search_cfg.batch_size}")
+    _check_no_repeat_ngram_size(_no_repeat_ngram_size(search_cfg))
+
+
+def _no_repeat_ngram_size(search_cfg: DictConfig) -> int:
+    """``search.no_repeat_ngram_size``; 0 (off) in search configs saved before the option
+    existed (a run's ``.hydra/config.yaml`` or checkpoint), which then decode as they did."""
+    return search_cfg.get("no_repeat_ngram_size", 0)
 
 
 def _search_batch(
@@ -542,6 +626,7 @@ def _search_batch(
             max_len_ratio=search_cfg.max_len_ratio,
             max_len_offset=search_cfg.max_len_offset,
             length_penalty=search_cfg.length_penalty,
+            no_repeat_ngram_size=_no_repeat_ngram_size(search_cfg),
         )
     return beam_search(
         model,
@@ -552,6 +637,7 @@ def _search_batch(
         max_len_ratio=search_cfg.max_len_ratio,
         max_len_offset=search_cfg.max_len_offset,
         n_best=search_cfg.n_best,
+        no_repeat_ngram_size=_no_repeat_ngram_size(search_cfg),
     )
 
 

@@ -109,7 +109,7 @@ def test_checkpoint_mode_decodes_then_scores(tmp_path, monkeypatch):
 
     from omegaconf import OmegaConf
 
-    from nmt.evaluate import evaluate_checkpoint
+    from nmt.evaluate import evaluate_checkpoint, format_report
 
     (tmp_path / "valid.tsv").write_text(
         "".join(f"en {i}\t{ref}\n" for i, ref in enumerate(REFS)), encoding="utf-8"
@@ -120,25 +120,33 @@ def test_checkpoint_mode_decodes_then_scores(tmp_path, monkeypatch):
     search_cfg = OmegaConf.create({"name": "greedy"})
     calls = []
 
-    def translate_lines(model, src_vocab, tgt_vocab, lines, cfg):
-        calls.append((model, list(lines), cfg.name))
-        return [REFS[int(line.split()[1])] for line in lines]
+    def decode_lines(model, src_vocab, lines, cfg):
+        """Line "en i" → one hypothesis whose tokens are [i]; line 1's stopped at the limit."""
+        calls.append((model, src_vocab, list(lines), cfg.name))
+        ids = [int(line.split()[1]) for line in lines]
+        return [[types.SimpleNamespace(tokens=[i], hit_max_len=i == 1)] for i in ids]
+
+    class TgtVocab:
+        def decode(self, ids):
+            return [REFS[seq[0]] for seq in ids]
 
     monkeypatch.setitem(
         sys.modules,
         "nmt.checkpoint",
-        types.SimpleNamespace(load_for_inference=lambda path, device: ("m", "sv", "tv", train_cfg)),
+        types.SimpleNamespace(
+            load_for_inference=lambda path, device: ("m", "sv", TgtVocab(), train_cfg)
+        ),
     )
-    monkeypatch.setitem(
-        sys.modules, "nmt.search", types.SimpleNamespace(translate_lines=translate_lines)
-    )
+    monkeypatch.setitem(sys.modules, "nmt.search", types.SimpleNamespace(decode_lines=decode_lines))
     ckpt = tmp_path / "best.pt"
     ckpt.write_bytes(b"")
 
     report = evaluate_checkpoint(ckpt, search_cfg, split="valid", out_path=tmp_path / "hyp.ko")
-    assert calls == [("m", ["en 0", "en 1", "en 2"], "greedy")]
+    assert calls == [("m", "sv", ["en 0", "en 1", "en 2"], "greedy")]
     assert report["src"] == report["ref"] == str(tmp_path / "valid.tsv")
     assert report["systems"][0]["scores"]["bleu_ko-mecab"]["score"] == pytest.approx(100.0)
+    assert report["systems"][0]["degeneracy"]["max_len_rate"] == pytest.approx(1 / 3)
+    assert "max_len_rate" in format_report(report)
     assert (tmp_path / "hyp.ko").read_text(encoding="utf-8") == "".join(r + "\n" for r in REFS)
 
     (tmp_path / "src.en").write_text("en 2\nen 0\n", encoding="utf-8")
@@ -147,6 +155,7 @@ def test_checkpoint_mode_decodes_then_scores(tmp_path, monkeypatch):
         ckpt, search_cfg, src_path=tmp_path / "src.en", ref_path=tmp_path / "ref.ko"
     )
     assert 0 < report["systems"][0]["scores"]["bleu_char"]["score"] < 100
+    assert report["systems"][0]["degeneracy"]["max_len_rate"] == pytest.approx(0.0)
     with pytest.raises(NMTError, match="no test split"):
         evaluate_checkpoint(ckpt, search_cfg, split="test")
     with pytest.raises(NMTError, match="expected one of train, valid, test"):

@@ -2,9 +2,10 @@
 
 Each model is briefly trained on a toy task (target = the source reversed, shifted by one id) so
 that it ends its outputs with </s> at varying lengths; wrappers that forbid </s> or favour <pad>
-exercise the length limit and the forbidden ids. No test pins seed-dependent outputs: each
-compares two computations that must agree (beam 1 and greedy, batched and alone, search and
-teacher forcing, the batched beam and a plain one-hypothesis-at-a-time reference).
+exercise the length limit and the forbidden ids, and one that loops on a bigram exercises the
+n-gram blocking. No test pins seed-dependent outputs: each compares two computations that must
+agree (beam 1 and greedy, batched and alone, search and teacher forcing, the batched beam and a
+plain one-hypothesis-at-a-time reference) or checks a property that must hold.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from nmt.search import (
     FORBIDDEN_IDS,
     Hypothesis,
     beam_search,
+    block_repeated_ngrams,
     decode_lines,
     gnmt_length_penalty,
     greedy_search,
@@ -164,11 +166,16 @@ def teacher_forced(
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("no_repeat", [0, 2])
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
-def test_beam_size_one_equals_greedy(model, batch, alpha):
+def test_beam_size_one_equals_greedy(model, batch, alpha, no_repeat):
     src, src_lengths = batch
-    greedy = greedy_search(model, src, src_lengths, 1.5, 3, length_penalty=alpha).best()
-    beam = beam_search(model, src, src_lengths, 1, alpha, 1.5, 3).best()
+    greedy = greedy_search(
+        model, src, src_lengths, 1.5, 3, length_penalty=alpha, no_repeat_ngram_size=no_repeat
+    ).best()
+    beam = beam_search(
+        model, src, src_lengths, 1, alpha, 1.5, 3, no_repeat_ngram_size=no_repeat
+    ).best()
     for g, b in zip(greedy, beam, strict=True):
         assert g.tokens == b.tokens
         assert g.hit_max_len == b.hit_max_len
@@ -194,15 +201,20 @@ def test_greedy_is_argmax_of_teacher_forced_logits(model, batch):
         assert logits.argmax(dim=-1).tolist() == hyp.tokens + ([] if hyp.hit_max_len else [EOS_ID])
 
 
+@pytest.mark.parametrize("no_repeat", [0, 2])
 @pytest.mark.parametrize("search", ["greedy", "beam"])
-def test_output_does_not_depend_on_batch_mates(model, batch, search):
+def test_output_does_not_depend_on_batch_mates(model, batch, search, no_repeat):
     """Decoded alone or padded among shorter/longer sentences: the same hypotheses."""
     src, src_lengths = batch
 
     def run(s, lengths):
         if search == "greedy":
-            return greedy_search(model, s, lengths, 1.5, 3, length_penalty=1.0).hypotheses
-        return beam_search(model, s, lengths, 4, 1.0, 1.5, 3, n_best=2).hypotheses
+            return greedy_search(
+                model, s, lengths, 1.5, 3, length_penalty=1.0, no_repeat_ngram_size=no_repeat
+            ).hypotheses
+        return beam_search(
+            model, s, lengths, 4, 1.0, 1.5, 3, n_best=2, no_repeat_ngram_size=no_repeat
+        ).hypotheses
 
     together = run(src, src_lengths)
     for i in range(src.size(0)):
@@ -247,12 +259,21 @@ class RefHyp:
         return self.log_prob / ((5 + len(self.tokens)) / 6) ** alpha
 
 
-def reference_beam_search(model, src, src_length, beam_size, alpha, max_len, n_best):
+def ngram_followers(tokens: list[int], n: int) -> set[int]:
+    """The tokens that would complete an n-gram ``tokens`` already holds (n > 0)."""
+    tail = tokens[len(tokens) - n + 1 :]  # the last n - 1 tokens ([] for n = 1)
+    return {tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tokens[i : i + n - 1] == tail}
+
+
+def reference_beam_search(
+    model, src, src_length, beam_size, alpha, max_len, n_best, no_repeat_ngram_size=0
+):
     """The same algorithm written plainly: one sentence, one hypothesis at a time, lists.
 
     tokens here include the final </s>. Each step: every live hypothesis proposes every
-    predictable token; a finished one proposes itself; keep the best ``beam_size`` by score;
-    stop when the ``n_best`` best are all finished or the length limit is reached.
+    predictable token (none that repeats an n-gram of it, with ``no_repeat_ngram_size = n``);
+    a finished one proposes itself; keep the best ``beam_size`` by score; stop when the
+    ``n_best`` best are all finished or the length limit is reached.
     """
     memory = model.encode(src[None, :src_length], torch.tensor([src_length]))
     beam = [RefHyp([], 0.0, model.init_state(memory))]
@@ -269,8 +290,10 @@ def reference_beam_search(model, src, src_length, beam_size, alpha, max_len, n_b
             log_probs = torch.log_softmax(logits[0].float(), dim=-1).masked_fill(
                 FORBIDDEN_MASK, -math.inf
             )
+            n = no_repeat_ngram_size
+            blocked = ngram_followers(hyp.tokens, n) if n else set()
             for token, token_log_prob in enumerate(log_probs.tolist()):
-                if token_log_prob > -math.inf:
+                if token_log_prob > -math.inf and token not in blocked:
                     ended = token == EOS_ID
                     at_limit = not ended and step + 1 >= max_len
                     new = RefHyp(
@@ -285,17 +308,33 @@ def reference_beam_search(model, src, src_length, beam_size, alpha, max_len, n_b
     return beam[:n_best]
 
 
+@pytest.mark.parametrize(
+    ("looping", "no_repeat"),
+    [(False, 0), (True, 2), (True, 3)],
+    ids=["plain", "looping-no-repeat-2", "looping-no-repeat-3"],
+)
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
-def test_beam_search_matches_plain_reference(model, batch, alpha):
+def test_beam_search_matches_plain_reference(model, batch, alpha, looping, no_repeat):
     """Batched, masked, two-stage top-k search == the one-hypothesis-at-a-time definition."""
     src, src_lengths = batch
+    net = PrefersBigram(model) if looping else model
     beam_size, n_best, ratio, offset = 3, 2, 1.0, 2
-    result = beam_search(model, src, src_lengths, beam_size, alpha, ratio, offset, n_best=n_best)
+    result = beam_search(
+        net,
+        src,
+        src_lengths,
+        beam_size,
+        alpha,
+        ratio,
+        offset,
+        n_best,
+        no_repeat_ngram_size=no_repeat,
+    )
     limits = max_lengths(src_lengths, ratio, offset).tolist()
     with torch.no_grad():
         for i, nbest in enumerate(result.hypotheses):
             expected = reference_beam_search(
-                model, src[i], int(src_lengths[i]), beam_size, alpha, limits[i], n_best
+                net, src[i], int(src_lengths[i]), beam_size, alpha, limits[i], n_best, no_repeat
             )
             assert [h.tokens for h in nbest] == [
                 e.tokens[:-1] if e.tokens and not e.hit_max_len else e.tokens for e in expected
@@ -397,6 +436,124 @@ def test_nbest_larger_than_beam_is_rejected(model, batch):
 
 
 # --------------------------------------------------------------------------------------------
+# Repeated n-grams
+
+
+def blocked_ids(history: list[list[int]], n: int) -> list[set[int]]:
+    """The ids block_repeated_ngrams sets to -inf in each row, the forbidden ids aside."""
+    history_t = torch.tensor(history, dtype=torch.long).view(len(history), -1)
+    log_probs = torch.zeros(len(history), TGT_VOCAB)
+    block_repeated_ngrams(log_probs, history_t, n)
+    return [set(row.isinf().nonzero().view(-1).tolist()) - set(FORBIDDEN_IDS) for row in log_probs]
+
+
+def test_block_repeated_ngrams_known_answers():
+    history = [[5, 6, 7, 5, 6], [5, 6, 5, 7, 5]]
+    assert blocked_ids(history, 3) == [{7}, set()]  # (5, 6) was followed by 7; (7, 5) is new
+    assert blocked_ids(history, 2) == [{7}, {6, 7}]  # 5 was followed by 6 and by 7
+    assert blocked_ids(history, 1) == [{5, 6, 7}, {5, 6, 7}]  # no token twice
+    assert blocked_ids(history, 0) == [set(), set()]  # off
+    assert blocked_ids(history, 6) == [set(), set()]  # the tail is the only window
+    assert blocked_ids(history, 7) == [set(), set()]  # no complete window yet
+    assert blocked_ids([[], []], 1) == blocked_ids([[], []], 2) == [set(), set()]  # first step
+
+
+class PrefersBigram(torch.nn.Module):
+    """Wraps a model and adds 20 to the logit of A after any token but A, and of B after A:
+    left alone it produces A B A B A B ... For search (``step``) and teacher forcing."""
+
+    A, B = 5, 6
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def bias(self, prev: torch.Tensor) -> torch.Tensor:
+        favourite = torch.where(prev == self.A, self.B, self.A)  # prev's shape
+        return 20.0 * torch.nn.functional.one_hot(favourite, TGT_VOCAB)  # (*prev, V)
+
+    def forward(self, src, src_lengths, tgt_in):
+        out = self.inner(src, src_lengths, tgt_in)
+        return out._replace(logits=out.logits + self.bias(tgt_in))
+
+    def encode(self, src, src_lengths):
+        return self.inner.encode(src, src_lengths)
+
+    def init_state(self, memory):
+        return self.inner.init_state(memory)
+
+    def step(self, prev, state, memory):
+        logits, attn_weights, state = self.inner.step(prev, state, memory)
+        return logits + self.bias(prev), attn_weights, state
+
+
+def repeats_an_ngram(tokens: list[int], n: int) -> bool:
+    ngrams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(ngrams)) < len(ngrams)
+
+
+def run_search(model, batch, search: str, no_repeat: int):
+    src, src_lengths = batch
+    if search == "greedy":
+        return greedy_search(
+            model, src, src_lengths, 1.5, 3, length_penalty=1.0, no_repeat_ngram_size=no_repeat
+        )
+    return beam_search(
+        model, src, src_lengths, 4, 1.0, 1.5, 3, n_best=4, no_repeat_ngram_size=no_repeat
+    )
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_no_hypothesis_repeats_an_ngram(model, batch, search, n):
+    looping = PrefersBigram(model)
+    a, b = PrefersBigram.A, PrefersBigram.B
+    for hyp in run_search(looping, batch, search, 0).best():  # the loop, unblocked
+        assert repeats_an_ngram(hyp.tokens, n)
+        assert hyp.tokens[:4] == [a, b, a, b]
+    for nbest in run_search(looping, batch, search, n).hypotheses:
+        assert nbest
+        for hyp in nbest:
+            assert not repeats_an_ngram(hyp.tokens, n)
+        if search == "greedy":  # the favourites until the next one would repeat an n-gram
+            assert nbest[0].tokens[: n + 1] == [a, b, a, b][: n + 1]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_blocked_search_reports_teacher_forced_log_probs(model, batch, search, n):
+    """Blocking only removes candidates: a hypothesis's log_prob and score are still the
+    model's own (not renormalised), and greedy still takes the best token it may take."""
+    src, src_lengths = batch
+    looping = PrefersBigram(model)
+    result = run_search(looping, batch, search, n)
+    rows = [i for i, nbest in enumerate(result.hypotheses) for _ in nbest]
+    hyps = [h for nbest in result.hypotheses for h in nbest]
+    for hyp, forced in zip(
+        hyps, teacher_forced(looping, src, src_lengths, rows, hyps), strict=True
+    ):
+        assert hyp.log_prob == pytest.approx(float(forced.log_probs.sum()), abs=1e-4)
+        penalty = float(gnmt_length_penalty(torch.tensor(len(forced.log_probs)), 1.0))
+        assert hyp.score == pytest.approx(hyp.log_prob / penalty, abs=1e-5)
+        if search == "greedy":  # each choice is the argmax over the tokens not blocked
+            targets = hyp.tokens + ([] if hyp.hit_max_len else [EOS_ID])
+            for t, logits in enumerate(forced.logits):
+                allowed = logits.masked_fill(FORBIDDEN_MASK, -math.inf)[None]  # (1, V)
+                block_repeated_ngrams(allowed, torch.tensor([targets[:t]]).view(1, t), n)
+                assert int(allowed.argmax()) == targets[t]
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "3", True])
+def test_bad_no_repeat_ngram_size_lists_what_is_expected(model, batch, bad):
+    src, src_lengths = batch
+    expected = "search.no_repeat_ngram_size: expected an integer >= 0"
+    with pytest.raises(NMTError, match=expected):
+        greedy_search(model, src, src_lengths, 1.5, 3, no_repeat_ngram_size=bad)
+    with pytest.raises(NMTError, match=expected):
+        beam_search(model, src, src_lengths, 2, 1.0, 1.5, 3, no_repeat_ngram_size=bad)
+
+
+# --------------------------------------------------------------------------------------------
 # Lines of text
 
 
@@ -411,7 +568,9 @@ def vocabs(tmp_path_factory):
     return src, tgt
 
 
-def search_cfg(name: str, batch_size: int = 2, n_best: int = 1):
+def search_cfg(name: str, batch_size: int = 2, n_best: int = 1, no_repeat: int | None = None):
+    """``no_repeat=None`` leaves out ``no_repeat_ngram_size``, as configs saved before it did."""
+    extra = {} if no_repeat is None else {"no_repeat_ngram_size": no_repeat}
     return OmegaConf.create(
         {
             "name": name,
@@ -421,6 +580,7 @@ def search_cfg(name: str, batch_size: int = 2, n_best: int = 1):
             "max_len_offset": 3,
             "n_best": n_best,
             "batch_size": batch_size,
+            **extra,
         }
     )
 
@@ -439,16 +599,20 @@ def test_translate_lines_keeps_input_order(model, vocabs, name):
     assert model.training is False
 
 
-def test_decode_lines_matches_beam_search(model, vocabs):
+@pytest.mark.parametrize("no_repeat", [None, 0, 2])
+def test_decode_lines_matches_beam_search(model, vocabs, no_repeat):
     src_vocab, _ = vocabs
-    nbest_lists = decode_lines(model, src_vocab, LINES, search_cfg("beam", batch_size=4, n_best=2))
+    cfg = search_cfg("beam", batch_size=4, n_best=2, no_repeat=no_repeat)
+    nbest_lists = decode_lines(model, src_vocab, LINES, cfg)
     for line, nbest in zip(LINES, nbest_lists, strict=True):
         ids = src_vocab.encode([line])[0]
         if not ids:
             assert [h.tokens for h in nbest] == [[]]
             continue
         src, src_lengths = pad([ids + [EOS_ID]])
-        direct = beam_search(model, src, src_lengths, 3, 1.0, 1.5, 3, n_best=2).hypotheses[0]
+        direct = beam_search(
+            model, src, src_lengths, 3, 1.0, 1.5, 3, n_best=2, no_repeat_ngram_size=no_repeat or 0
+        ).hypotheses[0]
         assert [h.tokens for h in nbest] == [h.tokens for h in direct]
 
 
@@ -464,3 +628,8 @@ def test_decode_lines_restores_training_mode(model, vocabs):
 def test_unknown_search_name_lists_the_valid_ones(model, vocabs):
     with pytest.raises(NMTError, match="greedy, beam"):
         translate_lines(model, vocabs[0], vocabs[1], ["a"], search_cfg("sampling"))
+
+
+def test_bad_no_repeat_ngram_size_in_the_config_is_rejected_first(model, vocabs):
+    with pytest.raises(NMTError, match="no_repeat_ngram_size: expected an integer >= 0"):
+        translate_lines(model, vocabs[0], vocabs[1], [""], search_cfg("beam", no_repeat=-1))

@@ -111,9 +111,17 @@ def tiny_batch(batch: int = 3, src_len: int = 7, tgt_len: int = 5):
 # torch's FLOP counter sees the matmuls of nn.GRU, of the cells and of the linear layers, but not
 # those of nn.LSTM over a whole sequence (a fused CPU kernel): here an LSTM only steps as a cell.
 COUNTED_CASES = {
-    "concat-luong-feeding": ["model.attention.hidden_size=8"],
+    "concat-luong-feeding": [
+        "model/attention=concat",
+        "model.attention.hidden_size=8",
+        "model.decoder.input_feeding=true",
+    ],
     "dot-bahdanau": ["model/attention=dot", "model/decoder=bahdanau"],
-    "general-lstm-decoder": ["model/attention=general", "model.decoder.rnn_type=lstm"],
+    "general-lstm-decoder": [
+        "model/attention=general",
+        "model.decoder.rnn_type=lstm",
+        "model.decoder.input_feeding=true",
+    ],
     "scaled_dot-2-layers-no-feeding": [
         "model/attention=scaled_dot",
         "model.decoder.input_feeding=false",
@@ -213,6 +221,7 @@ def test_tiny_run_writes_every_field(tiny_prepared, tmp_path, monkeypatch):
         "nmt.benchmark",
         *tiny_prepared.corpus.overrides(tiny_prepared.data.out_dir),
         *TINY_MODEL,
+        "model/attention=concat",
         "model.attention.hidden_size=16",
         *QUICK,
         f"benchmark.output={quote(out)}",
@@ -261,6 +270,7 @@ def test_decoding_can_be_skipped(tiny_prepared, tmp_path, monkeypatch):
         "nmt.benchmark",
         *tiny_prepared.corpus.overrides(tiny_prepared.data.out_dir),
         *TINY_MODEL,
+        "model/attention=concat",
         "model.attention.hidden_size=16",
         *QUICK,
         "benchmark.windows=1",
@@ -291,6 +301,7 @@ def test_decoding_with_a_checkpoint(tiny_prepared, tmp_path, monkeypatch, compos
         "nmt.benchmark",
         *tiny_prepared.corpus.overrides(data.out_dir),
         *TINY_MODEL,
+        "model/attention=concat",
         "model.attention.hidden_size=16",
         *QUICK,
         "benchmark.windows=1",

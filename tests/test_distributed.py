@@ -25,6 +25,7 @@ COMMON = [
     "model.encoder.hidden_size=16",
     "model.decoder.embed_dim=16",
     "model.decoder.hidden_size=16",
+    "model/attention=concat",
     "model.attention.hidden_size=16",
     "model.encoder.dropout=0",
     "model.decoder.dropout=0",

@@ -26,6 +26,7 @@ def ckpt(tiny_prepared, tmp_path_factory) -> Path:
         "model.encoder.hidden_size=16",
         "model.decoder.embed_dim=16",
         "model.decoder.hidden_size=16",
+        "model/attention=concat",
         "model.attention.hidden_size=16",
         "data.batching.max_tokens=512",
         "search=greedy",

@@ -27,10 +27,15 @@ TINY_MODEL = [
     "model.encoder.hidden_size=16",
     "model.decoder.embed_dim=16",
     "model.decoder.hidden_size=16",
+    "model/attention=concat",
     "model.attention.hidden_size=16",
     "search=greedy",
     "data.batching.max_tokens=512",
     "trainer.num_threads=1",
+    # the schedule these tests' learning-rate assertions expect (the default recipe warms up)
+    "optim.lr=5e-4",
+    "optim.scheduler=plateau",
+    "optim.warmup_steps=0",
 ]
 CHEAP_VALIDATION = ["trainer.val_max_sentences=2", "trainer.num_attention_plots=0"]
 DROPOUT = ["model.encoder.dropout=0.3", "model.decoder.dropout=0.3"]
@@ -161,8 +166,9 @@ def test_validation_and_evaluate_give_the_same_scores(short_run, tiny_prepared, 
     args = [f"ckpt={quote(ckpt)}", "split=valid", "search=greedy", f"json={quote(report)}"]
     result = run_main("nmt.evaluate", *args)
     assert result.returncode == 0, result.stderr
-    scores = json.loads(report.read_text())["systems"][0]["scores"]
-    assert scores == last["scores"]
+    system = json.loads(report.read_text())["systems"][0]
+    assert system["scores"] == last["scores"]
+    assert system["degeneracy"]["max_len_rate"] == last["diagnostics"]["max_len_rate"]
 
 
 def test_evaluate_decodes_the_test_split_of_a_checkpoint(short_run, tmp_path):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
@@ -43,6 +44,16 @@ TINY_TRAIN_LINES = 1000
 TINY_EVAL_LINES = 50
 TINY_SRC_VOCAB = 500
 TINY_TGT_VOCAB = 800
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tests run tiny models: a second intra-op thread only adds waiting, and on a shared 2-core
+    machine oversubscribed threads make the suite several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def compose_config(*overrides: str, config_name: str = "train") -> DictConfig:

@@ -27,14 +27,6 @@ TINY_MODEL = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fabricated(step: int, weight: torch.Tensor, **extra_model: torch.Tensor) -> dict:
     """A checkpoint-shaped payload: a tied matrix under two names, an integer buffer."""
     model = {

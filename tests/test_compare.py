@@ -89,7 +89,7 @@ def sweep(tmp_path, compose_config) -> Path:
     weight = torch.zeros(3, 4)
     write_run(
         root / "concat-gru-luong",
-        compose_config(),
+        compose_config("model/attention=concat"),
         validations=[
             validation(200, 5.0, 20.0, 2.0, 0.25, 1.5),
             validation(400, 4.5, 22.5, 1.234, 0.5678, 0.9012),

@@ -19,16 +19,6 @@ SRC_VOCAB, TGT_VOCAB = 23, 19
 CONFIGS = Path(__file__).parents[1] / "configs"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared 2-core machine the threads of
-    one op wait for each other; run this module single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model_cfg(
     rnn_type: str = "gru",
     score: str = "concat",

@@ -110,15 +110,6 @@ def train_briefly(model: torch.nn.Module, steps: int = 15) -> None:
     model.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds overhead (and contention on shared CPUs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=SETUPS, ids=SETUP_IDS)
 def model(request):
     torch.manual_seed(1234)

@@ -41,14 +41,6 @@ CHEAP_VALIDATION = ["trainer.val_max_sentences=2", "trainer.num_attention_plots=
 DROPOUT = ["model.encoder.dropout=0.3", "model.decoder.dropout=0.3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def train_args(tiny_prepared, run_dir: Path, *overrides: str) -> list[str]:
     """Command-line arguments of ``nmt.train`` on the prepared tiny corpus, writing to ``run_dir``."""
     return [

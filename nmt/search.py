@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
+from nmt.data.batching import pad
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
 from nmt.errors import NMTError
 from nmt.models import DecoderState, Memory, Seq2Seq
@@ -641,15 +642,6 @@ def _search_batch(
     )
 
 
-def _pad(seqs: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Id lists → src (batch, max_len) padded with ``<pad>``, src_lengths (batch,)."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    src = torch.full((len(seqs), int(lengths.max())), PAD_ID, dtype=torch.long)
-    for i, seq in enumerate(seqs):
-        src[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return src.to(device), lengths.to(device)
-
-
 def _empty_hypothesis() -> Hypothesis:
     return Hypothesis(
         tokens=[], score=0.0, log_prob=0.0, attn_weights=torch.zeros(0, 0), hit_max_len=False
@@ -684,7 +676,9 @@ def decode_lines(
     try:
         for start in range(0, len(order), search_cfg.batch_size):
             batch_idx = order[start : start + search_cfg.batch_size]
-            src, src_lengths = _pad([encoded[i] + [EOS_ID] for i in batch_idx], device)
+            seqs = [encoded[i] + [EOS_ID] for i in batch_idx]
+            src = pad(seqs).to(device)  # (batch, src_len)
+            src_lengths = torch.tensor([len(seq) for seq in seqs], device=device)
             found = _search_batch(model, src, src_lengths, search_cfg)
             for i, nbest in zip(batch_idx, found.hypotheses, strict=True):
                 results[i] = nbest

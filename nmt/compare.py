@@ -58,6 +58,7 @@ class Run:
     steps: int | None = None  # of the last validation
     valid_bleu: float | None = None  # best over validations
     valid_chrf: float | None = None  # best over validations
+    valid_perplexity: float | None = None  # of the last validation (no label smoothing)
     test_bleu: float | None = None  # BLEU ko-mecab
     test_chrf: float | None = None
     tokens_per_s: float | None = None
@@ -170,6 +171,7 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
         run.steps = last["step"]
         run.valid_bleu = max(v["bleu"] for v in validations)
         run.valid_chrf = max(v["chrf"] for v in validations)
+        run.valid_perplexity = last.get("perplexity")
         run.curve = [(v["step"], v["bleu"]) for v in validations]
         for key in ATTENTION_STATS:
             setattr(run, key, last.get("diagnostics", {}).get(key))
@@ -224,6 +226,7 @@ COLUMNS: list[tuple[str, Callable[[Run], str]]] = [
     ("decoder", lambda r: r.decoder),
     ("steps", lambda r: fmt(r.steps, "d")),
     ("valid BLEU (best)", lambda r: fmt(r.valid_bleu, ".2f")),
+    ("valid ppl", lambda r: fmt(r.valid_perplexity, ".1f")),
     ("test BLEU", lambda r: fmt(r.test_bleu, ".2f")),
     ("test chrF", lambda r: fmt(r.test_chrf, ".2f")),
     ("tokens/s", lambda r: fmt(r.tokens_per_s, ",.0f")),
@@ -255,7 +258,9 @@ def markdown_report(sweep_dir: Path, runs: Sequence[Run]) -> str:
   each run's `.hydra/config.yaml`.
 * **steps**, **attention statistics**: the last validation in `validations.jsonl` (entropy in
   nats, diagonal mass and coverage deviation as `nmt/attention_stats.py` defines them);
-  **valid BLEU (best)**: the best validation BLEU (ko-mecab).
+  **valid BLEU (best)**: the best validation BLEU (ko-mecab); **valid ppl**: the last
+  validation's perplexity per target subword (no label smoothing; comparable only between runs
+  with the same target vocabulary).
 * **test BLEU** (ko-mecab) and **test chrF**: `test_scores.json`, the checkpoint `best.pt`
   decoded on the test split (`scripts/compare.py --evaluate-test`).
 * **tokens/s**: median of TensorBoard's `train/tokens_per_s` (target tokens per second).

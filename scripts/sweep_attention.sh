@@ -25,4 +25,7 @@ python -m nmt.train -m \
     'hydra.sweep.subdir=${hydra.job.num}_${model.attention.score}-${model.encoder.rnn_type}-${model.decoder.style}' \
     "$@"
 
-python scripts/compare.py "$SWEEP_DIR" --evaluate-test
+# COMPARE=0: leave the table for later, e.g. while a second half of the sweep still runs
+if [[ "${COMPARE:-1}" != 0 ]]; then
+    python scripts/compare.py "$SWEEP_DIR" --evaluate-test
+fi

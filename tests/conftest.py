@@ -45,6 +45,21 @@ TINY_EVAL_LINES = 50
 TINY_SRC_VOCAB = 500
 TINY_TGT_VOCAB = 800
 
+# A 16-unit model trained on one thread with small batches and greedy search: what the tests that
+# train or decode use, so the suite stays fast. Files add their own settings after these.
+TINY_SIZES = [
+    "model.encoder.embed_dim=16",
+    "model.encoder.hidden_size=16",
+    "model.decoder.embed_dim=16",
+    "model.decoder.hidden_size=16",
+]
+TINY_MODEL = [
+    *TINY_SIZES,
+    "search=greedy",
+    "data.batching.max_tokens=512",
+    "trainer.num_threads=1",
+]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():

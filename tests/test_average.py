@@ -8,20 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 from nmt import checkpoint
 from nmt.average import average_checkpoints, main, newest_step_checkpoints
 from nmt.errors import NMTError
 from nmt.trainer import Trainer, check_trainer_cfg, keep_newest
 
-TINY_MODEL = [
-    "model.encoder.embed_dim=16",
-    "model.encoder.hidden_size=16",
-    "model.decoder.embed_dim=16",
-    "model.decoder.hidden_size=16",
-    "search=greedy",
-    "data.batching.max_tokens=512",
-    "trainer.num_threads=1",
+TINY_RUN = [
+    *TINY_MODEL,
     "trainer.val_max_sentences=2",
     "trainer.num_attention_plots=0",
 ]
@@ -158,7 +153,7 @@ def test_average_last_needs_its_checkpoints_on_disk(tiny_prepared):
 
 def trainer(tiny_prepared, run_dir: Path, *overrides: str) -> Trainer:
     data = tiny_prepared.data
-    cfg = tiny_prepared.corpus.cfg(*TINY_MODEL, *overrides, out_dir=data.out_dir)
+    cfg = tiny_prepared.corpus.cfg(*TINY_RUN, *overrides, out_dir=data.out_dir)
     return Trainer(cfg, run_dir, data)
 
 

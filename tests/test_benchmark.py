@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import quote, run_main
+from conftest import TINY_SIZES, quote, run_main
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -26,12 +26,7 @@ from nmt.data.batching import collate
 from nmt.errors import NMTError
 from nmt.models import build_model
 
-TINY_MODEL = [
-    "model.encoder.embed_dim=16",
-    "model.encoder.hidden_size=16",
-    "model.decoder.embed_dim=16",
-    "model.decoder.hidden_size=16",
-]
+TINY_MODEL = TINY_SIZES  # the benchmark sets its own threads, batches and search
 QUICK = [
     "benchmark.warmup_steps=1",
     "benchmark.windows=2",

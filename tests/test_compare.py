@@ -66,7 +66,7 @@ def validation(step: int, bleu: float, chrf: float, entropy: float, diag: float,
     return {
         "step": step,
         "loss": 4.0,
-        "perplexity": 54.6,
+        "perplexity": 10_000.0 / step,  # falls as training goes on
         "bleu": bleu,
         "chrf": chrf,
         "scores": {"bleu_ko-mecab": {"score": bleu, "signature": "…"}, "chrf": {"score": chrf}},
@@ -110,12 +110,12 @@ def sweep(tmp_path, compose_config) -> Path:
 
 
 EXPECTED_ROWS = [
-    "| model/attention=dot,model/encoder=lstm | dot | lstm | bahdanau | 100 | 1.50 | — | — "
+    "| model/attention=dot,model/encoder=lstm | dot | lstm | bahdanau | 100 | 1.50 | 100.0 | — | — "
     "| — | 10 | 3.000 | 0.125 | 0.750 | no test_scores.json (--evaluate-test); "
     "no train/tokens_per_s logged |",
-    "| general-gru-luong | general | gru | luong | — | — | — | — | — | — | — | — | — "
+    "| general-gru-luong | general | gru | luong | — | — | — | — | — | — | — | — | — | — "
     "| no validations yet; no test_scores.json (--evaluate-test); no checkpoint |",
-    "| concat-gru-luong | concat | gru | luong | 400 | 5.00 | 7.25 | 30.50 | 200 | 17 "
+    "| concat-gru-luong | concat | gru | luong | 400 | 5.00 | 25.0 | 7.25 | 30.50 | 200 | 17 "
     "| 1.234 | 0.568 | 0.901 |  |",
 ]
 
@@ -138,6 +138,7 @@ def test_table_holds_exactly_the_runs_numbers(sweep, tmp_path):
     concat = runs["concat-gru-luong"]
     assert concat["variant"] == "concat × gru × luong"
     assert (concat["valid_bleu"], concat["valid_chrf"]) == (5.0, 22.5)  # best, not last
+    assert concat["valid_perplexity"] == 25.0  # the last validation's
     assert (concat["test_bleu"], concat["test_chrf"]) == (7.25, 30.5)
     assert concat["tokens_per_s"] == 200.0  # the median
     assert concat["parameters"] == 17  # the tied matrix once

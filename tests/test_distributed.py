@@ -16,22 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, quote, run_main
+from conftest import REPO_ROOT, TINY_MODEL, quote, run_main
 
 from nmt.distributed import TORCHRUN_VARS
 
 COMMON = [
-    "model.encoder.embed_dim=16",
-    "model.encoder.hidden_size=16",
-    "model.decoder.embed_dim=16",
-    "model.decoder.hidden_size=16",
+    *TINY_MODEL,
     "model/attention=concat",
     "model.attention.hidden_size=16",
     "model.encoder.dropout=0",
     "model.decoder.dropout=0",
-    "search=greedy",
-    "data.batching.max_tokens=512",
-    "trainer.num_threads=1",
     "trainer.val_max_sentences=2",
     "trainer.num_attention_plots=0",
     "trainer.val_every_steps=2",

@@ -8,18 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 from nmt import quality_curve
 from nmt.trainer import Trainer
 
 TINY_RUN = [
-    "model.encoder.embed_dim=16",
-    "model.encoder.hidden_size=16",
-    "model.decoder.embed_dim=16",
-    "model.decoder.hidden_size=16",
-    "search=greedy",
-    "data.batching.max_tokens=512",
-    "trainer.num_threads=1",
+    *TINY_MODEL,
     "trainer.val_max_sentences=2",
     "trainer.num_attention_plots=0",
     "trainer.max_steps=4",

@@ -15,23 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import quote, run_main
+from conftest import TINY_MODEL, quote, run_main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from nmt import checkpoint, trainer
 from nmt.trainer import Trainer, rank_checkpoints
 
-TINY_MODEL = [
-    "model.encoder.embed_dim=16",
-    "model.encoder.hidden_size=16",
-    "model.decoder.embed_dim=16",
-    "model.decoder.hidden_size=16",
+TINY_CONCAT = [
+    *TINY_MODEL,
     "model/attention=concat",
     "model.attention.hidden_size=16",
-    "search=greedy",
-    "data.batching.max_tokens=512",
-    "trainer.num_threads=1",
     # the schedule these tests' learning-rate assertions expect (the default recipe warms up)
     "optim.lr=5e-4",
     "optim.scheduler=plateau",
@@ -45,7 +39,7 @@ def train_args(tiny_prepared, run_dir: Path, *overrides: str) -> list[str]:
     """Command-line arguments of ``nmt.train`` on the prepared tiny corpus, writing to ``run_dir``."""
     return [
         *tiny_prepared.corpus.overrides(tiny_prepared.data.out_dir),
-        *TINY_MODEL,
+        *TINY_CONCAT,
         f"hydra.run.dir={quote(run_dir)}",
         *overrides,
     ]
@@ -318,7 +312,7 @@ def small_trainer(tiny_prepared, tmp_path):
 
     def make(*overrides: str, run_dir: Path = tmp_path) -> Trainer:
         cfg = tiny_prepared.corpus.cfg(
-            *TINY_MODEL, *CHEAP_VALIDATION, *overrides, out_dir=data.out_dir
+            *TINY_CONCAT, *CHEAP_VALIDATION, *overrides, out_dir=data.out_dir
         )
         return Trainer(cfg, run_dir, small_data)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import quote, run_main
+from conftest import TINY_MODEL, quote, run_main
 
 from nmt.trainer import Trainer
 
@@ -22,14 +22,9 @@ def ckpt(tiny_prepared, tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("translate_run")
     cfg = tiny_prepared.corpus.cfg(
-        "model.encoder.embed_dim=16",
-        "model.encoder.hidden_size=16",
-        "model.decoder.embed_dim=16",
-        "model.decoder.hidden_size=16",
+        *TINY_MODEL,
         "model/attention=concat",
         "model.attention.hidden_size=16",
-        "data.batching.max_tokens=512",
-        "search=greedy",
         "trainer.max_steps=2",
         "trainer.val_max_sentences=1",
         "trainer.num_attention_plots=0",

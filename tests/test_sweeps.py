@@ -1,0 +1,83 @@
+"""The sweep scripts (scripts/sweep_attention.sh, scripts/sweep_recipes.sh) on the tiny corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO_ROOT, TINY_MODEL
+from omegaconf import OmegaConf
+
+TINY_RUN = [
+    *TINY_MODEL,
+    "trainer.max_steps=2",
+    "trainer.val_every_steps=2",
+    "trainer.val_max_sentences=2",
+    "trainer.num_attention_plots=0",
+]
+
+
+def run_script(script: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``bash scripts/<script> args...`` with this interpreter first on PATH (the scripts call
+    ``python``)."""
+    full_env = dict(os.environ, **env)
+    full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full_env["PATH"]])
+    return subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / script), *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def run_config(run_dir: Path):
+    return OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+
+
+def test_recipe_sweep_changes_one_setting_per_run_and_compares(tiny_prepared, tmp_path):
+    sweep = tmp_path / "recipes"
+    env = {"SWEEP_DIR": str(sweep), "VARIANTS": "default ls0", "MINUTES": "5"}
+    data = tiny_prepared.corpus.overrides(tiny_prepared.data.out_dir)
+    result = run_script("sweep_recipes.sh", env, *data, *TINY_RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    assert run_config(sweep / "default").trainer.label_smoothing == 0.1
+    assert run_config(sweep / "ls0").trainer.label_smoothing == 0.0
+    assert run_config(sweep / "ls0").trainer.max_minutes == 5
+    table = (sweep / "comparison.md").read_text(encoding="utf-8")
+    assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")][1:] == [
+        "| default",
+        "| ls0",
+    ]
+    runs = json.loads((sweep / "comparison.json").read_text(encoding="utf-8"))
+    assert all(run["test_bleu"] is not None for run in runs)  # --evaluate-test ran
+
+
+def test_recipe_sweep_rejects_an_unknown_variant(tmp_path):
+    result = run_script("sweep_recipes.sh", {"SWEEP_DIR": str(tmp_path), "VARIANTS": "bogus"})
+    assert result.returncode == 2
+    assert "unknown variant 'bogus'" in result.stderr
+    assert "known:" in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing trained
+
+
+def test_attention_sweep_names_runs_by_variant(tiny_prepared, tmp_path):
+    sweep = tmp_path / "attention"
+    env = {
+        "SWEEP_DIR": str(sweep),
+        "ATTENTIONS": "dot,location",
+        "ENCODERS": "lstm",
+        "COMPARE": "0",
+    }
+    data = tiny_prepared.corpus.overrides(tiny_prepared.data.out_dir)
+    result = run_script("sweep_attention.sh", env, *data, *TINY_RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    runs = sorted(p.name for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    assert runs == ["0_dot-lstm-luong", "1_location-lstm-luong"]
+    assert run_config(sweep / runs[1]).model.attention.score == "location"
+    assert not (sweep / "comparison.md").exists()  # COMPARE=0

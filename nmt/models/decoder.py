@@ -11,6 +11,7 @@ repeat the batch for beam search.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -169,6 +170,20 @@ def lstm_cell_from_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
+@dataclass(frozen=True)
+class DecoderSizes:
+    """The settings both decoder styles are built from (``model.decoder`` and the encoder's)."""
+
+    rnn_type: str  # gru | lstm
+    embed_dim: int
+    hidden_size: int
+    num_layers: int
+    dropout: float
+    value_size: int  # of the encoder states the attention reads
+    encoder_final_size: int  # input of the bridge
+    bridge: bool
+
+
 class Decoder(nn.Module):
     """What both styles share: the RNN, the bridge, embedding dropout, the attention.
 
@@ -178,25 +193,21 @@ class Decoder(nn.Module):
     memory cell starts equal to s_0.  ``bridge=False``: s_0 = 0.
     """
 
-    def __init__(
-        self,
-        attention: Attention,
-        rnn_type: str,
-        rnn_input_size: int,
-        hidden_size: int,
-        num_layers: int,
-        dropout: float,
-        encoder_final_size: int,
-        bridge: bool,
-    ):
+    def __init__(self, attention: Attention, sizes: DecoderSizes, rnn_input_size: int):
         super().__init__()
         self.attention = attention
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.is_lstm = rnn_type == "lstm"
-        self.rnn = DecoderRNN(rnn_type, rnn_input_size, hidden_size, num_layers, dropout)
-        self.bridge = nn.Linear(encoder_final_size, num_layers * hidden_size) if bridge else None
-        self.dropout = nn.Dropout(dropout)  # on the target embeddings
+        self.hidden_size = sizes.hidden_size
+        self.num_layers = sizes.num_layers
+        self.is_lstm = sizes.rnn_type == "lstm"
+        self.rnn = DecoderRNN(
+            sizes.rnn_type, rnn_input_size, sizes.hidden_size, sizes.num_layers, sizes.dropout
+        )
+        self.bridge = (
+            nn.Linear(sizes.encoder_final_size, sizes.num_layers * sizes.hidden_size)
+            if sizes.bridge
+            else None
+        )
+        self.dropout = nn.Dropout(sizes.dropout)  # on the target embeddings
 
     def init_rnn_state(self, memory: Memory) -> tuple[Tensor, Tensor | None]:
         """(s_0, c_0), each (num_layers, batch, hidden); c_0 is None for a GRU."""
@@ -234,32 +245,11 @@ class LuongDecoder(Decoder):
     applies W_c in one batched call.
     """
 
-    def __init__(
-        self,
-        attention: Attention,
-        rnn_type: str,
-        embed_dim: int,
-        hidden_size: int,
-        num_layers: int,
-        dropout: float,
-        value_size: int,
-        encoder_final_size: int,
-        bridge: bool,
-        input_feeding: bool,
-    ):
-        rnn_input_size = embed_dim + (hidden_size if input_feeding else 0)
-        super().__init__(
-            attention,
-            rnn_type,
-            rnn_input_size,
-            hidden_size,
-            num_layers,
-            dropout,
-            encoder_final_size,
-            bridge,
-        )
+    def __init__(self, attention: Attention, sizes: DecoderSizes, input_feeding: bool):
+        hidden = sizes.hidden_size
+        super().__init__(attention, sizes, sizes.embed_dim + (hidden if input_feeding else 0))
         self.input_feeding = input_feeding
-        self.combine = nn.Linear(value_size + hidden_size, hidden_size, bias=False)  # W_c
+        self.combine = nn.Linear(sizes.value_size + hidden, hidden, bias=False)  # W_c
 
     def init_state(self, memory: Memory) -> DecoderState:
         hidden, cell = self.init_rnn_state(memory)
@@ -323,29 +313,11 @@ class BahdanauDecoder(Decoder):
     steps at once after the loop.
     """
 
-    def __init__(
-        self,
-        attention: Attention,
-        rnn_type: str,
-        embed_dim: int,
-        hidden_size: int,
-        num_layers: int,
-        dropout: float,
-        value_size: int,
-        encoder_final_size: int,
-        bridge: bool,
-    ):
-        super().__init__(
-            attention,
-            rnn_type,
-            embed_dim + value_size,
-            hidden_size,
-            num_layers,
-            dropout,
-            encoder_final_size,
-            bridge,
+    def __init__(self, attention: Attention, sizes: DecoderSizes):
+        super().__init__(attention, sizes, sizes.embed_dim + sizes.value_size)
+        self.pre_output = nn.Linear(  # W_o
+            sizes.hidden_size + sizes.value_size + sizes.embed_dim, sizes.hidden_size
         )
-        self.pre_output = nn.Linear(hidden_size + value_size + embed_dim, hidden_size)  # W_o
 
     def init_state(self, memory: Memory) -> DecoderState:
         hidden, cell = self.init_rnn_state(memory)

@@ -29,7 +29,14 @@ from torch import Tensor, nn
 from nmt.data.vocab import PAD_ID
 from nmt.errors import NMTError
 from nmt.models.attention import SCORES, build_attention
-from nmt.models.decoder import BahdanauDecoder, Decoder, DecoderState, LuongDecoder, Memory
+from nmt.models.decoder import (
+    BahdanauDecoder,
+    Decoder,
+    DecoderSizes,
+    DecoderState,
+    LuongDecoder,
+    Memory,
+)
 from nmt.models.encoder import RNN_TYPES, Encoder
 
 DECODER_STYLES = ("luong", "bahdanau")
@@ -207,8 +214,7 @@ def build_model(model_cfg: Any, src_vocab_size: int, tgt_vocab_size: int) -> Seq
         if "max_src_len" in extra
         else None,
     )
-    common = dict(
-        attention=attention,
+    sizes = DecoderSizes(
         rnn_type=choice(dec, "model.decoder", "rnn_type", RNN_TYPES),
         embed_dim=embed_dim,
         hidden_size=hidden,
@@ -220,14 +226,14 @@ def build_model(model_cfg: Any, src_vocab_size: int, tgt_vocab_size: int) -> Seq
     )
     input_feeding = boolean(dec, "model.decoder", "input_feeding")
     if style == "luong":
-        decoder: Decoder = LuongDecoder(**common, input_feeding=input_feeding)
+        decoder: Decoder = LuongDecoder(attention, sizes, input_feeding)
     elif input_feeding:
         raise NMTError(
             "model.decoder.input_feeding: expected false for style 'bahdanau' "
             "(its context already enters the RNN input); got true"
         )
     else:
-        decoder = BahdanauDecoder(**common)
+        decoder = BahdanauDecoder(attention, sizes)
     return Seq2Seq(encoder, decoder, tgt_vocab_size, embed_dim, tie, dropout)
 
 

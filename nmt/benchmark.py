@@ -45,8 +45,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nmt import REPO_ROOT
 from nmt.data.batching import Batch, TokenBatcher
-from nmt.data.pipeline import REPO_ROOT, PreparedData, prepare
+from nmt.data.pipeline import PreparedData, prepare
 from nmt.data.vocab import PAD_ID, Vocab
 from nmt.errors import NMTError, exit_on_user_error
 from nmt.loss import sequence_loss

@@ -26,6 +26,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from nmt import REPO_ROOT
 from nmt.errors import NMTError, exit_on_user_error
 from nmt.metrics import (
     DEFAULT_TOKENIZERS,
@@ -36,7 +37,6 @@ from nmt.metrics import (
     write_text_atomic,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "valid", "test")
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from nmt.data.pipeline import REPO_ROOT, PreparedData, prepare
+from nmt import REPO_ROOT
+from nmt.data.pipeline import PreparedData, prepare
 from nmt.errors import exit_on_user_error
 
 

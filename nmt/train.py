@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from nmt.data.pipeline import REPO_ROOT
+from nmt import REPO_ROOT
 from nmt.errors import exit_on_user_error
 from nmt.trainer import train
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from nmt import REPO_ROOT
 from nmt.checkpoint import load_for_inference
 from nmt.data.corpus import normalize, read_lines
-from nmt.data.pipeline import REPO_ROOT
 from nmt.data.vocab import Vocab
 from nmt.errors import NMTError, exit_on_user_error
 from nmt.metrics import write_text_atomic

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nmt import REPO_ROOT
 from nmt.data.batching import TokenBatcher
 from nmt.data.corpus import (
     CleanReport,
@@ -40,7 +41,6 @@ from nmt.data.recipes import run_recipe
 from nmt.data.vocab import BOS_ID, EOS_ID, Vocab, train_sentencepiece
 from nmt.errors import NMTError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1
 

@@ -336,12 +336,16 @@ def test_beam_search_matches_plain_reference(model, batch, alpha, looping, no_re
 
 
 class LogitBias(torch.nn.Module):
-    """Wraps a model and adds ``bias`` (V,) to its step logits."""
+    """Wraps a model and adds ``bias`` (V,) to its step logits; subclasses may make the bias
+    depend on the previous token (:meth:`bias_after`)."""
 
-    def __init__(self, inner, bias: torch.Tensor):
+    def __init__(self, inner, bias: torch.Tensor | None = None):
         super().__init__()
         self.inner = inner
         self.bias = bias
+
+    def bias_after(self, prev: torch.Tensor) -> torch.Tensor:
+        return self.bias
 
     def encode(self, src, src_lengths):
         return self.inner.encode(src, src_lengths)
@@ -351,7 +355,7 @@ class LogitBias(torch.nn.Module):
 
     def step(self, prev, state, memory):
         logits, attn_weights, state = self.inner.step(prev, state, memory)
-        return logits + self.bias, attn_weights, state
+        return logits + self.bias_after(prev), attn_weights, state
 
 
 def never_ends(model):
@@ -449,33 +453,19 @@ def test_block_repeated_ngrams_known_answers():
     assert blocked_ids([[], []], 1) == blocked_ids([[], []], 2) == [set(), set()]  # first step
 
 
-class PrefersBigram(torch.nn.Module):
+class PrefersBigram(LogitBias):
     """Wraps a model and adds 20 to the logit of A after any token but A, and of B after A:
     left alone it produces A B A B A B ... For search (``step``) and teacher forcing."""
 
     A, B = 5, 6
 
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def bias(self, prev: torch.Tensor) -> torch.Tensor:
+    def bias_after(self, prev: torch.Tensor) -> torch.Tensor:
         favourite = torch.where(prev == self.A, self.B, self.A)  # prev's shape
         return 20.0 * torch.nn.functional.one_hot(favourite, TGT_VOCAB)  # (*prev, V)
 
     def forward(self, src, src_lengths, tgt_in):
         out = self.inner(src, src_lengths, tgt_in)
-        return out._replace(logits=out.logits + self.bias(tgt_in))
-
-    def encode(self, src, src_lengths):
-        return self.inner.encode(src, src_lengths)
-
-    def init_state(self, memory):
-        return self.inner.init_state(memory)
-
-    def step(self, prev, state, memory):
-        logits, attn_weights, state = self.inner.step(prev, state, memory)
-        return logits + self.bias(prev), attn_weights, state
+        return out._replace(logits=out.logits + self.bias_after(tgt_in))
 
 
 def repeats_an_ngram(tokens: list[int], n: int) -> bool:

@@ -248,6 +248,7 @@ def test_valid_and_test_are_normalised_but_never_filtered(dirty_prepared):
 
 
 def test_fingerprint_follows_inputs_and_settings_but_not_batching(tiny_tsv_corpus, tmp_path):
+    """Settings and file contents count; out_dir, batching, the corpus' location and mtime do not."""
     c = tiny_tsv_corpus
     cfg = c.cfg()
     key = fingerprint(cfg.data)
@@ -263,6 +264,12 @@ def test_fingerprint_follows_inputs_and_settings_but_not_batching(tiny_tsv_corpu
     assert changed("data.vocab.model_type", "bpe") != key
     stat = c.valid.stat()
     os.utime(c.valid, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert fingerprint(cfg.data) == key  # touched, same bytes
+    moved = tmp_path / "mirror"
+    shutil.copytree(c.valid.parent, moved)
+    assert changed("data.valid", str(moved / c.valid.name)) == key  # the same file, copied
+    with open(c.valid, "a", encoding="utf-8") as f:
+        f.write("one more\t한 줄 더\n")
     assert fingerprint(cfg.data) != key
 
 

@@ -13,6 +13,8 @@ import os
 import random
 import re
 import shutil
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -314,6 +316,23 @@ def test_cache_reuses_rebuilds_on_change_and_after_interruption(
     log.clear()
     prepare(changed, log=log.append)
     assert any(line.startswith("reusing prepared data") for line in log)
+
+
+def test_concurrent_runs_build_an_out_dir_once(tiny_tsv_corpus, tmp_path, repo_root):
+    """Two processes preparing the same out_dir at once: one builds, the other waits and reuses."""
+    out_dir = tmp_path / "shared_out"
+    env = dict(os.environ, PYTHONPATH=str(repo_root))
+    cmd = [sys.executable, "-m", "nmt.prepare", *tiny_tsv_corpus.overrides(out_dir)]
+    runs = [
+        subprocess.Popen(cmd, cwd=repo_root, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    built = [out for out in outputs if "\nprepared " in "\n" + out]
+    reused = [out for out in outputs if "reusing prepared data" in out]
+    assert (len(built), len(reused)) == (1, 1), outputs
+    assert (out_dir / "manifest.json").is_file()
 
 
 # ----------------------------------------------------------------------- SentencePiece

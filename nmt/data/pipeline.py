@@ -10,16 +10,19 @@ split, trains SentencePiece on it, encodes every split and writes:
 
 Every file is written to a temporary name and renamed into place, and the manifest goes last, so
 an interrupted run leaves no file that a later run would mistake for finished work. A later run
-whose inputs and settings match the manifest reuses the files and says so.
+whose inputs and settings match the manifest reuses the files and says so. Runs that prepare the
+same ``out_dir`` at the same time (two sweep jobs, say) take turns on ``<out_dir>/.lock``: the
+first builds, the others then find its manifest and reuse the files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,12 +299,36 @@ def prepare(
 ) -> PreparedData:
     """Build (or reuse) the prepared data described by ``data_cfg``; return it loaded."""
     out_dir = Path(data_cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out_dir / ".lock"):
+        return _prepare_locked(data_cfg, out_dir, seed, log)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``lock_path`` (POSIX ``flock``; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent runs must not share an out_dir
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            lock = stack.enter_context(open(lock_path, "a"))
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes or the process dies
+        except OSError:  # a read-only out_dir: nothing can be built there, so nothing to guard
+            pass
+        yield
+
+
+def _prepare_locked(
+    data_cfg: DictConfig, out_dir: Path, seed: int, log: Callable[[str], None]
+) -> PreparedData:
     manifest_path = out_dir / "manifest.json"
     key = fingerprint(data_cfg)
     if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("fingerprint") == key:
         log(f"reusing prepared data in {out_dir} (inputs and settings unchanged)")
         return _load(data_cfg, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path.unlink(missing_ok=True)  # the old files no longer describe these settings
     start = time.perf_counter()
     _build(data_cfg, out_dir, seed, log)

@@ -1,9 +1,8 @@
-"""The training objective."""
+"""The training objective: summed, label-smoothed cross-entropy with a fused backward."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from nmt.data.vocab import PAD_ID
 
@@ -11,11 +10,49 @@ from nmt.data.vocab import PAD_ID
 def sequence_loss(
     logits: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float
 ) -> torch.Tensor:
-    """Summed cross-entropy over real target tokens.  logits (batch, tgt_len, V), tgt_out (batch, tgt_len)."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),
-        tgt_out.reshape(-1),
-        ignore_index=PAD_ID,
-        reduction="sum",
-        label_smoothing=label_smoothing,
+    """Summed cross-entropy over real target tokens.  logits (batch, tgt_len, V), tgt_out (batch, tgt_len).
+
+    The value and gradient of ``F.cross_entropy(..., ignore_index=PAD_ID, reduction="sum",
+    label_smoothing=label_smoothing)``, computed in fp32.
+    """
+    return SmoothedCrossEntropy.apply(
+        logits.reshape(-1, logits.size(-1)).float(), tgt_out.reshape(-1), label_smoothing
     )
+
+
+class SmoothedCrossEntropy(torch.autograd.Function):
+    """Σ over rows whose target is not ``<pad>`` of, for logits z (V,) and target t:
+
+        loss = lse(z) − (1 − ε) z_t − ε · mean(z),       lse(z) = log Σ_v exp(z_v)
+        ∂loss/∂z = softmax(z) − (1 − ε) onehot(t) − ε / V
+
+    i.e. (1 − ε) · NLL + ε · cross-entropy against the uniform distribution (Szegedy et al. 2016).
+    ``F.cross_entropy`` reaches the same numbers through ``log_softmax`` and ``nll_loss``, whose
+    backward fills an (N, V) tensor with zeros and then writes a second one; here the gradient is
+    one (N, V) tensor built in place, which saves a fifth to a third of the loss's time on the CPU
+    (enko's 4,096-token batches: about 3,900 rows of 8,000 logits).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+        # logits (N, V) fp32; target (N,)
+        real = target != PAD_ID  # (N,)
+        target = target.masked_fill(~real, 0)  # any valid index; those rows are zeroed below
+        lse = torch.logsumexp(logits, dim=-1)  # (N,)
+        row_loss = lse - (1.0 - smoothing) * logits.gather(1, target.unsqueeze(1)).squeeze(1)
+        if smoothing:
+            row_loss = row_loss - smoothing * logits.mean(dim=-1)
+        ctx.save_for_backward(logits, lse, target, real)
+        ctx.smoothing = smoothing
+        return torch.where(real, row_loss, 0.0).sum()
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        logits, lse, target, real = ctx.saved_tensors
+        smoothing = ctx.smoothing
+        row_scale = grad_loss * real  # (N,): d total / d row loss, 0 on <pad> rows
+        grad = logits.sub(lse.unsqueeze(1)).exp_().mul_(row_scale.unsqueeze(1))  # softmax
+        grad.scatter_add_(1, target.unsqueeze(1), (-(1.0 - smoothing) * row_scale).unsqueeze(1))
+        if smoothing:
+            grad.sub_((smoothing / logits.size(1)) * row_scale.unsqueeze(1))
+        return grad, None, None

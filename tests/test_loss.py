@@ -1,0 +1,62 @@
+"""sequence_loss: the value and gradient of F.cross_entropy, through a fused backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nmt.data.vocab import PAD_ID
+from nmt.loss import SmoothedCrossEntropy, sequence_loss
+
+
+def logits_and_targets(batch: int = 4, steps: int = 7, vocab: int = 50, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(batch, steps, vocab, generator=g)).requires_grad_()
+    tgt_out = torch.randint(PAD_ID + 1, vocab, (batch, steps), generator=g)
+    tgt_out[0, 4:] = PAD_ID  # a shorter sentence
+    tgt_out[2, 1:] = PAD_ID
+    return logits, tgt_out
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_value_and_gradient_equal_cross_entropy(smoothing):
+    logits, tgt_out = logits_and_targets()
+    ours = sequence_loss(logits, tgt_out, smoothing)
+    (grad_ours,) = torch.autograd.grad(3.0 * ours, logits)  # a grad_output other than 1
+    reference = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)),
+        tgt_out.reshape(-1),
+        ignore_index=PAD_ID,
+        reduction="sum",
+        label_smoothing=smoothing,
+    )
+    (grad_reference,) = torch.autograd.grad(3.0 * reference, logits)
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(grad_ours, grad_reference)
+    assert grad_ours[0, 4:].abs().max() == 0  # <pad> targets get no gradient
+
+
+def test_gradient_passes_gradcheck_in_float64():
+    logits, tgt_out = logits_and_targets(batch=3, steps=5, vocab=6)
+    logits = logits.detach().double().reshape(-1, 6).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda z: SmoothedCrossEntropy.apply(z, tgt_out.reshape(-1), 0.2), (logits,)
+    )
+
+
+def test_half_precision_logits_are_scored_in_fp32():
+    logits, tgt_out = logits_and_targets()
+    loss = sequence_loss(logits.detach().bfloat16().requires_grad_(), tgt_out, 0.1)
+    assert loss.dtype == torch.float32
+    expected = sequence_loss(logits.detach().bfloat16().float(), tgt_out, 0.1)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_all_padding_gives_zero_loss_and_gradient():
+    logits, _ = logits_and_targets()
+    tgt_out = torch.full(logits.shape[:2], PAD_ID)
+    loss = sequence_loss(logits, tgt_out, 0.1)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert logits.grad.abs().max() == 0

@@ -316,7 +316,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         try:
             lock = stack.enter_context(open(lock_path, "a"))
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes or the process dies
-        except OSError:  # a read-only out_dir: nothing can be built there, so nothing to guard
+        except OSError:  # a read-only out_dir (nothing can be built there) or no flock support
             pass
         yield
 

@@ -50,7 +50,7 @@ from nmt.data.batching import Batch, TokenBatcher
 from nmt.data.pipeline import PreparedData, prepare
 from nmt.data.vocab import PAD_ID, Vocab
 from nmt.errors import NMTError, exit_on_user_error
-from nmt.loss import sequence_loss
+from nmt.loss import check_label_smoothing, sequence_loss
 from nmt.metrics import write_json
 from nmt.models import build_model
 from nmt.optim import LRSchedule, build_optimizer
@@ -580,6 +580,7 @@ def run_benchmark(
     """Measure everything the module docstring lists; return the report (a JSON-ready dict)."""
     bench = cfg.benchmark
     check_benchmark_cfg(bench)
+    check_label_smoothing(cfg.trainer.label_smoothing)
     if bench.threads:
         torch.set_num_threads(bench.threads)
     device = pick_device(cfg.trainer.device)

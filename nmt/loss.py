@@ -5,6 +5,13 @@ from __future__ import annotations
 import torch
 
 from nmt.data.vocab import PAD_ID
+from nmt.errors import NMTError
+
+
+def check_label_smoothing(value: object) -> None:
+    """``trainer.label_smoothing`` must lie in [0, 1], the range ``F.cross_entropy`` accepts."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise NMTError(f"trainer.label_smoothing: expected a number in [0, 1]; got {value!r}")
 
 
 def sequence_loss(
@@ -15,6 +22,10 @@ def sequence_loss(
     The value and gradient of ``F.cross_entropy(..., ignore_index=PAD_ID, reduction="sum",
     label_smoothing=label_smoothing)``, computed in fp32.
     """
+    if not 0.0 <= label_smoothing <= 1.0:  # F.cross_entropy's range
+        raise NMTError(
+            f"trainer.label_smoothing: expected a number in [0, 1]; got {label_smoothing}"
+        )
     return SmoothedCrossEntropy.apply(
         logits.reshape(-1, logits.size(-1)).float(), tgt_out.reshape(-1), label_smoothing
     )

@@ -34,7 +34,7 @@ from nmt.checkpoint import load_checkpoint, load_model_state, save_checkpoint, v
 from nmt.data.batching import Batch
 from nmt.data.pipeline import PreparedData, prepare
 from nmt.errors import NMTError
-from nmt.loss import sequence_loss
+from nmt.loss import check_label_smoothing, sequence_loss
 from nmt.models import build_model
 from nmt.optim import LRSchedule, build_optimizer, load_optimizer_state
 from nmt.validation import Validator
@@ -87,6 +87,7 @@ def check_trainer_cfg(t: DictConfig) -> None:
     """Reject settings the loop cannot run with, naming the valid values."""
     if t.max_steps is None and t.max_epochs is None and t.max_minutes is None:
         raise NMTError("trainer: set at least one of max_steps, max_epochs, max_minutes")
+    check_label_smoothing(t.label_smoothing)
     if t.early_stopping_metric not in STOPPING_METRICS:
         raise NMTError(
             f"trainer.early_stopping_metric: expected one of {', '.join(STOPPING_METRICS)}; "

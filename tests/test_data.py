@@ -318,6 +318,13 @@ def test_cache_reuses_rebuilds_on_change_and_after_interruption(
     assert any(line.startswith("reusing prepared data") for line in log)
 
 
+def test_an_out_dir_that_cannot_be_created_is_named(tiny_tsv_corpus, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    with pytest.raises(NMTError, match=r"data.out_dir: cannot create folder .*a_file: File exists"):
+        prepare(tiny_tsv_corpus.cfg(out_dir=a_file).data)
+
+
 def test_concurrent_runs_build_an_out_dir_once(tiny_tsv_corpus, tmp_path, repo_root):
     """Two processes preparing the same out_dir at once: one builds, the other waits and reuses."""
     out_dir = tmp_path / "shared_out"

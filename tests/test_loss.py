@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_MODEL
 
 from nmt.data.vocab import PAD_ID
-from nmt.loss import SmoothedCrossEntropy, sequence_loss
+from nmt.errors import NMTError
+from nmt.loss import SmoothedCrossEntropy, check_label_smoothing, sequence_loss
+from nmt.trainer import Trainer
 
 
 def logits_and_targets(batch: int = 4, steps: int = 7, vocab: int = 50, seed: int = 0):
@@ -60,3 +63,16 @@ def test_all_padding_gives_zero_loss_and_gradient():
     loss.backward()
     assert loss.item() == 0.0
     assert logits.grad.abs().max() == 0
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 1.5, "0.1"])
+def test_smoothing_outside_0_1_is_refused_before_the_run_writes_anything(
+    tiny_prepared, tmp_path, smoothing
+):
+    with pytest.raises(NMTError, match=r"trainer.label_smoothing: expected a number in \[0, 1\]"):
+        check_label_smoothing(smoothing)
+    cfg = tiny_prepared.corpus.cfg(*TINY_MODEL, "trainer.max_steps=1")
+    cfg.trainer.label_smoothing = smoothing
+    with pytest.raises(NMTError, match="trainer.label_smoothing"):
+        Trainer(cfg, tmp_path / "run", data=tiny_prepared.data)
+    assert not (tmp_path / "run").exists()

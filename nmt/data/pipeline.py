@@ -299,7 +299,10 @@ def prepare(
 ) -> PreparedData:
     """Build (or reuse) the prepared data described by ``data_cfg``; return it loaded."""
     out_dir = Path(data_cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NMTError(f"data.out_dir: cannot create folder {out_dir}: {err.strerror}") from err
     with _exclusive(out_dir / ".lock"):
         return _prepare_locked(data_cfg, out_dir, seed, log)
 

@@ -54,8 +54,8 @@ from nmt.loss import check_label_smoothing, sequence_loss
 from nmt.metrics import write_json
 from nmt.models import build_model
 from nmt.optim import LRSchedule, build_optimizer
+from nmt.runtime import autocast_context, pick_device
 from nmt.search import Hypothesis, decode_lines
-from nmt.trainer import autocast_context, pick_device
 
 log = logging.getLogger("nmt")
 

@@ -384,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     device = "cpu"
     if args.evaluate_test:
-        from nmt.trainer import pick_device
+        from nmt.runtime import pick_device
 
         device = str(pick_device(args.device))
     runs = compare(args.sweep_dir, args.out, args.evaluate_test, device)

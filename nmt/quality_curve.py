@@ -283,7 +283,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    from nmt.trainer import pick_device
+    from nmt.runtime import pick_device
 
     device = str(pick_device(args.device))
     labels = args.labels or [d.resolve().name for d in args.run_dirs]

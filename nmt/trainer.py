@@ -37,6 +37,7 @@ from nmt.errors import NMTError
 from nmt.loss import check_label_smoothing, sequence_loss
 from nmt.models import build_model
 from nmt.optim import LRSchedule, build_optimizer, load_optimizer_state
+from nmt.runtime import autocast_context, pick_device
 from nmt.validation import Validator
 
 log = logging.getLogger("nmt")
@@ -60,27 +61,6 @@ class Progress:
     )  # (score, file), best first
     recent_checkpoints: list[str] = field(default_factory=list)  # trainer.keep_last, oldest first
     minutes: float = 0.0  # wall-clock of the run so far (validation included), across resumes
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise NMTError("trainer.device=cuda, but no CUDA device is available; use auto or cpu")
-    if name not in ("cpu", "cuda"):
-        raise NMTError(f"trainer.device: expected auto, cpu or cuda; got {name!r}")
-    return torch.device(name)
-
-
-def autocast_context(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    if precision not in ("bf16", "fp16"):
-        raise NMTError(f"trainer.precision: expected fp32, bf16 or fp16; got {precision!r}")
-    if device.type != "cuda":
-        raise NMTError(f"trainer.precision={precision} needs CUDA; use fp32 on {device.type}")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 def check_trainer_cfg(t: DictConfig) -> None:
@@ -232,7 +212,9 @@ class Trainer:
         check_trainer_cfg(t)
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
-        self.device = self.ctx.device if self.ctx.enabled else pick_device(t.device)
+        self.device = (
+            self.ctx.device if self.ctx.enabled else pick_device(t.device, "trainer.device")
+        )
         seed_everything(self.cfg.seed)  # the same initial weights on every rank
         self.data = data or self.load_data()
         b = self.cfg.data.batching

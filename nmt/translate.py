@@ -19,8 +19,8 @@ from nmt.data.corpus import normalize, read_lines
 from nmt.data.vocab import Vocab
 from nmt.errors import NMTError, exit_on_user_error
 from nmt.metrics import write_text_atomic
+from nmt.runtime import pick_device
 from nmt.search import Hypothesis, decode_lines
-from nmt.trainer import pick_device
 
 
 class Translator:

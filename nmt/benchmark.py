@@ -48,14 +48,15 @@ from omegaconf import DictConfig, OmegaConf
 from nmt import REPO_ROOT
 from nmt.data.batching import Batch, TokenBatcher
 from nmt.data.pipeline import PreparedData, prepare
-from nmt.data.vocab import PAD_ID, Vocab
+from nmt.data.vocab import PAD_ID
 from nmt.errors import NMTError, exit_on_user_error
+from nmt.inference import Translator
 from nmt.loss import check_label_smoothing, sequence_loss
 from nmt.metrics import write_json
 from nmt.models import build_model
 from nmt.optim import LRSchedule, build_optimizer
 from nmt.runtime import autocast_context, pick_device
-from nmt.search import Hypothesis, decode_lines
+from nmt.search import SearchSettings
 
 log = logging.getLogger("nmt")
 
@@ -451,44 +452,36 @@ def memory_report(device: torch.device, since_reset: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def predicted_tokens(hyp: Hypothesis) -> int:
-    """Tokens the decoder predicted for ``hyp``: its subwords and, when it ended so, ``</s>``."""
-    return int(hyp.attn_weights.shape[0]) if hyp.attn_weights.dim() == 2 else 0
-
-
 def time_decoding(
-    model: torch.nn.Module,
-    src_vocab: Vocab,
-    lines: Sequence[str],
-    search_cfg: DictConfig,
-    device: torch.device,
+    translator: Translator, lines: Sequence[str], device: torch.device
 ) -> dict[str, Any]:
-    """Decode ``lines`` once (after a short untimed warm-up) and report its speed."""
+    """Translate ``lines`` once (after a short untimed warm-up) and report its speed."""
     clock = Clock(device)
-    decode_lines(model, src_vocab, lines[:2], search_cfg, device)  # warm-up
+    translator.translate(lines[:2])  # warm-up
     start = clock.now()
-    best = [nbest[0] for nbest in decode_lines(model, src_vocab, lines, search_cfg, device)]
+    best = translator.translate(lines)
     seconds = clock.now() - start
-    tokens = sum(predicted_tokens(h) for h in best)
+    tokens = sum(t.num_predicted for t in best)
     return {
-        "beam_size": search_cfg.beam_size,
-        "length_penalty": search_cfg.length_penalty,
+        "beam_size": translator.settings.beam_size,
+        "length_penalty": translator.settings.length_penalty,
         "sentences": len(lines),
         "seconds": seconds,
         "sentences_per_s": len(lines) / seconds,
         "tokens_per_s": tokens / seconds,
         "mean_output_len": tokens / len(lines),
-        "max_len_rate": sum(h.hit_max_len for h in best) / len(lines),
+        "max_len_rate": sum(t.hit_max_len for t in best) / len(lines),
     }
 
 
-def search_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+def search_settings(cfg: DictConfig) -> dict[str, SearchSettings]:
     """The greedy and the beam search settings: the config's ``search`` with name and beam size
     replaced (one hypothesis each; the beam keeps ``search.length_penalty``)."""
-    base = OmegaConf.to_container(cfg.search, resolve=True)
-    greedy = {**base, "name": "greedy", "beam_size": 1, "n_best": 1}
-    beam = {**base, "name": "beam", "beam_size": cfg.benchmark.beam_size, "n_best": 1}
-    return {"greedy": OmegaConf.create(greedy), "beam": OmegaConf.create(beam)}
+    base = SearchSettings.from_config(cfg.search)
+    return {
+        "greedy": base.replace(name="greedy", beam_size=1, n_best=1),
+        "beam": base.replace(name="beam", beam_size=cfg.benchmark.beam_size, n_best=1),
+    }
 
 
 def decoding_report(
@@ -500,16 +493,17 @@ def decoding_report(
     lines = data.splits["test"].src_text[:n]
     if not lines:
         raise NMTError("the test split is empty: nothing to decode (benchmark.decode_sentences=0)")
-    src_vocab, source = data.src_vocab, "the benchmark's model, trained for the timed steps only"
+    settings = search_settings(cfg)
     if cfg.benchmark.ckpt:
-        from nmt.checkpoint import load_for_inference
-
-        model, src_vocab, _, _ = load_for_inference(cfg.benchmark.ckpt, device)
+        translator = Translator.from_checkpoint(cfg.benchmark.ckpt, device)
         source = str(cfg.benchmark.ckpt)
+    else:
+        translator = Translator(model, data.src_vocab, data.tgt_vocab, settings["beam"], device)
+        source = "the benchmark's model, trained for the timed steps only"
     report: dict[str, Any] = {"model": source}
-    for name, search_cfg in search_configs(cfg).items():
+    for name, search in settings.items():
         log.info("decoding %d test sentences (%s)", len(lines), name)
-        report[name] = time_decoding(model, src_vocab, lines, search_cfg, device)
+        report[name] = time_decoding(translator.with_settings(**asdict(search)), lines, device)
     return report
 
 

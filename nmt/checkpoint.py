@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nmt.data.vocab import Vocab
 from nmt.errors import NMTError
+
+if TYPE_CHECKING:
+    from nmt.models import Seq2Seq
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -75,14 +78,23 @@ def vocabs_from(checkpoint: dict[str, Any]) -> tuple[Vocab, Vocab]:
     return Vocab(model_proto=v["src_model"]), Vocab(model_proto=v["tgt_model"])
 
 
-def load_for_inference(path: str | Path, device: str | torch.device = "cpu"):
-    """Return ``(model, src_vocab, tgt_vocab, cfg)`` from a checkpoint, the model in eval mode."""
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Seq2Seq, Vocab, Vocab, DictConfig]:
+    """``(model, src_vocab, tgt_vocab, cfg)`` from a loaded checkpoint, the model in eval mode
+    on ``device``; ``path`` names the file in errors."""
     from nmt.models import build_model
 
-    checkpoint = load_checkpoint(path, map_location=device)
     cfg: DictConfig = OmegaConf.create(checkpoint["config"])
     src_vocab, tgt_vocab = vocabs_from(checkpoint)
     model = build_model(cfg.model, len(src_vocab), len(tgt_vocab))
     load_model_state(model, checkpoint["model"], path)
     model.to(device).eval()
     return model, src_vocab, tgt_vocab, cfg
+
+
+def load_for_inference(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Seq2Seq, Vocab, Vocab, DictConfig]:
+    """Return ``(model, src_vocab, tgt_vocab, cfg)`` from a checkpoint, the model in eval mode."""
+    return model_from_checkpoint(load_checkpoint(path, map_location=device), path, device)

@@ -19,9 +19,9 @@ length limit). The report is printed as a table and, with ``json=``, written as 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -36,6 +36,10 @@ from nmt.metrics import (
     write_json,
     write_text_atomic,
 )
+from nmt.search import explicit_settings
+
+if TYPE_CHECKING:
+    from nmt.inference import Translator
 
 SPLITS = ("train", "valid", "test")
 
@@ -109,34 +113,41 @@ def evaluate_files(
 
 def evaluate_checkpoint(
     ckpt_path: str | Path,
-    search_cfg: DictConfig,
+    search: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Load ``ckpt_path`` (its search settings with the ``search`` overrides) and
+    :func:`evaluate_translator` it; ``kwargs`` as there."""
+    from nmt.inference import Translator
+
+    translator = Translator.from_checkpoint(ckpt_path, device, **(search or {}))
+    return evaluate_translator(translator, **kwargs)
+
+
+def evaluate_translator(
+    translator: Translator,
     split: str | None = None,
     src_path: str | Path | None = None,
     ref_path: str | Path | None = None,
-    device: str = "cpu",
     out_path: str | Path | None = None,
     tokenizers: Sequence[str] = DEFAULT_TOKENIZERS,
     max_sentences: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Translate a split of the checkpoint's corpus (or ``src_path``) and score it.
+    """Translate a split of the model's corpus (or ``src_path``) and score it.
 
-    Give either ``split`` or both ``src_path`` and ``ref_path``. With ``out_path`` the decoded
-    hypotheses are also written there, one per line. ``max_sentences`` keeps only the first N
-    sentences (a quick look; the scores are not comparable with the whole split's).
+    Give either ``split`` (read from the checkpoint's data config) or both ``src_path`` and
+    ``ref_path``. With ``out_path`` the decoded hypotheses are also written there, one per line.
+    ``max_sentences`` keeps only the first N sentences (a quick look; the scores are not
+    comparable with the whole split's).
     """
-    if not Path(ckpt_path).is_file():
-        raise NMTError(f"{ckpt_path}: checkpoint file not found")
     if split is not None and split not in SPLITS:
         raise NMTError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
-    from nmt.checkpoint import load_for_inference
-    from nmt.data.corpus import normalize
-    from nmt.search import decode_lines
-
-    model, src_vocab, tgt_vocab, train_cfg = load_for_inference(ckpt_path, device)
     if split is not None:
-        sources, references, src_name, ref_name = _read_split(train_cfg, split)
+        sources, references, src_name, ref_name = _read_split(translator.info.config, split)
     else:
-        sources = [normalize(line) for line in read_text_lines(src_path, "source")]
+        sources = read_text_lines(src_path, "source")
         references = read_text_lines(ref_path, "reference")
         src_name, ref_name = str(src_path), str(ref_path)
         if len(sources) != len(references):
@@ -146,20 +157,14 @@ def evaluate_checkpoint(
             )
     if max_sentences is not None:
         sources, references = sources[:max_sentences], references[:max_sentences]
-    # the best hypothesis of each line, detokenised as translate_lines does
-    nbest_lists = decode_lines(model, src_vocab, sources, search_cfg)
-    hypotheses = tgt_vocab.decode([nbest[0].tokens if nbest else [] for nbest in nbest_lists])
+    translations = translator.translate(sources, progress=progress)
+    hypotheses = [t.text for t in translations]
     if out_path is not None:
         write_text_atomic(out_path, "".join(h + "\n" for h in hypotheses))
-    max_len_hits = [bool(nbest) and nbest[0].hit_max_len for nbest in nbest_lists]
-    system = score_system(str(ckpt_path), hypotheses, references, tokenizers, max_len_hits)
-    return {
-        "ref": ref_name,
-        "src": src_name,
-        "ckpt": str(ckpt_path),
-        "split": split,
-        "systems": [system],
-    }
+    max_len_hits = [t.hit_max_len for t in translations]
+    name = translator.info.source
+    system = score_system(name, hypotheses, references, tokenizers, max_len_hits)
+    return {"ref": ref_name, "src": src_name, "ckpt": name, "split": split, "systems": [system]}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -198,13 +203,14 @@ def main(cfg: DictConfig) -> None:
             raise NMTError("src= needs ref=FILE, the reference translations")
         report = evaluate_checkpoint(
             cfg.ckpt,
-            cfg.search,
+            explicit_settings(cfg.search),
+            cfg.device,
             split=cfg.split,
             src_path=cfg.src,
             ref_path=None if cfg.ref is None else _one_ref(cfg.ref),
-            device=cfg.device,
             out_path=cfg.out,
             tokenizers=tokenizers,
+            progress=cfg.progress,
         )
     else:
         raise NMTError(

@@ -6,7 +6,7 @@
 A run keeps every validation's ``checkpoints/stepNNNNNNN.pt`` when trained with
 ``trainer.keep_every_validation=true`` (or a ``trainer.keep_last`` as large as its number of
 validations). Each one is decoded on the valid and the test split of the run's corpus with
-:func:`nmt.evaluate.evaluate_checkpoint` — the run's own search settings, or ``--beam N`` — and
+:func:`nmt.evaluate.evaluate_translator` — the run's own search settings, or ``--beam N`` — and
 scored with BLEU (ko-mecab) and chrF. Its x coordinate is ``progress.minutes``, the run's
 wall-clock when the checkpoint was written (validation time included, across resumes).
 
@@ -26,12 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from nmt.average import step_checkpoints
 from nmt.checkpoint import load_checkpoint
 from nmt.errors import NMTError, exit_on_user_error
-from nmt.evaluate import evaluate_checkpoint
+from nmt.evaluate import evaluate_translator
+from nmt.inference import Translator
 from nmt.metrics import write_json, write_text_atomic
 
 SPLITS = ("valid", "test")
@@ -122,21 +121,16 @@ def score_run(
     earlier = None if fresh else earlier_curve(run_dir, curve)
     cache = {(p.checkpoint, p.step): p for p in earlier.points} if earlier else {}
     curve.signatures = dict(earlier.signatures) if earlier else {}
-    search_cfg = OmegaConf.create(curve.search)
     for number, (step, path) in enumerate(found, start=1):
         point = cache.get((path.name, step))
         if point is None:
-            minutes = load_checkpoint(path)["progress"]["minutes"]
+            translator = Translator.from_checkpoint(path, device, **curve.search)
+            minutes = translator.info.minutes
             log(f"[{label}] {number}/{len(found)} {path.name} ({minutes:.1f} min): decoding")
             scores = {}
             for split in SPLITS:
-                report = evaluate_checkpoint(
-                    path,
-                    search_cfg,
-                    split=split,
-                    device=device,
-                    tokenizers=("ko-mecab",),
-                    max_sentences=max_sentences,
+                report = evaluate_translator(
+                    translator, split=split, tokenizers=("ko-mecab",), max_sentences=max_sentences
                 )
                 scores[split] = report["systems"][0]["scores"]
             point = Point(

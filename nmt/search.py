@@ -1,4 +1,7 @@
-"""Greedy and beam search over a trained :class:`~nmt.models.Seq2Seq`, and line-level translation.
+"""Greedy and beam search over a trained :class:`~nmt.models.Seq2Seq`, batched over sentences.
+
+Text in and :class:`~nmt.inference.Translation` out is :mod:`nmt.inference`'s job; this module
+works on subword ids.
 
 Both searches are batched over sentences and step the decoder one target position at a time
 through the model's step API::
@@ -37,14 +40,14 @@ candidates with two small ``topk`` calls instead of one over ``k * V`` (:func:`_
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from nmt.data.batching import pad
-from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
+from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from nmt.errors import NMTError
 from nmt.models import DecoderState, Memory, Seq2Seq
 
@@ -595,50 +598,108 @@ def _hypotheses(
 
 
 # --------------------------------------------------------------------------------------------
-# Lines of text
+# Settings, and batches of encoded sentences
 # --------------------------------------------------------------------------------------------
 
 
-def _check_search_cfg(search_cfg: DictConfig) -> None:
-    if search_cfg.name not in SEARCH_NAMES:
-        raise NMTError(
-            f"search.name: expected one of {', '.join(SEARCH_NAMES)}, got {search_cfg.name!r}"
-        )
-    if search_cfg.batch_size < 1:
-        raise NMTError(f"search.batch_size: expected an integer >= 1, got {search_cfg.batch_size}")
-    _check_no_repeat_ngram_size(_no_repeat_ngram_size(search_cfg))
+@dataclass(frozen=True)
+class SearchSettings:
+    """The search and its parameters: the ``search`` config group, typed and checked.
+
+    ``name`` greedy or beam; ``beam_size`` hypotheses kept per sentence (beam); ``n_best``
+    hypotheses returned per sentence (1 <= n_best <= beam_size); ``length_penalty`` GNMT's alpha;
+    ``max_len_ratio`` / ``max_len_offset`` the per-sentence length limit; ``no_repeat_ngram_size``
+    n > 0 blocks repeated n-grams; ``batch_size`` sentences decoded together.
+    """
+
+    name: str = "beam"
+    beam_size: int = 5
+    length_penalty: float = 2.0
+    max_len_ratio: float = 1.5
+    max_len_offset: float = 10
+    n_best: int = 1
+    no_repeat_ngram_size: int = 4
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.name not in SEARCH_NAMES:
+            raise NMTError(
+                f"search.name: expected one of {', '.join(SEARCH_NAMES)}, got {self.name!r}"
+            )
+        for key in ("beam_size", "n_best", "batch_size"):
+            _check_int(key, getattr(self, key), minimum=1)
+        _check_no_repeat_ngram_size(self.no_repeat_ngram_size)
+        for key in ("length_penalty", "max_len_ratio", "max_len_offset"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise NMTError(f"search.{key}: expected a number >= 0, got {value!r}")
+        limit = 1 if self.name == "greedy" else self.beam_size
+        if self.n_best > limit:
+            raise NMTError(
+                f"search.n_best: expected 1 <= n_best <= {limit} "
+                f"({'greedy search keeps one hypothesis' if self.name == 'greedy' else 'beam_size'}"
+                f"), got {self.n_best}"
+            )
+
+    @classmethod
+    def from_config(cls, search_cfg: Mapping[str, Any], **overrides: Any) -> SearchSettings:
+        """From a ``search`` config (a DictConfig or dict), with keyword ``overrides``.
+
+        A key the settings do not know is an error naming it. ``beam_size`` given without
+        ``name`` picks the search: 1 → greedy, more → beam. Configs saved before
+        ``no_repeat_ngram_size`` existed decode as they did, with 0 (off).
+        """
+        known = {f.name for f in fields(cls)}
+        values = {"no_repeat_ngram_size": 0, **dict(search_cfg)}
+        for key in [*values, *overrides]:
+            if key not in known:
+                raise NMTError(f"search.{key}: unknown setting; expected one of {', '.join(known)}")
+        if "beam_size" in overrides and "name" not in overrides:
+            overrides["name"] = "greedy" if overrides["beam_size"] == 1 else "beam"
+        if overrides.get("name") == "greedy" and "beam_size" not in overrides:
+            overrides["beam_size"] = 1
+        return cls(**{**values, **overrides})
+
+    def replace(self, **overrides: Any) -> SearchSettings:
+        """These settings with ``overrides`` (same rules as :meth:`from_config`)."""
+        return SearchSettings.from_config(asdict(self), **overrides)
 
 
-def _no_repeat_ngram_size(search_cfg: DictConfig) -> int:
-    """``search.no_repeat_ngram_size``; 0 (off) in search configs saved before the option
-    existed (a run's ``.hydra/config.yaml`` or checkpoint), which then decode as they did."""
-    return search_cfg.get("no_repeat_ngram_size", 0)
+def explicit_settings(search_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keys a ``search`` config sets, for :meth:`SearchSettings.from_config`'s overrides:
+    ``null`` (``configs/search/checkpoint.yaml``) keeps the checkpoint's value."""
+    return {key: value for key, value in dict(search_cfg or {}).items() if value is not None}
+
+
+def _check_int(key: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise NMTError(f"search.{key}: expected an integer >= {minimum}, got {value!r}")
 
 
 def _search_batch(
-    model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, search_cfg: DictConfig
+    model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, settings: SearchSettings
 ) -> SearchResult:
-    """Run the search that ``search_cfg.name`` names on one padded batch."""
-    if search_cfg.name == "greedy":
+    """Run the search that ``settings.name`` names on one padded batch."""
+    if settings.name == "greedy":
         return greedy_search(
             model,
             src,
             src_lengths,
-            max_len_ratio=search_cfg.max_len_ratio,
-            max_len_offset=search_cfg.max_len_offset,
-            length_penalty=search_cfg.length_penalty,
-            no_repeat_ngram_size=_no_repeat_ngram_size(search_cfg),
+            max_len_ratio=settings.max_len_ratio,
+            max_len_offset=settings.max_len_offset,
+            length_penalty=settings.length_penalty,
+            no_repeat_ngram_size=settings.no_repeat_ngram_size,
         )
     return beam_search(
         model,
         src,
         src_lengths,
-        beam_size=search_cfg.beam_size,
-        length_penalty=search_cfg.length_penalty,
-        max_len_ratio=search_cfg.max_len_ratio,
-        max_len_offset=search_cfg.max_len_offset,
-        n_best=search_cfg.n_best,
-        no_repeat_ngram_size=_no_repeat_ngram_size(search_cfg),
+        beam_size=settings.beam_size,
+        length_penalty=settings.length_penalty,
+        max_len_ratio=settings.max_len_ratio,
+        max_len_offset=settings.max_len_offset,
+        n_best=settings.n_best,
+        no_repeat_ngram_size=settings.no_repeat_ngram_size,
     )
 
 
@@ -648,56 +709,42 @@ def _empty_hypothesis() -> Hypothesis:
     )
 
 
-def decode_lines(
+def decode_ids(
     model: Seq2Seq,
-    src_vocab: Vocab,
-    lines: Sequence[str],
-    search_cfg: DictConfig,
+    encoded: Sequence[Sequence[int]],
+    settings: SearchSettings,
     device: torch.device | str | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[list[Hypothesis]]:
-    """Translate raw source lines; return the n-best hypotheses of each line, in input order.
+    """Decode encoded source sentences; return the n-best hypotheses of each, in input order.
 
-    Each line becomes ``src_vocab.encode(line) + [</s>]`` (as in training). Lines are sorted by
-    length and decoded ``search_cfg.batch_size`` at a time, so batches hold similar lengths;
-    because the searches are batch independent, the result does not depend on this order. A line
-    with no subwords (empty or blank) gets one empty hypothesis without running the model.
+    ``encoded[i]`` holds sentence i's subword ids without ``</s>``; each gets ``</s>`` appended
+    (as in training). Sentences are sorted by length and decoded ``settings.batch_size`` at a
+    time, so batches hold similar lengths; because the searches are batch independent, the
+    result does not depend on this order. A sentence with no subwords (empty or blank) gets one
+    empty hypothesis without running the model. ``on_batch(n)`` is called after each batch of
+    ``n`` sentences (a progress bar).
 
     The model is put in eval mode for the call and its mode restored afterwards. ``device``
     defaults to the model's.
     """
-    _check_search_cfg(search_cfg)
     if device is None:
         device = next(model.parameters()).device
-    encoded = src_vocab.encode(lines)
-    results: list[list[Hypothesis]] = [[_empty_hypothesis()] for _ in lines]
+    results: list[list[Hypothesis]] = [[_empty_hypothesis()] for _ in encoded]
     order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: -len(encoded[i]))
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(order), search_cfg.batch_size):
-            batch_idx = order[start : start + search_cfg.batch_size]
-            seqs = [encoded[i] + [EOS_ID] for i in batch_idx]
+        for start in range(0, len(order), settings.batch_size):
+            batch_idx = order[start : start + settings.batch_size]
+            seqs = [list(encoded[i]) + [EOS_ID] for i in batch_idx]
             src = pad(seqs).to(device)  # (batch, src_len)
             src_lengths = torch.tensor([len(seq) for seq in seqs], device=device)
-            found = _search_batch(model, src, src_lengths, search_cfg)
+            found = _search_batch(model, src, src_lengths, settings)
             for i, nbest in zip(batch_idx, found.hypotheses, strict=True):
                 results[i] = nbest
+            if on_batch is not None:
+                on_batch(len(batch_idx))
     finally:
         model.train(was_training)
     return results
-
-
-def translate_lines(
-    model: Seq2Seq,
-    src_vocab: Vocab,
-    tgt_vocab: Vocab,
-    lines: Sequence[str],
-    search_cfg: DictConfig,
-    device: torch.device | str | None = None,
-) -> list[str]:
-    """Translate raw source lines; return the detokenised best hypothesis of each, in input order.
-
-    See :func:`decode_lines` for batching and the n-best lists with scores and attention.
-    """
-    nbest_lists = decode_lines(model, src_vocab, lines, search_cfg, device)
-    return tgt_vocab.decode([nbest[0].tokens if nbest else [] for nbest in nbest_lists])

@@ -1,7 +1,21 @@
-"""``python -m nmt.translate ckpt=… input=FILE|- output=FILE``: translate English into Korean.
+"""``python -m nmt.translate ckpt=… [input=FILE|-] [output=FILE]``: translate English into Korean.
 
-With ``input=-`` lines are read from stdin; with no ``input`` an interactive prompt translates one
-sentence at a time. ``attention_plot=DIR`` writes one heat map per sentence (``DIR/00001.png``…).
+Input: ``input=FILE``, or stdin (``input=-``, or no ``input`` when stdin is not a terminal).
+On a terminal with no ``input`` an interactive prompt translates one sentence at a time; the
+prompts go to stderr, so stdout holds translations only.
+
+Output, one line per hypothesis, tab-separated columns (``n_best`` lines per input with
+``search.n_best``):
+
+    [index]  [score]  text  [alignment]
+
+* ``index``: the input line's number (0-based), printed when ``search.n_best > 1``;
+* ``score``: the hypothesis's log-probability (sum over its subwords and ``</s>``), printed
+  with ``scores=true`` or when ``search.n_best > 1``;
+* ``alignment``: with ``alignment=true``, ``S-T`` pairs (Pharaoh format, as fairseq's
+  ``--print-alignment``): target subword T's largest attention weight is on source subword S.
+
+``attention_plot=DIR`` writes one heat map per sentence (``DIR/00001.png``…).
 """
 
 from __future__ import annotations
@@ -14,90 +28,97 @@ import hydra
 from omegaconf import DictConfig
 
 from nmt import REPO_ROOT
-from nmt.checkpoint import load_for_inference
-from nmt.data.corpus import normalize, read_lines
-from nmt.data.vocab import Vocab
 from nmt.errors import NMTError, exit_on_user_error
+from nmt.inference import Translation, Translator
 from nmt.metrics import write_text_atomic
-from nmt.runtime import pick_device
-from nmt.search import Hypothesis, decode_lines
+from nmt.search import explicit_settings
 
 
-class Translator:
-    """A checkpoint ready to translate: model, vocabularies and search settings."""
+def format_translations(
+    translations: Sequence[Translation], n_best: int, scores: bool, alignment: bool
+) -> str:
+    """The output lines described in the module docstring, each ending in a newline."""
+    lines = []
+    for index, best in enumerate(translations):
+        for hyp in best.nbest[:n_best] if n_best > 1 else [best]:
+            columns = [str(index)] if n_best > 1 else []
+            if scores or n_best > 1:
+                columns.append(f"{hyp.score:.4f}")
+            columns.append(hyp.text.replace("\n", " ").replace("\t", " "))
+            if alignment:
+                columns.append(" ".join(f"{s}-{t}" for s, t in hyp.alignment()))
+            lines.append("\t".join(columns) + "\n")
+    return "".join(lines)
 
-    def __init__(self, ckpt: str | Path, search_cfg: DictConfig, device: str = "cpu"):
-        self.device = pick_device(device)
-        self.model, self.src_vocab, self.tgt_vocab, self.train_cfg = load_for_inference(
-            ckpt, self.device
+
+def read_input(source: str) -> list[str]:
+    """Lines of ``source`` (a path, or ``-`` for stdin), split at ``\\n`` only, as UTF-8."""
+    from nmt.evaluate import read_text_lines
+
+    if source != "-":
+        return read_text_lines(source, "input")
+    raw = sys.stdin.buffer.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise NMTError(f"stdin:{line}: invalid UTF-8 (byte 0x{raw[err.start]:02x})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start another
+    return [line.rstrip("\r") for line in lines]
+
+
+def plot_attention(folder: Path, start: int, translations: Sequence[Translation]) -> None:
+    from nmt.plotting import save_attention_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for offset, t in enumerate(translations):
+        if t.attention.numel() == 0:
+            continue
+        src_pieces = t.source_tokens + ["</s>"]
+        tgt_pieces = t.tokens + ["</s>"]  # the labels are cut to the matrix's rows
+        title = "".join(t.source_tokens).replace("▁", " ").strip()[:80]
+        save_attention_png(
+            folder / f"{start + offset:05d}.png", t.attention, src_pieces, tgt_pieces, title
         )
-        self.search_cfg = search_cfg
-
-    def translate(self, lines: Sequence[str]) -> tuple[list[str], list[Hypothesis]]:
-        """Detokenised best translations and their hypotheses (tokens, score, attention)."""
-        lines = [normalize(line) for line in lines]
-        nbest = decode_lines(self.model, self.src_vocab, lines, self.search_cfg, self.device)
-        best = [hyps[0] for hyps in nbest]
-        return self.tgt_vocab.decode([h.tokens for h in best]), best
-
-    def plot(
-        self, folder: Path, start: int, lines: Sequence[str], best: Sequence[Hypothesis]
-    ) -> None:
-        from nmt.plotting import save_attention_png
-
-        folder.mkdir(parents=True, exist_ok=True)
-        for offset, (line, hyp) in enumerate(zip(lines, best, strict=True)):
-            if hyp.attn_weights.numel() == 0:
-                continue
-            src_pieces = pieces_with_eos(self.src_vocab, normalize(line))
-            tgt_pieces = self.tgt_vocab.pieces(hyp.tokens) + ["</s>"]
-            save_attention_png(
-                folder / f"{start + offset:05d}.png",
-                hyp.attn_weights,
-                src_pieces,
-                tgt_pieces,
-                line[:80],
-            )
 
 
-def pieces_with_eos(vocab: Vocab, line: str) -> list[str]:
-    return vocab.pieces(vocab.encode([line])[0]) + ["</s>"]
-
-
-def interactive(translator: Translator, plot_dir: Path | None) -> None:
+def interactive(translator: Translator, cfg: DictConfig, plot_dir: Path | None) -> None:
     print("Type an English sentence (Ctrl-D to quit).", file=sys.stderr)
     count = 0
     while True:
         try:
-            line = input("en> ")
+            print("en> ", end="", file=sys.stderr, flush=True)
+            line = input()
         except EOFError:
             print(file=sys.stderr)
             return
-        texts, best = translator.translate([line])
-        print(f"ko> {texts[0]}")
+        result = translator.translate([line])
+        text = format_translations(result, translator.settings.n_best, cfg.scores, cfg.alignment)
+        print("ko> ", end="", file=sys.stderr, flush=True)
+        sys.stdout.write(text)
+        sys.stdout.flush()
         if plot_dir:
-            translator.plot(plot_dir, count + 1, [line], best)
+            plot_attention(plot_dir, count + 1, result)
         count += 1
 
 
 @hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="translate", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    translator = Translator(cfg.ckpt, cfg.search, cfg.device)
+    translator = Translator.from_checkpoint(cfg.ckpt, cfg.device, **explicit_settings(cfg.search))
     plot_dir = Path(cfg.attention_plot) if cfg.attention_plot else None
-    if cfg.input is None:
-        interactive(translator, plot_dir)
+    if cfg.input is None and sys.stdin.isatty():
+        interactive(translator, cfg, plot_dir)
         return
-    if cfg.input == "-":
-        lines = [line.rstrip("\r\n") for line in sys.stdin]
-    else:
-        lines = [text for _, text in read_lines(Path(cfg.input))]
+    lines = read_input("-" if cfg.input is None else cfg.input)
     if not lines:
-        raise NMTError(f"input={cfg.input}: no lines to translate")
-    texts, best = translator.translate(lines)
+        raise NMTError(f"input={cfg.input or '-'}: no lines to translate")
+    result = translator.translate(lines, progress=cfg.progress)
     if plot_dir:
-        translator.plot(plot_dir, 1, lines, best)
-    output = "".join(t + "\n" for t in texts)
+        plot_attention(plot_dir, 1, result)
+    output = format_translations(result, translator.settings.n_best, cfg.scores, cfg.alignment)
     if cfg.output:
         write_text_atomic(cfg.output, output)
     else:

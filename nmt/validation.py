@@ -22,9 +22,10 @@ from torch.utils.tensorboard import SummaryWriter
 from nmt.attention_stats import attention_statistics
 from nmt.data.batching import TokenBatcher
 from nmt.data.pipeline import PreparedData
+from nmt.inference import Translation, Translator
 from nmt.loss import sequence_loss
 from nmt.metrics import degeneracy, score_corpus, write_text_atomic
-from nmt.search import Hypothesis, decode_lines
+from nmt.search import SearchSettings
 
 log = logging.getLogger("nmt")
 
@@ -36,7 +37,7 @@ class ValidationResult:
     metrics: dict[str, float]  # loss, perplexity, bleu (ko-mecab), chrf
     scores: dict[str, dict[str, Any]]  # nmt.metrics.score_corpus, with signatures
     diagnostics: dict[str, float]  # degeneracy and attention statistics
-    best: list[Hypothesis]  # the best hypothesis of each sentence
+    best: list[Translation]  # the best translation of each sentence
     hypotheses: list[str]  # detokenised
 
 
@@ -60,6 +61,7 @@ class Validator:
         )
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
         self.history_path = run_dir / "validations.jsonl"
+        self.settings = SearchSettings.from_config(cfg.search)
 
     # ------------------------------------------------------------------ training scalars
     def log_train(self, step: int, scalars: dict[str, float]) -> None:
@@ -85,12 +87,12 @@ class Validator:
         was_training = model.training
         model.eval()
         loss = self.valid_loss(model)
-        nbest = decode_lines(model, self.data.src_vocab, self.src_lines, self.cfg.search)
-        best = [hyps[0] for hyps in nbest]
-        hypotheses = self.data.tgt_vocab.decode([h.tokens for h in best])
+        translator = Translator(model, self.data.src_vocab, self.data.tgt_vocab, self.settings)
+        best = translator.translate(self.src_lines)
+        hypotheses = [t.text for t in best]
         scores = score_corpus(hypotheses, self.ref_lines)
-        diagnostics = degeneracy(hypotheses, self.ref_lines, [h.hit_max_len for h in best])
-        diagnostics.update(attention_statistics([h.attn_weights for h in best]))
+        diagnostics = degeneracy(hypotheses, self.ref_lines, [t.hit_max_len for t in best])
+        diagnostics.update(attention_statistics([t.attention for t in best]))
         model.train(was_training)
         metrics = {
             "loss": loss,
@@ -149,15 +151,15 @@ class Validator:
             return
         from nmt.plotting import attention_figure  # matplotlib only when there is a plot to draw
 
-        src_vocab, tgt_vocab = self.data.src_vocab, self.data.tgt_vocab
         for i in range(count):
-            hyp = best[i]
-            if hyp.attn_weights.numel() == 0:
+            t = best[i]
+            if t.attention.numel() == 0:
                 continue
-            src_pieces = src_vocab.pieces(src_vocab.encode([self.src_lines[i]])[0]) + ["</s>"]
-            tgt_pieces = tgt_vocab.pieces(hyp.tokens) + ["</s>"]
             figure = attention_figure(
-                hyp.attn_weights, src_pieces, tgt_pieces, title=f"valid sentence {i}, step {step}"
+                t.attention,
+                t.source_tokens + ["</s>"],
+                t.tokens + ["</s>"],
+                title=f"valid sentence {i}, step {step}",
             )
             self.writer.add_figure(f"attention/valid_{i}", figure, step, close=True)
 

@@ -103,47 +103,33 @@ def test_read_text_lines_keeps_alignment(tmp_path):
         read_text_lines(tmp_path / "none", "reference")
 
 
-def test_checkpoint_mode_decodes_then_scores(tmp_path, monkeypatch):
-    """The ckpt branch against stand-ins for nmt.checkpoint and nmt.search."""
+def test_checkpoint_mode_decodes_then_scores(tmp_path):
+    """The ckpt branch with a stand-in Translator: line "en i" → the reference of line i."""
     import types
 
-    from omegaconf import OmegaConf
-
-    from nmt.evaluate import evaluate_checkpoint, format_report
+    from nmt.evaluate import evaluate_translator, format_report
 
     (tmp_path / "valid.tsv").write_text(
         "".join(f"en {i}\t{ref}\n" for i, ref in enumerate(REFS)), encoding="utf-8"
     )
-    train_cfg = OmegaConf.create(
-        {"data": {"format": "tsv", "root": str(tmp_path), "valid": "valid.tsv", "test": None}}
-    )
-    search_cfg = OmegaConf.create({"name": "greedy"})
+    train_cfg = {
+        "data": {"format": "tsv", "root": str(tmp_path), "valid": "valid.tsv", "test": None}
+    }
     calls = []
 
-    def decode_lines(model, src_vocab, lines, cfg):
-        """Line "en i" → one hypothesis whose tokens are [i]; line 1's stopped at the limit."""
-        calls.append((model, src_vocab, list(lines), cfg.name))
-        ids = [int(line.split()[1]) for line in lines]
-        return [[types.SimpleNamespace(tokens=[i], hit_max_len=i == 1)] for i in ids]
+    class StandIn:
+        info = types.SimpleNamespace(source="best.pt", config=train_cfg)
 
-    class TgtVocab:
-        def decode(self, ids):
-            return [REFS[seq[0]] for seq in ids]
+        def translate(self, lines, progress=False):
+            calls.append(list(lines))
+            ids = [int(line.split()[1]) for line in lines]
+            return [types.SimpleNamespace(text=REFS[i], hit_max_len=i == 1) for i in ids]
 
-    monkeypatch.setitem(
-        sys.modules,
-        "nmt.checkpoint",
-        types.SimpleNamespace(
-            load_for_inference=lambda path, device: ("m", "sv", TgtVocab(), train_cfg)
-        ),
-    )
-    monkeypatch.setitem(sys.modules, "nmt.search", types.SimpleNamespace(decode_lines=decode_lines))
-    ckpt = tmp_path / "best.pt"
-    ckpt.write_bytes(b"")
-
-    report = evaluate_checkpoint(ckpt, search_cfg, split="valid", out_path=tmp_path / "hyp.ko")
-    assert calls == [("m", "sv", ["en 0", "en 1", "en 2"], "greedy")]
+    translator = StandIn()
+    report = evaluate_translator(translator, split="valid", out_path=tmp_path / "hyp.ko")
+    assert calls == [["en 0", "en 1", "en 2"]]
     assert report["src"] == report["ref"] == str(tmp_path / "valid.tsv")
+    assert report["ckpt"] == "best.pt"
     assert report["systems"][0]["scores"]["bleu_ko-mecab"]["score"] == pytest.approx(100.0)
     assert report["systems"][0]["degeneracy"]["max_len_rate"] == pytest.approx(1 / 3)
     assert "max_len_rate" in format_report(report)
@@ -151,12 +137,12 @@ def test_checkpoint_mode_decodes_then_scores(tmp_path, monkeypatch):
 
     (tmp_path / "src.en").write_text("en 2\nen 0\n", encoding="utf-8")
     (tmp_path / "ref.ko").write_text(f"{REFS[2]}\n{REFS[1]}\n", encoding="utf-8")
-    report = evaluate_checkpoint(
-        ckpt, search_cfg, src_path=tmp_path / "src.en", ref_path=tmp_path / "ref.ko"
+    report = evaluate_translator(
+        translator, src_path=tmp_path / "src.en", ref_path=tmp_path / "ref.ko"
     )
     assert 0 < report["systems"][0]["scores"]["bleu_char"]["score"] < 100
     assert report["systems"][0]["degeneracy"]["max_len_rate"] == pytest.approx(0.0)
     with pytest.raises(NMTError, match="no test split"):
-        evaluate_checkpoint(ckpt, search_cfg, split="test")
+        evaluate_translator(translator, split="test")
     with pytest.raises(NMTError, match="expected one of train, valid, test"):
-        evaluate_checkpoint(ckpt, search_cfg, split="dev")
+        evaluate_translator(translator, split="dev")

@@ -63,13 +63,13 @@ def test_a_second_call_reuses_the_scores_unless_settings_change(tiny_run, monkey
     quality_curve.main([str(tiny_run), "--max-sentences", "3", "--device", "cpu"])
     before = (tiny_run / "quality_curve.json").read_text(encoding="utf-8")
     decoded = []
-    real = quality_curve.evaluate_checkpoint
+    real = quality_curve.evaluate_translator
 
-    def counting(path, *args, **kwargs):
-        decoded.append(Path(path).name)
-        return real(path, *args, **kwargs)
+    def counting(translator, *args, **kwargs):
+        decoded.append(Path(translator.info.source).name)
+        return real(translator, *args, **kwargs)
 
-    monkeypatch.setattr(quality_curve, "evaluate_checkpoint", counting)
+    monkeypatch.setattr(quality_curve, "evaluate_translator", counting)
     quality_curve.main([str(tiny_run), "--max-sentences", "3", "--device", "cpu"])
     assert decoded == []
     assert (tiny_run / "quality_curve.json").read_text(encoding="utf-8") == before

@@ -20,17 +20,17 @@ from omegaconf import OmegaConf
 
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, train_sentencepiece
 from nmt.errors import NMTError
+from nmt.inference import Translator
 from nmt.models import build_model
 from nmt.search import (
     FORBIDDEN_IDS,
     Hypothesis,
+    SearchSettings,
     beam_search,
     block_repeated_ngrams,
-    decode_lines,
     gnmt_length_penalty,
     greedy_search,
     max_lengths,
-    translate_lines,
 )
 
 SRC_VOCAB, TGT_VOCAB = 14, 15
@@ -569,48 +569,84 @@ def search_cfg(name: str, batch_size: int = 2, n_best: int = 1, no_repeat: int |
 LINES = ["a b c", "", "cab ba ab a b", "b", "   ", "ba ba"]
 
 
+def translator(model, vocabs, cfg) -> Translator:
+    return Translator(model, vocabs[0], vocabs[1], SearchSettings.from_config(cfg))
+
+
 @pytest.mark.parametrize("name", ["greedy", "beam"])
-def test_translate_lines_keeps_input_order(model, vocabs, name):
-    src_vocab, tgt_vocab = vocabs
-    cfg = search_cfg(name)
-    together = translate_lines(model, src_vocab, tgt_vocab, LINES, cfg)
-    alone = [translate_lines(model, src_vocab, tgt_vocab, [line], cfg)[0] for line in LINES]
+def test_translate_keeps_input_order(model, vocabs, name):
+    t = translator(model, vocabs, search_cfg(name))
+    together = t.translate_text(LINES)
+    alone = [t.translate_text([line])[0] for line in LINES]
     assert together == alone
     assert together[1] == "" and together[4] == ""
     assert model.training is False
 
 
 @pytest.mark.parametrize("no_repeat", [None, 0, 2])
-def test_decode_lines_matches_beam_search(model, vocabs, no_repeat):
-    src_vocab, _ = vocabs
+def test_translations_match_beam_search(model, vocabs, no_repeat):
+    src_vocab, tgt_vocab = vocabs
     cfg = search_cfg("beam", batch_size=4, n_best=2, no_repeat=no_repeat)
-    nbest_lists = decode_lines(model, src_vocab, LINES, cfg)
-    for line, nbest in zip(LINES, nbest_lists, strict=True):
+    results = translator(model, vocabs, cfg).translate(LINES)
+    for line, result in zip(LINES, results, strict=True):
         ids = src_vocab.encode([line])[0]
         if not ids:
-            assert [h.tokens for h in nbest] == [[]]
+            assert [h.token_ids for h in result.nbest] == [[]]
+            assert result.text == "" and result.attention.numel() == 0
             continue
         src, src_lengths = pad([ids + [EOS_ID]])
         direct = beam_search(
             model, src, src_lengths, 3, 1.0, 1.5, 3, n_best=2, no_repeat_ngram_size=no_repeat or 0
         ).hypotheses[0]
-        assert [h.tokens for h in nbest] == [h.tokens for h in direct]
+        assert [h.token_ids for h in result.nbest] == [h.tokens for h in direct]
+        assert [h.score for h in result.nbest] == pytest.approx(
+            [h.log_prob for h in direct], abs=1e-5
+        )
+        assert result.text == tgt_vocab.decode([direct[0].tokens])[0]
+        assert result.source_tokens == src_vocab.pieces(ids)
+        assert result.tokens == tgt_vocab.pieces(direct[0].tokens)
 
 
-def test_decode_lines_restores_training_mode(model, vocabs):
+def test_translate_restores_training_mode(model, vocabs):
     model.train()
     try:
-        decode_lines(model, vocabs[0], ["a b"], search_cfg("greedy"))
+        translator(model, vocabs, search_cfg("greedy")).translate(["a b"])
         assert model.training
     finally:
         model.eval()
 
 
-def test_unknown_search_name_lists_the_valid_ones(model, vocabs):
+def test_unknown_search_name_lists_the_valid_ones():
     with pytest.raises(NMTError, match="greedy, beam"):
-        translate_lines(model, vocabs[0], vocabs[1], ["a"], search_cfg("sampling"))
+        SearchSettings.from_config(search_cfg("sampling"))
 
 
-def test_bad_no_repeat_ngram_size_in_the_config_is_rejected_first(model, vocabs):
+def test_bad_no_repeat_ngram_size_in_the_config_is_rejected_first():
     with pytest.raises(NMTError, match="no_repeat_ngram_size: expected an integer >= 0"):
-        translate_lines(model, vocabs[0], vocabs[1], [""], search_cfg("beam", no_repeat=-1))
+        SearchSettings.from_config(search_cfg("beam", no_repeat=-1))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"beam_size": 0}, "search.beam_size: expected an integer >= 1, got 0"),
+        ({"beam_size": "5"}, "search.beam_size: expected an integer >= 1, got '5'"),
+        ({"n_best": 4}, r"search.n_best: expected 1 <= n_best <= 3"),
+        ({"name": "greedy", "n_best": 2}, "greedy search keeps one hypothesis"),
+        ({"batch_size": 0}, "search.batch_size: expected an integer >= 1"),
+        ({"length_penalty": -1.0}, "search.length_penalty: expected a number >= 0"),
+        ({"beam_width": 3}, "search.beam_width: unknown setting; expected one of name, "),
+    ],
+)
+def test_bad_search_settings_name_the_field(overrides, message):
+    with pytest.raises(NMTError, match=message):
+        SearchSettings.from_config(search_cfg("beam"), **overrides)
+
+
+def test_beam_size_alone_picks_the_search():
+    base = SearchSettings.from_config(search_cfg("greedy"))
+    assert base.replace(beam_size=4).name == "beam"
+    assert base.replace(beam_size=4).replace(beam_size=1).name == "greedy"
+    assert SearchSettings.from_config(search_cfg("beam"), name="greedy").beam_size == 1
+    # a config saved before no_repeat_ngram_size existed decodes without blocking
+    assert SearchSettings.from_config(search_cfg("beam")).no_repeat_ngram_size == 0

@@ -35,6 +35,17 @@ def ckpt(tiny_prepared, tmp_path_factory) -> Path:
     return run_dir / "checkpoints" / "best.pt"
 
 
+class Stdin(io.TextIOWrapper):
+    """A stand-in for ``sys.stdin``: text over bytes (``.buffer``), a terminal or a pipe."""
+
+    def __init__(self, text: str, tty: bool = False):
+        super().__init__(io.BytesIO(text.encode("utf-8")), encoding="utf-8")
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
 def translate(ckpt: Path, *args: str):
     return run_main("nmt.translate", f"ckpt={quote(ckpt)}", "search=greedy", *args)
 
@@ -56,14 +67,17 @@ def test_stdin_to_stdout_matches_the_file_mode(ckpt, tmp_path, monkeypatch):
     src, out = tmp_path / "in.en", tmp_path / "out.ko"
     src.write_text("\n".join(LINES) + "\n", encoding="utf-8")
     assert translate(ckpt, f"input={quote(src)}", f"output={quote(out)}").returncode == 0
-    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(LINES) + "\n"))
-    result = translate(ckpt, "input=-")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == out.read_text(encoding="utf-8")
+    expected = out.read_text(encoding="utf-8")
+    for args in (["input=-"], []):  # piped stdin is read without input=, and without prompts
+        monkeypatch.setattr(sys, "stdin", Stdin("\n".join(LINES) + "\n"))
+        result = translate(ckpt, *args)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == expected
+        assert "en>" not in result.stderr + result.stdout
 
 
 def test_beam_search_translates_too(ckpt, monkeypatch):
-    monkeypatch.setattr(sys, "stdin", io.StringIO("Open the file.\nClose it.\n"))
+    monkeypatch.setattr(sys, "stdin", Stdin("Open the file.\nClose it.\n"))
     result = run_main(
         "nmt.translate", f"ckpt={quote(ckpt)}", "input=-", "search=beam", "search.beam_size=3"
     )
@@ -92,15 +106,47 @@ def test_missing_checkpoint_is_one_line(tmp_path):
 def test_missing_input_file_is_one_line(ckpt, tmp_path):
     result = translate(ckpt, f"input={quote(tmp_path / 'no.en')}")
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {tmp_path / 'no.en'}: file not found"
+    assert result.stderr.strip() == f"error: {tmp_path / 'no.en'}: input file not found"
 
 
 def test_interactive_prompt_translates_until_end_of_input(ckpt, monkeypatch):
-    monkeypatch.setattr(sys, "stdin", io.StringIO("Open the file.\nClose it.\n"))
-    result = translate(ckpt)  # no input=: the prompt
+    monkeypatch.setattr(sys, "stdin", Stdin("Open the file.\nClose it.\n", tty=True))
+    result = translate(ckpt)  # no input= on a terminal: the prompt, on stderr
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("ko> ") == 2
+    assert len(result.stdout.splitlines()) == 2
+    assert "en>" not in result.stdout and "ko>" not in result.stdout
+    assert result.stderr.count("en> ") == 3 and result.stderr.count("ko> ") == 2
     assert "Ctrl-D" in result.stderr
+
+
+def test_nbest_scores_and_alignment_formats(ckpt, monkeypatch):
+    text = "Open the file.\n\nThe station is closed on Sundays.\n"
+    args = ["search=beam", "search.beam_size=3", "search.n_best=3", "alignment=true"]
+    monkeypatch.setattr(sys, "stdin", Stdin(text))
+    result = translate(ckpt, *args)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 2, 2, 2]  # the empty line has one, empty
+    assert all(len(r) == 4 and float(r[1]) <= 0 for r in rows)
+    assert rows[3][1:] == ["0.0000", "", ""]
+    for row in rows[:3] + rows[4:]:
+        pairs = [tuple(map(int, pair.split("-"))) for pair in row[3].split()]
+        assert [t for _, t in pairs] == list(range(len(pairs)))  # one pair per target subword
+        assert all(s >= 0 for s, _ in pairs)
+
+    monkeypatch.setattr(sys, "stdin", Stdin(text))
+    result = translate(ckpt, "scores=true")
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert len(rows) == 3 and all(len(r) == 2 for r in rows)
+    float(rows[0][0])
+
+
+def test_a_thousand_piped_lines_give_a_thousand_lines(ckpt, monkeypatch):
+    lines = [f"Line {i}: open the file\u2028 and close it." for i in range(1000)]
+    monkeypatch.setattr(sys, "stdin", Stdin("\n".join(lines) + "\n"))
+    result = translate(ckpt, "search.batch_size=256")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") == 1000
 
 
 def test_checkpoint_from_another_model_version_is_one_line(ckpt, tmp_path):

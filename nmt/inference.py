@@ -1,0 +1,205 @@
+"""The inference layer: a trained model as a :class:`Translator`, its outputs as :class:`Translation`.
+
+Everything that decodes goes through here — validation during training, ``nmt.translate``,
+``nmt.evaluate``, the benchmark and the quality curve — so one checkpoint gives the same text
+everywhere::
+
+    from nmt import Translator
+
+    translator = Translator.from_checkpoint("runs/x/checkpoints/best.pt", beam_size=5, n_best=3)
+    result = translator.translate(["Open the file.", "Where is the station?"])
+    result[0].text           # '파일을 엽니다.'
+    result[0].attention      # (len(tokens) + 1, len(source_tokens) + 1), </s> on both axes
+    result[0].nbest[1].text  # the runner-up
+
+The search settings default to the checkpoint's own (its training-time ``search`` config); any
+of :class:`~nmt.search.SearchSettings`' fields can be overridden by keyword.
+
+This module imports no training code (no trainer, no TensorBoard), so ``import nmt.inference``
+stays light for a server or a notebook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nmt.attention_stats import attention_statistics
+from nmt.checkpoint import load_checkpoint, model_from_checkpoint
+from nmt.data.corpus import normalize
+from nmt.data.vocab import Vocab
+from nmt.models import Seq2Seq
+from nmt.runtime import pick_device
+from nmt.search import Hypothesis, SearchSettings, decode_ids
+
+
+@dataclass
+class Translation:
+    """One translation of one source sentence.
+
+    text: the detokenised Korean text.
+    score: sum of the log-probabilities of its subwords and its ``</s>`` (teacher-forced
+        log-probability of the whole output).
+    confidence: ``score`` divided by the number of predicted tokens (length-normalised
+        log-probability, ≤ 0; 0 for an empty input).
+    tokens / source_tokens: target and source subwords (SentencePiece pieces), without ``</s>``.
+    attention: (len(tokens) + 1, len(source_tokens) + 1) attention weights, ``</s>`` the last
+        row and column; each row sums to 1. A hypothesis stopped by the length limit
+        (``hit_max_len``) predicted no ``</s>`` and has len(tokens) rows. Empty for an empty input.
+    nbest: the n-best list, best first, each a Translation with an empty ``nbest`` of its own
+        (``nbest[0]`` equals this one); one entry with ``n_best=1``.
+    entropy / diagonal_mass / coverage_deviation: this sentence's attention diagnostics
+        (:mod:`nmt.attention_stats`); ``None`` for an empty input.
+    search_score: what the search ranked by (``score`` over GNMT's length penalty).
+    token_ids: the target subword ids behind ``tokens``.
+    """
+
+    text: str
+    score: float
+    confidence: float
+    tokens: list[str]
+    source_tokens: list[str]
+    attention: torch.Tensor
+    hit_max_len: bool
+    search_score: float
+    token_ids: list[int]
+    nbest: list[Translation] = field(default_factory=list)
+    entropy: float | None = None
+    diagonal_mass: float | None = None
+    coverage_deviation: float | None = None
+
+    @property
+    def num_predicted(self) -> int:
+        """Tokens the decoder predicted: the subwords and, when it ended so, ``</s>``."""
+        return int(self.attention.shape[0]) if self.attention.dim() == 2 else 0
+
+    def alignment(self) -> list[tuple[int, int]]:
+        """Hard alignment ``(source index, target index)`` of each target subword: the source
+        subword with its largest attention weight (``</s>`` excluded on both sides), as fairseq's
+        ``--print-alignment``."""
+        if not self.tokens or not self.source_tokens:
+            return []
+        weights = self.attention[: len(self.tokens), : len(self.source_tokens)]
+        return [(int(j), i) for i, j in enumerate(weights.argmax(dim=1).tolist())]
+
+
+@dataclass
+class ModelInfo:
+    """Where a Translator's model came from, for reports and ``/v1/model``."""
+
+    source: str  # the checkpoint path, or a description
+    config: dict[str, Any]  # the run's resolved config (empty when built from a live model)
+    step: int | None = None  # optimiser steps the checkpoint had taken
+    best_score: float | None = None  # its best validation score, by its early-stopping metric
+    minutes: float | None = None  # its training run's wall-clock minutes
+
+
+class Translator:
+    """A model, its vocabularies and search settings: text in, :class:`Translation` out."""
+
+    def __init__(
+        self,
+        model: Seq2Seq,
+        src_vocab: Vocab,
+        tgt_vocab: Vocab,
+        settings: SearchSettings,
+        device: torch.device | None = None,
+        info: ModelInfo | None = None,
+    ):
+        """Wrap a built model (e.g. the one being trained); :meth:`from_checkpoint` loads one."""
+        self.model = model
+        self.src_vocab = src_vocab
+        self.tgt_vocab = tgt_vocab
+        self.settings = settings
+        self.device = device if device is not None else next(model.parameters()).device
+        self.info = info or ModelInfo(source="a model in memory", config={})
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "auto", **search: Any
+    ) -> Translator:
+        """Load a checkpoint written by ``nmt.train``.
+
+        ``search``: overrides of the checkpoint's search settings (``beam_size=5``, ``n_best=3``,
+        ``length_penalty=1.0``, ``no_repeat_ngram_size=0``, ``batch_size=128``, ``name=greedy``).
+        A wrong value raises :class:`~nmt.errors.NMTError` naming the field.
+        """
+        device = pick_device(device)
+        checkpoint = load_checkpoint(path, map_location=device)
+        model, src_vocab, tgt_vocab, cfg = model_from_checkpoint(checkpoint, path, device)
+        settings = SearchSettings.from_config(cfg.get("search") or {}, **search)
+        progress = checkpoint.get("progress") or {}
+        info = ModelInfo(
+            source=str(path),
+            config=dict(checkpoint["config"]),
+            step=progress.get("step"),
+            best_score=progress.get("best_score"),
+            minutes=progress.get("minutes"),
+        )
+        return cls(model, src_vocab, tgt_vocab, settings, device, info)
+
+    def with_settings(self, **search: Any) -> Translator:
+        """The same model (shared, not copied) with other search settings."""
+        settings = self.settings.replace(**search)
+        return Translator(
+            self.model, self.src_vocab, self.tgt_vocab, settings, self.device, self.info
+        )
+
+    def translate(self, sentences: Sequence[str], progress: bool = False) -> list[Translation]:
+        """Translate English sentences; one :class:`Translation` each, in input order.
+
+        Each sentence is normalised as the corpus is (NFC, whitespace folded), encoded, and
+        decoded in length-sorted batches of ``settings.batch_size``. ``progress`` shows a tqdm
+        bar on stderr.
+        """
+        if isinstance(sentences, str):
+            raise TypeError("translate() takes a sequence of sentences; wrap one in a list")
+        encoded = self.src_vocab.encode([normalize(s) for s in sentences])
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(encoded), unit="sent", desc="translating", leave=False)
+        try:
+            nbest_lists = decode_ids(
+                self.model, encoded, self.settings, self.device, bar.update if bar else None
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        return [
+            self._translation(ids, nbest) for ids, nbest in zip(encoded, nbest_lists, strict=True)
+        ]
+
+    def translate_text(self, sentences: Sequence[str], progress: bool = False) -> list[str]:
+        """Only the best translation's text of each sentence."""
+        return [t.text for t in self.translate(sentences, progress)]
+
+    def _translation(self, src_ids: list[int], nbest: list[Hypothesis]) -> Translation:
+        source_tokens = self.src_vocab.pieces(src_ids)
+        texts = self.tgt_vocab.decode([h.tokens for h in nbest])
+        options = [self._one(h, text, source_tokens) for h, text in zip(nbest, texts, strict=True)]
+        return replace(options[0], nbest=options)  # a copy: no Translation contains itself
+
+    def _one(self, hyp: Hypothesis, text: str, source_tokens: list[str]) -> Translation:
+        attention = hyp.attn_weights
+        predicted = int(attention.shape[0]) if attention.dim() == 2 else 0
+        stats = attention_statistics([attention])
+        return Translation(
+            text=text,
+            score=hyp.log_prob,
+            confidence=hyp.log_prob / predicted if predicted else 0.0,
+            tokens=self.tgt_vocab.pieces(hyp.tokens),
+            source_tokens=source_tokens,
+            attention=attention,
+            hit_max_len=hyp.hit_max_len,
+            search_score=hyp.score,
+            token_ids=list(hyp.tokens),
+            entropy=stats.get("attn_entropy"),
+            diagonal_mass=stats.get("attn_diagonal_mass"),
+            coverage_deviation=stats.get("attn_coverage_deviation"),
+        )

@@ -4,8 +4,21 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# The checkout: configs/ lives here, and ../shared/corpora beside it is the default corpus root.
-REPO_ROOT = Path(__file__).resolve().parents[1]
+_PACKAGE = Path(__file__).resolve().parent
+
+# A source checkout holds the package beside configs/ and pyproject.toml; an installed wheel has
+# no checkout (REPO_ROOT is then None) and carries the configs inside the package instead.
+REPO_ROOT: Path | None = (
+    _PACKAGE.parent if (_PACKAGE.parent / "pyproject.toml").is_file() else None
+)
+
+# The Hydra config folder: nmt/configs in a wheel (setuptools maps the package nmt.configs to
+# the top-level configs/), the checkout's configs/ otherwise.
+CONFIG_DIR = (
+    _PACKAGE / "configs"
+    if (_PACKAGE / "configs").is_dir() or REPO_ROOT is None
+    else REPO_ROOT / "configs"
+)
 
 __all__ = ["Translation", "Translator", "__version__"]
 

@@ -45,7 +45,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nmt import REPO_ROOT
+from nmt import CONFIG_DIR
 from nmt.data.batching import Batch, TokenBatcher
 from nmt.data.pipeline import PreparedData, prepare
 from nmt.data.vocab import PAD_ID
@@ -688,7 +688,7 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-@hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="benchmark", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="benchmark", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     report = run_benchmark(cfg)

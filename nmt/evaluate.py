@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nmt import REPO_ROOT
+from nmt import CONFIG_DIR
 from nmt.errors import NMTError, exit_on_user_error
 from nmt.metrics import (
     DEFAULT_TOKENIZERS,
@@ -179,7 +179,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 # An absolute config path: "../configs" would be resolved as a Python package (and fail) whenever
 # main is imported rather than run as __main__ (scripts/evaluate.py, the nmt-evaluate command).
-@hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     tokenizers = _as_list(cfg.tokenizers, "tokenizers")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from nmt import REPO_ROOT
+from nmt import CONFIG_DIR
 from nmt.data.pipeline import PreparedData, prepare
 from nmt.errors import exit_on_user_error
 
@@ -24,7 +24,7 @@ def report_batching(data: PreparedData, data_cfg: DictConfig) -> None:
     print(f"vocabularies: {len(data.src_vocab):,} source, {len(data.tgt_vocab):,} target subwords")
 
 
-@hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="prepare", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="prepare", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     data = prepare(cfg.data, seed=cfg.seed)

@@ -649,7 +649,7 @@ class SearchSettings:
         ``name`` picks the search: 1 → greedy, more → beam. Configs saved before
         ``no_repeat_ngram_size`` existed decode as they did, with 0 (off).
         """
-        known = {f.name for f in fields(cls)}
+        known = [f.name for f in fields(cls)]
         values = {"no_repeat_ngram_size": 0, **dict(search_cfg)}
         for key in [*values, *overrides]:
             if key not in known:
@@ -658,7 +658,14 @@ class SearchSettings:
             overrides["name"] = "greedy" if overrides["beam_size"] == 1 else "beam"
         if overrides.get("name") == "greedy" and "beam_size" not in overrides:
             overrides["beam_size"] = 1
-        return cls(**{**values, **overrides})
+        values = {**values, **overrides}
+        for key in (f.name for f in fields(cls)):
+            if key in values and values[key] is None:
+                raise NMTError(
+                    f"search.{key}: no value; search=checkpoint takes the settings of the "
+                    "checkpoint being decoded, so it works in translate and evaluate, not here"
+                )
+        return cls(**values)
 
     def replace(self, **overrides: Any) -> SearchSettings:
         """These settings with ``overrides`` (same rules as :meth:`from_config`)."""

@@ -16,12 +16,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from nmt import REPO_ROOT
+from nmt import CONFIG_DIR
 from nmt.errors import exit_on_user_error
 from nmt.trainer import train
 
 
-@hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="train", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 @exit_on_user_error
 def hydra_main(cfg: DictConfig) -> float | None:
     metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))

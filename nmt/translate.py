@@ -27,7 +27,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from nmt import REPO_ROOT
+from nmt import CONFIG_DIR
 from nmt.errors import NMTError, exit_on_user_error
 from nmt.inference import Translation, Translator
 from nmt.metrics import write_text_atomic
@@ -104,7 +104,7 @@ def interactive(translator: Translator, cfg: DictConfig, plot_dir: Path | None) 
         count += 1
 
 
-@hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="translate", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="translate", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     translator = Translator.from_checkpoint(cfg.ckpt, cfg.device, **explicit_settings(cfg.search))

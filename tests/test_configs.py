@@ -25,7 +25,7 @@ GROUPS = {
     "model/attention": {"concat", "dot", "general", "location", "scaled_dot"},
     "model/decoder": {"bahdanau", "luong"},
     "optim": {"adam", "adamw", "sgd"},
-    "search": {"beam", "greedy"},
+    "search": {"beam", "greedy", "checkpoint"},
     "trainer": {"default"},
 }
 # Where an option repeats its own name, so that a copied file left unchanged is caught.
@@ -59,11 +59,22 @@ def test_option_composes_and_resolves(compose_config, group, option):
     given = [f"{key}=given/{key}" for key in MANDATORY.get((group, option), [])]
     cfg = compose_config(f"{group}={option}", *given)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    if group in NAMED_BY:
+    if group in NAMED_BY and (group, option) != ("search", "checkpoint"):  # all null: see below
         assert OmegaConf.select(cfg, NAMED_BY[group]) == option
     assert resolved["data"]["batching"]["seed"] == resolved["seed"]
     assert resolved["data"]["out_dir"] == f"data/{resolved['data']['name']}"
     assert resolved["model"]["decoder"]["rnn_type"] == resolved["model"]["encoder"]["rnn_type"]
+
+
+def test_the_checkpoint_search_option_is_refused_by_training(compose_config):
+    """search=checkpoint (translate's and evaluate's default) has no values of its own."""
+    from nmt.errors import NMTError
+    from nmt.search import SearchSettings
+
+    cfg = compose_config("search=checkpoint")
+    assert set(OmegaConf.to_container(cfg.search).values()) == {None}
+    with pytest.raises(NMTError, match="search.name: no value; search=checkpoint"):
+        SearchSettings.from_config(cfg.search)
 
 
 @pytest.mark.parametrize("option", [option for group, option in MANDATORY])

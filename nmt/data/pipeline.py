@@ -76,26 +76,32 @@ class PreparedData:
 
 
 def corpus_root(data_cfg: DictConfig) -> Path:
-    """``data.root``, else $NMT_CORPORA (already folded into data.root by the config), else ../shared/corpora."""
+    """``data.root``, else $NMT_CORPORA (already folded into data.root by the config), else
+    ``../shared/corpora`` beside a source checkout; an installed package has no default."""
     if data_cfg.get("root"):
         return Path(data_cfg.root)
-    return REPO_ROOT.parent / "shared" / "corpora"
+    if REPO_ROOT is not None and (REPO_ROOT.parent / "shared" / "corpora").is_dir():
+        return REPO_ROOT.parent / "shared" / "corpora"
+    raise NMTError(
+        f"data={data_cfg.get('name', '?')}: no corpus folder; set NMT_CORPORA=/path/to/corpora "
+        "or data.root=DIR, or get data with a recipe (data=tatoeba, data=kep_news) or your own "
+        "files (data=tsv data.train=… data.valid=… data.test=…)"
+    )
 
 
-def _resolve(root: Path, value: str) -> Path:
+def _resolve(data_cfg: DictConfig, value: str) -> Path:
     path = Path(value).expanduser()
-    return path if path.is_absolute() else root / path
+    return path if path.is_absolute() else corpus_root(data_cfg) / path
 
 
 def _input_files(data_cfg: DictConfig) -> dict[str, list[Path]]:
     """The files each split is read from (TSV: one; aligned: PREFIX.src and PREFIX.tgt)."""
-    root = corpus_root(data_cfg)
     files = {}
     for split in SPLITS:
         value = data_cfg.get(split)
         if not value:
             raise NMTError(f"data.{split}: missing; give a file path (data.{split}=PATH)")
-        path = _resolve(root, str(value))
+        path = _resolve(data_cfg, str(value))
         if data_cfg.format == "aligned":
             files[split] = [
                 Path(f"{path}.{data_cfg.src_lang}"),

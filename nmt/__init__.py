@@ -8,9 +8,7 @@ _PACKAGE = Path(__file__).resolve().parent
 
 # A source checkout holds the package beside configs/ and pyproject.toml; an installed wheel has
 # no checkout (REPO_ROOT is then None) and carries the configs inside the package instead.
-REPO_ROOT: Path | None = (
-    _PACKAGE.parent if (_PACKAGE.parent / "pyproject.toml").is_file() else None
-)
+REPO_ROOT: Path | None = _PACKAGE.parent if (_PACKAGE.parent / "pyproject.toml").is_file() else None
 
 # The Hydra config folder: nmt/configs in a wheel (setuptools maps the package nmt.configs to
 # the top-level configs/), the checkout's configs/ otherwise.

@@ -14,7 +14,7 @@ measures, on the device the trainer would pick (``trainer.device``):
   from ``/proc/self/status``, reset before warm-up through ``/proc/self/clear_refs``; elsewhere
   ``resource.getrusage`` ``ru_maxrss``, the whole process's peak); on CUDA also
   ``torch.cuda.max_memory_allocated``.
-* **Decoding speed**: :func:`nmt.search.decode_lines` on the first ``decode_sentences``
+* **Decoding speed**: :class:`nmt.inference.Translator` on the first ``decode_sentences``
   sentences of the test split, greedy and beam (``beam_size``, ``search.length_penalty``),
   in sentences/s and predicted tokens/s (``</s>`` included), with the model the benchmark
   trained for its timed steps (atypical output lengths) or, with ``ckpt``, a trained checkpoint.

@@ -1,12 +1,16 @@
 """The one exception type for mistakes a user can fix (bad input, bad config).
 
-Entry points print its message on one line, without a traceback, and exit with status 2.
+Entry points print its message on one line, without a traceback, and exit with status 2. The
+message (or, for a bug, the traceback) also goes to every log file the run writes — a training
+run's ``train.log`` — so a failed run's log says why it failed.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
+import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -15,6 +19,15 @@ F = TypeVar("F", bound=Callable)
 
 class NMTError(Exception):
     """A user-facing error: the message names the file, line or config key and what was expected."""
+
+
+def log_to_files(message: str) -> None:
+    """Write ``message`` as an ERROR record to the root logger's file handlers only (the console
+    already shows it)."""
+    record = logging.LogRecord("nmt", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def exit_on_user_error(main: F) -> F:
@@ -26,6 +39,10 @@ def exit_on_user_error(main: F) -> F:
             return main(*args, **kwargs)
         except NMTError as err:
             print(f"error: {err}", file=sys.stderr)
+            log_to_files(f"error: {err}")
             sys.exit(2)
+        except Exception:
+            log_to_files(traceback.format_exc().rstrip())
+            raise
 
     return wrapper  # type: ignore[return-value]

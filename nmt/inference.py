@@ -163,7 +163,7 @@ class Translator:
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(encoded), unit="sent", desc="translating", leave=False)
+            bar = tqdm(total=len(encoded), unit="sent", desc="translating", leave=False, delay=1.0)
         try:
             nbest_lists = decode_ids(
                 self.model, encoded, self.settings, self.device, bar.update if bar else None

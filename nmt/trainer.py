@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nmt import distributed as dist
 from nmt.average import average_checkpoints, newest_step_checkpoints
@@ -509,14 +510,8 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train until :meth:`stop_reason`; return the last validation's metrics."""
         self.fit_start, self.minutes_at_start = time.perf_counter(), self.progress.minutes
-        with tqdm(
-            total=self.cfg.trainer.max_steps,
-            initial=self.progress.step,
-            disable=not self.ctx.is_main,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-        ) as bar:
+        # log lines go through tqdm.write, so they never overwrite the bar or it them
+        with logging_redirect_tqdm(), self.progress_bar() as bar:
             reason = self.run_steps(bar)
         if self.last_validated_step != self.progress.step:  # a fresh run stopped before step 1
             self.validate_and_save()
@@ -526,6 +521,29 @@ class Trainer:
         if self.validator:
             self.validator.finish(self.metrics)
         return self.metrics
+
+    def progress_bar(self) -> tqdm:
+        """A bar over steps; over minutes (with a total and an ETA) when only
+        ``trainer.max_minutes`` limits the run."""
+        t = self.cfg.trainer
+        common = {"disable": not self.ctx.is_main, "desc": "train", "dynamic_ncols": True}
+        if t.max_steps is None and t.max_minutes is not None:
+            self.bar_in_minutes = True
+            return tqdm(
+                total=float(t.max_minutes),
+                initial=self.progress.minutes,
+                unit="min",
+                bar_format="{l_bar}{bar}| {n:.1f}/{total:g} min [{elapsed}<{remaining}{postfix}]",
+                **common,
+            )
+        self.bar_in_minutes = False
+        return tqdm(total=t.max_steps, initial=self.progress.step, unit="step", **common)
+
+    def advance_bar(self, bar: tqdm) -> None:
+        if self.bar_in_minutes:
+            bar.update(min(self.elapsed_minutes(), bar.total) - bar.n)
+        else:
+            bar.update(1)
 
     def run_steps(self, bar: tqdm) -> str | None:
         """Optimiser steps, logging and validating on schedule, until a stop reason; return it."""
@@ -541,7 +559,7 @@ class Trainer:
                 continue
             self.nonfinite_streak = 0
             self.progress.step += 1
-            bar.update(1)
+            self.advance_bar(bar)
             window.add(loss, tokens)
             if self.progress.step % t.log_every_steps == 0:
                 self.log_train(window, lr, grad_norm, bar)
@@ -558,7 +576,12 @@ class Trainer:
         tokens = self.ctx.all_reduce_sum(float(window.tokens))
         loss = self.ctx.all_reduce_sum(window.loss) / max(tokens, 1)
         tokens_per_s = tokens / max(elapsed, 1e-9)
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}")
+        bar.set_postfix(
+            step=self.progress.step,
+            loss=f"{loss:.3f}",
+            tok_s=f"{tokens_per_s:,.0f}",
+            lr=f"{lr:.2e}",
+        )
         if self.validator:
             scalars = {
                 "loss": loss,

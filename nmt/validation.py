@@ -88,7 +88,7 @@ class Validator:
         model.eval()
         loss = self.valid_loss(model)
         translator = Translator(model, self.data.src_vocab, self.data.tgt_vocab, self.settings)
-        best = translator.translate(self.src_lines)
+        best = translator.translate(self.src_lines, progress=True)  # a second bar, while it runs
         hypotheses = [t.text for t in best]
         scores = score_corpus(hypotheses, self.ref_lines)
         diagnostics = degeneracy(hypotheses, self.ref_lines, [t.hit_max_len for t in best])

@@ -13,7 +13,7 @@ from test_search import pad, teacher_forced
 
 from nmt.data.vocab import EOS_ID
 from nmt.models import build_model
-from nmt.search import decode_lines
+from nmt.search import SearchSettings, decode_ids
 from nmt.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -61,13 +61,12 @@ def test_cuda_matches_cpu_in_teacher_forcing_and_search(tiny_prepared):
     # Beam search on the GPU: each hypothesis's log_prob is what the CPU model gives its tokens
     # (exact up to float error), and most searches pick the same hypothesis; an untrained model
     # has near-ties that the two devices can break differently.
-    lines = data.splits["valid"].src_text[:20]
-    on_cpu = decode_lines(cpu_model, data.src_vocab, lines, cfg.search, "cpu")
-    on_cuda = [
-        nbest[0] for nbest in decode_lines(cuda_model, data.src_vocab, lines, cfg.search, "cuda")
-    ]
-    src, src_lengths = pad([ids + [EOS_ID] for ids in data.src_vocab.encode(lines)])
-    forced = teacher_forced(cpu_model, src, src_lengths, list(range(len(lines))), on_cuda)
+    encoded = data.src_vocab.encode(data.splits["valid"].src_text[:20])
+    settings = SearchSettings.from_config(cfg.search)
+    on_cpu = decode_ids(cpu_model, encoded, settings, "cpu")
+    on_cuda = [nbest[0] for nbest in decode_ids(cuda_model, encoded, settings, "cuda")]
+    src, src_lengths = pad([ids + [EOS_ID] for ids in encoded])
+    forced = teacher_forced(cpu_model, src, src_lengths, list(range(len(encoded))), on_cuda)
     for hyp, cpu_scores in zip(on_cuda, forced, strict=True):
         assert hyp.log_prob == pytest.approx(float(cpu_scores.log_probs.sum()), rel=1e-4)
     same = sum(a[0].tokens == b.tokens for a, b in zip(on_cpu, on_cuda, strict=True))

@@ -448,3 +448,24 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         checkpoint.save_checkpoint(path, {"step": 2})
     assert load(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_bad_value_is_written_to_train_log_too(tiny_prepared, tmp_path):
+    result = train_main(tiny_prepared, tmp_path, "trainer.max_steps=1", "trainer.accum_steps=0")
+    assert result.returncode == 2
+    message = "error: trainer.accum_steps: expected an integer >= 1; got 0"
+    assert result.stderr.strip() == message
+    assert message in (tmp_path / "train.log").read_text(encoding="utf-8")
+
+
+def test_a_run_limited_by_minutes_only_has_a_bar_with_a_total(tiny_prepared, tmp_path):
+    result = train_main(
+        tiny_prepared,
+        tmp_path,
+        "trainer.max_minutes=0.05",
+        *CHEAP_VALIDATION,
+        "trainer.val_every_steps=1000",
+    )
+    assert result.returncode == 0, result.stderr
+    bar = result.stderr.replace("\r", "\n").strip().splitlines()
+    assert any("/0.05 min [" in line and "<" in line for line in bar), result.stderr[-500:]

@@ -19,6 +19,7 @@ length limit). The report is printed as a table and, with ``json=``, written as 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -238,31 +239,21 @@ def _one_ref(value: Any) -> str:
 
 
 def _read_split(train_cfg: Any, split: str) -> tuple[list[str], list[str], str, str]:
-    """Source and reference lines of a split named in the checkpoint's data config.
+    """Source and reference lines of a split of the checkpoint's corpus, as ``nmt.prepare``
+    wrote them to ``<data.out_dir>/<split>.{en,ko}`` (normalised; valid and test unfiltered), so
+    ``split=valid`` scores the text validation scored. Any corpus works, recipes included; one
+    not prepared on this machine yet is prepared first."""
+    from nmt.data.pipeline import prepare
 
-    Both sides are normalised as ``nmt.prepare`` normalises valid and test, so ``split=valid``
-    scores the same text that validation during training scores.
-    """
-    from nmt.data.corpus import normalize, read_aligned, read_tsv
-    from nmt.data.pipeline import corpus_root
-
-    data = OmegaConf.create(train_cfg).data
-    if data.format not in ("tsv", "aligned"):
-        raise NMTError(
-            f"split= reads tsv and aligned corpora; this checkpoint's corpus is "
-            f"{data.format!r}: give src=FILE ref=FILE instead"
-        )
-    if data[split] is None:
+    cfg = OmegaConf.create(train_cfg)
+    if split != "train" and cfg.data.get(split) is None and cfg.data.format != "recipe":
         raise NMTError(f"the checkpoint's data config has no {split} split (data.{split} is null)")
-    path = corpus_root(data) / Path(data[split]).expanduser()
-    if data.format == "tsv":
-        pairs = read_tsv(path)
-        src_name = ref_name = str(path)
-    else:
-        src_file, ref_file = (Path(f"{path}.{lang}") for lang in (data.src_lang, data.tgt_lang))
-        pairs = read_aligned(src_file, ref_file)
-        src_name, ref_name = str(src_file), str(ref_file)
-    return [normalize(s) for s, _ in pairs], [normalize(t) for _, t in pairs], src_name, ref_name
+    data = prepare(cfg.data, cfg.get("seed", 1234), log=lambda line: print(line, file=sys.stderr))
+    part = data.splits[split]
+    src_name, ref_name = (
+        str(data.out_dir / f"{split}.{lang}") for lang in (cfg.data.src_lang, cfg.data.tgt_lang)
+    )
+    return part.src_text, part.tgt_text, src_name, ref_name
 
 
 if __name__ == "__main__":

@@ -103,18 +103,19 @@ def test_read_text_lines_keeps_alignment(tmp_path):
         read_text_lines(tmp_path / "none", "reference")
 
 
-def test_checkpoint_mode_decodes_then_scores(tmp_path):
-    """The ckpt branch with a stand-in Translator: line "en i" → the reference of line i."""
+def test_checkpoint_mode_decodes_then_scores(tiny_prepared, tmp_path):
+    """The ckpt branch with a stand-in Translator that returns each source's reference: the
+    prepared split is read (the same text validation scores) and scored at BLEU 100."""
     import types
+
+    from omegaconf import OmegaConf
 
     from nmt.evaluate import evaluate_translator, format_report
 
-    (tmp_path / "valid.tsv").write_text(
-        "".join(f"en {i}\t{ref}\n" for i, ref in enumerate(REFS)), encoding="utf-8"
-    )
-    train_cfg = {
-        "data": {"format": "tsv", "root": str(tmp_path), "valid": "valid.tsv", "test": None}
-    }
+    valid = tiny_prepared.data.splits["valid"]
+    reference_of = dict(zip(valid.src_text, valid.tgt_text, strict=True))
+    train_cfg = OmegaConf.to_container(tiny_prepared.cfg)
+    train_cfg["data"]["out_dir"] = str(tiny_prepared.data.out_dir)
     calls = []
 
     class StandIn:
@@ -122,27 +123,34 @@ def test_checkpoint_mode_decodes_then_scores(tmp_path):
 
         def translate(self, lines, progress=False):
             calls.append(list(lines))
-            ids = [int(line.split()[1]) for line in lines]
-            return [types.SimpleNamespace(text=REFS[i], hit_max_len=i == 1) for i in ids]
+            texts = valid.tgt_text if lines == valid.src_text else [reference_of[x] for x in lines]
+            return [types.SimpleNamespace(text=t, hit_max_len=i == 1) for i, t in enumerate(texts)]
 
     translator = StandIn()
     report = evaluate_translator(translator, split="valid", out_path=tmp_path / "hyp.ko")
-    assert calls == [["en 0", "en 1", "en 2"]]
-    assert report["src"] == report["ref"] == str(tmp_path / "valid.tsv")
+    assert calls == [valid.src_text]
+    out_dir = tiny_prepared.data.out_dir
+    assert (report["src"], report["ref"]) == (str(out_dir / "valid.en"), str(out_dir / "valid.ko"))
     assert report["ckpt"] == "best.pt"
     assert report["systems"][0]["scores"]["bleu_ko-mecab"]["score"] == pytest.approx(100.0)
-    assert report["systems"][0]["degeneracy"]["max_len_rate"] == pytest.approx(1 / 3)
+    assert report["systems"][0]["degeneracy"]["max_len_rate"] == pytest.approx(1 / len(calls[0]))
     assert "max_len_rate" in format_report(report)
-    assert (tmp_path / "hyp.ko").read_text(encoding="utf-8") == "".join(r + "\n" for r in REFS)
+    written = (tmp_path / "hyp.ko").read_text(encoding="utf-8")
+    assert written == "".join(r + "\n" for r in valid.tgt_text)
 
-    (tmp_path / "src.en").write_text("en 2\nen 0\n", encoding="utf-8")
-    (tmp_path / "ref.ko").write_text(f"{REFS[2]}\n{REFS[1]}\n", encoding="utf-8")
+    (tmp_path / "src.en").write_text(
+        f"{valid.src_text[1]}\n{valid.src_text[0]}\n", encoding="utf-8"
+    )
+    (tmp_path / "ref.ko").write_text(
+        f"{valid.tgt_text[1]}\n{valid.tgt_text[1]}\n", encoding="utf-8"
+    )
     report = evaluate_translator(
         translator, src_path=tmp_path / "src.en", ref_path=tmp_path / "ref.ko"
     )
     assert 0 < report["systems"][0]["scores"]["bleu_char"]["score"] < 100
-    assert report["systems"][0]["degeneracy"]["max_len_rate"] == pytest.approx(0.0)
-    with pytest.raises(NMTError, match="no test split"):
-        evaluate_translator(translator, split="test")
     with pytest.raises(NMTError, match="expected one of train, valid, test"):
         evaluate_translator(translator, split="dev")
+    no_test = {**train_cfg, "data": {**train_cfg["data"], "test": None}}
+    translator.info = types.SimpleNamespace(source="best.pt", config=no_test)
+    with pytest.raises(NMTError, match="no test split"):
+        evaluate_translator(translator, split="test")

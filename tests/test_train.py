@@ -6,9 +6,11 @@ Runs go through ``nmt.train``'s real entry point in this process (``run_main``),
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from nmt import checkpoint, trainer
+from nmt.errors import NMTError
 from nmt.trainer import Trainer, rank_checkpoints
 
 TINY_CONCAT = [
@@ -439,12 +442,13 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     checkpoint.save_checkpoint(path, {"step": 1})
 
-    def crash(payload, file):
-        Path(file).write_bytes(b"half a checkpoint")
-        raise OSError("disk full")
+    def disk_full(payload, file):
+        file.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(NMTError) as err:
         checkpoint.save_checkpoint(path, {"step": 2})
+    assert str(err.value) == f"{path}: cannot write: No space left on device"
     assert load(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

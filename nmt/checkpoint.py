@@ -57,7 +57,7 @@ def load_checkpoint(
         raise NMTError(f"{path}: {unpickling_problem(err)}") from None
     except Exception as err:  # an empty, truncated or damaged file
         raise NMTError(f"{path}: not a readable nmt checkpoint ({damage(err)})") from None
-    check_checkpoint(checkpoint, path, (*INFERENCE_KEYS, *keys))
+    check_checkpoint(checkpoint, path, keys)
     return checkpoint
 
 
@@ -79,13 +79,13 @@ def damage(err: Exception) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
 
 
-def check_checkpoint(checkpoint: Any, path: Path, keys: tuple[str, ...]) -> None:
-    """Raise one line when ``checkpoint`` is not a dict holding ``keys`` (model, config, vocab as
-    dicts)."""
-    expected = f"expected a dict with keys {', '.join(keys)} (what nmt.train writes)"
+def check_checkpoint(checkpoint: Any, path: Path, keys: tuple[str, ...] = ()) -> None:
+    """Raise one line unless ``checkpoint`` is a dict holding :data:`INFERENCE_KEYS` (dicts) and
+    ``keys``."""
+    expected = f"expected a dict with keys {', '.join(INFERENCE_KEYS)} (what nmt.train writes)"
     if not isinstance(checkpoint, dict):
         raise NMTError(f"{path}: not an nmt checkpoint: {expected}; found a {describe(checkpoint)}")
-    missing = [k for k in keys if k not in checkpoint]
+    missing = [k for k in INFERENCE_KEYS if k not in checkpoint]
     if missing:
         raise NMTError(
             f"{path}: not an nmt checkpoint: {expected}; found a dict with keys "
@@ -97,6 +97,12 @@ def check_checkpoint(checkpoint: Any, path: Path, keys: tuple[str, ...]) -> None
                 f"{path}: not an nmt checkpoint: its {key!r} is a {describe(checkpoint[key])}, "
                 "expected a dict"
             )
+    missing = [k for k in keys if k not in checkpoint]
+    if missing:
+        raise NMTError(
+            f"{path}: holds weights but not the training state to continue from "
+            f"(no {', '.join(missing)}); resume from a checkpoint that nmt.train wrote"
+        )
 
 
 def describe(value: Any) -> str:

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from omegaconf.errors import MissingMandatoryValue
+
 F = TypeVar("F", bound=Callable)
 
 
@@ -18,7 +20,8 @@ class NMTError(Exception):
 
 
 def exit_on_user_error(main: F) -> F:
-    """Wrap an entry point so that an :class:`NMTError` becomes one line on stderr and exit 2."""
+    """Wrap an entry point so that an :class:`NMTError`, or a mandatory (``???``) config value
+    left unset, becomes one line on stderr and exit 2."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -26,6 +29,10 @@ def exit_on_user_error(main: F) -> F:
             return main(*args, **kwargs)
         except NMTError as err:
             print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except MissingMandatoryValue as err:  # a `???` in the config left unset
+            key = err.full_key or "a mandatory setting"
+            print(f"error: {key}: missing; give it on the command line ({key}=…)", file=sys.stderr)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]

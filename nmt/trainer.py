@@ -21,6 +21,7 @@ import logging
 import math
 import random
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -723,6 +724,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         )
         raise SystemExit(130) from None
     except Preempted:
+        for number in trainer.preempt_signals:  # torchrun may signal again as the ranks exit
+            signal.signal(number, signal.SIG_IGN)
         raise SystemExit(PREEMPTED_EXIT_STATUS) from None
     finally:
         trainer.ctx.cleanup()

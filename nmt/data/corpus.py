@@ -60,7 +60,7 @@ def read_lines(path: Path) -> Iterator[tuple[int, str]]:
 def _read_problem(err: Exception, lines_read: int) -> str:
     """Why a (gzip) file could not be read further, after ``lines_read`` good lines."""
     if isinstance(err, gzip.BadGzipFile):
-        return f"not a gzip file ({err}), though its name ends in .gz"
+        return "not a gzip file, though its name ends in .gz"
     if isinstance(err, EOFError | zlib.error):
         return f"damaged or cut-short gzip data after line {lines_read} ({err})"
     return f"cannot read after line {lines_read}: {err.strerror or err}"

@@ -19,6 +19,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import NoReturn
 
 from nmt.errors import NMTError
 
@@ -32,9 +33,18 @@ UNCATCHABLE = ("SIGKILL", "SIGSTOP")
 class Preempted(Exception):
     """The run stopped on a preemption signal after writing ``last.pt``."""
 
-    def __init__(self, signal_name: str, step: int):
-        super().__init__(f"preempted by {signal_name} at step {step}")
+    def __init__(self, signal_name: str, step: int | None):
+        where = f"at step {step}" if step is not None else "before training started"
+        super().__init__(f"preempted by {signal_name} {where}")
         self.signal_name, self.step = signal_name, step
+
+
+def exit_preempted(signals: Sequence[int]) -> NoReturn:
+    """Exit with :data:`PREEMPTED_EXIT_STATUS`, ignoring ``signals`` from now on (torchrun
+    signals the ranks still running when the first one exits)."""
+    for number in signals:
+        signal.signal(number, signal.SIG_IGN)
+    raise SystemExit(PREEMPTED_EXIT_STATUS) from None
 
 
 def parse_signals(names: Sequence[str] | None, key: str = "trainer.preempt_signals") -> list[int]:
@@ -62,14 +72,21 @@ def parse_signals(names: Sequence[str] | None, key: str = "trainer.preempt_signa
 
 class SignalFlag:
     """While entered, the given signals set :attr:`received` (the first one's name) instead of
-    ending the process; the previous handlers come back on exit.
+    ending the process — or, with ``immediate``, raise :class:`Preempted` where the program is
+    (before training starts, when there is nothing to save); the previous handlers come back on
+    exit.
 
     Handlers can only be installed from the main thread; elsewhere the signals keep their
     default action (a warning says so).
     """
 
-    def __init__(self, signals: Sequence[int], warn: Callable[[str], None] | None = None):
-        self.signals = list(signals)
+    def __init__(
+        self,
+        signals: Sequence[int],
+        warn: Callable[[str], None] | None = None,
+        immediate: bool = False,
+    ):
+        self.signals, self.immediate = list(signals), immediate
         self.warn = warn or logging.getLogger("nmt").warning
         self.received: str | None = None
         self.previous: dict[int, object] = {}
@@ -89,6 +106,8 @@ class SignalFlag:
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
         name = signal.Signals(number).name
+        if self.immediate:
+            raise Preempted(name, None)
         if self.received is None:
             self.received = name
             self.warn(f"{name} received: finishing this step, then writing last.pt")

@@ -21,7 +21,6 @@ import logging
 import math
 import random
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -49,7 +48,13 @@ from nmt.io import check_writable, remove_stale_temporaries
 from nmt.loss import check_label_smoothing, sequence_loss
 from nmt.models import build_model
 from nmt.optim import LRSchedule, build_optimizer, check_optim_cfg, load_optimizer_state
-from nmt.preemption import PREEMPTED_EXIT_STATUS, Preempted, SignalFlag, parse_signals
+from nmt.preemption import (
+    PREEMPTED_EXIT_STATUS,
+    Preempted,
+    SignalFlag,
+    exit_preempted,
+    parse_signals,
+)
 from nmt.runtime import autocast_context, pick_device
 from nmt.validation import Validator
 
@@ -614,25 +619,23 @@ class Trainer:
         """Train until :meth:`stop_reason`; return the last validation's metrics."""
         self.fit_start, self.minutes_at_start = time.perf_counter(), self.progress.minutes
         self.steps_at_start, self.saved_time = self.progress.step, self.fit_start
-        with (
-            SignalFlag(self.preempt_signals) as self.signals,
-            tqdm(
+        with SignalFlag(self.preempt_signals) as self.signals:  # a signal sets a flag
+            with tqdm(
                 total=self.cfg.trainer.max_steps,
                 initial=self.progress.step,
                 disable=not self.ctx.is_main,
                 desc="train",
                 unit="step",
                 dynamic_ncols=True,
-            ) as bar,
-        ):
-            reason = self.run_steps(bar)
-        if self.last_validated_step != self.progress.step:  # a fresh run stopped before step 1
-            self.validate_and_save()
-        self.info(f"stopped at step {self.progress.step}: {reason}")
-        if self.validator and self.cfg.trainer.average_last:
-            self.average_last_checkpoints()
-        if self.validator:
-            self.validator.finish(self.metrics)
+            ) as bar:
+                reason = self.run_steps(bar)
+            if self.last_validated_step != self.progress.step:  # a fresh run stopped before step 1
+                self.validate_and_save()
+            self.info(f"stopped at step {self.progress.step}: {reason}")
+            if self.validator and self.cfg.trainer.average_last:
+                self.average_last_checkpoints()
+            if self.validator:
+                self.validator.finish(self.metrics)
         return self.metrics
 
     def run_steps(self, bar: tqdm) -> str | None:
@@ -714,7 +717,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     Ctrl-C stops with exit status 130 and says how to continue from the last checkpoint; a
     preemption signal with :data:`~nmt.preemption.PREEMPTED_EXIT_STATUS` (75) after writing it.
     """
-    trainer = Trainer(cfg, run_dir)
+    signals = parse_signals(cfg.trainer.preempt_signals)
+    try:
+        with SignalFlag(signals, immediate=True):  # before the loop there is nothing to save
+            trainer = Trainer(cfg, run_dir)
+    except Preempted as stop:
+        log.info(f"{stop}: nothing to save (exit status {PREEMPTED_EXIT_STATUS})")
+        exit_preempted(signals)
     try:
         return trainer.fit()
     except KeyboardInterrupt:
@@ -724,8 +733,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         )
         raise SystemExit(130) from None
     except Preempted:
-        for number in trainer.preempt_signals:  # torchrun may signal again as the ranks exit
-            signal.signal(number, signal.SIG_IGN)
-        raise SystemExit(PREEMPTED_EXIT_STATUS) from None
+        exit_preempted(signals)
     finally:
         trainer.ctx.cleanup()

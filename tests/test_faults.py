@@ -291,6 +291,23 @@ def test_a_second_signal_while_saving_is_ignored(small_trainer, monkeypatch, cap
     assert checkpoint.load_checkpoint(ckpt_dir / "last.pt")["progress"]["step"] == 2
 
 
+def test_a_signal_before_training_starts_exits_75_at_once(tiny_prepared, tmp_path, monkeypatch):
+    real_prepare = trainer.prepare
+
+    def prepare(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR1)  # while the data is being read
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "prepare", prepare)
+    result = run_main("nmt.train", *train_args(tiny_prepared, tmp_path))
+    assert result.returncode == PREEMPTED_EXIT_STATUS
+    log = (tmp_path / "train.log").read_text()
+    assert "preempted by SIGUSR1 before training started: nothing to save (exit status 75)" in log
+    assert not (tmp_path / "checkpoints").exists()
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN  # a second one cannot kill the exit
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+
 def test_save_every_minutes_writes_last_pt_between_validations(small_trainer, monkeypatch):
     written = []
     monkeypatch.setattr(

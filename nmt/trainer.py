@@ -308,10 +308,12 @@ class Trainer:
             self.info(f"removed {len(stale)} unfinished checkpoint file(s) of an interrupted run")
 
     def check_disk_space(self) -> None:
-        """Fail before training when the disk cannot hold one more checkpoint (weights and, for
-        Adam, two moments per weight; it is written beside the old one, then renamed)."""
+        """Fail before training when the disk cannot hold one more checkpoint (weights, Adam's two
+        moments per weight, the SentencePiece models; it is written beside the old one, then
+        renamed)."""
         weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        need = weights * (3 if self.cfg.optim.name in ("adam", "adamw") else 2)
+        vocab = len(self.data.src_vocab.model_bytes()) + len(self.data.tgt_vocab.model_bytes())
+        need = weights * (3 if self.cfg.optim.name in ("adam", "adamw") else 2) + vocab
         folder = self.ckpt_dir if self.ckpt_dir.is_dir() else self.run_dir
         free = shutil.disk_usage(folder).free
         if free < need:

@@ -31,7 +31,7 @@ from nmt.errors import NMTError
 from nmt.preemption import PREEMPTED_EXIT_STATUS, Preempted
 from nmt.trainer import Trainer
 
-MAX_STEPS = 60
+MAX_STEPS = 30
 RUN = [
     *TINY_MODEL,
     "model/attention=concat",
@@ -537,3 +537,11 @@ def test_translate_without_ckpt_is_one_line():
     one_line(
         run_main("nmt.translate", "input=-"), "ckpt: missing; give it on the command line (ckpt=…)"
     )
+
+
+def test_resume_auto_continues_when_last_pt_exists_and_starts_fresh_otherwise(tmp_path):
+    assert trainer.resolve_resume("auto", tmp_path) is None
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.parent.mkdir()
+    last.write_bytes(b"")
+    assert trainer.resolve_resume("auto", tmp_path) == last

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import errno
 import gzip
+import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -545,3 +547,18 @@ def test_resume_auto_continues_when_last_pt_exists_and_starts_fresh_otherwise(tm
     last.parent.mkdir()
     last.write_bytes(b"")
     assert trainer.resolve_resume("auto", tmp_path) == last
+
+
+def test_a_damaged_manifest_and_leftover_temporaries_mean_a_rebuild(tiny_prepared, tmp_path):
+    from nmt.data.pipeline import prepare
+
+    out_dir = tmp_path / "prepared"
+    shutil.copytree(tiny_prepared.data.out_dir, out_dir)
+    (out_dir / "manifest.json").write_text("")  # renamed but never flushed before a power loss
+    (out_dir / ".train.pt.0badf00d.tmp").write_bytes(b"half")
+    log: list[str] = []
+    data = prepare(tiny_prepared.corpus.cfg(out_dir=out_dir).data, log=log.append)
+    assert not any(line.startswith("reusing") for line in log)
+    assert len(data.splits["train"]) == len(tiny_prepared.data.splits["train"])
+    assert not list(out_dir.glob("*.tmp")) and not list(out_dir.glob(".*.tmp"))
+    assert json.loads((out_dir / "manifest.json").read_text())["fingerprint"]

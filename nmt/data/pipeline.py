@@ -42,7 +42,7 @@ from nmt.data.corpus import (
 from nmt.data.recipes import run_recipe
 from nmt.data.vocab import BOS_ID, EOS_ID, Vocab, train_sentencepiece
 from nmt.errors import NMTError
-from nmt.io import write_atomic, write_text_atomic
+from nmt.io import remove_stale_temporaries, write_atomic, write_text_atomic
 
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1
@@ -345,6 +345,7 @@ def _prepare_locked(
         log(f"reusing prepared data in {out_dir} (inputs and settings unchanged)")
         return _load(data_cfg, out_dir)
     manifest_path.unlink(missing_ok=True)  # the old files no longer describe these settings
+    remove_stale_temporaries(out_dir)  # of a build that was killed (we hold the lock)
     start = time.perf_counter()
     _build(data_cfg, out_dir, seed, log)
     manifest = {

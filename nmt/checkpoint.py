@@ -14,7 +14,7 @@ It contains only tensors, plain containers, numbers, strings and bytes, so the s
 
 from __future__ import annotations
 
-import os
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,33 +23,95 @@ from omegaconf import DictConfig, OmegaConf
 
 from nmt.data.vocab import Vocab
 from nmt.errors import NMTError
+from nmt.io import write_atomic, write_error
 
 if TYPE_CHECKING:
     from nmt.models import Seq2Seq
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` via a temporary file, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    """Write ``payload`` to ``path`` durably and atomically (:func:`nmt.io.write_atomic`): a crash
+    never leaves half a file, and a full disk is one line naming the file, the old one intact."""
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(path, err) from None
+    write_atomic(path, lambda f: torch.save(payload, f))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+INFERENCE_KEYS = ("model", "config", "vocab")  # what translating with a checkpoint needs
+TRAINING_KEYS = ("optimizer", "schedule", "scaler", "progress", "rng", "world_size")  # resuming
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Read an nmt checkpoint safely; one line naming ``path`` when it is not one.
+
+    The file must be a dict holding :data:`INFERENCE_KEYS` and ``keys`` (e.g.
+    :data:`TRAINING_KEYS` to resume). A file that would run pickled code is refused unread.
+    """
     path = Path(path)
     if not path.is_file():
         raise NMTError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # a truncated or foreign file
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise NMTError(f"{path}: {unpickling_problem(err)}") from None
+    except Exception as err:  # an empty, truncated or damaged file
+        raise NMTError(f"{path}: not a readable nmt checkpoint ({damage(err)})") from None
+    check_checkpoint(checkpoint, path, keys)
+    return checkpoint
+
+
+def unpickling_problem(err: pickle.UnpicklingError) -> str:
+    """What ``torch.load(weights_only=True)`` refused, without torch's advice to load unsafely."""
+    if "GLOBAL" in str(err).upper():
+        return (
+            "refused: it holds pickled Python objects (classes or functions), which an nmt "
+            "checkpoint never does and which could run code; nothing in it was loaded"
+        )
+    return "not a checkpoint file (neither torch's zip format nor a pickle)"
+
+
+def damage(err: Exception) -> str:
+    if isinstance(err, EOFError):
+        return "the file is empty or cut short"
+    if "central directory" in str(err) or "zip archive" in str(err):
+        return "a truncated or damaged zip archive"
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+
+
+def check_checkpoint(checkpoint: Any, path: Path, keys: tuple[str, ...] = ()) -> None:
+    """Raise one line unless ``checkpoint`` is a dict holding :data:`INFERENCE_KEYS` (dicts) and
+    ``keys``."""
+    expected = f"expected a dict with keys {', '.join(INFERENCE_KEYS)} (what nmt.train writes)"
+    if not isinstance(checkpoint, dict):
+        raise NMTError(f"{path}: not an nmt checkpoint: {expected}; found a {describe(checkpoint)}")
+    missing = [k for k in INFERENCE_KEYS if k not in checkpoint]
+    if missing:
         raise NMTError(
-            f"{path}: not a readable nmt checkpoint ({type(err).__name__}: {err})"
-        ) from None
+            f"{path}: not an nmt checkpoint: {expected}; found a dict with keys "
+            f"{', '.join(map(str, list(checkpoint)[:6])) or '(none)'}, without {', '.join(missing)}"
+        )
+    for key in INFERENCE_KEYS:
+        if not isinstance(checkpoint[key], dict):
+            raise NMTError(
+                f"{path}: not an nmt checkpoint: its {key!r} is a {describe(checkpoint[key])}, "
+                "expected a dict"
+            )
+    missing = [k for k in keys if k not in checkpoint]
+    if missing:
+        raise NMTError(
+            f"{path}: holds weights but not the training state to continue from "
+            f"(no {', '.join(missing)}); resume from a checkpoint that nmt.train wrote"
+        )
+
+
+def describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:

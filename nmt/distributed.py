@@ -63,6 +63,16 @@ class DistContext:
     def all_reduce_min(self, value: float) -> float:
         return self._reduce(value, torch_dist.ReduceOp.MIN)
 
+    def any_rank(self, *flags: bool) -> tuple[bool, ...]:
+        """For each flag, whether it is set on any rank (one all-reduce for all of them)."""
+        if not self.enabled:
+            return tuple(bool(f) for f in flags)
+        tensor = torch.tensor(
+            [float(f) for f in flags], dtype=torch.float64, device=self._comm_device
+        )
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
+        return tuple(bool(v) for v in tensor.tolist())
+
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` (any picklable object) on every rank."""
         if not self.enabled:

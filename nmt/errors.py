@@ -14,6 +14,8 @@ import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
+from omegaconf.errors import MissingMandatoryValue
+
 F = TypeVar("F", bound=Callable)
 
 
@@ -31,7 +33,8 @@ def log_to_files(message: str) -> None:
 
 
 def exit_on_user_error(main: F) -> F:
-    """Wrap an entry point so that an :class:`NMTError` becomes one line on stderr and exit 2."""
+    """Wrap an entry point so that an :class:`NMTError`, or a mandatory (``???``) config value
+    left unset, becomes one line on stderr and exit 2."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -40,6 +43,12 @@ def exit_on_user_error(main: F) -> F:
         except NMTError as err:
             print(f"error: {err}", file=sys.stderr)
             log_to_files(f"error: {err}")
+            sys.exit(2)
+        except MissingMandatoryValue as err:  # a `???` in the config left unset
+            key = err.full_key or "a mandatory setting"
+            message = f"error: {key}: missing; give it on the command line ({key}=…)"
+            print(message, file=sys.stderr)
+            log_to_files(message)
             sys.exit(2)
         except Exception:
             log_to_files(traceback.format_exc().rstrip())

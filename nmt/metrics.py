@@ -19,15 +19,14 @@ BLEU with the MeCab-ko tokenizer (``ko-mecab``) is the headline figure for Korea
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 
+from nmt import io as nmt_io
 from nmt.errors import NMTError
 
 DEFAULT_TOKENIZERS = ("ko-mecab", "char", "13a")
@@ -176,21 +175,13 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` as UTF-8 through a temporary file in the same folder, then rename it.
-
-    A reader never sees a half-written file, and an interrupted run leaves the old one intact.
-    """
+    """Write ``text`` as UTF-8 through a temporary file in the same folder, fsync it and rename it
+    (:func:`nmt.io.write_text_atomic`): a reader never sees a half-written file, and an interrupted
+    run or a full disk leaves the old one intact."""
     path = Path(path)
     if not path.parent.is_dir():
         raise NMTError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    nmt_io.write_text_atomic(path, text)
 
 
 def _check_pair(hypotheses: Sequence[str], references: Sequence[str]) -> None:

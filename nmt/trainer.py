@@ -4,7 +4,10 @@ Read :meth:`Trainer.fit` top to bottom: it runs groups of token-budget batches u
 (steps, epochs, minutes) or early stopping ends the run, validating every
 ``trainer.val_every_steps`` and once more at the end. Everything a resumed run needs to continue
 exactly — weights, optimiser, schedule, RNG states, the position inside the epoch — is in each
-checkpoint, and a checkpoint is written right after every validation.
+checkpoint, and a checkpoint is written right after every validation, and ``last.pt`` also every
+``trainer.save_every_minutes`` (or ``save_every_steps``) between validations. A signal in
+``trainer.preempt_signals`` (SIGTERM, SIGUSR1) ends the run after the current step with
+``last.pt`` written and exit status 75 (:mod:`nmt.preemption`, docs/faults.md).
 
 Under ``torchrun`` (``trainer.distributed=true``) every rank runs the same loop on its share of
 each epoch's batches; collectives keep the ranks in step (see :mod:`nmt.distributed`), and only
@@ -17,6 +20,7 @@ import itertools
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -31,13 +35,27 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nmt import distributed as dist
 from nmt.average import average_checkpoints, newest_step_checkpoints
-from nmt.checkpoint import load_checkpoint, load_model_state, save_checkpoint, vocab_payload
+from nmt.checkpoint import (
+    TRAINING_KEYS,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+    vocab_payload,
+)
 from nmt.data.batching import Batch
-from nmt.data.pipeline import PreparedData, prepare
+from nmt.data.pipeline import PreparedData, check_batching, prepare
 from nmt.errors import NMTError
+from nmt.io import check_writable, remove_stale_temporaries
 from nmt.loss import check_label_smoothing, sequence_loss
 from nmt.models import build_model
-from nmt.optim import LRSchedule, build_optimizer, load_optimizer_state
+from nmt.optim import LRSchedule, build_optimizer, check_optim_cfg, load_optimizer_state
+from nmt.preemption import (
+    PREEMPTED_EXIT_STATUS,
+    Preempted,
+    SignalFlag,
+    exit_preempted,
+    parse_signals,
+)
 from nmt.runtime import autocast_context, pick_device
 from nmt.validation import Validator
 
@@ -84,6 +102,13 @@ def check_trainer_cfg(t: DictConfig) -> None:
         raise NMTError(
             f"trainer.keep_every_validation: expected true or false; got {t.keep_every_validation!r}"
         )
+    for key, kind in (("save_every_minutes", int | float), ("save_every_steps", int)):
+        value = t[key]
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, kind) or value <= 0
+        ):
+            raise NMTError(f"trainer.{key}: expected null or a number > 0; got {value!r}")
+    parse_signals(t.preempt_signals)
     if t.average_last > t.keep_last and not t.keep_every_validation:
         raise NMTError(
             f"trainer.average_last={t.average_last} averages the newest {t.average_last} step "
@@ -112,9 +137,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def resolve_resume(resume: Any, run_dir: Path) -> Path | None:
-    """``trainer.resume``: null/false → fresh run; true → this run dir's last.pt; else a path."""
+    """``trainer.resume``: null/false → fresh run; true → this run dir's last.pt; ``auto`` → that
+    when it exists, else a fresh run (a requeued job's command line); else a path."""
     if resume in (None, False):
         return None
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.pt"
+        return last if last.is_file() else None
     path = run_dir / "checkpoints" / "last.pt" if resume is True else Path(str(resume))
     if not path.is_file():
         hint = (
@@ -207,10 +236,20 @@ class Trainer:
         self.ctx = dist.setup(cfg.trainer.distributed, cfg.trainer.dist_timeout_minutes)
         self.run_dir = Path(self.ctx.broadcast(str(run_dir)))  # rank 0's run dir on every rank
         self.checkpoint_path = resolve_resume(cfg.trainer.resume, self.run_dir)
-        saved = load_checkpoint(self.checkpoint_path) if self.checkpoint_path else None
+        saved = (
+            load_checkpoint(self.checkpoint_path, keys=TRAINING_KEYS)
+            if self.checkpoint_path
+            else None
+        )
         self.cfg = merge_resumed_config(cfg, saved["config"], self.info) if saved else cfg
         t = self.cfg.trainer
         check_trainer_cfg(t)
+        check_optim_cfg(self.cfg.optim)
+        check_batching(self.cfg.data.batching)
+        self.preempt_signals = parse_signals(t.preempt_signals)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if self.ctx.is_main:
+            self.check_run_folder()
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.device = (
@@ -233,6 +272,7 @@ class Trainer:
         self.autocast = autocast_context(t.precision, self.device)
         self.progress = Progress()
         self.last_validated_step: int | None = None
+        self.saved_step: int | None = None  # the step of the last.pt this process wrote
         self.metrics: dict[str, float] = {}
         self.nonfinite_streak = 0
         if saved:
@@ -243,6 +283,8 @@ class Trainer:
         self.validator = (
             Validator(self.cfg, self.data, self.run_dir, purge_step) if self.ctx.is_main else None
         )
+        if self.ctx.is_main:
+            self.check_disk_space()
         self.info(
             f"model: {self.model.num_parameters():,} parameters; device {self.device}; "
             f"{self.batcher.num_batches(world_size=self.ctx.world_size):,} batches per epoch per rank"
@@ -256,6 +298,30 @@ class Trainer:
     def info(self, message: str) -> None:
         if self.ctx.is_main:
             log.info(message)
+
+    def check_run_folder(self) -> None:
+        """Fail before any work when checkpoints cannot be written; clear the temporary files a
+        killed run left (rank 0)."""
+        folder = self.ckpt_dir if self.ckpt_dir.is_dir() else self.run_dir
+        check_writable(folder, "run folder")
+        stale = remove_stale_temporaries(self.ckpt_dir)
+        if stale:
+            self.info(f"removed {len(stale)} unfinished checkpoint file(s) of an interrupted run")
+
+    def check_disk_space(self) -> None:
+        """Fail before training when the disk cannot hold one more checkpoint (weights, Adam's two
+        moments per weight, the SentencePiece models; it is written beside the old one, then
+        renamed)."""
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        vocab = len(self.data.src_vocab.model_bytes()) + len(self.data.tgt_vocab.model_bytes())
+        need = weights * (3 if self.cfg.optim.name in ("adam", "adamw") else 2) + vocab
+        folder = self.ckpt_dir if self.ckpt_dir.is_dir() else self.run_dir
+        free = shutil.disk_usage(folder).free
+        if free < need:
+            raise NMTError(
+                f"run folder {folder}: {free / 2**20:.1f} MiB free, a checkpoint of this model "
+                f"needs about {need / 2**20:.1f} MiB: No space left on device"
+            )
 
     def load_data(self) -> PreparedData:
         """Prepare (or reuse) ``data.out_dir``; rank 0 first, then the others read what it wrote."""
@@ -309,7 +375,8 @@ class Trainer:
             schedule.update(best=None, bad_validations=0)
         self.schedule.load_state_dict(schedule)
         self.progress = Progress(**progress)
-        self.last_validated_step = self.progress.step  # checkpoints are written after validation
+        # older checkpoints were only written right after a validation
+        self.last_validated_step = saved.get("last_validated_step", self.progress.step)
 
     def restore_rng(self, saved: dict) -> None:
         """Each rank's RNG states; reseeded when the number of ranks changed."""
@@ -329,6 +396,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "progress": asdict(self.progress),
+            "last_validated_step": self.last_validated_step,
             "rng": self.ctx.gather_rng(rng_state()),
             "world_size": self.ctx.world_size,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
@@ -349,9 +417,10 @@ class Trainer:
         kept = {n for _, n in p.best_checkpoints} | set(p.recent_checkpoints)
         stale = [] if t.keep_every_validation else [n for n in dropped + expired if n not in kept]
         payload = self.checkpoint_payload()  # every rank joins the RNG gather
+        self.saved_step, self.saved_time = p.step, time.perf_counter()
         if not self.ctx.is_main:
             return
-        ckpt_dir = self.run_dir / "checkpoints"
+        ckpt_dir = self.ckpt_dir
         if name in kept or t.keep_every_validation:
             save_checkpoint(ckpt_dir / name, payload)
         if p.best_checkpoints[0][1] == name:
@@ -359,6 +428,48 @@ class Trainer:
         save_checkpoint(ckpt_dir / "last.pt", payload)
         for old in stale:
             (ckpt_dir / old).unlink(missing_ok=True)
+
+    def save_last(self) -> float:
+        """Write last.pt alone — between validations, or on preemption. Returns the seconds."""
+        start = time.perf_counter()
+        self.progress.minutes = self.elapsed_minutes()
+        payload = self.checkpoint_payload()  # every rank joins the RNG gather
+        if self.ctx.is_main:
+            save_checkpoint(self.ckpt_dir / "last.pt", payload)
+        self.saved_step, self.saved_time = self.progress.step, time.perf_counter()
+        return self.saved_time - start
+
+    def save_due(self) -> bool:
+        """Whether ``trainer.save_every_steps`` or ``save_every_minutes`` (rank 0's clock) has
+        passed since last.pt was last written, or since the run (re)started."""
+        t = self.cfg.trainer
+        since = self.saved_step if self.saved_step is not None else self.steps_at_start
+        if self.progress.step == since:
+            return False
+        if t.save_every_steps is not None and self.progress.step - since >= t.save_every_steps:
+            return True
+        minutes = (time.perf_counter() - self.saved_time) / 60
+        return (
+            self.ctx.is_main
+            and t.save_every_minutes is not None
+            and minutes >= t.save_every_minutes
+        )
+
+    def preempt(self) -> None:
+        """On a preemption signal (on any rank): write last.pt unless this step's is written,
+        wait for every rank, log how to continue, raise :class:`Preempted`."""
+        if self.saved_step != self.progress.step:
+            self.save_last()
+        self.ctx.barrier()  # no rank exits (and makes torchrun stop the others) before the write
+        if self.validator:
+            self.validator.writer.flush()
+        name = self.signals.received or "a signal to another rank"
+        self.info(
+            f"preempted by {name} at step {self.progress.step}: wrote {self.ckpt_dir / 'last.pt'}; "
+            f"continue with trainer.resume=true hydra.run.dir={self.run_dir} "
+            f"(exit status {PREEMPTED_EXIT_STATUS})"
+        )
+        raise Preempted(name, self.progress.step)
 
     def average_last_checkpoints(self) -> None:
         """Write averaged.pt, the mean of the newest ``trainer.average_last`` step checkpoints on
@@ -510,16 +621,18 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train until :meth:`stop_reason`; return the last validation's metrics."""
         self.fit_start, self.minutes_at_start = time.perf_counter(), self.progress.minutes
-        # log lines go through tqdm.write, so they never overwrite the bar or it them
-        with logging_redirect_tqdm(), self.progress_bar() as bar:
-            reason = self.run_steps(bar)
-        if self.last_validated_step != self.progress.step:  # a fresh run stopped before step 1
-            self.validate_and_save()
-        self.info(f"stopped at step {self.progress.step}: {reason}")
-        if self.validator and self.cfg.trainer.average_last:
-            self.average_last_checkpoints()
-        if self.validator:
-            self.validator.finish(self.metrics)
+        self.steps_at_start, self.saved_time = self.progress.step, self.fit_start
+        with SignalFlag(self.preempt_signals) as self.signals:  # a signal sets a flag
+            # log lines go through tqdm.write, so they never overwrite the bar or it them
+            with logging_redirect_tqdm(), self.progress_bar() as bar:
+                reason = self.run_steps(bar)
+            if self.last_validated_step != self.progress.step:  # a fresh run stopped before step 1
+                self.validate_and_save()
+            self.info(f"stopped at step {self.progress.step}: {reason}")
+            if self.validator and self.cfg.trainer.average_last:
+                self.average_last_checkpoints()
+            if self.validator:
+                self.validator.finish(self.metrics)
         return self.metrics
 
     def progress_bar(self) -> tqdm:
@@ -568,6 +681,11 @@ class Trainer:
             if reason or self.progress.step % t.val_every_steps == 0:
                 window.exclude(self.validate_and_save())
                 reason = self.stop_reason()
+            preempted, due = self.ctx.any_rank(self.signals.received is not None, self.save_due())
+            if preempted and reason is None:
+                self.preempt()
+            if due and reason is None:
+                window.exclude(self.save_last())
         return reason
 
     def log_train(self, window: TrainWindow, lr: float, grad_norm: float, bar: tqdm) -> None:
@@ -603,8 +721,8 @@ class Trainer:
         if self.schedule.after_validation(score, self.higher_is_better):
             self.info(f"plateau: learning rate × {self.cfg.optim.plateau_factor}")
         self.update_early_stopping(score)
+        self.last_validated_step = self.progress.step  # saved in the checkpoint
         self.save(score)
-        self.last_validated_step = self.progress.step
         return time.perf_counter() - start
 
     def update_early_stopping(self, score: float) -> None:
@@ -621,9 +739,16 @@ class Trainer:
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Train a model as ``cfg`` says, writing checkpoints, logs and TensorBoard events to ``run_dir``.
 
-    Ctrl-C stops with exit status 130 and says how to continue from the last checkpoint.
+    Ctrl-C stops with exit status 130 and says how to continue from the last checkpoint; a
+    preemption signal with :data:`~nmt.preemption.PREEMPTED_EXIT_STATUS` (75) after writing it.
     """
-    trainer = Trainer(cfg, run_dir)
+    signals = parse_signals(cfg.trainer.preempt_signals)
+    try:
+        with SignalFlag(signals, immediate=True):  # before the loop there is nothing to save
+            trainer = Trainer(cfg, run_dir)
+    except Preempted as stop:
+        log.info(f"{stop}: nothing to save (exit status {PREEMPTED_EXIT_STATUS})")
+        exit_preempted(signals)
     try:
         return trainer.fit()
     except KeyboardInterrupt:
@@ -632,5 +757,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             f"with trainer.resume=true hydra.run.dir={trainer.run_dir}"
         )
         raise SystemExit(130) from None
+    except Preempted:
+        exit_preempted(signals)
     finally:
         trainer.ctx.cleanup()

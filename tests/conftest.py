@@ -13,6 +13,7 @@ A tiny English→Korean corpus (slices of ``enko/``):
     ``tiny_tsv_corpus`` writes train/valid/test.tsv into the test's ``tmp_path``;
     ``tiny_prepared`` is that corpus prepared once per session (SentencePiece models, encoded
     splits). Treat its folder as read-only: copy it (``shutil.copytree``) before changing it.
+    ``small_data`` is its data with only 40 training pairs, for tests of the training loop.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,19 @@ def tiny_prepared(tmp_path_factory: pytest.TempPathFactory, corpora_dir: Path) -
     log: list[str] = []
     data = prepare(cfg.data, seed=cfg.seed, log=log.append)
     return TinyPrepared(corpus, cfg, data, log)
+
+
+@pytest.fixture
+def small_data(tiny_prepared: TinyPrepared):
+    """``tiny_prepared.data`` with only its first 40 training pairs (5 batches of 512 tokens per
+    epoch): for tests of the training loop that run many short epochs."""
+    data = tiny_prepared.data
+    train = data.splits["train"]
+    small = replace(
+        train,
+        src_ids=train.src_ids[:40],
+        tgt_ids=train.tgt_ids[:40],
+        src_text=train.src_text[:40],
+        tgt_text=train.tgt_text[:40],
+    )
+    return replace(data, splits={**data.splits, "train": small})

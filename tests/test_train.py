@@ -6,11 +6,12 @@ Runs go through ``nmt.train``'s real entry point in this process (``run_main``),
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from nmt import checkpoint, trainer
+from nmt.errors import NMTError
 from nmt.trainer import Trainer, rank_checkpoints
 
 TINY_CONCAT = [
@@ -297,22 +299,12 @@ def test_nonfinite_losses_in_a_row_stop_the_run(tiny_prepared, tmp_path, monkeyp
 
 
 @pytest.fixture
-def small_trainer(tiny_prepared, tmp_path):
-    """A Trainer over the first 40 training pairs (4 batches per epoch), validating 2 sentences."""
-    data = tiny_prepared.data
-    train = data.splits["train"]
-    small = replace(
-        train,
-        src_ids=train.src_ids[:40],
-        tgt_ids=train.tgt_ids[:40],
-        src_text=train.src_text[:40],
-        tgt_text=train.tgt_text[:40],
-    )
-    small_data = replace(data, splits={**data.splits, "train": small})
+def small_trainer(tiny_prepared, small_data, tmp_path):
+    """A Trainer over the first 40 training pairs (5 batches per epoch), validating 2 sentences."""
 
     def make(*overrides: str, run_dir: Path = tmp_path) -> Trainer:
         cfg = tiny_prepared.corpus.cfg(
-            *TINY_CONCAT, *CHEAP_VALIDATION, *overrides, out_dir=data.out_dir
+            *TINY_CONCAT, *CHEAP_VALIDATION, *overrides, out_dir=small_data.out_dir
         )
         return Trainer(cfg, run_dir, small_data)
 
@@ -439,13 +431,14 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     checkpoint.save_checkpoint(path, {"step": 1})
 
-    def crash(payload, file):
-        Path(file).write_bytes(b"half a checkpoint")
-        raise OSError("disk full")
+    def disk_full(payload, file):
+        file.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(NMTError) as err:
         checkpoint.save_checkpoint(path, {"step": 2})
+    assert str(err.value) == f"{path}: cannot write: No space left on device"
     assert load(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import unicodedata
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,14 +30,22 @@ def _open_bytes(path: Path):
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` for a UTF-8 file (1-based, without the line break).
 
-    Raises NMTError for a missing file, an empty file or bytes that are not UTF-8.
+    Raises NMTError for a missing file, an empty file, bytes that are not UTF-8, or a ``.gz``
+    file that is not gzip or is damaged or cut short (naming the last line read).
     """
     if not path.is_file():
         raise NMTError(f"{path}: file not found")
-    empty = True
+    number = 0
     with _open_bytes(path) as f:
-        for number, raw in enumerate(f, start=1):
-            empty = False
+        lines = iter(f)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                break
+            except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+                raise NMTError(f"{path}: {_read_problem(err, number)}") from None
+            number += 1
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -44,8 +53,17 @@ def read_lines(path: Path) -> Iterator[tuple[int, str]]:
                     f"{path}:{number}: invalid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
                 ) from None
             yield number, text.rstrip("\r\n")
-    if empty:
+    if number == 0:
         raise NMTError(f"{path}: file is empty, expected one sentence pair per line")
+
+
+def _read_problem(err: Exception, lines_read: int) -> str:
+    """Why a (gzip) file could not be read further, after ``lines_read`` good lines."""
+    if isinstance(err, gzip.BadGzipFile):
+        return "not a gzip file, though its name ends in .gz"
+    if isinstance(err, EOFError | zlib.error):
+        return f"damaged or cut-short gzip data after line {lines_read} ({err})"
+    return f"cannot read after line {lines_read}: {err.strerror or err}"
 
 
 def read_tsv(path: Path) -> list[Pair]:

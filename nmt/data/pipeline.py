@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from nmt.data.corpus import (
 from nmt.data.recipes import run_recipe
 from nmt.data.vocab import BOS_ID, EOS_ID, Vocab, train_sentencepiece
 from nmt.errors import NMTError
+from nmt.io import remove_stale_temporaries, write_atomic, write_text_atomic
 
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1
@@ -163,12 +163,6 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _pack_ids(seqs: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
     flat = torch.tensor([i for s in seqs for i in s], dtype=torch.int32)
@@ -267,17 +261,15 @@ def _build(data_cfg: DictConfig, out_dir: Path, seed: int, log: Callable[[str], 
             "src": _pack_ids([s + [EOS_ID] for s in src]),
             "tgt": _pack_ids([[BOS_ID] + t + [EOS_ID] for t in tgt]),
         }
-        tmp = out_dir / f"{name}.pt.tmp"
-        torch.save(packed, tmp)
-        os.replace(tmp, out_dir / f"{name}.pt")
-        _atomic_write_text(
+        write_atomic(out_dir / f"{name}.pt", lambda f, packed=packed: torch.save(packed, f))
+        write_text_atomic(
             out_dir / f"{name}.{data_cfg.src_lang}", "".join(s + "\n" for s, _ in pairs)
         )
-        _atomic_write_text(
+        write_text_atomic(
             out_dir / f"{name}.{data_cfg.tgt_lang}", "".join(t + "\n" for _, t in pairs)
         )
         log(f"{name}: {len(pairs):,} pairs")
-    _atomic_write_text(
+    write_text_atomic(
         out_dir / "clean_report.json",
         json.dumps(dict(report.dropped, total=report.total, kept=report.kept), indent=2),
     )
@@ -304,6 +296,8 @@ def prepare(
     data_cfg: DictConfig, seed: int = 1234, log: Callable[[str], None] = print
 ) -> PreparedData:
     """Build (or reuse) the prepared data described by ``data_cfg``; return it loaded."""
+    if data_cfg.get("batching") is not None:
+        check_batching(data_cfg.batching)
     out_dir = Path(data_cfg.out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -311,6 +305,14 @@ def prepare(
         raise NMTError(f"data.out_dir: cannot create folder {out_dir}: {err.strerror}") from err
     with _exclusive(out_dir / ".lock"):
         return _prepare_locked(data_cfg, out_dir, seed, log)
+
+
+def check_batching(batching: DictConfig) -> None:
+    """Reject ``data.batching`` settings that cannot form batches, before any work is done."""
+    for key in ("max_tokens", "bucket_width"):
+        value = batching.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise NMTError(f"data.batching.{key}: expected an integer >= 1; got {value!r}")
 
 
 @contextlib.contextmanager
@@ -330,15 +332,26 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         yield
 
 
+def _manifest_fingerprint(path: Path) -> str | None:
+    """The fingerprint recorded in ``manifest.json``; None when it is missing or unreadable (a
+    manifest damaged by a crash means the files must be built again)."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest.get("fingerprint") if isinstance(manifest, dict) else None
+
+
 def _prepare_locked(
     data_cfg: DictConfig, out_dir: Path, seed: int, log: Callable[[str], None]
 ) -> PreparedData:
     manifest_path = out_dir / "manifest.json"
     key = fingerprint(data_cfg)
-    if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("fingerprint") == key:
+    if _manifest_fingerprint(manifest_path) == key:
         log(f"reusing prepared data in {out_dir} (inputs and settings unchanged)")
         return _load(data_cfg, out_dir)
     manifest_path.unlink(missing_ok=True)  # the old files no longer describe these settings
+    remove_stale_temporaries(out_dir)  # of a build that was killed (we hold the lock)
     start = time.perf_counter()
     _build(data_cfg, out_dir, seed, log)
     manifest = {
@@ -346,6 +359,6 @@ def _prepare_locked(
         "format_version": FORMAT_VERSION,
         "data": OmegaConf.to_container(data_cfg, resolve=True),
     }
-    _atomic_write_text(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False))
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False))
     log(f"prepared {out_dir} in {time.perf_counter() - start:.1f} s")
     return _load(data_cfg, out_dir)

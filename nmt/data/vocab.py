@@ -15,7 +15,6 @@ data pipeline agree without looking them up:
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from nmt.errors import NMTError
+from nmt.io import write_bytes_atomic
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
@@ -126,6 +126,8 @@ def train_sentencepiece(
                 ) from None
             raise NMTError(f"SentencePiece training for {model_prefix}: {message}") from None
         final = Path(f"{model_prefix}.model")
-        os.replace(f"{tmp_prefix}.model", final)
-        os.replace(f"{tmp_prefix}.vocab", f"{model_prefix}.vocab")
+        for suffix in (".vocab", ".model"):  # durably (nmt.io), the model last
+            write_bytes_atomic(
+                f"{model_prefix}{suffix}", Path(f"{tmp_prefix}{suffix}").read_bytes()
+            )
     return final

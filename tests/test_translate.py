@@ -160,3 +160,59 @@ def test_checkpoint_from_another_model_version_is_one_line(ckpt, tmp_path):
     assert len(message.splitlines()) == 1
     assert message.startswith(f"error: {other}: its weights do not fit the model")
     assert "encoder.renamed.weight" in message
+
+
+# ------------------------------------------------------------------ the Python API
+
+
+def test_translator_api_on_a_checkpoint(ckpt):
+    from nmt import Translator
+
+    translator = Translator.from_checkpoint(ckpt, device="cpu", beam_size=3, n_best=3)
+    assert translator.settings.name == "beam" and translator.settings.n_best == 3
+    first, empty = translator.translate(["Open the file.", ""])
+    assert empty.text == "" and empty.tokens == [] and empty.attention.numel() == 0
+    assert len(first.nbest) == 3 and first.nbest[0].text == first.text
+    assert [h.search_score for h in first.nbest] == sorted(
+        (h.search_score for h in first.nbest), reverse=True
+    )
+    rows = len(first.tokens) + (0 if first.hit_max_len else 1)
+    assert first.attention.shape == (rows, len(first.source_tokens) + 1)
+    assert torch.allclose(first.attention.sum(dim=1), torch.ones(rows), atol=1e-5)
+    assert first.score <= 0 and first.confidence == pytest.approx(first.score / rows)
+    assert first.entropy is not None and first.entropy >= 0
+    assert "".join(first.source_tokens).replace("\u2581", " ").strip() == "Open the file."
+    assert translator.info.step == 2 and translator.info.source == str(ckpt)
+
+
+def test_translator_does_not_import_training_code():
+    import subprocess
+
+    code = (
+        "import sys, nmt.inference; "
+        "bad = [m for m in sys.modules if m in ('nmt.trainer', 'nmt.validation') "
+        "or 'tensorboard' in m]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "foreign", "tensor", "beam_size"])
+def test_translator_bad_input_is_one_line(ckpt, tmp_path, case):
+    from nmt import Translator
+    from nmt.errors import NMTError
+
+    path, search = tmp_path / f"{case}.pt", {}
+    if case == "text":
+        path.write_text("not a checkpoint\n", encoding="utf-8")
+    elif case == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    elif case == "tensor":
+        torch.save(torch.zeros(3), path)
+    elif case == "beam_size":
+        path, search = ckpt, {"beam_size": 0}
+    with pytest.raises(NMTError) as raised:
+        Translator.from_checkpoint(path, device="cpu", **search)
+    message = str(raised.value)
+    assert len(message.splitlines()) == 1
+    assert (str(path) in message) if case != "beam_size" else message.startswith("search.beam_size")

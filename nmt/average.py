@@ -1,7 +1,7 @@
 """Checkpoint averaging: the element-wise mean of the weights of the last k checkpoints.
 
-    python scripts/average_checkpoints.py --run-dir RUN --last 5          # → RUN/checkpoints/averaged.pt
-    python scripts/average_checkpoints.py --inputs a.pt b.pt --output avg.pt
+    nmt-average run_dir=RUN last=5               # → RUN/checkpoints/averaged.pt
+    nmt-average ckpts=[a.pt,b.pt] out=avg.pt     # or python -m nmt.average …
 
 The mean of the weights along the end of a run usually decodes better than any single one of
 them (Vaswani et al. 2017, §6.1; fairseq's ``average_checkpoints.py``):
@@ -18,16 +18,19 @@ the end of a run with ``trainer.average_last=k``.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
+from omegaconf import DictConfig
 
+import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt import CONFIG_DIR
 from nmt.checkpoint import load_checkpoint, save_checkpoint
-from nmt.errors import NMTError, exit_on_user_error
+from nmt.errors import NMTError, exit_on_user_error, optional_int, str_list
 
 STEP_CHECKPOINT = re.compile(r"step(\d+)\.pt")
 
@@ -111,53 +114,39 @@ def check_same_architecture(
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="scripts/average_checkpoints.py",
-        description="Average the weights of several checkpoints of one run into one checkpoint.",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--inputs", nargs="+", type=Path, metavar="CKPT", help="checkpoints")
-    source.add_argument(
-        "--run-dir", type=Path, help="a run dir: average its newest --last K checkpoints/step*.pt"
-    )
-    parser.add_argument("--last", type=int, metavar="K", help="with --run-dir: how many")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        help="where to write the result (default with --run-dir: RUN_DIR/checkpoints/averaged.pt)",
-    )
-    args = parser.parse_args(argv)
-    if args.run_dir is not None and (args.last is None or args.last < 1):
-        parser.error("--run-dir needs --last K with K >= 1")
-    if args.inputs is not None and args.last is not None:
-        parser.error("--last goes with --run-dir, not --inputs")
-    if args.inputs is not None and args.output is None:
-        parser.error("--inputs needs --output PATH")
-    return args
-
-
-def inputs_of(args: argparse.Namespace) -> list[Path]:
-    """The checkpoints to average: ``--inputs``, or the ``--last K`` newest of ``--run-dir``."""
-    if args.inputs is not None:
-        return list(args.inputs)
-    ckpt_dir = args.run_dir / "checkpoints"
-    if not ckpt_dir.is_dir():
-        raise NMTError(f"{ckpt_dir}: no such directory; --run-dir takes a training run's folder")
-    paths = newest_step_checkpoints(ckpt_dir, args.last)
-    if len(paths) < args.last:
+def inputs_of(cfg: DictConfig) -> tuple[list[Path], Path]:
+    """The checkpoints to average and where the mean goes: ``ckpts`` and ``out``, or the ``last``
+    newest step checkpoints of ``run_dir`` (by default into its ``checkpoints/averaged.pt``)."""
+    if (cfg.ckpts is None) == (cfg.run_dir is None):
         raise NMTError(
-            f"{ckpt_dir}: {len(paths)} step checkpoints (stepNNNNNNN.pt), --last {args.last} "
+            "give either ckpts=[A.pt,B.pt,...] out=PATH, or run_dir=RUN last=K "
+            f"(got {'both' if cfg.ckpts is not None else 'neither'})"
+        )
+    last = optional_int(cfg.last, "last", minimum=1)
+    if cfg.ckpts is not None:
+        if last is not None:
+            raise NMTError("last: goes with run_dir=RUN, not with ckpts=[...]")
+        if cfg.out is None:
+            raise NMTError("ckpts: needs out=PATH, where to write the average")
+        return [Path(p) for p in str_list(cfg.ckpts, "ckpts")], Path(cfg.out)
+    if last is None:
+        raise NMTError("run_dir: needs last=K (K >= 1), how many step checkpoints to average")
+    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise NMTError(f"run_dir: {ckpt_dir}: no such directory; give a training run's folder")
+    paths = newest_step_checkpoints(ckpt_dir, last)
+    if len(paths) < last:
+        raise NMTError(
+            f"{ckpt_dir}: {len(paths)} step checkpoints (stepNNNNNNN.pt), last={last} "
             "asked; train with trainer.keep_last=K or trainer.keep_every_validation=true"
         )
-    return paths
+    return paths, Path(cfg.out) if cfg.out is not None else ckpt_dir / "averaged.pt"
 
 
+@hydra.main(config_path=str(CONFIG_DIR), config_name="average", version_base="1.3")
 @exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    paths = inputs_of(args)
-    output = args.output or args.run_dir / "checkpoints" / "averaged.pt"
+def main(cfg: DictConfig) -> None:
+    paths, output = inputs_of(cfg)
     payload = average_checkpoints(paths)
     save_checkpoint(output, payload)
     print(f"wrote {output}: the mean of {len(paths)} checkpoints ({', '.join(map(str, paths))})")

@@ -1,4 +1,4 @@
-"""Speed, memory and FLOPs of any training configuration: ``python scripts/benchmark.py [overrides]``.
+"""Speed, memory and FLOPs of any training configuration: ``nmt-benchmark [overrides]``.
 
 The config is ``configs/benchmark.yaml``: the training config plus a ``benchmark`` section, so
 every training override works (``+experiment=joeynmt_ref``, ``model/attention=dot``, …). It
@@ -45,6 +45,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR
 from nmt.data.batching import Batch, TokenBatcher
 from nmt.data.pipeline import PreparedData, prepare

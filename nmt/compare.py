@@ -1,8 +1,10 @@
-"""Compare the runs of a sweep: ``python scripts/compare.py SWEEP_DIR [--out DIR] [--evaluate-test]``.
+"""Compare the runs of a sweep: ``nmt-compare sweep=SWEEP_DIR [out=DIR] [evaluate_test=true]``.
 
 A sweep dir is what ``python -m nmt.train -m …`` leaves in ``hydra.sweep.dir``: one run dir per
-job, found here as every folder below SWEEP_DIR that holds ``.hydra/config.yaml``. From each run
-dir it reads
+job (by default named after its overrides with each ``/`` turned into ``.``, e.g.
+``model.attention=dot,model.encoder=lstm``; see ``hydra.sweep.subdir`` in configs/train.yaml),
+found here as every folder below SWEEP_DIR, at any depth, that holds ``.hydra/config.yaml``. A
+run's name is its path relative to SWEEP_DIR. From each run dir it reads
 
 * ``.hydra/config.yaml``: the variant, ``model.attention.score`` × ``model.encoder.rnn_type`` ×
   ``model.decoder.style``;
@@ -12,19 +14,18 @@ dir it reads
 * ``checkpoints/best.pt`` (else ``last.pt``): the number of parameters, counted from the model's
   tensors (a tied matrix once);
 * ``test_scores.json``: the test split's scores. It is the report ``nmt.evaluate`` writes, the
-  same as ``python scripts/evaluate.py ckpt=RUN/checkpoints/best.pt split=test
-  json=RUN/test_scores.json`` with the run's search settings; ``--evaluate-test`` writes it for
-  every run that has a ``best.pt`` and no ``test_scores.json`` yet (an existing one is reused).
+  same as ``nmt-evaluate ckpt=RUN/checkpoints/best.pt split=test json=RUN/test_scores.json``
+  with the run's search settings; ``evaluate_test=true`` writes it for every run that has a
+  ``best.pt`` and no ``test_scores.json`` yet (an existing one is reused).
 
 It writes ``comparison.md`` (the table, with notes for runs that lack something),
-``comparison.json`` (the same figures, unformatted) and three plots to SWEEP_DIR or ``--out``:
+``comparison.json`` (the same figures, unformatted) and three plots to SWEEP_DIR or ``out=DIR``:
 ``bleu.png`` and ``chrf.png`` (best valid and test score per variant) and ``valid_bleu.png``
 (valid BLEU against the training step, one line per run).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from collections.abc import Callable, Sequence
@@ -32,14 +33,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nmt.errors import NMTError, exit_on_user_error
+import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt import CONFIG_DIR
+from nmt.errors import NMTError, boolean, exit_on_user_error
 from nmt.evaluate import evaluate_checkpoint
 from nmt.metrics import write_json, write_text_atomic
 from nmt.models import SCORES
+from nmt.runtime import pick_device
 
 RUN_MARKER = Path(".hydra") / "config.yaml"
 TEST_SCORES = "test_scores.json"
@@ -180,7 +185,7 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     if (run_dir / TEST_SCORES).is_file():
         run.test_bleu, run.test_chrf = read_test_scores(run_dir / TEST_SCORES)
     else:
-        run.notes.append(f"no {TEST_SCORES} (--evaluate-test)")
+        run.notes.append(f"no {TEST_SCORES} (evaluate_test=true)")
     run.tokens_per_s = median_tokens_per_s(run_dir / "tensorboard")
     if run.tokens_per_s is None and validations:
         run.notes.append("no train/tokens_per_s logged")
@@ -262,7 +267,7 @@ def markdown_report(sweep_dir: Path, runs: Sequence[Run]) -> str:
   validation's perplexity per target subword (no label smoothing; comparable only between runs
   with the same target vocabulary).
 * **test BLEU** (ko-mecab) and **test chrF**: `test_scores.json`, the checkpoint `best.pt`
-  decoded on the test split (`scripts/compare.py --evaluate-test`).
+  decoded on the test split (`nmt-compare evaluate_test=true`).
 * **tokens/s**: median of TensorBoard's `train/tokens_per_s` (target tokens per second).
 * **parameters**: the tensors of the checkpoint's model, a tied matrix counted once.
 
@@ -357,38 +362,16 @@ def compare(
     return runs
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="scripts/compare.py",
-        description="Compare the runs of a `python -m nmt.train -m …` sweep: a Markdown table "
-        "and plots of BLEU, chrF, speed, size and attention statistics per variant.",
-    )
-    parser.add_argument("sweep_dir", type=Path, help="the sweep's hydra.sweep.dir")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="write the report here (default: SWEEP_DIR)"
-    )
-    parser.add_argument(
-        "--evaluate-test",
-        action="store_true",
-        help=f"decode each run's best.pt on the test split first, writing {TEST_SCORES} "
-        "(kept when present)",
-    )
-    parser.add_argument(
-        "--device", default="auto", help="auto | cpu | cuda, for --evaluate-test (default auto)"
-    )
-    return parser.parse_args(argv)
-
-
+@hydra.main(config_path=str(CONFIG_DIR), config_name="compare", version_base="1.3")
 @exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    device = "cpu"
-    if args.evaluate_test:
-        from nmt.runtime import pick_device
-
-        device = str(pick_device(args.device))
-    runs = compare(args.sweep_dir, args.out, args.evaluate_test, device)
-    out_dir = args.out or args.sweep_dir
+def main(cfg: DictConfig) -> None:
+    if cfg.sweep is None:
+        raise NMTError("sweep: no value; give the sweep's folder (its hydra.sweep.dir), sweep=DIR")
+    evaluate = boolean(cfg.evaluate_test, "evaluate_test")
+    device = str(pick_device(cfg.device, "device"))
+    sweep_dir = Path(cfg.sweep)
+    out_dir = Path(cfg.out) if cfg.out is not None else sweep_dir
+    runs = compare(sweep_dir, out_dir, evaluate, device)
     print(markdown_table(runs))
     print(f"\nwrote {out_dir / 'comparison.md'}, comparison.json and {', '.join(PLOTS)}")
 

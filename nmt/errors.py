@@ -11,7 +11,7 @@ import functools
 import logging
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from omegaconf.errors import MissingMandatoryValue
@@ -55,3 +55,31 @@ def exit_on_user_error(main: F) -> F:
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+# Checks of command-line values (``key=value``): Hydra parses ``last=5`` as an int, ``fresh=true``
+# as a bool and ``runs=[a,b]`` as a list, but a typo parses too (``last=five`` is a string).
+
+
+def str_list(value: object, key: str) -> list[str]:
+    """A non-empty list of names or paths: ``key=a`` (one) or ``key=[a,b]``."""
+    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    if items and all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in items):
+        return [str(v) for v in items]
+    raise NMTError(f"{key}: expected a file name or a non-empty list [a,b], got {value!r}")
+
+
+def optional_int(value: object, key: str, minimum: int) -> int | None:
+    """``null``, or an integer >= ``minimum``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise NMTError(f"{key}: expected an integer >= {minimum} (or null), got {value!r}")
+    return value
+
+
+def boolean(value: object, key: str) -> bool:
+    """``true`` or ``false``."""
+    if not isinstance(value, bool):
+        raise NMTError(f"{key}: expected true or false, got {value!r}")
+    return value

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR
-from nmt.errors import NMTError, exit_on_user_error
+from nmt.errors import NMTError, exit_on_user_error, str_list
 from nmt.metrics import (
     DEFAULT_TOKENIZERS,
     degeneracy,
@@ -183,7 +184,7 @@ def format_report(report: dict[str, Any]) -> str:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    tokenizers = _as_list(cfg.tokenizers, "tokenizers")
+    tokenizers = str_list(cfg.tokenizers, "tokenizers")
     if cfg.json is not None and not Path(cfg.json).parent.is_dir():
         raise NMTError(f"json={cfg.json}: folder {Path(cfg.json).parent} does not exist")
     if cfg.hyp is not None:
@@ -194,7 +195,7 @@ def main(cfg: DictConfig) -> None:
             )
         if cfg.ref is None:
             raise NMTError("hyp= needs ref=FILE, the reference translations")
-        report = evaluate_files(_as_list(cfg.hyp, "hyp"), _one_ref(cfg.ref), tokenizers)
+        report = evaluate_files(str_list(cfg.hyp, "hyp"), _one_ref(cfg.ref), tokenizers)
     elif cfg.ckpt is not None:
         if (cfg.split is None) == (cfg.src is None):
             raise NMTError("ckpt= needs either split=train|valid|test or src=FILE ref=FILE")
@@ -223,16 +224,8 @@ def main(cfg: DictConfig) -> None:
         print(f"\nwrote {cfg.json}")
 
 
-def _as_list(value: Any, key: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, ListConfig | list) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise NMTError(f"{key}: expected a file name or a non-empty list [a,b], got {value!r}")
-
-
 def _one_ref(value: Any) -> str:
-    refs = _as_list(value, "ref")
+    refs = str_list(value, "ref")
     if len(refs) != 1:
         raise NMTError(f"ref: expected one reference file, got {len(refs)}")
     return refs[0]

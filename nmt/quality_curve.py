@@ -1,37 +1,42 @@
 """Quality against training budget: every step checkpoint of a run, scored on valid and test.
 
-    python scripts/quality_curve.py RUN [--beam 5] [--max-sentences 200]
-    python scripts/quality_curve.py RUN_A RUN_B --labels default joeynmt_ref --out DIR
+    nmt-quality-curve runs=[RUN] [beam=5] [max_sentences=200]
+    nmt-quality-curve runs=[RUN_A,RUN_B] labels=[default,joeynmt_ref] out=DIR
 
 A run keeps every validation's ``checkpoints/stepNNNNNNN.pt`` when trained with
 ``trainer.keep_every_validation=true`` (or a ``trainer.keep_last`` as large as its number of
 validations). Each one is decoded on the valid and the test split of the run's corpus with
-:func:`nmt.evaluate.evaluate_translator` — the run's own search settings, or ``--beam N`` — and
+:func:`nmt.evaluate.evaluate_translator` — the run's own search settings, or ``beam=N`` — and
 scored with BLEU (ko-mecab) and chrF. Its x coordinate is ``progress.minutes``, the run's
 wall-clock when the checkpoint was written (validation time included, across resumes).
 
 Per run it writes ``RUN/quality_curve.md`` (one row per checkpoint), ``RUN/quality_curve.json``
 and ``RUN/quality_curve.png`` (BLEU and chrF against minutes, valid and test). With several runs
-``--out DIR`` gets the same three files for all of them, on one figure. A checkpoint already in
-``RUN/quality_curve.json`` with the same search settings and ``--max-sentences`` is not decoded
-again (``--fresh`` decodes everything).
+``out=DIR`` gets the same three files for all of them, on one figure. A checkpoint already in
+``RUN/quality_curve.json`` with the same search settings and ``max_sentences`` is not decoded
+again (``fresh=true`` decodes everything).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
+from omegaconf import DictConfig
+
+import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt import CONFIG_DIR
 from nmt.average import step_checkpoints
 from nmt.checkpoint import load_checkpoint
-from nmt.errors import NMTError, exit_on_user_error
+from nmt.errors import NMTError, boolean, exit_on_user_error, optional_int, str_list
 from nmt.evaluate import evaluate_translator
 from nmt.inference import Translator
 from nmt.metrics import write_json, write_text_atomic
+from nmt.runtime import pick_device
 
 SPLITS = ("valid", "test")
 OUTPUTS = ("quality_curve.md", "quality_curve.json", "quality_curve.png")
@@ -77,7 +82,7 @@ def search_settings(checkpoint: dict[str, Any], beam: int | None) -> dict[str, A
     search = dict(checkpoint["config"]["search"])
     if beam is not None:
         if beam < 1:
-            raise NMTError(f"--beam: expected an integer >= 1, got {beam}")
+            raise NMTError(f"beam: expected an integer >= 1, got {beam}")
         search.update(name="greedy" if beam == 1 else "beam", beam_size=beam)
         search["n_best"] = min(search.get("n_best", 1), beam)
     return search
@@ -239,60 +244,40 @@ def write_report(out_dir: Path, curves: Sequence[Curve]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="scripts/quality_curve.py",
-        description="Score every step checkpoint of finished runs on valid and test; a table "
-        "and a plot of BLEU and chrF against training minutes.",
-    )
-    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run dirs")
-    parser.add_argument(
-        "--labels", nargs="+", help="one name per run dir (default: the folders' names)"
-    )
-    parser.add_argument(
-        "--out", type=Path, help="the report of all runs together (required with several)"
-    )
-    parser.add_argument(
-        "--beam", type=int, help="beam size instead of the run's search settings (1: greedy)"
-    )
-    parser.add_argument(
-        "--max-sentences", type=int, metavar="N", help="only the first N sentences of each split"
-    )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    parser.add_argument(
-        "--fresh",
-        action="store_true",
-        help="decode every checkpoint, even those in RUN/quality_curve.json",
-    )
-    args = parser.parse_args(argv)
-    if args.labels is not None and len(args.labels) != len(args.run_dirs):
-        parser.error(f"--labels: {len(args.labels)} given for {len(args.run_dirs)} run dirs")
-    if len(args.run_dirs) > 1 and args.out is None:
-        parser.error("several run dirs: give --out DIR for the report of all of them")
-    if args.max_sentences is not None and args.max_sentences < 1:
-        parser.error("--max-sentences: expected an integer >= 1")
-    return args
-
-
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    from nmt.runtime import pick_device
-
-    device = str(pick_device(args.device))
-    labels = args.labels or [d.resolve().name for d in args.run_dirs]
-    curves = []
-    for run_dir, label in zip(args.run_dirs, labels, strict=True):
+def check_cfg(cfg: DictConfig) -> tuple[list[Path], list[str]]:
+    """The run dirs and their labels, after the checks of every key (one line naming it)."""
+    if cfg.runs is None:
+        raise NMTError("runs: no value; give the run dirs, runs=[RUN] or runs=[RUN_A,RUN_B]")
+    run_dirs = [Path(p) for p in str_list(cfg.runs, "runs")]
+    labels = None if cfg.labels is None else str_list(cfg.labels, "labels")
+    if labels is not None and len(labels) != len(run_dirs):
+        raise NMTError(f"labels: {len(labels)} given for {len(run_dirs)} run dirs")
+    if len(run_dirs) > 1 and cfg.out is None:
+        raise NMTError("runs: several run dirs; give out=DIR for the report of all of them")
+    optional_int(cfg.beam, "beam", minimum=1)
+    optional_int(cfg.max_sentences, "max_sentences", minimum=1)
+    boolean(cfg.fresh, "fresh")
+    for run_dir in run_dirs:
         if not run_dir.is_dir():
-            raise NMTError(f"{run_dir}: no such directory")
-        curve = score_run(run_dir, label, args.beam, args.max_sentences, device, args.fresh)
+            raise NMTError(f"runs: {run_dir}: no such directory")
+    return run_dirs, labels or [d.resolve().name for d in run_dirs]
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="quality_curve", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    run_dirs, labels = check_cfg(cfg)
+    device = str(pick_device(cfg.device, "device"))
+    curves = []
+    for run_dir, label in zip(run_dirs, labels, strict=True):
+        curve = score_run(run_dir, label, cfg.beam, cfg.max_sentences, device, cfg.fresh)
         write_report(run_dir, [curve])
         curves.append(curve)
     print(markdown_table(curves))
-    written = [run_dir / OUTPUTS[0] for run_dir in args.run_dirs]
-    if args.out is not None:
-        write_report(args.out, curves)
-        written.append(args.out / OUTPUTS[0])
+    written = [run_dir / OUTPUTS[0] for run_dir in run_dirs]
+    if cfg.out is not None:
+        write_report(Path(cfg.out), curves)
+        written.append(Path(cfg.out) / OUTPUTS[0])
     print(f"\nwrote {', '.join(map(str, written))} (and .json, .png beside each)")
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR
 from nmt.errors import NMTError, exit_on_user_error
 from nmt.inference import Translation, Translator

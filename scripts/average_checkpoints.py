@@ -1,4 +1,4 @@
-"""Average checkpoints (see nmt/average.py): python scripts/average_checkpoints.py --run-dir RUN --last K"""
+"""Average checkpoints, an alias of nmt-average (nmt/average.py): python scripts/average_checkpoints.py run_dir=RUN last=K"""
 
 import sys
 from pathlib import Path

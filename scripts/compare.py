@@ -1,4 +1,4 @@
-"""Compare the runs of a sweep (see nmt/compare.py): python scripts/compare.py SWEEP_DIR [--evaluate-test]"""
+"""Compare the runs of a sweep, an alias of nmt-compare (nmt/compare.py): python scripts/compare.py sweep=DIR [evaluate_test=true]"""
 
 import sys
 from pathlib import Path

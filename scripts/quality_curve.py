@@ -1,4 +1,4 @@
-"""Quality against training minutes (see nmt/quality_curve.py): python scripts/quality_curve.py RUN_DIR [RUN_DIR ...]"""
+"""Quality against training minutes, an alias of nmt-quality-curve (nmt/quality_curve.py): python scripts/quality_curve.py runs=[RUN,...]"""
 
 import sys
 from pathlib import Path

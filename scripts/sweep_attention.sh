@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The attention comparison: every score function × GRU/LSTM encoder, each trained for the same
-# wall-clock budget, then the comparison table and plots (scripts/compare.py).
+# wall-clock budget, then the comparison table and plots (nmt-compare, nmt/compare.py).
 #
 #   bash scripts/sweep_attention.sh                      # 10 runs × 30 minutes, one after another
 #   MINUTES=10 SWEEP_DIR=multirun/att10 bash scripts/sweep_attention.sh optim.lr=1e-3
@@ -8,7 +8,7 @@
 # Extra arguments go to every nmt.train run. Runs land in $SWEEP_DIR/<job>_<attention>-<encoder>-<decoder>.
 # ATTENTIONS and ENCODERS (comma-separated) choose the variants, e.g. to finish an interrupted sweep:
 #   SWEEP_DIR=multirun/attention/rest ATTENTIONS=location ENCODERS=lstm bash scripts/sweep_attention.sh
-#   python scripts/compare.py multirun/attention     # finds run folders at any depth
+#   python -m nmt.compare sweep=multirun/attention   # finds run folders at any depth
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -27,5 +27,5 @@ python -m nmt.train -m \
 
 # COMPARE=0: leave the table for later, e.g. while a second half of the sweep still runs
 if [[ "${COMPARE:-1}" != 0 ]]; then
-    python scripts/compare.py "$SWEEP_DIR" --evaluate-test
+    python -m nmt.compare sweep="$SWEEP_DIR" evaluate_test=true
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe experiments: the default config with one setting changed per run, each trained for the
-# same wall-clock budget, then the table (scripts/compare.py; rank by valid BLEU). docs/recipes.md
+# same wall-clock budget, then the table (nmt-compare; rank by valid BLEU). docs/recipes.md
 # has the results and the command that produced them.
 #
 #   MINUTES=12 SWEEP_DIR=multirun/recipes bash scripts/sweep_recipes.sh trainer.num_threads=1
@@ -40,5 +40,5 @@ done
 
 # COMPARE=0: leave the table for later, e.g. while a second half of the sweep still runs
 if [[ "${COMPARE:-1}" != 0 ]]; then
-    python scripts/compare.py "$SWEEP_DIR" --evaluate-test
+    python -m nmt.compare sweep="$SWEEP_DIR" evaluate_test=true
 fi

@@ -1,5 +1,5 @@
-"""Checkpoint averaging (nmt/average.py, scripts/average_checkpoints.py) and the trainer's
-``keep_last`` / ``keep_every_validation`` / ``average_last``."""
+"""Checkpoint averaging (nmt/average.py: nmt-average, scripts/average_checkpoints.py) and the
+trainer's ``keep_last`` / ``keep_every_validation`` / ``average_last``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, quote, run_main
 
 from nmt import checkpoint
-from nmt.average import average_checkpoints, main, newest_step_checkpoints
+from nmt.average import average_checkpoints, newest_step_checkpoints
 from nmt.errors import NMTError
 from nmt.trainer import Trainer, check_trainer_cfg, keep_newest
 
@@ -93,7 +93,7 @@ def test_different_vocabularies_are_refused(tmp_path):
         average_checkpoints([a, b])
 
 
-def test_last_k_picks_the_newest_step_checkpoints(tmp_path, capsys):
+def test_last_k_picks_the_newest_step_checkpoints(tmp_path):
     ckpt_dir = tmp_path / "checkpoints"
     for step in (4, 12, 8, 100):
         write(ckpt_dir / f"step{step:07d}.pt", fabricated(step, torch.full((2,), float(step))))
@@ -104,30 +104,53 @@ def test_last_k_picks_the_newest_step_checkpoints(tmp_path, capsys):
         "step0000012.pt",
         "step0000100.pt",
     ]
-    main(["--run-dir", str(tmp_path), "--last", "2"])
+    result = run_main("nmt.average", f"run_dir={quote(tmp_path)}", "last=2")
+    assert result.returncode == 0, result.stderr
     out = checkpoint.load_checkpoint(ckpt_dir / "averaged.pt")
     assert out["averaged_from"] == [
         str(ckpt_dir / "step0000012.pt"),
         str(ckpt_dir / "step0000100.pt"),
     ]
     assert out["model"]["embed.weight"].tolist() == [56.0, 56.0]
-    assert "wrote" in capsys.readouterr().out
+    assert "wrote" in result.stdout
 
-    with pytest.raises(SystemExit) as exit_:
-        main(["--run-dir", str(tmp_path), "--last", "5"])
-    assert exit_.value.code == 2
-    assert "4 step checkpoints (stepNNNNNNN.pt), --last 5 asked" in capsys.readouterr().err
+    result = run_main("nmt.average", f"run_dir={quote(tmp_path)}", "last=5")
+    assert result.returncode == 2
+    assert "4 step checkpoints (stepNNNNNNN.pt), last=5 asked" in result.stderr
 
 
-def test_inputs_and_output(tmp_path):
+def test_ckpts_and_out(tmp_path):
     a = write(tmp_path / "a.pt", fabricated(1, torch.zeros(2)))
     b = write(tmp_path / "b.pt", fabricated(2, torch.ones(2)))
-    main(["--inputs", str(a), str(b), "--output", str(tmp_path / "out" / "avg.pt")])
+    result = run_main(
+        "nmt.average", f"ckpts=[{quote(a)},{quote(b)}]", f"out={quote(tmp_path / 'out' / 'avg.pt')}"
+    )
+    assert result.returncode == 0, result.stderr
     assert checkpoint.load_checkpoint(tmp_path / "out" / "avg.pt")["model"][
         "embed.weight"
     ].tolist() == [0.5, 0.5]
-    with pytest.raises(SystemExit):  # argparse: --inputs needs --output
-        main(["--inputs", str(a)])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give either ckpts=[A.pt,B.pt,...] out=PATH, or run_dir=RUN last=K (got neither)"),
+        (["ckpts=[a.pt]", "run_dir=.", "last=1"], "(got both)"),
+        (["ckpts=[a.pt]"], "ckpts: needs out=PATH"),
+        (["ckpts=[a.pt]", "out=x.pt", "last=2"], "last: goes with run_dir=RUN"),
+        (["ckpts=[]", "out=x.pt"], "ckpts: expected a file name or a non-empty list [a,b], got []"),
+        (["run_dir=."], "run_dir: needs last=K (K >= 1)"),
+        (["run_dir=.", "last=0"], "last: expected an integer >= 1 (or null), got 0"),
+        (["run_dir=.", "last=five"], "last: expected an integer >= 1 (or null), got 'five'"),
+        (["run_dir=no/such/run", "last=2"], "run_dir: no/such/run/checkpoints: no such directory"),
+    ],
+)
+def test_bad_keys_are_one_line_naming_the_key(args, message):
+    result = run_main("nmt.average", *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(

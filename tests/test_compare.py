@@ -1,4 +1,4 @@
-"""scripts/compare.py on fabricated sweeps: run dirs written the way nmt.train writes them, with
+"""nmt-compare (nmt/compare.py) on fabricated sweeps: run dirs written the way nmt.train writes them, with
 known numbers, so every cell of the table is known in advance."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_main
+from conftest import quote, run_main
 from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
@@ -83,8 +83,9 @@ def validation(step: int, bleu: float, chrf: float, entropy: float, diag: float,
 
 @pytest.fixture
 def sweep(tmp_path, compose_config) -> Path:
-    """Three runs: a complete one, one nested a level deeper (as Hydra's override_dirname with a
-    '/' makes it) with neither test scores nor TensorBoard events, and one that never validated."""
+    """Three runs: a complete one, one named as configs/train.yaml's hydra.sweep.subdir names a
+    job (the overrides, '/' turned into '.') with neither test scores nor TensorBoard events, and
+    one a level deeper (a second half of a sweep run into SWEEP_DIR/rest) that never validated."""
     root = tmp_path / "sweep"
     weight = torch.zeros(3, 4)
     write_run(
@@ -99,22 +100,22 @@ def sweep(tmp_path, compose_config) -> Path:
         checkpoint=("best.pt", {"w": weight, "b": torch.zeros(5), "tied": weight}),
     )
     write_run(
-        root / "model" / "attention=dot,model" / "encoder=lstm",
+        root / "model.attention=dot,model.encoder=lstm",
         compose_config("model/attention=dot", "model/encoder=lstm", "model/decoder=bahdanau"),
         validations=[validation(100, 1.5, 10.25, 3.0, 0.125, 0.75)],
         checkpoint=("last.pt", {"x": torch.zeros(10)}),
     )
-    write_run(root / "general-gru-luong", compose_config("model/attention=general"))
+    write_run(root / "rest" / "general-gru-luong", compose_config("model/attention=general"))
     (root / "multirun.yaml").write_text("hydra: {}\n")
     return root
 
 
 EXPECTED_ROWS = [
-    "| model/attention=dot,model/encoder=lstm | dot | lstm | bahdanau | 100 | 1.50 | 100.0 | — | — "
-    "| — | 10 | 3.000 | 0.125 | 0.750 | no test_scores.json (--evaluate-test); "
+    "| model.attention=dot,model.encoder=lstm | dot | lstm | bahdanau | 100 | 1.50 | 100.0 | — | — "
+    "| — | 10 | 3.000 | 0.125 | 0.750 | no test_scores.json (evaluate_test=true); "
     "no train/tokens_per_s logged |",
-    "| general-gru-luong | general | gru | luong | — | — | — | — | — | — | — | — | — | — "
-    "| no validations yet; no test_scores.json (--evaluate-test); no checkpoint |",
+    "| rest/general-gru-luong | general | gru | luong | — | — | — | — | — | — | — | — | — | — "
+    "| no validations yet; no test_scores.json (evaluate_test=true); no checkpoint |",
     "| concat-gru-luong | concat | gru | luong | 400 | 5.00 | 25.0 | 7.25 | 30.50 | 200 | 17 "
     "| 1.234 | 0.568 | 0.901 |  |",
 ]
@@ -128,11 +129,11 @@ def table_rows(markdown: str) -> list[str]:
 
 def test_table_holds_exactly_the_runs_numbers(sweep, tmp_path):
     out = tmp_path / "report"
-    result = run_main("nmt.compare", str(sweep), "--out", str(out))
+    result = run_main("nmt.compare", f"sweep={quote(sweep)}", f"out={quote(out)}")
     assert result.returncode == 0, result.stderr
     assert table_rows((out / "comparison.md").read_text()) == EXPECTED_ROWS
     assert table_rows(result.stdout) == EXPECTED_ROWS
-    assert not (sweep / "comparison.md").exists()  # --out, not the sweep dir
+    assert not (sweep / "comparison.md").exists()  # out=, not the sweep dir
 
     runs = {r["name"]: r for r in json.loads((out / "comparison.json").read_text())}
     concat = runs["concat-gru-luong"]
@@ -144,7 +145,7 @@ def test_table_holds_exactly_the_runs_numbers(sweep, tmp_path):
     assert concat["parameters"] == 17  # the tied matrix once
     assert concat["attn_diagonal_mass"] == 0.5678
     assert concat["curve"] == [[200, 5.0], [400, 4.5]]
-    assert runs["general-gru-luong"]["curve"] == []
+    assert runs["rest/general-gru-luong"]["curve"] == []
 
     for name in compare.PLOTS:
         data = (out / name).read_bytes()
@@ -155,7 +156,7 @@ def test_table_holds_exactly_the_runs_numbers(sweep, tmp_path):
 
 
 def test_report_goes_to_the_sweep_dir_by_default(sweep):
-    result = run_main("nmt.compare", str(sweep))
+    result = run_main("nmt.compare", f"sweep={quote(sweep)}")
     assert result.returncode == 0, result.stderr
     for name in ("comparison.md", "comparison.json", *compare.PLOTS):
         assert (sweep / name).is_file(), name
@@ -186,7 +187,7 @@ def test_evaluate_test_writes_missing_scores_and_keeps_existing_ones(
         return {"systems": [{"scores": {"bleu_ko-mecab": {"score": 3.5}, "chrf": {"score": 12.0}}}]}
 
     monkeypatch.setattr(compare, "evaluate_checkpoint", fake_evaluate)
-    result = run_main("nmt.compare", str(root), "--evaluate-test", "--device", "cpu")
+    result = run_main("nmt.compare", f"sweep={quote(root)}", "evaluate_test=true", "device=cpu")
     assert result.returncode == 0, result.stderr
     # only the run with a best.pt and no test_scores.json, with its own search settings
     assert calls == [(root / "unscored" / "checkpoints" / "best.pt", "greedy", "test", "cpu")]
@@ -199,8 +200,22 @@ def test_evaluate_test_writes_missing_scores_and_keeps_existing_ones(
 def test_no_runs_is_an_error(tmp_path, make):
     sweep = tmp_path / "sweep"
     make(sweep)
-    result = run_main("nmt.compare", str(sweep))
+    result = run_main("nmt.compare", f"sweep={quote(sweep)}")
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {sweep}: ")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "sweep" / "comparison.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "sweep: no value; give the sweep's folder (its hydra.sweep.dir), sweep=DIR"),
+        (["sweep=.", "evaluate_test=yes"], "evaluate_test: expected true or false, got 'yes'"),
+        (["sweep=.", "device=gpu"], "device: expected auto, cpu or cuda; got 'gpu'"),
+    ],
+)
+def test_bad_keys_are_one_line_naming_the_key(args, message):
+    result = run_main("nmt.compare", *args)
+    assert result.returncode == 2
+    assert result.stderr == f"error: {message}\n"

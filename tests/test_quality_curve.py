@@ -1,4 +1,4 @@
-"""scripts/quality_curve.py on a tiny run that kept every validation's checkpoint."""
+"""nmt-quality-curve (nmt/quality_curve.py) on a tiny run that kept every validation's checkpoint."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, quote, run_main
 
 from nmt import quality_curve
 from nmt.trainer import Trainer
@@ -37,13 +37,20 @@ def tiny_run(tiny_prepared, tmp_path_factory) -> Path:
     return run_dir
 
 
+def run_curve(*args: str):
+    """``nmt-quality-curve args... device=cpu``, which must succeed."""
+    result = run_main("nmt.quality_curve", *args, "device=cpu")
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def table_rows(markdown: str) -> list[list[str]]:
     rows = [line for line in markdown.splitlines() if line.startswith("| ")][1:]  # no header
     return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
 
 
-def test_one_row_per_checkpoint_and_a_plot(tiny_run, capsys):
-    quality_curve.main([str(tiny_run), "--max-sentences", "3", "--device", "cpu"])
+def test_one_row_per_checkpoint_and_a_plot(tiny_run):
+    result = run_curve(f"runs=[{quote(tiny_run)}]", "max_sentences=3")
     rows = table_rows((tiny_run / "quality_curve.md").read_text(encoding="utf-8"))
     assert [row[1:3] for row in rows] == [["step0000002.pt", "2"], ["step0000004.pt", "4"]]
     report = json.loads((tiny_run / "quality_curve.json").read_text(encoding="utf-8"))
@@ -56,11 +63,11 @@ def test_one_row_per_checkpoint_and_a_plot(tiny_run, capsys):
             assert 0.0 <= point[key] <= 100.0
     assert curve["signatures"]["bleu_ko-mecab"].startswith("nrefs:1|")
     assert (tiny_run / "quality_curve.png").read_bytes()[:8] == PNG_SIGNATURE
-    assert "step0000004.pt" in capsys.readouterr().out
+    assert "step0000004.pt" in result.stdout
 
 
 def test_a_second_call_reuses_the_scores_unless_settings_change(tiny_run, monkeypatch):
-    quality_curve.main([str(tiny_run), "--max-sentences", "3", "--device", "cpu"])
+    run_curve(f"runs=[{quote(tiny_run)}]", "max_sentences=3")
     before = (tiny_run / "quality_curve.json").read_text(encoding="utf-8")
     decoded = []
     real = quality_curve.evaluate_translator
@@ -70,19 +77,22 @@ def test_a_second_call_reuses_the_scores_unless_settings_change(tiny_run, monkey
         return real(translator, *args, **kwargs)
 
     monkeypatch.setattr(quality_curve, "evaluate_translator", counting)
-    quality_curve.main([str(tiny_run), "--max-sentences", "3", "--device", "cpu"])
+    run_curve(f"runs={quote(tiny_run)}", "max_sentences=3")  # one run: the list's brackets optional
     assert decoded == []
     assert (tiny_run / "quality_curve.json").read_text(encoding="utf-8") == before
-    quality_curve.main([str(tiny_run), "--max-sentences", "2", "--device", "cpu"])
+    run_curve(f"runs=[{quote(tiny_run)}]", "max_sentences=2")
     assert decoded == ["step0000002.pt"] * 2 + ["step0000004.pt"] * 2  # valid and test
 
 
 def test_several_runs_on_one_figure(tiny_run, tmp_path):
     other = shutil.copytree(tiny_run, tmp_path / "other")
     out = tmp_path / "both"
-    quality_curve.main(
-        [str(tiny_run), str(other), "--labels", "default", "joeynmt_ref", "--out", str(out)]
-        + ["--max-sentences", "2", "--beam", "2", "--device", "cpu"]
+    run_curve(
+        f"runs=[{quote(tiny_run)},{quote(other)}]",
+        "labels=[default,joeynmt_ref]",
+        f"out={quote(out)}",
+        "max_sentences=2",
+        "beam=2",
     )
     rows = table_rows((out / "quality_curve.md").read_text(encoding="utf-8"))
     assert [row[0] for row in rows] == ["default", "default", "joeynmt_ref", "joeynmt_ref"]
@@ -92,15 +102,30 @@ def test_several_runs_on_one_figure(tiny_run, tmp_path):
     assert (other / "quality_curve.md").is_file()  # each run's own report too
 
 
-def test_a_run_without_step_checkpoints_says_how_to_keep_them(tmp_path, capsys):
+def test_a_run_without_step_checkpoints_says_how_to_keep_them(tmp_path):
     (tmp_path / "checkpoints").mkdir()
-    with pytest.raises(SystemExit) as exit_:
-        quality_curve.main([str(tmp_path), "--device", "cpu"])
-    assert exit_.value.code == 2
-    assert "trainer.keep_every_validation=true" in capsys.readouterr().err
+    result = run_main("nmt.quality_curve", f"runs=[{quote(tmp_path)}]", "device=cpu")
+    assert result.returncode == 2
+    assert "trainer.keep_every_validation=true" in result.stderr
 
 
-def test_several_runs_need_out(tmp_path):
-    with pytest.raises(SystemExit) as exit_:
-        quality_curve.main([str(tmp_path), str(tmp_path)])
-    assert exit_.value.code == 2  # argparse's usage error
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "runs: no value; give the run dirs, runs=[RUN] or runs=[RUN_A,RUN_B]"),
+        (["runs=[.,.]"], "runs: several run dirs; give out=DIR for the report of all of them"),
+        (["runs=[.]", "labels=[a,b]"], "labels: 2 given for 1 run dirs"),
+        (["runs=[.]", "beam=0"], "beam: expected an integer >= 1 (or null), got 0"),
+        (
+            ["runs=[.]", "max_sentences=0"],
+            "max_sentences: expected an integer >= 1 (or null), got 0",
+        ),
+        (["runs=[.]", "fresh=1"], "fresh: expected true or false, got 1"),
+        (["runs=[no/such/run]"], "runs: no/such/run: no such directory"),
+        (["runs=[.]", "device=gpu"], "device: expected auto, cpu or cuda; got 'gpu'"),
+    ],
+)
+def test_bad_keys_are_one_line_naming_the_key(args, message):
+    result = run_main("nmt.quality_curve", *args)
+    assert result.returncode == 2
+    assert result.stderr == f"error: {message}\n"

@@ -1,4 +1,5 @@
-"""The sweep scripts (scripts/sweep_attention.sh, scripts/sweep_recipes.sh) on the tiny corpus."""
+"""Sweeps on the tiny corpus: the sweep scripts (scripts/sweep_attention.sh,
+scripts/sweep_recipes.sh) and a plain ``nmt-train -m`` multirun's folders."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO_ROOT, TINY_MODEL
+from conftest import REPO_ROOT, TINY_MODEL, quote, run_main
 from omegaconf import OmegaConf
 
 TINY_RUN = [
@@ -81,3 +82,30 @@ def test_attention_sweep_names_runs_by_variant(tiny_prepared, tmp_path):
     assert runs == ["0_dot-lstm-luong", "1_location-lstm-luong"]
     assert run_config(sweep / runs[1]).model.attention.score == "location"
     assert not (sweep / "comparison.md").exists()  # COMPARE=0
+
+
+def test_a_multirun_makes_one_flat_folder_per_job(tiny_prepared, tmp_path):
+    """configs/train.yaml's hydra.sweep.subdir turns each / of a group override into '.', so
+    model/attention=dot,general makes two sibling folders (Hydra's override_dirname alone
+    nests model/ → attention=dot); nmt-compare names the runs after them."""
+    sweep = tmp_path / "multirun"
+    common = [*tiny_prepared.corpus.overrides(tiny_prepared.data.out_dir), *TINY_RUN]
+    keys = ",".join(arg.split("=")[0] for arg in common)  # kept out of the folder names
+    result = run_main(
+        "nmt.train",
+        "-m",
+        *common,
+        "model/attention=dot,general",
+        f"hydra.sweep.dir={quote(sweep)}",
+        f"hydra.job.config.override_dirname.exclude_keys=[{keys}]",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["model.attention=dot", "model.attention=general"]
+    assert run_config(sweep / jobs[0]).model.attention.score == "dot"
+    assert (sweep / jobs[1] / "checkpoints" / "last.pt").is_file()
+
+    result = run_main("nmt.compare", f"sweep={quote(sweep)}")
+    assert result.returncode == 0, result.stderr
+    names = [r["name"] for r in json.loads((sweep / "comparison.json").read_text(encoding="utf-8"))]
+    assert names == ["model.attention=dot", "model.attention=general"]

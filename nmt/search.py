@@ -47,6 +47,7 @@ from nmt.data.batching import pad
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
 from nmt.errors import NMTError
 from nmt.models import DecoderState, Memory, Seq2Seq
+from nmt.runtime import Precision, autocast_context, resolve_precision
 
 SEARCH_NAMES = ("greedy", "beam")
 FORBIDDEN_IDS = (PAD_ID, BOS_ID)  # never predicted
@@ -615,6 +616,12 @@ def _no_repeat_ngram_size(search_cfg: DictConfig) -> int:
     return search_cfg.get("no_repeat_ngram_size", 0)
 
 
+def search_precision(search_cfg: DictConfig, device: torch.device) -> Precision:
+    """``search.precision`` resolved on ``device`` (fp32 or bf16; ``auto`` as in training,
+    :func:`nmt.runtime.resolve_precision`); fp32 in search configs saved before the option."""
+    return resolve_precision(search_cfg.get("precision", "fp32"), device, "search.precision")
+
+
 def _search_batch(
     model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, search_cfg: DictConfig
 ) -> SearchResult:
@@ -663,11 +670,12 @@ def decode_lines(
     with no subwords (empty or blank) gets one empty hypothesis without running the model.
 
     The model is put in eval mode for the call and its mode restored afterwards. ``device``
-    defaults to the model's.
+    defaults to the model's. ``search.precision`` (fp32, bf16 or auto) sets the autocast the
+    searches run under (:func:`search_precision`).
     """
     _check_search_cfg(search_cfg)
-    if device is None:
-        device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    autocast = autocast_context(search_precision(search_cfg, device), device)
     encoded = src_vocab.encode(lines)
     results: list[list[Hypothesis]] = [[_empty_hypothesis()] for _ in lines]
     order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: -len(encoded[i]))
@@ -679,7 +687,8 @@ def decode_lines(
             seqs = [encoded[i] + [EOS_ID] for i in batch_idx]
             src = pad(seqs).to(device)  # (batch, src_len)
             src_lengths = torch.tensor([len(seq) for seq in seqs], device=device)
-            found = _search_batch(model, src, src_lengths, search_cfg)
+            with autocast:  # products in bf16 under autocast; the log-softmax stays fp32
+                found = _search_batch(model, src, src_lengths, search_cfg)
             for i, nbest in zip(batch_idx, found.hypotheses, strict=True):
                 results[i] = nbest
     finally:

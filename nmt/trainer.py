@@ -37,7 +37,7 @@ from nmt.errors import NMTError
 from nmt.loss import check_label_smoothing, sequence_loss
 from nmt.models import build_model
 from nmt.optim import LRSchedule, build_optimizer, load_optimizer_state
-from nmt.runtime import autocast_context, pick_device
+from nmt.runtime import autocast_context, pick_device, resolve_precision
 from nmt.validation import Validator
 
 log = logging.getLogger("nmt")
@@ -229,7 +229,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=t.precision == "fp16" and self.device.type == "cuda"
         )
-        self.autocast = autocast_context(t.precision, self.device)
+        self.precision = resolve_precision(t.precision, self.device)  # auto → bf16 or fp32
+        self.autocast = autocast_context(self.precision, self.device)
         self.progress = Progress()
         self.last_validated_step: int | None = None
         self.metrics: dict[str, float] = {}
@@ -242,6 +243,7 @@ class Trainer:
         self.validator = (
             Validator(self.cfg, self.data, self.run_dir, purge_step) if self.ctx.is_main else None
         )
+        self.info(f"precision: {self.precision.name} ({self.precision.reason})")
         self.info(
             f"model: {self.model.num_parameters():,} parameters; device {self.device}; "
             f"{self.batcher.num_batches(world_size=self.ctx.world_size):,} batches per epoch per rank"

@@ -97,12 +97,15 @@ def test_autocast_context_is_cpu_bf16_autocast():
 # Training under bf16
 
 
+@pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("setup", SETUPS, ids=["-".join(s) for s in SETUPS])
-def test_bf16_loss_and_gradients_are_close_to_fp32(setup):
+def test_bf16_loss_and_gradients_are_close_to_fp32(setup, layers):
     """One batch through every decoder style and RNN type (LSTM included: oneDNN's bf16 LSTM
-    does not build on CPUs without AVX-512, so the recurrences run in fp32)."""
+    does not build on CPUs without AVX-512, so the recurrences run in fp32), 1 and 2 layers."""
     torch.manual_seed(0)
-    model = build_model(model_cfg(*setup), SRC_VOCAB, TGT_VOCAB)
+    cfg = model_cfg(*setup)
+    cfg.encoder.num_layers = cfg.decoder.num_layers = layers
+    model = build_model(cfg, SRC_VOCAB, TGT_VOCAB)
     pairs = toy_pairs(16, torch.Generator().manual_seed(3))
     src, src_lengths = pad([s for s, _ in pairs])
     tgt, _ = pad([[1] + t + [2] for _, t in pairs])  # <s> … </s>

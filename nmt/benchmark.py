@@ -20,8 +20,11 @@ measures, on the device the trainer would pick (``trainer.device``):
   trained for its timed steps (atypical output lengths) or, with ``ckpt``, a trained checkpoint.
 * **FLOPs**: :func:`flops_per_target_token`, the model's matrix multiplies per target token from
   the config's sizes and the lengths of the batches measured, the achieved GFLOP/s (training
-  FLOPs per target token × target tokens/s) and a GEMM peak measured in the same run
-  (:func:`gemm_peak`), so the two can be compared on one machine.
+  FLOPs per target token × target tokens/s) and the GEMM peaks of fp32 and bf16 measured in the
+  same run (:func:`gemm_peaks`), so the two can be compared on one machine: ``share_of_peak`` is
+  the share of the peak of the precision trained in (``trainer.precision``, ``auto`` resolved),
+  ``share_of_fp32_peak`` that of fp32's. The CPU flags that decide those peaks (AVX2, AVX-512,
+  AVX512-BF16, AMX) are listed under ``device.cpu_features``.
 
 The report is printed as a table and written as JSON to ``benchmark.output`` (atomically).
 """
@@ -56,8 +59,15 @@ from nmt.loss import check_label_smoothing, sequence_loss
 from nmt.metrics import write_json
 from nmt.models import build_model
 from nmt.optim import LRSchedule, build_optimizer
-from nmt.runtime import autocast_context, pick_device
-from nmt.search import SearchSettings
+from nmt.runtime import (
+    BF16_CPU_FLAGS,
+    Precision,
+    autocast_context,
+    cpu_flags,
+    pick_device,
+    resolve_precision,
+)
+from nmt.search import SearchSettings, search_precision
 
 log = logging.getLogger("nmt")
 
@@ -248,9 +258,13 @@ class Clock:
 
 
 def gemm_peak(
-    device: torch.device, sizes: Sequence[int], repeats: int, min_seconds: float = 0.05
+    device: torch.device,
+    sizes: Sequence[int],
+    repeats: int,
+    min_seconds: float = 0.05,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
-    """Best fp32 ``torch.mm`` rate over square sizes ``n`` (2·n³ FLOPs each), in GFLOP/s.
+    """Best ``torch.mm`` rate in ``dtype`` over square sizes ``n`` (2·n³ FLOPs each), in GFLOP/s.
 
     Each measurement runs enough products back to back to last ``min_seconds``; the best of
     ``repeats`` measurements per size counts.
@@ -258,9 +272,9 @@ def gemm_peak(
     clock = Clock(device)
     best, best_n = 0.0, None
     for n in sizes:
-        a = torch.randn(n, n, device=device)
-        b = torch.randn(n, n, device=device)
-        out = torch.empty(n, n, device=device)
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        out = torch.empty(n, n, device=device, dtype=dtype)
         start = clock.now()
         torch.mm(a, b, out=out)  # warm-up; also sizes the batch of products below
         calls = max(1, min(1000, math.ceil(min_seconds / max(clock.now() - start, 1e-9))))
@@ -271,7 +285,17 @@ def gemm_peak(
             rate = 2 * n**3 * calls / (clock.now() - start) / 1e9
             if rate > best:
                 best, best_n = rate, n
-    return {"gflops": best, "n": best_n, "sizes": list(sizes), "dtype": "float32"}
+    return {"gflops": best, "n": best_n, "sizes": list(sizes), "dtype": str(dtype).split(".")[-1]}
+
+
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def gemm_peaks(device: torch.device, sizes: Sequence[int], repeats: int) -> dict[str, Any]:
+    """:func:`gemm_peak` in fp32 and in bf16, each precision's own peak, by precision name."""
+    return {
+        name: gemm_peak(device, sizes, repeats, dtype=dtype) for name, dtype in PEAK_DTYPES.items()
+    }
 
 
 @dataclass
@@ -312,7 +336,9 @@ def endless_batches(batcher: TokenBatcher) -> Iterator[Batch]:
 class StepRunner:
     """The trainer's optimiser step on one batch, with each phase timed."""
 
-    def __init__(self, cfg: DictConfig, model: torch.nn.Module, device: torch.device):
+    def __init__(
+        self, cfg: DictConfig, model: torch.nn.Module, device: torch.device, precision: Precision
+    ):
         self.cfg = cfg
         self.model = model
         self.device = device
@@ -321,7 +347,7 @@ class StepRunner:
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=cfg.trainer.precision == "fp16" and device.type == "cuda"
         )
-        self.autocast = autocast_context(cfg.trainer.precision, device)
+        self.autocast = autocast_context(precision, device)
         self.clock = Clock(device)
         self.step_number = 0
 
@@ -366,7 +392,11 @@ class StepRunner:
 
 
 def time_training(
-    cfg: DictConfig, model: torch.nn.Module, data: PreparedData, device: torch.device
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    data: PreparedData,
+    device: torch.device,
+    precision: Precision,
 ) -> tuple[dict[str, Any], LengthStats]:
     """Warm up, then time ``windows`` windows; returns the report's ``train`` section and the
     lengths of the timed batches."""
@@ -374,7 +404,7 @@ def time_training(
     batcher = data.batcher("train", b.max_tokens, b.bucket_width, b.seed, shuffle=True)
     batches = endless_batches(batcher)
     model.train()
-    runner = StepRunner(cfg, model, device)
+    runner = StepRunner(cfg, model, device, precision)
     runner.window(batches, bench.warmup_steps, LengthStats())
     lengths = LengthStats()
     windows = [
@@ -464,6 +494,7 @@ def time_decoding(
     seconds = clock.now() - start
     tokens = sum(t.num_predicted for t in best)
     return {
+        "precision": search_precision(translator.settings, device).name,
         "beam_size": translator.settings.beam_size,
         "length_penalty": translator.settings.length_penalty,
         "sentences": len(lines),
@@ -545,11 +576,16 @@ def check_benchmark_cfg(bench: DictConfig) -> None:
         raise NMTError(f"benchmark.output={bench.output}: folder {folder} does not exist")
 
 
+# The CPU flags that decide what the fp32 and bf16 peaks can be
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", *BF16_CPU_FLAGS, "amx_tile")
+
+
 def device_report(device: torch.device) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "type": device.type,
         "name": name,
+        "cpu_features": [flag for flag in CPU_FEATURES if flag in cpu_flags()],
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -579,6 +615,8 @@ def run_benchmark(
     if bench.threads:
         torch.set_num_threads(bench.threads)
     device = pick_device(cfg.trainer.device)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    progress(f"precision: {precision.name} ({precision.reason})")
     data = data or prepare(cfg.data, seed=cfg.seed, log=progress)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(data.src_vocab), len(data.tgt_vocab)).to(device)
@@ -588,11 +626,12 @@ def run_benchmark(
         f"{bench.steps_per_window} steps on {device}"
     )
     rss_reset = reset_peak_memory(device)
-    train, lengths = time_training(cfg, model, data, device)
+    train, lengths = time_training(cfg, model, data, device, precision)
     memory = memory_report(device, rss_reset)
     flops = flops_per_target_token(cfg.model, len(data.tgt_vocab), lengths)
-    progress(f"GEMM peak: torch.mm fp32, n in {list(bench.gemm_sizes)}")
-    peak = gemm_peak(device, list(bench.gemm_sizes), bench.gemm_repeats)
+    progress(f"GEMM peaks: torch.mm fp32 and bf16, n in {list(bench.gemm_sizes)}")
+    peaks = gemm_peaks(device, list(bench.gemm_sizes), bench.gemm_repeats)
+    own_peak = peaks.get(precision.name, peaks["fp32"])["gflops"]  # fp16 runs: fp32's
     achieved = flops.train * train["tgt_tokens_per_s"] / 1e9
     return {
         "config": {
@@ -600,7 +639,8 @@ def run_benchmark(
             "model": OmegaConf.to_container(cfg.model, resolve=True),
             "data": cfg.data.name,
             "max_tokens": cfg.data.batching.max_tokens,
-            "precision": cfg.trainer.precision,
+            "precision": precision.name,
+            "precision_reason": precision.reason,
             "optim": cfg.optim.name,
         },
         "device": device_report(device),
@@ -618,8 +658,13 @@ def run_benchmark(
             "attn_src_len": lengths.attn_src_len,
             "src_per_tgt": lengths.src_per_tgt,
             "achieved_gflops": achieved,
-            "gemm_peak": peak,
-            "share_of_peak": achieved / peak["gflops"] if peak["gflops"] else None,
+            "gemm_peak": peaks["fp32"],
+            "gemm_peaks": peaks,
+            # the share of the peak of the precision trained in, and of the fp32 peak
+            "share_of_peak": achieved / own_peak if own_peak else None,
+            "share_of_fp32_peak": (
+                achieved / peaks["fp32"]["gflops"] if peaks["fp32"]["gflops"] else None
+            ),
         },
         "decode": decoding_report(cfg, model, data, device),
     }
@@ -643,6 +688,8 @@ def format_report(report: dict[str, Any]) -> str:
             "device",
             f"{dev['type']} ({dev['name']}), {dev['threads']} threads, torch {dev['torch']}",
         ),
+        ("CPU features", ", ".join(dev["cpu_features"]) or "none of " + ", ".join(CPU_FEATURES)),
+        ("precision", f"{report['config']['precision']} ({report['config']['precision_reason']})"),
         ("parameters", f"{report['model']['parameters']:,}"),
         ("train target tokens/s", f"{train['tgt_tokens_per_s']:,.0f} (median of windows)"),
         ("train src+tgt tokens/s", f"{train['src_tgt_tokens_per_s']:,.0f}"),
@@ -661,7 +708,7 @@ def format_report(report: dict[str, Any]) -> str:
     if mem["cuda_max_allocated_mib"] is not None:
         rows.append(("CUDA max allocated", f"{mem['cuda_max_allocated_mib']:,.0f} MiB"))
     pieces = ", ".join(f"{k} {v / 1e6:.3g}" for k, v in flops["forward_pieces"].items())
-    peak = flops["gemm_peak"]
+    peaks = flops["gemm_peaks"]
     rows += [
         (
             "FLOPs per target token",
@@ -669,8 +716,15 @@ def format_report(report: dict[str, Any]) -> str:
         ),
         ("  forward pieces (M)", pieces),
         ("achieved", f"{flops['achieved_gflops']:.2f} GFLOP/s"),
-        ("GEMM peak", f"{peak['gflops']:.1f} GFLOP/s (fp32 torch.mm, n={peak['n']})"),
-        ("share of peak", f"{100 * (flops['share_of_peak'] or 0):.1f}%"),
+        *(
+            (f"GEMM peak {name}", f"{p['gflops']:.1f} GFLOP/s ({p['dtype']} torch.mm, n={p['n']})")
+            for name, p in peaks.items()
+        ),
+        (
+            "share of peak",
+            f"{100 * (flops['share_of_peak'] or 0):.1f}% of the {report['config']['precision']} "
+            f"peak ({100 * (flops['share_of_fp32_peak'] or 0):.1f}% of fp32's)",
+        ),
     ]
     decode = report["decode"]
     if decode is not None:
@@ -678,7 +732,7 @@ def format_report(report: dict[str, Any]) -> str:
             d = decode[name]
             rows.append(
                 (
-                    f"decode {name} (beam {d['beam_size']})",
+                    f"decode {name} (beam {d['beam_size']}, {d['precision']})",
                     f"{d['sentences_per_s']:.2f} sentences/s, {d['tokens_per_s']:,.0f} tokens/s "
                     f"({d['sentences']} sentences, mean length {d['mean_output_len']:.1f}, "
                     f"{100 * d['max_len_rate']:.0f}% at the length limit)",

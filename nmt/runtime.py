@@ -2,18 +2,31 @@
 
 Shared by training and inference, so it imports neither: ``import nmt.inference`` must not pull
 in the trainer (and TensorBoard) just to choose a device.
+
+Precision (``trainer.precision``, ``search.precision``): ``fp32``; ``bf16`` or ``fp16``, mixed
+precision through ``torch.autocast`` (matrix products in the low precision, the attention
+softmax, the scores' log-softmax and the loss in fp32, weights and optimiser state in fp32);
+``auto`` resolves per device with :func:`resolve_precision`: bf16 on a CPU with bf16 matrix
+instructions (AMX-BF16 or AVX512-BF16) or on a CUDA device that supports bf16, else fp32.
+fp16 runs on CUDA only (it needs loss scaling; CPUs without fp16 matrix units gain nothing).
 """
 
 from __future__ import annotations
 
+import functools
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from nmt.errors import NMTError
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# CPU flags (as /proc/cpuinfo spells them) whose bf16 matrix units make bf16 autocast faster
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def pick_device(name: str | torch.device, key: str = "device") -> torch.device:
@@ -32,12 +45,99 @@ def pick_device(name: str | torch.device, key: str = "device") -> torch.device:
     return torch.device(name)
 
 
-def autocast_context(precision: str, device: torch.device) -> AbstractContextManager:
-    if precision == "fp32":
+# --------------------------------------------------------------------------------------------
+# What the CPU can do
+
+
+def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The feature flags of the first ``flags`` line of a ``/proc/cpuinfo`` text (x86 Linux)."""
+    for line in cpuinfo.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() in ("flags", "Features"):  # x86 / ARM spelling
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags: ``/proc/cpuinfo`` on Linux, else torch's own CPU probe
+    (``torch.cpu.get_capabilities()``, the same names for the bf16 flags)."""
+    try:
+        flags = parse_cpu_flags(CPUINFO.read_text())
+    except OSError:
+        flags = frozenset()
+    if flags:
+        return flags
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
+    return frozenset(name for name, value in capabilities.items() if value is True)
+
+
+def bf16_cpu_flags(flags: frozenset[str] | None = None) -> list[str]:
+    """Which of :data:`BF16_CPU_FLAGS` the CPU has (``flags``: this CPU's by default)."""
+    flags = cpu_flags() if flags is None else flags
+    return [flag for flag in BF16_CPU_FLAGS if flag in flags]
+
+
+# --------------------------------------------------------------------------------------------
+# Precision
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved precision: ``name`` is fp32, bf16 or fp16; ``reason`` says why, for the log."""
+
+    name: str
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
+
+
+def resolve_precision(
+    precision: str,
+    device: torch.device,
+    key: str = "trainer.precision",
+    flags: frozenset[str] | None = None,
+) -> Precision:
+    """``auto`` → bf16 where the device computes bf16 products fast, else fp32; the others
+    checked against the device.  ``flags`` (tests): CPU flags instead of this CPU's."""
+    if precision not in PRECISIONS:
+        raise NMTError(f"{key}: expected one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if device.type == "cuda":
+        if precision != "auto":
+            return Precision(precision, f"{key}={precision}")
+        # measured on an H200: the default model is latency-bound, and bf16 trained slower
+        # (25,732 vs 30,830 tokens/s, docs/benchmarks.md), so auto keeps fp32 on GPUs
+        return Precision("fp32", f"{key}=auto: fp32 on CUDA (bf16 is trainer.precision=bf16)")
+    if precision == "fp16":
+        raise NMTError(f"{key}=fp16 needs CUDA; use bf16 or fp32 on {device.type}")
+    if device.type != "cpu":
+        if precision == "bf16":
+            raise NMTError(f"{key}=bf16 runs on cpu or cuda; use fp32 on {device.type}")
+        return Precision("fp32", f"{key}={precision} on {device.type}")
+    found = bf16_cpu_flags(flags)
+    have = f"the CPU has {', '.join(found)}" if found else f"no {' or '.join(BF16_CPU_FLAGS)}"
+    if precision == "auto":
+        if found:
+            return Precision("bf16", f"{key}=auto: {have}")
+        return Precision("fp32", f"{key}=auto: {have} on this CPU (bf16 would be emulated)")
+    if precision == "bf16" and not found:
+        return Precision("bf16", f"{key}=bf16 ({have}: emulated bf16, slower than fp32)")
+    return Precision(precision, f"{key}={precision}")
+
+
+def autocast_context(
+    precision: str | Precision, device: torch.device, key: str = "trainer.precision"
+) -> AbstractContextManager:
+    """``torch.autocast`` for a low precision on ``device``; a no-op for fp32.
+
+    ``precision`` is a config value (resolved here, ``auto`` included) or a :class:`Precision`.
+    Under it the matrix products run in bf16/fp16 while the model keeps the attention softmax,
+    the loss and the search's log-softmax in fp32 (they cast with ``.float()``).
+    """
+    if not isinstance(precision, Precision):
+        precision = resolve_precision(precision, device, key)
+    if precision.name == "fp32":
         return nullcontext()
-    if precision not in ("bf16", "fp16"):
-        raise NMTError(f"trainer.precision: expected fp32, bf16 or fp16; got {precision!r}")
-    if device.type != "cuda":
-        raise NMTError(f"trainer.precision={precision} needs CUDA; use fp32 on {device.type}")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=precision.dtype)

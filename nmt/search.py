@@ -50,6 +50,7 @@ from nmt.data.batching import pad
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from nmt.errors import NMTError
 from nmt.models import DecoderState, Memory, Seq2Seq
+from nmt.runtime import Precision, autocast_context, resolve_precision
 
 SEARCH_NAMES = ("greedy", "beam")
 FORBIDDEN_IDS = (PAD_ID, BOS_ID)  # never predicted
@@ -609,7 +610,8 @@ class SearchSettings:
     ``name`` greedy or beam; ``beam_size`` hypotheses kept per sentence (beam); ``n_best``
     hypotheses returned per sentence (1 <= n_best <= beam_size); ``length_penalty`` GNMT's alpha;
     ``max_len_ratio`` / ``max_len_offset`` the per-sentence length limit; ``no_repeat_ngram_size``
-    n > 0 blocks repeated n-grams; ``batch_size`` sentences decoded together.
+    n > 0 blocks repeated n-grams; ``batch_size`` sentences decoded together; ``precision``
+    the autocast the search runs under (fp32, bf16, or auto: :func:`search_precision`).
     """
 
     name: str = "beam"
@@ -620,6 +622,7 @@ class SearchSettings:
     n_best: int = 1
     no_repeat_ngram_size: int = 4
     batch_size: int = 64
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.name not in SEARCH_NAMES:
@@ -629,6 +632,8 @@ class SearchSettings:
         for key in ("beam_size", "n_best", "batch_size"):
             _check_int(key, getattr(self, key), minimum=1)
         _check_no_repeat_ngram_size(self.no_repeat_ngram_size)
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise NMTError(f"search.precision: expected auto, fp32 or bf16, got {self.precision!r}")
         for key in ("length_penalty", "max_len_ratio", "max_len_offset"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -647,10 +652,10 @@ class SearchSettings:
 
         A key the settings do not know is an error naming it. ``beam_size`` given without
         ``name`` picks the search: 1 → greedy, more → beam. Configs saved before
-        ``no_repeat_ngram_size`` existed decode as they did, with 0 (off).
+        ``no_repeat_ngram_size`` or ``precision`` existed decode as they did (0: off; fp32).
         """
         known = [f.name for f in fields(cls)]
-        values = {"no_repeat_ngram_size": 0, **dict(search_cfg)}
+        values = {"no_repeat_ngram_size": 0, "precision": "fp32", **dict(search_cfg)}
         for key in [*values, *overrides]:
             if key not in known:
                 raise NMTError(f"search.{key}: unknown setting; expected one of {', '.join(known)}")
@@ -681,6 +686,12 @@ def explicit_settings(search_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
 def _check_int(key: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise NMTError(f"search.{key}: expected an integer >= {minimum}, got {value!r}")
+
+
+def search_precision(settings: SearchSettings, device: torch.device) -> Precision:
+    """``search.precision`` resolved on ``device`` (fp32 or bf16; ``auto`` as in training,
+    :func:`nmt.runtime.resolve_precision`)."""
+    return resolve_precision(settings.precision, device, "search.precision")
 
 
 def _search_batch(
@@ -733,10 +744,11 @@ def decode_ids(
     ``n`` sentences (a progress bar).
 
     The model is put in eval mode for the call and its mode restored afterwards. ``device``
-    defaults to the model's.
+    defaults to the model's. ``search.precision`` (fp32, bf16 or auto) sets the autocast the
+    searches run under (:func:`search_precision`).
     """
-    if device is None:
-        device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    autocast = autocast_context(search_precision(settings, device), device)
     results: list[list[Hypothesis]] = [[_empty_hypothesis()] for _ in encoded]
     order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: -len(encoded[i]))
     was_training = model.training
@@ -747,7 +759,8 @@ def decode_ids(
             seqs = [list(encoded[i]) + [EOS_ID] for i in batch_idx]
             src = pad(seqs).to(device)  # (batch, src_len)
             src_lengths = torch.tensor([len(seq) for seq in seqs], device=device)
-            found = _search_batch(model, src, src_lengths, settings)
+            with autocast:  # products in bf16 under autocast; the log-softmax stays fp32
+                found = _search_batch(model, src, src_lengths, settings)
             for i, nbest in zip(batch_idx, found.hypotheses, strict=True):
                 results[i] = nbest
             if on_batch is not None:

@@ -56,7 +56,7 @@ from nmt.preemption import (
     exit_preempted,
     parse_signals,
 )
-from nmt.runtime import autocast_context, pick_device
+from nmt.runtime import autocast_context, pick_device, resolve_precision
 from nmt.validation import Validator
 
 log = logging.getLogger("nmt")
@@ -269,7 +269,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=t.precision == "fp16" and self.device.type == "cuda"
         )
-        self.autocast = autocast_context(t.precision, self.device)
+        self.precision = resolve_precision(t.precision, self.device)  # auto → bf16 or fp32
+        self.autocast = autocast_context(self.precision, self.device)
         self.progress = Progress()
         self.last_validated_step: int | None = None
         self.saved_step: int | None = None  # the step of the last.pt this process wrote
@@ -285,6 +286,7 @@ class Trainer:
         )
         if self.ctx.is_main:
             self.check_disk_space()
+        self.info(f"precision: {self.precision.name} ({self.precision.reason})")
         self.info(
             f"model: {self.model.num_parameters():,} parameters; device {self.device}; "
             f"{self.batcher.num_batches(world_size=self.ctx.world_size):,} batches per epoch per rank"

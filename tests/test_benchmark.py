@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from nmt.benchmark import (
+    CPU_FEATURES,
     LengthStats,
     check_benchmark_cfg,
     flops_per_target_token,
@@ -25,6 +26,7 @@ from nmt.checkpoint import save_checkpoint, vocab_payload
 from nmt.data.batching import collate
 from nmt.errors import NMTError
 from nmt.models import build_model
+from nmt.runtime import resolve_precision
 
 TINY_MODEL = TINY_SIZES  # the benchmark sets its own threads, batches and search
 QUICK = [
@@ -150,6 +152,8 @@ def test_length_stats_count_real_tokens_only():
 def test_gemm_peak_reports_the_best_size():
     peak = gemm_peak(torch.device("cpu"), [16, 32], repeats=1, min_seconds=0.001)
     assert peak["n"] in (16, 32) and peak["gflops"] > 0 and peak["dtype"] == "float32"
+    peak = gemm_peak(torch.device("cpu"), [16], 1, min_seconds=0.001, dtype=torch.bfloat16)
+    assert peak["n"] == 16 and peak["gflops"] > 0 and peak["dtype"] == "bfloat16"
 
 
 # ------------------------------------------------------------------------------ the config
@@ -236,7 +240,17 @@ def test_tiny_run_writes_every_field(tiny_prepared, tmp_path, monkeypatch):
         flops["train_per_tgt_token"] * train["tgt_tokens_per_s"] / 1e9
     )
     assert flops["gemm_peak"]["gflops"] > 0 and flops["gemm_peak"]["n"] == 64
-    assert flops["share_of_peak"] > 0
+    peaks = flops["gemm_peaks"]
+    assert peaks["fp32"] == flops["gemm_peak"] and peaks["bf16"]["dtype"] == "bfloat16"
+    assert peaks["bf16"]["gflops"] > 0
+    assert report["config"]["precision"] == resolve_precision("auto", torch.device("cpu")).name
+    own = peaks[report["config"]["precision"]]["gflops"]
+    assert flops["share_of_peak"] == pytest.approx(flops["achieved_gflops"] / own)
+    assert flops["share_of_fp32_peak"] == pytest.approx(
+        flops["achieved_gflops"] / peaks["fp32"]["gflops"]
+    )
+    assert set(report["device"]["cpu_features"]) <= set(CPU_FEATURES)
+    assert "GEMM peak bf16" in result.stdout and "CPU features" in result.stdout
 
     for name, beam_size in (("greedy", 1), ("beam", 5)):
         decode = report["decode"][name]

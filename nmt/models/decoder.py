@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt.models.attention import Attention
-from nmt.models.encoder import rnn_class
+from nmt.models.encoder import rnn_class, run_rnn
 
 
 class Memory(NamedTuple):
@@ -100,9 +100,9 @@ class DecoderRNN(nn.Module):
         """inputs (batch, steps, input_size) → top layer's outputs (batch, steps, hidden) and
         the final (hidden, cell), each (num_layers, batch, hidden)."""
         if self.is_lstm:
-            outputs, (hidden, cell) = self.layers(inputs, (hidden, cell))
+            outputs, (hidden, cell) = run_rnn(self.layers, inputs, (hidden, cell))
             return outputs, hidden, cell
-        outputs, hidden = self.layers(inputs, hidden)
+        outputs, hidden = run_rnn(self.layers, inputs, hidden)
         return outputs, hidden, None
 
     def project_known(self, known: Tensor) -> Tensor:
@@ -129,6 +129,9 @@ class DecoderRNN(nn.Module):
         if fed_back is not None:
             gates_in = gates_in + F.linear(fed_back, w_ih[:, w_ih.size(1) - fed_back.size(-1) :])
         gates_hidden = F.linear(hidden[0], w_hh, b_hh)  # (batch, gates*hidden)
+        # Under autocast the products arrive in bf16; the gates and the state are kept in fp32
+        # (no-ops in fp32), so rounding does not build up along the recurrence.
+        gates_in, gates_hidden = gates_in.float(), gates_hidden.float()
         if self.is_lstm:
             x, c = lstm_cell_from_gates(gates_in + gates_hidden, cell[0])
             hiddens, cells = [x], [c]
@@ -215,7 +218,7 @@ class Decoder(nn.Module):
         if self.bridge is None:
             hidden = memory.final.new_zeros(self.num_layers, batch, self.hidden_size)
         else:
-            hidden = torch.tanh(self.bridge(memory.final))  # (batch, num_layers*hidden)
+            hidden = torch.tanh(self.bridge(memory.final)).float()  # (batch, num_layers*hidden)
             hidden = hidden.view(batch, self.num_layers, self.hidden_size).transpose(0, 1)
             hidden = hidden.contiguous()  # (num_layers, batch, hidden)
         return hidden, (hidden if self.is_lstm else None)

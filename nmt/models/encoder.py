@@ -13,7 +13,7 @@ the whole gradient buffer at every time step.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,25 @@ def rnn_class(rnn_type: str, key: str) -> type[nn.RNNBase]:
     if rnn_type == "lstm":
         return nn.LSTM
     raise NMTError(f"{key}: expected one of {', '.join(RNN_TYPES)}; got {rnn_type!r}")
+
+
+def run_rnn(rnn: nn.RNNBase, inputs: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+    """``rnn(inputs, state)``, in fp32 when CPU autocast is on (inputs and state cast to fp32).
+
+    Under CPU autocast ``nn.LSTM`` calls oneDNN's bf16 LSTM, which cannot be built on CPUs
+    without AVX-512 ("could not create a primitive descriptor for the LSTM forward propagation
+    primitive"), and ``nn.GRU`` is not autocast on the CPU at all; so on the CPU the recurrences
+    over whole sequences run in fp32 for both (the projections and the output layer around them
+    still use bf16).  On CUDA autocast applies as usual (cuDNN's RNNs in the low precision).
+    """
+    if inputs.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return rnn(inputs, state)
+    if isinstance(state, tuple):
+        state = tuple(s.float() for s in state)
+    elif state is not None:
+        state = state.float()
+    with torch.autocast("cpu", enabled=False):
+        return rnn(inputs.float(), state)
 
 
 def reverse_within_lengths(x: Tensor, lengths: Tensor) -> Tensor:
@@ -89,11 +108,13 @@ class Encoder(nn.Module):
         for layer in range(self.num_layers):
             if layer > 0:
                 x = self.dropout(x)
-            forward_states, _ = self.forward_rnns[layer](x)  # (batch, src_len, hidden)
+            forward_states, _ = run_rnn(self.forward_rnns[layer], x)  # (batch, src_len, hidden)
             if self.num_directions == 1:
                 x = forward_states
                 continue
-            backward_states, _ = self.backward_rnns[layer](reverse_within_lengths(x, lengths))
+            backward_states, _ = run_rnn(
+                self.backward_rnns[layer], reverse_within_lengths(x, lengths)
+            )
             backward_states = reverse_within_lengths(backward_states, lengths)
             x = torch.cat([forward_states, backward_states], dim=-1)  # (batch, src_len, 2*hidden)
         real = torch.arange(src.size(1), device=src.device).unsqueeze(0) < lengths.unsqueeze(1)

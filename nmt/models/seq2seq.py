@@ -96,6 +96,9 @@ class Seq2Seq(nn.Module):
         """src (batch, src_len) long, PAD_ID-padded; src_lengths (batch,) in any order."""
         values, final = self.encoder(src, src_lengths)  # (batch, src_len, value_size)
         keys = self.decoder.attention.project_keys(values)  # once per batch
+        same = keys is values  # dot/scaled_dot with equal sizes, location
+        values = cast_for_decoding(values)
+        keys = values if same else cast_for_decoding(keys)
         # from the lengths, not the ids, so whatever sits in the padding is never attended to
         positions = torch.arange(src.size(1), device=src.device)  # (src_len,)
         src_mask = positions < src_lengths.to(src.device).unsqueeze(1)  # (batch, src_len)
@@ -148,6 +151,20 @@ class Seq2Seq(nn.Module):
                 tokens = torch.where(use_reference, tgt_in[:, t + 1], predicted)
         # stacked: (batch, tgt_len, tgt_vocab), (batch, tgt_len, src_len)
         return Seq2SeqOutput(torch.stack(logits, 1), torch.stack(attn_weights, 1))
+
+
+def cast_for_decoding(memory: Tensor) -> Tensor:
+    """``memory`` in autocast's dtype when decoding (no gradient) under autocast; else as is.
+
+    Every decoder step multiplies the keys and values again (scores, context), and autocast
+    would cast an fp32 tensor to bf16 at each of those products; cast once, the steps read the
+    same bf16 numbers, so the outputs are identical.  Not in training, where one bf16 copy
+    would sum its gradient from all steps in bf16 instead of fp32.
+    """
+    device = memory.device.type
+    if torch.is_grad_enabled() or not torch.is_autocast_enabled(device):
+        return memory
+    return memory.to(torch.get_autocast_dtype(device))
 
 
 # --------------------------------------------------------------------------------------------

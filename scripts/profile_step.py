@@ -1,0 +1,55 @@
+"""Profile the benchmark's training step with torch.profiler: which operators the time goes to.
+
+python scripts/profile_step.py [training overrides, e.g. +experiment=joeynmt_ref trainer.precision=bf16]
+    [benchmark.warmup_steps=N] [benchmark.steps_per_window=N (steps profiled)] [+rows=N]
+
+The step is nmt.benchmark's (the trainer's: forward, loss, backward, clipping, optimiser) on the
+training split's batches in the trainer's order. Prints the operators by self CPU time.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
+import hydra  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from nmt import REPO_ROOT  # noqa: E402
+from nmt.benchmark import LengthStats, StepRunner, endless_batches  # noqa: E402
+from nmt.data.pipeline import prepare  # noqa: E402
+from nmt.errors import exit_on_user_error  # noqa: E402
+from nmt.models import build_model  # noqa: E402
+from nmt.runtime import pick_device, resolve_precision  # noqa: E402
+
+
+@hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="benchmark", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    bench, b = cfg.benchmark, cfg.data.batching
+    if bench.threads:
+        torch.set_num_threads(bench.threads)
+    device = pick_device(cfg.trainer.device)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    data = prepare(cfg.data, seed=cfg.seed, log=print)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, len(data.src_vocab), len(data.tgt_vocab)).to(device).train()
+    batches = endless_batches(
+        data.batcher("train", b.max_tokens, b.bucket_width, b.seed, shuffle=True)
+    )
+    runner = StepRunner(cfg, model, device, precision)
+    runner.window(batches, bench.warmup_steps, LengthStats())
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        window = runner.window(batches, bench.steps_per_window, LengthStats())
+    print(
+        f"precision {precision.name} ({precision.reason}); {window.steps} steps, "
+        f"{window.tgt_tokens / window.seconds:,.0f} target tokens/s under the profiler"
+    )
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=cfg.get("rows", 25)))
+
+
+if __name__ == "__main__":
+    main()

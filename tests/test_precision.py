@@ -1,0 +1,209 @@
+"""Mixed precision on the CPU: choosing it (``auto`` from the CPU's flags), training and decoding
+under bf16 autocast.  bf16 autocast runs on every x86 CPU (emulated, slower, without AMX or
+AVX512-BF16), so none of these tests needs special hardware."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import pytest
+import torch
+from conftest import TINY_MODEL
+from test_search import (  # noqa: F401 (vocabs is a fixture)
+    LINES,
+    SETUPS,
+    SRC_VOCAB,
+    TGT_VOCAB,
+    model_cfg,
+    pad,
+    search_cfg,
+    toy_pairs,
+    train_briefly,
+    vocabs,
+)
+
+from nmt.errors import NMTError
+from nmt.loss import sequence_loss
+from nmt.models import build_model
+from nmt.runtime import autocast_context, parse_cpu_flags, resolve_precision
+from nmt.search import beam_search, decode_lines, greedy_search
+from nmt.trainer import Trainer
+
+CPU = torch.device("cpu")
+# /proc/cpuinfo excerpts: an AMD EPYC without AVX-512, a Sapphire Rapids, a Zen 4
+ZEN3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse sse2 avx avx2 fma f16c\n"
+SAPPHIRE_RAPIDS = "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+ZEN4 = "flags\t\t: fpu avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing the precision
+
+
+def test_cpu_flags_are_read_from_the_flags_line():
+    assert parse_cpu_flags(ZEN3) == {"fpu", "sse", "sse2", "avx", "avx2", "fma", "f16c"}
+    assert "amx_bf16" in parse_cpu_flags(SAPPHIRE_RAPIDS)
+    assert parse_cpu_flags("processor : 0\n") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected", "named"),
+    [
+        (ZEN3, "fp32", "no amx_bf16 or avx512_bf16"),
+        (SAPPHIRE_RAPIDS, "bf16", "amx_bf16, avx512_bf16"),
+        (ZEN4, "bf16", "avx512_bf16"),
+    ],
+)
+def test_auto_picks_bf16_only_where_the_cpu_has_bf16_units(cpuinfo, expected, named):
+    precision = resolve_precision("auto", CPU, flags=parse_cpu_flags(cpuinfo))
+    assert precision.name == expected
+    assert named in precision.reason and "trainer.precision=auto" in precision.reason
+
+
+def test_explicit_precisions_are_kept_and_bf16_without_the_flags_says_it_is_emulated():
+    flags = parse_cpu_flags(ZEN3)
+    assert resolve_precision("fp32", CPU, flags=flags).name == "fp32"
+    bf16 = resolve_precision("bf16", CPU, flags=flags)
+    assert bf16.name == "bf16" and "emulated" in bf16.reason
+    assert resolve_precision("bf16", CPU, flags=parse_cpu_flags(ZEN4)).reason == (
+        "trainer.precision=bf16"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("fp16", "search.precision=fp16 needs CUDA; use bf16 or fp32 on cpu"),
+        ("half", "search.precision: expected one of auto, fp32, bf16, fp16; got 'half'"),
+    ],
+)
+def test_bad_precisions_name_the_key(value, message):
+    with pytest.raises(NMTError) as err:
+        resolve_precision(value, CPU, "search.precision")
+    assert str(err.value) == message
+
+
+def test_autocast_context_is_cpu_bf16_autocast():
+    linear = torch.nn.Linear(4, 4)
+    with autocast_context("bf16", CPU):
+        assert linear(torch.randn(2, 4)).dtype == torch.bfloat16
+    with autocast_context("fp32", CPU):
+        assert linear(torch.randn(2, 4)).dtype == torch.float32
+
+
+# --------------------------------------------------------------------------------------------
+# Training under bf16
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("setup", SETUPS, ids=["-".join(s) for s in SETUPS])
+def test_bf16_loss_and_gradients_are_close_to_fp32(setup, layers):
+    """One batch through every decoder style and RNN type (LSTM included: oneDNN's bf16 LSTM
+    does not build on CPUs without AVX-512, so the recurrences run in fp32), 1 and 2 layers."""
+    torch.manual_seed(0)
+    cfg = model_cfg(*setup)
+    cfg.encoder.num_layers = cfg.decoder.num_layers = layers
+    model = build_model(cfg, SRC_VOCAB, TGT_VOCAB)
+    pairs = toy_pairs(16, torch.Generator().manual_seed(3))
+    src, src_lengths = pad([s for s, _ in pairs])
+    tgt, _ = pad([[1] + t + [2] for _, t in pairs])  # <s> … </s>
+
+    def loss_and_grads(precision: str) -> tuple[float, torch.Tensor]:
+        model.zero_grad()
+        with autocast_context(precision, CPU):
+            logits = model(src, src_lengths, tgt[:, :-1]).logits
+            loss = sequence_loss(logits, tgt[:, 1:], 0.1)
+        assert loss.dtype == torch.float32  # the loss is computed in fp32
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return loss.item(), grads
+
+    loss32, grads32 = loss_and_grads("fp32")
+    loss16, grads16 = loss_and_grads("bf16")
+    assert math.isfinite(loss16) and torch.isfinite(grads16).all()
+    assert loss16 == pytest.approx(loss32, rel=1e-2)
+    cosine = torch.nn.functional.cosine_similarity(grads16, grads32, dim=0)
+    assert cosine > 0.99, cosine
+
+
+def test_trainer_steps_under_bf16_on_the_cpu_and_logs_why(tiny_prepared, tmp_path, caplog):
+    cfg = tiny_prepared.corpus.cfg(
+        *TINY_MODEL,
+        "optim.scheduler=none",
+        "optim.lr=1e-2",
+        "trainer.max_steps=20",
+        "trainer.precision=bf16",
+    )
+    with caplog.at_level(logging.INFO, logger="nmt"):
+        trainer = Trainer(cfg, tmp_path, data=tiny_prepared.data)
+    assert trainer.precision.name == "bf16"
+    assert any(r.getMessage().startswith("precision: bf16 (") for r in caplog.records)
+    batch = next(iter(tiny_prepared.data.batcher("train", 512, 1, 0, shuffle=False).epoch(0)))
+    fp32_model = copy.deepcopy(trainer.model)
+    with torch.no_grad():
+        out = fp32_model(batch.src, batch.src_lengths, batch.tgt_in)
+        loss32 = sequence_loss(out.logits, batch.tgt_out, cfg.trainer.label_smoothing).item()
+    losses = [trainer.train_step([batch])[0] / batch.num_tgt_tokens for _ in range(15)]
+    assert all(math.isfinite(loss) for loss in losses), losses
+    # dropout makes the first step's loss a sample around the fp32 value
+    assert losses[0] == pytest.approx(loss32 / batch.num_tgt_tokens, rel=0.05)
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_auto_precision_is_logged_with_its_reason(tiny_prepared, tmp_path, caplog):
+    cfg = tiny_prepared.corpus.cfg(*TINY_MODEL, "trainer.max_steps=1")
+    assert cfg.trainer.precision == "auto"  # the default
+    with caplog.at_level(logging.INFO, logger="nmt"):
+        trainer = Trainer(cfg, tmp_path, data=tiny_prepared.data)
+    expected = resolve_precision("auto", CPU)  # this CPU's answer, whichever it is
+    assert trainer.precision == expected
+    assert f"precision: {expected.name} ({expected.reason})" in caplog.messages
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding under bf16
+
+
+@pytest.fixture(scope="module", params=SETUPS, ids=["-".join(s) for s in SETUPS])
+def trained(request):
+    torch.manual_seed(1234)
+    net = build_model(model_cfg(*request.param), SRC_VOCAB, TGT_VOCAB)
+    train_briefly(net)
+    return net
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_bf16_search_mostly_agrees_with_fp32(trained, search):
+    src, src_lengths = pad([s for s, _ in toy_pairs(32, torch.Generator().manual_seed(7))])
+
+    def run():
+        if search == "greedy":
+            return greedy_search(trained, src, src_lengths, 1.5, 3).best()
+        return beam_search(trained, src, src_lengths, 3, 1.0, 1.5, 3).best()
+
+    fp32 = run()
+    with autocast_context("bf16", CPU):
+        bf16 = run()
+    same = [a.tokens == b.tokens for a, b in zip(fp32, bf16, strict=True)]
+    assert sum(same) >= 28, sum(same)  # measured: 31-32 of 32 for every setup
+    for a, b, equal in zip(fp32, bf16, same, strict=True):
+        assert math.isfinite(b.log_prob) and b.attn_weights.dtype == torch.float32
+        if equal:
+            assert b.log_prob == pytest.approx(a.log_prob, abs=0.05)  # measured ≤ 0.027
+
+
+def test_decode_lines_applies_search_precision(trained, vocabs):  # noqa: F811
+    seen: list[torch.dtype] = []
+    hook = trained.output_proj.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    try:
+        for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+            seen.clear()
+            cfg = search_cfg("beam")
+            cfg.precision = precision
+            nbest = decode_lines(trained, vocabs[0], LINES, cfg)
+            assert set(seen) == {dtype}
+            assert all(hyps and math.isfinite(hyps[0].log_prob) for hyps in nbest)
+    finally:
+        hook.remove()

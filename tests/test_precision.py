@@ -28,7 +28,7 @@ from nmt.errors import NMTError
 from nmt.loss import sequence_loss
 from nmt.models import build_model
 from nmt.runtime import autocast_context, parse_cpu_flags, resolve_precision
-from nmt.search import beam_search, decode_lines, greedy_search
+from nmt.search import SearchSettings, beam_search, decode_ids, greedy_search
 from nmt.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -194,7 +194,7 @@ def test_bf16_search_mostly_agrees_with_fp32(trained, search):
             assert b.log_prob == pytest.approx(a.log_prob, abs=0.05)  # measured ≤ 0.027
 
 
-def test_decode_lines_applies_search_precision(trained, vocabs):  # noqa: F811
+def test_decoding_applies_search_precision(trained, vocabs):  # noqa: F811
     seen: list[torch.dtype] = []
     hook = trained.output_proj.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     try:
@@ -202,7 +202,8 @@ def test_decode_lines_applies_search_precision(trained, vocabs):  # noqa: F811
             seen.clear()
             cfg = search_cfg("beam")
             cfg.precision = precision
-            nbest = decode_lines(trained, vocabs[0], LINES, cfg)
+            settings = SearchSettings.from_config(cfg)
+            nbest = decode_ids(trained, vocabs[0].encode(LINES), settings)
             assert set(seen) == {dtype}
             assert all(hyps and math.isfinite(hyps[0].log_prob) for hyps in nbest)
     finally:

@@ -71,6 +71,8 @@ def test_attention_sweep_names_runs_by_variant(tiny_prepared, tmp_path):
         "SWEEP_DIR": str(sweep),
         "ATTENTIONS": "dot,location",
         "ENCODERS": "lstm",
+        "TYPES": "global,local_p",
+        "SEEDS": "1",
         "COMPARE": "0",
     }
     data = tiny_prepared.corpus.overrides(tiny_prepared.data.out_dir)
@@ -78,6 +80,13 @@ def test_attention_sweep_names_runs_by_variant(tiny_prepared, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     runs = sorted(p.name for p in sweep.iterdir() if (p / ".hydra").is_dir())
-    assert runs == ["0_dot-lstm-luong", "1_location-lstm-luong"]
-    assert run_config(sweep / runs[1]).model.attention.score == "location"
+    assert runs == [
+        "0_global-dot-lstm-luong-seed1",
+        "1_local_p-dot-lstm-luong-seed1",
+        "2_global-location-lstm-luong-seed1",
+        "3_local_p-location-lstm-luong-seed1",
+    ]
+    config = run_config(sweep / runs[3])
+    assert (config.model.attention.score, config.model.attention.type) == ("location", "local_p")
+    assert config.seed == 1
     assert not (sweep / "comparison.md").exists()  # COMPARE=0

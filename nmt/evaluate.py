@@ -117,12 +117,15 @@ def evaluate_checkpoint(
     out_path: str | Path | None = None,
     tokenizers: Sequence[str] = DEFAULT_TOKENIZERS,
     max_sentences: int | None = None,
+    ref_out_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Translate a split of the checkpoint's corpus (or ``src_path``) and score it.
 
     Give either ``split`` or both ``src_path`` and ``ref_path``. With ``out_path`` the decoded
-    hypotheses are also written there, one per line. ``max_sentences`` keeps only the first N
-    sentences (a quick look; the scores are not comparable with the whole split's).
+    hypotheses are also written there, one per line, and with ``ref_out_path`` the references
+    exactly as scored (normalised), so that a significance test can pair them later.
+    ``max_sentences`` keeps only the first N sentences (a quick look; the scores are not
+    comparable with the whole split's).
     """
     if not Path(ckpt_path).is_file():
         raise NMTError(f"{ckpt_path}: checkpoint file not found")
@@ -151,6 +154,8 @@ def evaluate_checkpoint(
     hypotheses = tgt_vocab.decode([nbest[0].tokens if nbest else [] for nbest in nbest_lists])
     if out_path is not None:
         write_text_atomic(out_path, "".join(h + "\n" for h in hypotheses))
+    if ref_out_path is not None:
+        write_text_atomic(ref_out_path, "".join(r + "\n" for r in references))
     max_len_hits = [bool(nbest) and nbest[0].hit_max_len for nbest in nbest_lists]
     system = score_system(str(ckpt_path), hypotheses, references, tokenizers, max_len_hits)
     return {

@@ -194,11 +194,14 @@ def count_parameters(checkpoint: Path) -> int:
     return total
 
 
-def read_test_scores(path: Path) -> tuple[float, float]:
-    """(BLEU ko-mecab, chrF) of the first system of an ``nmt.evaluate`` report."""
+def read_test_scores(path: Path) -> tuple[float, float, int | None]:
+    """(BLEU ko-mecab, chrF, the number of sentences when it was limited to the first N) of the
+    first system of an ``nmt.evaluate`` report."""
     try:
-        scores = json.loads(path.read_text(encoding="utf-8"))["systems"][0]["scores"]
-        return scores["bleu_ko-mecab"]["score"], scores["chrf"]["score"]
+        report = json.loads(path.read_text(encoding="utf-8"))
+        scores = report["systems"][0]["scores"]
+        limited = report["systems"][0]["lines"] if report.get("max_sentences") else None
+        return scores["bleu_ko-mecab"]["score"], scores["chrf"]["score"], limited
     except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
         raise NMTError(
             f"{path}: not an nmt.evaluate report with bleu_ko-mecab and chrf ({err!r})"
@@ -229,7 +232,9 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     else:
         run.notes.append("no validations yet")
     if (run_dir / TEST_SCORES).is_file():
-        run.test_bleu, run.test_chrf = read_test_scores(run_dir / TEST_SCORES)
+        run.test_bleu, run.test_chrf, limited = read_test_scores(run_dir / TEST_SCORES)
+        if limited is not None:
+            run.notes.append(f"test: first {limited} sentences only")
     else:
         run.notes.append(f"no {TEST_SCORES} (--evaluate-test)")
     run.tokens_per_s = median_tokens_per_s(run_dir / "tensorboard")
@@ -243,10 +248,16 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     return run
 
 
-def evaluate_test(run_dir: Path, device: str, log: Callable[[str], None] = print) -> None:
+def evaluate_test(
+    run_dir: Path,
+    device: str,
+    log: Callable[[str], None] = print,
+    max_sentences: int | None = None,
+) -> None:
     """Write ``test_scores.json``, ``test_hyps.txt`` and ``test_refs.txt``: ``best.pt`` decoded on
     the test split with the run's search settings and scored by
-    :func:`nmt.evaluate.evaluate_checkpoint`. Kept when all three exist."""
+    :func:`nmt.evaluate.evaluate_checkpoint`. Kept when all three exist. ``max_sentences``: only
+    the first N test sentences (a quick look), recorded in the report."""
     outputs = [run_dir / name for name in (TEST_SCORES, TEST_HYPS, TEST_REFS)]
     best = run_dir / "checkpoints" / "best.pt"
     if all(path.is_file() for path in outputs) or not best.is_file():
@@ -260,8 +271,9 @@ def evaluate_test(run_dir: Path, device: str, log: Callable[[str], None] = print
         device=device,
         out_path=run_dir / TEST_HYPS,
         ref_out_path=run_dir / TEST_REFS,
+        max_sentences=max_sentences,
     )
-    write_json(outputs[0], report)
+    write_json(outputs[0], report | {"max_sentences": max_sentences})
 
 
 # --------------------------------------------------------------------------------------------
@@ -679,8 +691,10 @@ def compare(
     baseline: str | None = None,
     test: str = "bs",
     samples: int | None = None,
+    max_sentences: int | None = None,
 ) -> tuple[list[Run], list[Variant]]:
-    """Read (and with ``evaluate``, first test) every run of ``sweep_dir``; write the report.
+    """Read (and with ``evaluate``, first test on ``max_sentences`` or all test sentences) every
+    run of ``sweep_dir``; write the report.
 
     ``baseline``, ``test`` (bs | ar) and ``samples`` (None: sacrebleu's default) choose the
     significance test of :func:`summarise`."""
@@ -688,6 +702,8 @@ def compare(
         raise NMTError(
             f"--significance: expected one of {', '.join(SIGNIFICANCE_TESTS)}; got {test!r}"
         )
+    if max_sentences is not None and max_sentences < 1:
+        raise NMTError(f"--max-sentences: expected a positive number; got {max_sentences}")
     if samples is not None and samples < 1:
         raise NMTError(
             f"--samples: expected a positive number of resamples (bs) or trials (ar); got {samples}"
@@ -695,7 +711,7 @@ def compare(
     run_dirs = find_run_dirs(sweep_dir)
     if evaluate:
         for run_dir in run_dirs:
-            evaluate_test(run_dir, device, log)
+            evaluate_test(run_dir, device, log, max_sentences)
     runs = sorted((load_run(d, sweep_dir) for d in run_dirs), key=variant_order)
     variants = summarise(sweep_dir, runs, baseline, test, samples)
     out_dir = out_dir or sweep_dir
@@ -728,6 +744,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--device", default="auto", help="auto | cpu | cuda, for --evaluate-test (default auto)"
+    )
+    parser.add_argument(
+        "--max-sentences",
+        type=int,
+        default=None,
+        help="with --evaluate-test: decode only the first N test sentences, a quick look whose "
+        "scores are not comparable with the whole split's (noted in the table)",
     )
     parser.add_argument(
         "--baseline",
@@ -766,6 +789,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         baseline=args.baseline,
         test=args.significance,
         samples=args.samples,
+        max_sentences=args.max_sentences,
     )
     out_dir = args.out or args.sweep_dir
     print(markdown_table(runs))

@@ -194,28 +194,33 @@ def test_evaluate_test_writes_missing_scores_and_keeps_existing_ones(
     write_run(root / "untrained", compose_config())
     calls = []
 
-    def fake_evaluate(ckpt, search_cfg, split, device, out_path, ref_out_path):
-        calls.append((Path(ckpt), search_cfg.name, split, device))
+    def fake_evaluate(ckpt, search_cfg, split, device, out_path, ref_out_path, max_sentences):
+        calls.append((Path(ckpt), search_cfg.name, split, device, max_sentences))
         assert (out_path, ref_out_path) == (
             Path(ckpt).parents[1] / compare.TEST_HYPS,
             Path(ckpt).parents[1] / compare.TEST_REFS,
         )
         Path(out_path).write_text("하나\n", encoding="utf-8")
         Path(ref_out_path).write_text("둘\n", encoding="utf-8")
-        return {"systems": [{"scores": {"bleu_ko-mecab": {"score": 3.5}, "chrf": {"score": 12.0}}}]}
+        scores = {"bleu_ko-mecab": {"score": 3.5}, "chrf": {"score": 12.0}}
+        return {"systems": [{"lines": 1, "scores": scores}]}
 
     monkeypatch.setattr(compare, "evaluate_checkpoint", fake_evaluate)
-    result = run_main("nmt.compare", str(root), "--evaluate-test", "--device", "cpu")
+    result = run_main(
+        "nmt.compare", str(root), "--evaluate-test", "--device", "cpu", "--max-sentences", "1"
+    )
     assert result.returncode == 0, result.stderr
     # only the runs with a best.pt and no test_scores.json or hypotheses, with their own search
     # settings
     assert calls == [
-        (root / "no_hyps" / "checkpoints" / "best.pt", "beam", "test", "cpu"),
-        (root / "unscored" / "checkpoints" / "best.pt", "greedy", "test", "cpu"),
+        (root / "no_hyps" / "checkpoints" / "best.pt", "beam", "test", "cpu", 1),
+        (root / "unscored" / "checkpoints" / "best.pt", "greedy", "test", "cpu", 1),
     ]
     assert (root / "unscored" / compare.TEST_REFS).read_text(encoding="utf-8") == "둘\n"
     runs = {r["name"]: r for r in json.loads((root / "comparison.json").read_text())}
     assert (runs["unscored"]["test_bleu"], runs["unscored"]["test_chrf"]) == (3.5, 12.0)
+    assert "test: first 1 sentences only" in runs["unscored"]["notes"]
+    assert not any("first" in note for note in runs["scored"]["notes"])
     assert runs["scored"]["test_bleu"] == 9.5
 
 
@@ -399,6 +404,7 @@ def test_baseline_and_test_type_can_be_chosen(seed_sweep, tmp_path):
         (["--significance", "t"], "error: --significance: expected one of bs, ar; got 't'"),
         (["--samples", "0"], "error: --samples: expected a positive number of resamples "
          "(bs) or trials (ar); got 0"),
+        (["--max-sentences", "0"], "error: --max-sentences: expected a positive number; got 0"),
     ],
 )  # fmt: skip
 def test_bad_baseline_or_test_is_one_line(seed_sweep, tmp_path, args, message):

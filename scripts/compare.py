@@ -1,4 +1,4 @@
-"""Compare the runs of a sweep (see nmt/compare.py): python scripts/compare.py SWEEP_DIR [--evaluate-test]"""
+"""Compare the runs of a sweep (see nmt/compare.py): python scripts/compare.py SWEEP_DIR [--evaluate-test] [--baseline VARIANT]"""
 
 import sys
 from pathlib import Path

@@ -6,8 +6,9 @@ with every score function, GRU or LSTM, and 1..N layers (the query is the top la
 
 Decoder state travels explicitly in :class:`DecoderState`; nothing is kept on the modules
 between calls.  It counts the target steps taken (``position``), so that local-m attention
-(window centre p_t = t) gives the same weights one step at a time as over all steps at once.  :meth:`DecoderState.index_select` and :meth:`Memory.index_select` reorder or
-repeat the batch for beam search.
+(window centre p_t = t) gives the same weights one step at a time as over all steps at once.
+:meth:`DecoderState.index_select` and :meth:`Memory.index_select` reorder or repeat the batch
+for beam search.
 """
 
 from __future__ import annotations

@@ -48,10 +48,14 @@ def test_recipe_sweep_changes_one_setting_per_run_and_compares(tiny_prepared, tm
     assert run_config(sweep / "default").trainer.label_smoothing == 0.1
     assert run_config(sweep / "ls0").trainer.label_smoothing == 0.0
     assert run_config(sweep / "ls0").trainer.max_minutes == 5
-    table = (sweep / "comparison.md").read_text(encoding="utf-8")
-    assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")][1:] == [
-        "| default",
-        "| ls0",
+    report = (sweep / "comparison.md").read_text(encoding="utf-8")
+    runs_table, variants_table = (part.split("\n\n")[1] for part in report.split("## ")[1:3])
+    first_cells = lambda table: [line.split(" | ")[0] for line in table.splitlines()][2:]  # noqa: E731
+    assert first_cells(runs_table) == ["| default", "| ls0"]
+    # one config each, so two variants, told apart by their run's name; the first is the baseline
+    assert first_cells(variants_table) == [
+        "| general/gru/luong (default) (baseline)",
+        "| general/gru/luong (ls0)",
     ]
     runs = json.loads((sweep / "comparison.json").read_text(encoding="utf-8"))
     assert all(run["test_bleu"] is not None for run in runs)  # --evaluate-test ran

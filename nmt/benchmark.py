@@ -152,7 +152,9 @@ def flops_per_target_token(model_cfg: Any, tgt_vocab_size: int, lengths: LengthS
         decoder_rnn     rnn(in, H) + (L_d − 1) · rnn(H, H); in = E_t + H (Luong, input
                         feeding), E_t (Luong), E_t + V (Bahdanau)
         attention       scores: dot/scaled_dot/general 2·H·S; concat 2·H·A (W_q q) + 2·A·S (vᵀ);
-                        location 2·H·max_src_len (W_a q); then the context 2·S·V
+                        location 2·H·max_src_len (W_a q); then the context 2·S·V; type
+                        local_p adds its window centre v_pᵀ tanh(W_p q): 2·H·H + 2·H (local
+                        attention still scores all S positions, then masks the window)
         combine         Luong W_c: 2·(V + H)·H;  Bahdanau W_o: 2·(H + V + E_t)·H
         output_proj     2·H·|V_t|; tied with H ≠ E_t: 2·H·E_t + 2·E_t·|V_t|
 
@@ -237,7 +239,9 @@ def attention_flops(att: dict, values: int, hidden: int, src_len: float) -> floa
         scores = 2 * hidden * att["max_src_len"]  # W_a q, all max_src_len rows
     else:
         scores = 2 * hidden * src_len  # qᵀ k_j
-    return scores + 2 * src_len * values
+    # local_p: p_t = S·sigmoid(v_pᵀ tanh(W_p q)); the type is absent in older configs (global)
+    centre = 2 * hidden * hidden + 2 * hidden if att.get("type") == "local_p" else 0
+    return scores + 2 * src_len * values + centre
 
 
 # --------------------------------------------------------------------------------------------

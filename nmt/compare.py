@@ -6,26 +6,43 @@ job (by default named after its overrides with each ``/`` turned into ``.``, e.g
 found here as every folder below SWEEP_DIR, at any depth, that holds ``.hydra/config.yaml``. A
 run's name is its path relative to SWEEP_DIR. From each run dir it reads
 
-* ``.hydra/config.yaml``: the variant, ``model.attention.score`` × ``model.encoder.rnn_type`` ×
-  ``model.decoder.style``;
+* ``.hydra/config.yaml``: the variant, ``model.attention.score`` (with ``model.attention.type``
+  and ``window`` when local) × ``model.encoder.rnn_type`` × ``model.decoder.style``, and the seed;
 * ``validations.jsonl``: the best validation BLEU, the valid BLEU curve, and the attention
   statistics (entropy, diagonal mass, coverage deviation) of the last validation;
 * ``tensorboard/``: the median of ``train/tokens_per_s`` (target tokens per second);
 * ``checkpoints/best.pt`` (else ``last.pt``): the number of parameters, counted from the model's
   tensors (a tied matrix once);
 * ``test_scores.json``: the test split's scores. It is the report ``nmt.evaluate`` writes, the
-  same as ``nmt-evaluate ckpt=RUN/checkpoints/best.pt split=test json=RUN/test_scores.json``
-  with the run's search settings; ``evaluate_test=true`` writes it for every run that has a
-  ``best.pt`` and no ``test_scores.json`` yet (an existing one is reused).
+  same as ``nmt-evaluate ckpt=RUN/checkpoints/best.pt split=test
+  json=RUN/test_scores.json`` with the run's search settings; ``evaluate_test=true`` writes it for
+  every run that has a ``best.pt`` and no ``test_scores.json`` yet (an existing one is reused);
+* ``test_hyps.txt`` and ``test_refs.txt``: the test hypotheses and the references as scored,
+  one per line, written by ``evaluate_test=true`` beside ``test_scores.json`` (when either is
+  missing the run is decoded again), read by the significance test.
 
-It writes ``comparison.md`` (the table, with notes for runs that lack something),
-``comparison.json`` (the same figures, unformatted) and three plots to SWEEP_DIR or ``out=DIR``:
-``bleu.png`` and ``chrf.png`` (best valid and test score per variant) and ``valid_bleu.png``
-(valid BLEU against the training step, one line per run).
+Runs whose configs are equal but for ``seed`` are one *variant*: the variant table gives each
+figure as mean ± standard deviation over its runs (the sample standard deviation, n − 1), and a
+significance test of its test BLEU (ko-mecab) and chrF against the baseline variant
+(``baseline=``, by default the first row): sacrebleu's paired bootstrap resampling (``bs``,
+1,000 resamples; Koehn 2004) or paired approximate randomisation (``ar``, 10,000 trials;
+Riezler & Maxwell 2005), ``significance=``. With several seeds the test pools them: the k-th
+run of the variant (in seed order) is paired with the k-th run of the baseline and their outputs
+are concatenated, so both corpora hold every paired seed's translation of every test sentence.
+p < 0.05 is marked ``*``. The test resamples sentences, not training runs: read it together with
+the standard deviation over seeds, which is the spread a retrained model shows.
+
+It writes ``comparison.md`` (the run table, with notes for runs that lack something, and the
+variant table), ``comparison.json`` (the runs' figures, unformatted), ``variants.json`` (the
+variant table's) and three plots to SWEEP_DIR or ``out=DIR``: ``bleu.png`` and ``chrf.png`` (best
+valid and test score per variant: mean, ± one standard deviation and each run as a dot) and
+``valid_bleu.png`` (valid BLEU against the training step, one line per run, one colour per
+variant).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from collections.abc import Callable, Sequence
@@ -40,16 +57,20 @@ from omegaconf.errors import OmegaConfBaseException
 
 import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR
-from nmt.errors import NMTError, boolean, exit_on_user_error
-from nmt.evaluate import evaluate_checkpoint
+from nmt.errors import NMTError, boolean, exit_on_user_error, optional_int
+from nmt.evaluate import evaluate_checkpoint, read_text_lines
 from nmt.metrics import write_json, write_text_atomic
-from nmt.models import SCORES
+from nmt.models import ATTENTION_TYPES, SCORES
 from nmt.runtime import pick_device
 
 RUN_MARKER = Path(".hydra") / "config.yaml"
 TEST_SCORES = "test_scores.json"
+TEST_HYPS = "test_hyps.txt"
+TEST_REFS = "test_refs.txt"
 ATTENTION_STATS = ("attn_entropy", "attn_diagonal_mass", "attn_coverage_deviation")
 PLOTS = ("bleu.png", "chrf.png", "valid_bleu.png")
+SIGNIFICANCE_TESTS = {"bs": "paired bootstrap resampling", "ar": "paired approximate randomisation"}
+SIGNIFICANCE_LEVEL = 0.05
 
 
 @dataclass
@@ -57,9 +78,13 @@ class Run:
     """What the comparison knows about one run dir; None where the run lacks the figure."""
 
     name: str  # the run dir, relative to the sweep dir
-    attention: str
+    attention: str  # the score function
     encoder: str
     decoder: str
+    attention_type: str = "global"  # global | local_m | local_p
+    window: int | None = None  # D, for the local types
+    seed: int | None = None
+    group: str = ""  # digest of the config without the seed: equal for runs of one variant
     steps: int | None = None  # of the last validation
     valid_bleu: float | None = None  # best over validations
     valid_chrf: float | None = None  # best over validations
@@ -75,8 +100,20 @@ class Run:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def attention_label(self) -> str:
+        """The score, and for local attention its type and window: ``local_p-general-D10``."""
+        if self.attention_type == "global":
+            return self.attention
+        return f"{self.attention_type}-{self.attention}-D{self.window}"
+
+    @property
     def variant(self) -> str:
-        return f"{self.attention} × {self.encoder} × {self.decoder}"
+        return f"{self.attention_label} × {self.encoder} × {self.decoder}"
+
+    @property
+    def key(self) -> str:
+        """The variant as one word, for labels and ``baseline=``: ``general/gru/luong``."""
+        return f"{self.attention_label}/{self.encoder}/{self.decoder}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,14 +134,28 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
     return runs
 
 
-def read_variant(run_dir: Path) -> tuple[str, str, str]:
-    """(attention score, encoder RNN, decoder style) from the run's config."""
+def read_variant(run_dir: Path) -> dict[str, Any]:
+    """The :class:`Run` fields that come from the run's config: the variant, the seed, and the
+    group digest of the whole config but the seed (as Hydra saved it, unresolved)."""
     path = run_dir / RUN_MARKER
     try:
-        model = OmegaConf.load(path).model
-        return model.attention.score, model.encoder.rnn_type, model.decoder.style
+        config = OmegaConf.load(path)
+        model = config.model
+        attention_type = model.attention.get("type", "global")  # absent before local attention
+        fields = {
+            "attention": model.attention.score,
+            "encoder": model.encoder.rnn_type,
+            "decoder": model.decoder.style,
+            "attention_type": attention_type,
+            "window": model.attention.get("window") if attention_type != "global" else None,
+            "seed": config.get("seed"),
+        }
+        rest = OmegaConf.to_container(config, resolve=False)
     except (OmegaConfBaseException, OSError, ValueError) as err:
         raise NMTError(f"{path}: not a run config with model.* ({err})") from None
+    rest.pop("seed", None)
+    text = json.dumps(rest, sort_keys=True, default=str)
+    return fields | {"group": hashlib.sha256(text.encode()).hexdigest()[:12]}
 
 
 def read_validations(path: Path, notes: list[str]) -> list[dict[str, Any]]:
@@ -148,11 +199,14 @@ def count_parameters(checkpoint: Path) -> int:
     return total
 
 
-def read_test_scores(path: Path) -> tuple[float, float]:
-    """(BLEU ko-mecab, chrF) of the first system of an ``nmt.evaluate`` report."""
+def read_test_scores(path: Path) -> tuple[float, float, int | None]:
+    """(BLEU ko-mecab, chrF, the number of sentences when it was limited to the first N) of the
+    first system of an ``nmt.evaluate`` report."""
     try:
-        scores = json.loads(path.read_text(encoding="utf-8"))["systems"][0]["scores"]
-        return scores["bleu_ko-mecab"]["score"], scores["chrf"]["score"]
+        report = json.loads(path.read_text(encoding="utf-8"))
+        scores = report["systems"][0]["scores"]
+        limited = report["systems"][0]["lines"] if report.get("max_sentences") else None
+        return scores["bleu_ko-mecab"]["score"], scores["chrf"]["score"], limited
     except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
         raise NMTError(
             f"{path}: not an nmt.evaluate report with bleu_ko-mecab and chrf ({err!r})"
@@ -169,7 +223,7 @@ def checkpoint_of(run_dir: Path) -> Path | None:
 
 def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     name = "." if run_dir == sweep_dir else run_dir.relative_to(sweep_dir).as_posix()
-    run = Run(name, *read_variant(run_dir))
+    run = Run(name, **read_variant(run_dir))
     validations = read_validations(run_dir / "validations.jsonl", run.notes)
     if validations:
         last = validations[-1]
@@ -183,7 +237,9 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     else:
         run.notes.append("no validations yet")
     if (run_dir / TEST_SCORES).is_file():
-        run.test_bleu, run.test_chrf = read_test_scores(run_dir / TEST_SCORES)
+        run.test_bleu, run.test_chrf, limited = read_test_scores(run_dir / TEST_SCORES)
+        if limited is not None:
+            run.notes.append(f"test: first {limited} sentences only")
     else:
         run.notes.append(f"no {TEST_SCORES} (evaluate_test=true)")
     run.tokens_per_s = median_tokens_per_s(run_dir / "tensorboard")
@@ -197,16 +253,32 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
     return run
 
 
-def evaluate_test(run_dir: Path, device: str, log: Callable[[str], None] = print) -> None:
-    """Write ``test_scores.json``: ``best.pt`` decoded on the test split with the run's search
-    settings and scored by :func:`nmt.evaluate.evaluate_checkpoint`. An existing file is kept."""
-    target = run_dir / TEST_SCORES
+def evaluate_test(
+    run_dir: Path,
+    device: str,
+    log: Callable[[str], None] = print,
+    max_sentences: int | None = None,
+) -> None:
+    """Write ``test_scores.json``, ``test_hyps.txt`` and ``test_refs.txt``: ``best.pt`` decoded on
+    the test split with the run's search settings and scored by
+    :func:`nmt.evaluate.evaluate_checkpoint`. Kept when all three exist. ``max_sentences``: only
+    the first N test sentences (a quick look), recorded in the report."""
+    outputs = [run_dir / name for name in (TEST_SCORES, TEST_HYPS, TEST_REFS)]
     best = run_dir / "checkpoints" / "best.pt"
-    if target.is_file() or not best.is_file():
+    if all(path.is_file() for path in outputs) or not best.is_file():
         return
     search_cfg = OmegaConf.load(run_dir / RUN_MARKER).search
     log(f"decoding the test split with {best}")
-    write_json(target, evaluate_checkpoint(best, search_cfg, split="test", device=device))
+    report = evaluate_checkpoint(
+        best,
+        search_cfg,
+        split="test",
+        device=device,
+        out_path=run_dir / TEST_HYPS,
+        ref_out_path=run_dir / TEST_REFS,
+        max_sentences=max_sentences,
+    )
+    write_json(outputs[0], report | {"max_sentences": max_sentences})
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,8 +287,9 @@ def evaluate_test(run_dir: Path, device: str, log: Callable[[str], None] = print
 
 
 def variant_order(run: Run) -> tuple:
+    kind = ATTENTION_TYPES.index(run.attention_type) if run.attention_type in ATTENTION_TYPES else 9
     attention = SCORES.index(run.attention) if run.attention in SCORES else len(SCORES)
-    return (attention, run.attention, run.encoder, run.decoder, run.name)
+    return (kind, attention, run.attention, run.window or 0, run.encoder, run.decoder, run.name)
 
 
 def fmt(value: float | int | None, spec: str) -> str:
@@ -226,9 +299,10 @@ def fmt(value: float | int | None, spec: str) -> str:
 # header → how a run's cell is written
 COLUMNS: list[tuple[str, Callable[[Run], str]]] = [
     ("run", lambda r: r.name),
-    ("attention", lambda r: r.attention),
+    ("attention", lambda r: r.attention_label),
     ("encoder", lambda r: r.encoder),
     ("decoder", lambda r: r.decoder),
+    ("seed", lambda r: fmt(r.seed, "d")),
     ("steps", lambda r: fmt(r.steps, "d")),
     ("valid BLEU (best)", lambda r: fmt(r.valid_bleu, ".2f")),
     ("valid ppl", lambda r: fmt(r.valid_perplexity, ".1f")),
@@ -254,13 +328,252 @@ def markdown_table(runs: Sequence[Run]) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(sweep_dir: Path, runs: Sequence[Run]) -> str:
+# --------------------------------------------------------------------------------------------
+# Variants: mean ± std over seeds, significance against a baseline
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Spread:
+    """mean ± std over the runs of a variant that have the figure; std is None for one run."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    def format(self, spec: str) -> str:
+        mean = format(self.mean, spec)
+        return mean if self.std is None else f"{mean} ± {format(self.std, spec)}"
+
+
+def spread(values: Sequence[float | None]) -> Spread | None:
+    """Mean and sample standard deviation (n − 1) of the values that are not None."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return None
+    return Spread(statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None, len(xs))
+
+
+SPREAD_FIGURES = (
+    "valid_perplexity",
+    "valid_bleu",
+    "valid_chrf",
+    "test_bleu",
+    "test_chrf",
+    "tokens_per_s",
+)
+
+
+@dataclass
+class Significance:
+    """One paired test of a variant against the baseline on the pooled test outputs."""
+
+    test: str  # bs | ar
+    samples: int  # resamples (bs) or trials (ar)
+    paired_runs: int  # k runs of each side, concatenated
+    segments: int  # test sentences × paired runs
+    bleu: float  # pooled test BLEU (ko-mecab) of the variant, and the baseline's
+    baseline_bleu: float
+    bleu_p: float
+    chrf: float
+    baseline_chrf: float
+    chrf_p: float
+
+
+@dataclass
+class Variant:
+    """The runs of one config, seeds aside."""
+
+    label: str
+    runs: list[str]
+    seeds: list[int | None]
+    figures: dict[str, Spread | None]
+    baseline: bool = False
+    significance: Significance | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def group_variants(runs: Sequence[Run]) -> list[list[Run]]:
+    """Runs grouped by config without the seed, in table order, each group in seed order."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    ordered = sorted(groups.values(), key=lambda g: variant_order(g[0]))
+    return [sorted(g, key=lambda r: (r.seed is None, r.seed or 0, r.name)) for g in ordered]
+
+
+def variant_labels(groups: Sequence[Sequence[Run]]) -> list[str]:
+    """Each group's variant key; with the first run's name where two groups share a key (runs of
+    one variant that differ in another setting, as a recipe sweep makes them)."""
+    keys = [g[0].key for g in groups]
+    return [
+        k if keys.count(k) == 1 else f"{k} ({g[0].name})" for k, g in zip(keys, groups, strict=True)
+    ]
+
+
+def read_outputs(sweep_dir: Path, run: Run) -> tuple[list[str], list[str]] | None:
+    """(test hypotheses, references) of a run, or None when either file is missing."""
+    hyps, refs = (sweep_dir / run.name / name for name in (TEST_HYPS, TEST_REFS))
+    if not (hyps.is_file() and refs.is_file()):
+        return None
+    hypotheses, references = read_text_lines(hyps, "hypothesis"), read_text_lines(refs, "reference")
+    if len(hypotheses) != len(references):
+        raise NMTError(f"{hyps} has {len(hypotheses)} lines but {refs} has {len(references)}")
+    return hypotheses, references
+
+
+def paired_test(
+    baseline: Sequence[tuple[list[str], list[str]]],
+    system: Sequence[tuple[list[str], list[str]]],
+    test: str,
+    samples: int | None = None,
+) -> Significance:
+    """sacrebleu's paired test (``bs`` or ``ar``) of BLEU ko-mecab and chrF, the k-th system run
+    paired with the k-th baseline run, their outputs concatenated. Every pair must have the same
+    references."""
+    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.significance import PairedTest
+
+    pairs = list(zip(baseline, system, strict=False))  # the shorter side's number of runs
+    references = [ref for (_, ref), _ in pairs for ref in ref]
+    baseline_hyps = [h for (hyps, _), _ in pairs for h in hyps]
+    system_hyps = [h for _, (hyps, _) in pairs for h in hyps]
+    metrics = {"bleu": BLEU(tokenize="ko-mecab"), "chrf": CHRF()}
+    paired = PairedTest(
+        [("baseline", baseline_hyps), ("system", system_hyps)],
+        metrics,
+        [references],
+        test_type=test,
+        n_samples=samples or 0,  # 0: sacrebleu's default
+    )
+    _, scores = paired()
+    bleu_name, chrf_name = (name for name in scores if name != "System")
+    (base_bleu, bleu), (base_chrf, chrf) = scores[bleu_name], scores[chrf_name]
+    return Significance(
+        test,
+        paired.n_samples,
+        len(pairs),
+        len(references),
+        bleu.score,
+        base_bleu.score,
+        bleu.p_value,
+        chrf.score,
+        base_chrf.score,
+        chrf.p_value,
+    )
+
+
+def summarise(
+    sweep_dir: Path,
+    runs: Sequence[Run],
+    baseline: str | None = None,
+    test: str = "bs",
+    samples: int | None = None,
+) -> list[Variant]:
+    """The variant table: each group's figures over seeds and its test against the baseline
+    (``baseline``: a variant label or one of its runs' names; None: the first variant)."""
+    groups = group_variants(runs)
+    names = variant_labels(groups)
+    variants = [
+        Variant(
+            label,
+            [r.name for r in group],
+            [r.seed for r in group],
+            {key: spread([getattr(r, key) for r in group]) for key in SPREAD_FIGURES},
+        )
+        for label, group in zip(names, groups, strict=True)
+    ]
+    base = pick_baseline(variants, baseline)
+    base.baseline = True
+    outputs = {
+        id(v): [o for r in g if (o := read_outputs(sweep_dir, r)) is not None]
+        for v, g in zip(variants, groups, strict=True)
+    }
+    missing = {id(v): len(g) - len(outputs[id(v)]) for v, g in zip(variants, groups, strict=True)}
+    for variant in variants:
+        if missing[id(variant)]:
+            variant.notes.append(f"{missing[id(variant)]} run(s) without {TEST_HYPS}/{TEST_REFS}")
+        if variant.baseline or not outputs[id(variant)] or not outputs[id(base)]:
+            continue
+        pairs = list(zip(outputs[id(base)], outputs[id(variant)], strict=False))
+        if any(b[1] != v[1] for b, v in pairs):
+            variant.notes.append("test references differ from the baseline's: not tested")
+            continue
+        if all(b[0] == v[0] for b, v in pairs):
+            # sacrebleu gives identical systems p = 1/(samples+1) ("a zero difference should
+            # not be attributed to chance"), which would mark a difference of exactly 0
+            variant.notes.append("test outputs identical to the baseline's: not tested")
+            continue
+        variant.significance = paired_test(outputs[id(base)], outputs[id(variant)], test, samples)
+    return variants
+
+
+def pick_baseline(variants: Sequence[Variant], baseline: str | None) -> Variant:
+    if baseline is None:
+        return variants[0]
+    for variant in variants:
+        if baseline == variant.label or baseline in variant.runs:
+            return variant
+    raise NMTError(
+        f"baseline: no variant or run {baseline!r}; the variants are "
+        + ", ".join(v.label for v in variants)
+    )
+
+
+def p_cell(p: float) -> str:
+    return f"{p:.3f}" + (" *" if p < SIGNIFICANCE_LEVEL else "")
+
+
+def delta_cell(value: float, reference: float) -> str:
+    return f"{value - reference:+.2f}"
+
+
+VARIANT_COLUMNS: list[tuple[str, Callable[[Variant], str]]] = [
+    ("variant", lambda v: v.label + (" (baseline)" if v.baseline else "")),
+    ("runs", lambda v: str(len(v.runs))),
+    ("seeds", lambda v: ", ".join("—" if s is None else str(s) for s in v.seeds)),
+    *(
+        (header, lambda v, key=key, spec=spec: "—" if v.figures[key] is None
+         else v.figures[key].format(spec))
+        for header, key, spec in (
+            ("valid ppl", "valid_perplexity", ".1f"),
+            ("valid BLEU (best)", "valid_bleu", ".2f"),
+            ("test BLEU", "test_bleu", ".2f"),
+            ("test chrF", "test_chrf", ".2f"),
+            ("tokens/s", "tokens_per_s", ",.0f"),
+        )
+    ),
+    ("Δ BLEU (pooled)", lambda v: "—" if v.significance is None
+     else delta_cell(v.significance.bleu, v.significance.baseline_bleu)),
+    ("p BLEU", lambda v: "—" if v.significance is None else p_cell(v.significance.bleu_p)),
+    ("Δ chrF (pooled)", lambda v: "—" if v.significance is None
+     else delta_cell(v.significance.chrf, v.significance.baseline_chrf)),
+    ("p chrF", lambda v: "—" if v.significance is None else p_cell(v.significance.chrf_p)),
+    ("notes", lambda v: "; ".join(v.notes)),
+]  # fmt: skip
+
+
+def variant_table(variants: Sequence[Variant]) -> str:
+    text = ("variant", "seeds", "notes")
+    align = ["---" if header in text else "---:" for header, _ in VARIANT_COLUMNS]
+    lines = ["| " + " | ".join(h for h, _ in VARIANT_COLUMNS) + " |", "|" + "|".join(align) + "|"]
+    for variant in variants:
+        lines.append("| " + " | ".join(cell(variant) for _, cell in VARIANT_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(
+    sweep_dir: Path, runs: Sequence[Run], variants: Sequence[Variant], test: str = "bs"
+) -> str:
     return f"""# Attention comparison: {sweep_dir}
+
+## Runs
 
 {markdown_table(runs)}
 
-* **variant**: `model.attention.score` × `model.encoder.rnn_type` × `model.decoder.style`, from
-  each run's `.hydra/config.yaml`.
+* **attention**: `model.attention.score`, and for local attention `model.attention.type` and
+  the window D (`local_p-general-D10`); with `model.encoder.rnn_type` and
+  `model.decoder.style` from each run's `.hydra/config.yaml`.
 * **steps**, **attention statistics**: the last validation in `validations.jsonl` (entropy in
   nats, diagonal mass and coverage deviation as `nmt/attention_stats.py` defines them);
   **valid BLEU (best)**: the best validation BLEU (ko-mecab); **valid ppl**: the last
@@ -271,6 +584,18 @@ def markdown_report(sweep_dir: Path, runs: Sequence[Run]) -> str:
 * **tokens/s**: median of TensorBoard's `train/tokens_per_s` (target tokens per second).
 * **parameters**: the tensors of the checkpoint's model, a tied matrix counted once.
 
+## Variants
+
+{variant_table(variants)}
+
+* A **variant** is the runs whose configs are equal but for `seed`; its figures are the mean
+  ± sample standard deviation over them (one run: the value alone).
+* **Δ**, **p**: sacrebleu's {SIGNIFICANCE_TESTS[test]} (`{test}`) of test BLEU (ko-mecab) and
+  chrF against the baseline; with several runs the k-th run of each side (seed order) is paired
+  and their outputs concatenated, so Δ is the difference of the pooled corpus scores.
+  `*`: p < {SIGNIFICANCE_LEVEL}. The test resamples test sentences, not training runs: a
+  difference smaller than the spread over seeds is not established by a small p.
+
 ![BLEU](bleu.png) ![chrF](chrf.png) ![valid BLEU](valid_bleu.png)
 """
 
@@ -280,53 +605,76 @@ def markdown_report(sweep_dir: Path, runs: Sequence[Run]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def labels(runs: Sequence[Run]) -> list[str]:
-    """The variant of each run; the run's name too where two runs share a variant."""
-    variants = [f"{r.attention}/{r.encoder}/{r.decoder}" for r in runs]
-    return [
-        v if variants.count(v) == 1 else f"{v}\n{r.name}"
-        for v, r in zip(variants, runs, strict=True)
-    ]
-
-
-def bar_chart(path: Path, runs: Sequence[Run], metric: str, valid: str, test: str) -> None:
-    """Best valid and test score of each run side by side; a missing score has no bar."""
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    positions = list(range(len(runs)))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(runs)), 4.0), dpi=100)
+    return plt
+
+
+def bar_chart(
+    path: Path,
+    runs: Sequence[Run],
+    variants: Sequence[Variant],
+    metric: str,
+    valid: str,
+    test: str,
+) -> None:
+    """Per variant, the best valid and the test score: a bar at the mean, an error bar of ± one
+    standard deviation over its runs, and each run as a dot; a missing score has no bar."""
+    plt = pyplot()
+    by_name = {r.name: r for r in runs}
+    positions = list(range(len(variants)))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(variants)), 4.0), dpi=100)
     for offset, attr, label in ((-0.2, valid, "valid (best)"), (0.2, test, "test")):
-        xs = [
-            p + offset for p, r in zip(positions, runs, strict=True) if getattr(r, attr) is not None
+        shown = [
+            (p, v.figures[attr])
+            for p, v in zip(positions, variants, strict=True)
+            if v.figures[attr]
         ]
-        ys = [getattr(r, attr) for r in runs if getattr(r, attr) is not None]
-        ax.bar(xs, ys, width=0.4, label=label)
-    ax.set_xticks(positions, labels(runs), rotation=30, ha="right", fontsize=8)
+        ax.bar(
+            [p + offset for p, _ in shown],
+            [s.mean for _, s in shown],
+            width=0.4,
+            yerr=[s.std or 0.0 for _, s in shown],
+            capsize=3,
+            label=f"{label}: mean ± std",
+        )
+        points = [
+            (p + offset, value)
+            for p, v in zip(positions, variants, strict=True)
+            for value in (getattr(by_name[name], attr) for name in v.runs)
+            if value is not None
+        ]
+        if points:
+            ax.scatter(*zip(*points, strict=True), s=12, color="black", zorder=3)
+    ax.set_xticks(positions, [v.label for v in variants], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per variant")
+    ax.set_title(f"{metric} per variant (dots: runs)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def curve_chart(path: Path, runs: Sequence[Run]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def curve_chart(path: Path, runs: Sequence[Run], variants: Sequence[Variant]) -> None:
+    """Valid BLEU against the step, one line per run, the runs of one variant in one colour."""
+    plt = pyplot()
+    by_name = {r.name: r for r in runs}
     fig, ax = plt.subplots(figsize=(7.0, 4.5), dpi=100)
-    for run, label in zip(runs, labels(runs), strict=True):
-        if run.curve:
-            steps, bleu = zip(*run.curve, strict=True)
-            ax.plot(steps, bleu, marker="o", markersize=3, label=label.replace("\n", " "))
+    for index, variant in enumerate(variants):
+        colour = f"C{index % 10}"
+        for number, name in enumerate(variant.runs):
+            run = by_name[name]
+            if run.curve:
+                steps, bleu = zip(*run.curve, strict=True)
+                label = variant.label if number == 0 else None
+                ax.plot(steps, bleu, marker="o", markersize=3, color=colour, label=label)
     ax.set_xlabel("training step")
     ax.set_ylabel("valid BLEU (ko-mecab)")
-    ax.set_title("validation BLEU during training")
+    ax.set_title("validation BLEU during training (one line per run)")
     if any(run.curve for run in runs):
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -345,21 +693,41 @@ def compare(
     evaluate: bool = False,
     device: str = "cpu",
     log: Callable[[str], None] = print,
-) -> list[Run]:
-    """Read (and with ``evaluate``, first test) every run of ``sweep_dir``; write the report."""
+    baseline: str | None = None,
+    test: str = "bs",
+    samples: int | None = None,
+    max_sentences: int | None = None,
+) -> tuple[list[Run], list[Variant]]:
+    """Read (and with ``evaluate``, first test on ``max_sentences`` or all test sentences) every
+    run of ``sweep_dir``; write the report.
+
+    ``baseline``, ``test`` (bs | ar) and ``samples`` (None: sacrebleu's default) choose the
+    significance test of :func:`summarise`."""
+    if test not in SIGNIFICANCE_TESTS:
+        raise NMTError(
+            f"significance: expected one of {', '.join(SIGNIFICANCE_TESTS)}; got {test!r}"
+        )
+    if max_sentences is not None and max_sentences < 1:
+        raise NMTError(f"max_sentences: expected a positive number; got {max_sentences}")
+    if samples is not None and samples < 1:
+        raise NMTError(
+            f"samples: expected a positive number of resamples (bs) or trials (ar); got {samples}"
+        )
     run_dirs = find_run_dirs(sweep_dir)
     if evaluate:
         for run_dir in run_dirs:
-            evaluate_test(run_dir, device, log)
+            evaluate_test(run_dir, device, log, max_sentences)
     runs = sorted((load_run(d, sweep_dir) for d in run_dirs), key=variant_order)
+    variants = summarise(sweep_dir, runs, baseline, test, samples)
     out_dir = out_dir or sweep_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "comparison.md", markdown_report(sweep_dir, runs))
+    write_text_atomic(out_dir / "comparison.md", markdown_report(sweep_dir, runs, variants, test))
     write_json(out_dir / "comparison.json", [asdict(r) | {"variant": r.variant} for r in runs])
-    bar_chart(out_dir / "bleu.png", runs, "BLEU (ko-mecab)", "valid_bleu", "test_bleu")
-    bar_chart(out_dir / "chrf.png", runs, "chrF", "valid_chrf", "test_chrf")
-    curve_chart(out_dir / "valid_bleu.png", runs)
-    return runs
+    write_json(out_dir / "variants.json", [asdict(v) for v in variants])
+    bar_chart(out_dir / "bleu.png", runs, variants, "BLEU (ko-mecab)", "valid_bleu", "test_bleu")
+    bar_chart(out_dir / "chrf.png", runs, variants, "chrF", "valid_chrf", "test_chrf")
+    curve_chart(out_dir / "valid_bleu.png", runs, variants)
+    return runs, variants
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="compare", version_base="1.3")
@@ -371,9 +739,21 @@ def main(cfg: DictConfig) -> None:
     device = str(pick_device(cfg.device, "device"))
     sweep_dir = Path(cfg.sweep)
     out_dir = Path(cfg.out) if cfg.out is not None else sweep_dir
-    runs = compare(sweep_dir, out_dir, evaluate, device)
+    runs, variants = compare(
+        sweep_dir,
+        out_dir,
+        evaluate,
+        device,
+        baseline=cfg.baseline,
+        test=cfg.significance,
+        samples=optional_int(cfg.samples, "samples", 1),
+        max_sentences=optional_int(cfg.max_sentences, "max_sentences", 1),
+    )
     print(markdown_table(runs))
-    print(f"\nwrote {out_dir / 'comparison.md'}, comparison.json and {', '.join(PLOTS)}")
+    print()
+    print(variant_table(variants))
+    print(f"\nwrote {out_dir / 'comparison.md'}, comparison.json, variants.json and "
+          f"{', '.join(PLOTS)}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -136,11 +136,14 @@ def evaluate_translator(
     tokenizers: Sequence[str] = DEFAULT_TOKENIZERS,
     max_sentences: int | None = None,
     progress: bool = False,
+    ref_out_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Translate a split of the model's corpus (or ``src_path``) and score it.
 
     Give either ``split`` (read from the checkpoint's data config) or both ``src_path`` and
-    ``ref_path``. With ``out_path`` the decoded hypotheses are also written there, one per line.
+    ``ref_path``. With ``out_path`` the decoded hypotheses are also written there, one per line,
+    and with ``ref_out_path`` the references exactly as scored (normalised), so that a
+    significance test can pair them later.
     ``max_sentences`` keeps only the first N sentences (a quick look; the scores are not
     comparable with the whole split's).
     """
@@ -163,6 +166,8 @@ def evaluate_translator(
     hypotheses = [t.text for t in translations]
     if out_path is not None:
         write_text_atomic(out_path, "".join(h + "\n" for h in hypotheses))
+    if ref_out_path is not None:
+        write_text_atomic(ref_out_path, "".join(r + "\n" for r in references))
     max_len_hits = [t.hit_max_len for t in translations]
     name = translator.info.source
     system = score_system(name, hypotheses, references, tokenizers, max_len_hits)

@@ -1,4 +1,4 @@
-"""Compare the runs of a sweep, an alias of nmt-compare (nmt/compare.py): python scripts/compare.py sweep=DIR [evaluate_test=true]"""
+"""Compare the runs of a sweep, an alias of nmt-compare (nmt/compare.py): python scripts/compare.py sweep=DIR [evaluate_test=true] [baseline=VARIANT]"""
 
 import sys
 from pathlib import Path

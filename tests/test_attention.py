@@ -192,3 +192,145 @@ def test_unknown_score_lists_the_valid_ones():
         build_attention("foo", 4, 4)
     with pytest.raises(NMTError, match="got 'foo'"):
         build_attention("foo", 4, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# local attention (Luong et al. 2015, §3.2)
+
+
+def make_local(score: str, attention_type: str, window: int, query_size: int = 5):
+    torch.manual_seed(0)
+    return build_attention(
+        score,
+        query_size,
+        8,
+        hidden_size=7,
+        max_src_len=10,
+        attention_type=attention_type,
+        window=window,
+    )
+
+
+def positions_of(tgt_len: int, start: int = 0) -> torch.Tensor:
+    return (start + torch.arange(tgt_len)).expand(BATCH, tgt_len)  # (batch, tgt_len)
+
+
+LONG_TGT = 9  # longer than every source: local_m's centre is clipped to S - 1
+
+
+@pytest.mark.parametrize("attention_type", ["local_m", "local_p"])
+@pytest.mark.parametrize("score", SCORES)
+def test_local_weights_are_zero_outside_the_window_and_on_padding(score, attention_type):
+    window = 1
+    attention = make_local(score, attention_type, window)
+    query = torch.randn(BATCH, LONG_TGT, 5)
+    _, values, src_mask = make_inputs()
+    positions = positions_of(LONG_TGT)
+    context, weights = attention(query, attention.project_keys(values), values, src_mask, positions)
+    assert context.shape == (BATCH, LONG_TGT, 8)
+    assert weights.shape == (BATCH, LONG_TGT, SRC_LEN)
+
+    centres = attention.local.centres(query, src_mask, positions)  # (batch, tgt_len)
+    src_len = LENGTHS.float()[:, None]
+    if attention_type == "local_m":
+        torch.testing.assert_close(centres, torch.minimum(positions.float(), src_len - 1))
+    else:
+        assert torch.all((centres > 0) & (centres < src_len))
+    distance = torch.arange(SRC_LEN).float() - centres.unsqueeze(-1)  # (batch, tgt_len, src_len)
+    inside = (distance.abs() <= window) & src_mask.unsqueeze(1)
+    assert torch.all(weights[~inside] == 0.0)  # exactly 0: outside the window and padding
+    assert torch.all(weights[inside] > 0.0)
+    assert inside.any(-1).all()  # the window is never empty
+    sums = weights.sum(-1)
+    if attention_type == "local_m":
+        torch.testing.assert_close(sums, torch.ones(BATCH, LONG_TGT))
+    else:  # the Gaussian is ≤ 1 and not renormalised
+        assert torch.all((sums > 0) & (sums <= 1 + 1e-6))
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_local_m_with_a_window_covering_the_source_equals_global(score):
+    local = make_local(score, "local_m", window=SRC_LEN)  # D ≥ every source length
+    global_ = make_attention(score)  # the same seed: the same score parameters
+    global_.load_state_dict(local.state_dict())
+    query, values, src_mask = make_inputs()
+    keys = local.project_keys(values)
+    out_local = local(query, keys, values, src_mask, positions_of(TGT_LEN, start=3))
+    out_global = global_(query, keys, values, src_mask)
+    assert torch.equal(out_local.attn_weights, out_global.attn_weights)
+    assert torch.equal(out_local.context, out_global.context)
+
+
+def test_local_p_is_the_windowed_softmax_times_the_gaussian_worked_by_hand():
+    window = 2
+    attention = make_local("dot", "local_p", window, query_size=8)
+    query, values, src_mask = make_inputs(8, 8)
+    _, weights = attention(query, values, values, src_mask)
+    local = attention.local
+    for i, t in [(0, 0), (1, 1), (2, 0)]:
+        length = int(LENGTHS[i])
+        q = query[i, t]
+        hidden = torch.tanh(local.position_hidden.weight @ q)  # W_p h_t
+        p = length * torch.sigmoid(local.position_out.weight[0] @ hidden)  # eq. 10
+        s = torch.arange(SRC_LEN).float()
+        in_window = ((s - p).abs() <= window) & (s < length)
+        scores = values[i] @ q  # dot: qᵀ h_s
+        align = (
+            torch.where(in_window, scores.exp(), torch.zeros(())) / scores.exp()[in_window].sum()
+        )
+        expected = align * torch.exp(-((s - p) ** 2) / (2 * (window / 2) ** 2))  # eq. 11
+        torch.testing.assert_close(weights[i, t], expected)
+
+
+def test_gradient_reaches_w_p_and_v_p():
+    attention = make_local("general", "local_p", window=2)
+    query, values, src_mask = make_inputs()
+    context, _ = attention(query, attention.project_keys(values), values, src_mask)
+    (context * torch.randn_like(context)).sum().backward()
+    for param in (attention.local.position_hidden.weight, attention.local.position_out.weight):
+        assert param.grad is not None
+        assert torch.isfinite(param.grad).all()
+        assert param.grad.abs().sum() > 0
+    names = {name for name, _ in attention.named_parameters()}
+    assert names == {"score.key_proj.weight", "local.position_hidden.weight",
+                     "local.position_out.weight"}  # fmt: skip
+
+
+@pytest.mark.parametrize("attention_type", ["local_m", "local_p"])
+@pytest.mark.parametrize("score", ["concat", "location"])
+def test_local_many_queries_at_once_equal_one_query_at_a_time(score, attention_type):
+    attention = make_local(score, attention_type, window=1)
+    query = torch.randn(BATCH, LONG_TGT, 5)
+    _, values, src_mask = make_inputs()
+    keys = attention.project_keys(values)
+    positions = positions_of(LONG_TGT)
+    together = attention(query, keys, values, src_mask, positions)
+    for t in range(LONG_TGT):
+        alone = attention(query[:, t : t + 1], keys, values, src_mask, positions[:, t : t + 1])
+        torch.testing.assert_close(alone.context, together.context[:, t : t + 1])
+        torch.testing.assert_close(alone.attn_weights, together.attn_weights[:, t : t + 1])
+
+
+def test_local_m_without_target_positions_is_a_programming_error():
+    attention = make_local("dot", "local_m", window=2, query_size=8)
+    query, values, src_mask = make_inputs(8, 8)
+    with pytest.raises(ValueError, match="target positions"):
+        attention(query, values, values, src_mask)
+
+
+@pytest.mark.parametrize(
+    "attention_type, window, message",
+    [
+        ("local", 3, "model.attention.type: expected one of global, local_m, local_p; got 'local'"),
+        ("local_p", 0, "model.attention.window: expected a positive integer, the half-width D "
+         "of the local window; got 0"),
+        ("local_m", -2, "model.attention.window: expected a positive integer"),
+        ("local_m", True, "model.attention.window: expected a positive integer"),
+        ("local_p", None, "model.attention.window: required by type 'local_p'"),
+    ],
+)  # fmt: skip
+def test_bad_local_settings_are_one_line_errors(attention_type, window, message):
+    with pytest.raises(NMTError) as err:
+        build_attention("dot", 4, 4, attention_type=attention_type, window=window)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)

@@ -124,6 +124,18 @@ COUNTED_CASES = {
         "model.decoder.hidden_size=24",
         "model.encoder.bidirectional=false",
     ],
+    "local_p-general-bahdanau": [  # + W_p and v_p per target token
+        "model/attention=general",
+        "model.attention.type=local_p",
+        "model.attention.window=2",
+        "model/decoder=bahdanau",
+    ],
+    "local_m-dot-no-feeding": [  # the window is a mask: no matmul of its own
+        "model/attention=dot",
+        "model.attention.type=local_m",
+        "model.attention.window=2",
+        "model.decoder.input_feeding=false",
+    ],
 }
 
 

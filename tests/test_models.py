@@ -34,9 +34,17 @@ def model_cfg(
     enc_hidden: int = 5,
     dec_hidden: int = 7,
     dropout: float = 0.0,
+    attention_type: str | None = None,
+    window: int | None = None,
 ) -> dict:
-    """A tiny config shaped like configs/model/*; sizes differ so that mix-ups fail loudly."""
+    """A tiny config shaped like configs/model/*; sizes differ so that mix-ups fail loudly.
+    Without ``attention_type`` the attention section has no ``type`` (global, as in older
+    checkpoints)."""
     attention = {"score": score}
+    if attention_type is not None:
+        attention["type"] = attention_type
+    if window is not None:
+        attention["window"] = window
     if score == "concat":
         attention["hidden_size"] = 4
     if score == "location":
@@ -211,6 +219,21 @@ STEP_CASES = {
     "bahdanau-lstm-2-layers-dot": dict(
         style="bahdanau", rnn_type="lstm", dec_layers=2, score="dot"
     ),
+    # local_m needs the target position t: the all-steps path of the Luong decoder without input
+    # feeding and the step path must agree on it
+    "luong-no-input-feeding-local_m": dict(
+        style="luong", input_feeding=False, attention_type="local_m", window=1
+    ),
+    "luong-no-input-feeding-local_p": dict(
+        style="luong", input_feeding=False, score="general", attention_type="local_p", window=1
+    ),
+    "luong-local_m-location": dict(
+        style="luong", score="location", attention_type="local_m", window=1
+    ),
+    "bahdanau-lstm-local_m": dict(
+        style="bahdanau", rnn_type="lstm", attention_type="local_m", window=1
+    ),
+    "bahdanau-local_p-dot": dict(style="bahdanau", score="dot", attention_type="local_p", window=2),
 }
 
 
@@ -227,6 +250,47 @@ def test_step_by_step_equals_teacher_forced_forward(case):
             assert logits.shape == (3, TGT_VOCAB)
             torch.testing.assert_close(logits, forward.logits[:, t])
             torch.testing.assert_close(attn_weights, forward.attn_weights[:, t])
+
+
+@pytest.mark.parametrize(
+    "style, input_feeding", [("luong", False), ("luong", True), ("bahdanau", False)]
+)
+def test_local_m_window_follows_the_target_position_in_the_model(style, input_feeding):
+    window = 1
+    model = make_model(
+        style=style, input_feeding=input_feeding, attention_type="local_m", window=window
+    ).eval()
+    src, src_lengths, tgt_in, _ = tiny_batch()
+    with torch.no_grad():
+        weights = model(src, src_lengths, tgt_in).attn_weights  # (batch, tgt_len, src_len)
+    t = torch.arange(tgt_in.size(1)).view(1, -1, 1)
+    centre = torch.minimum(t, src_lengths.view(-1, 1, 1) - 1)  # p_t = min(t, S - 1)
+    s = torch.arange(src.size(1)).view(1, 1, -1)
+    inside = ((s - centre).abs() <= window) & (s < src_lengths.view(-1, 1, 1))
+    assert torch.all(weights[~inside] == 0.0)
+    assert torch.all(weights[inside] > 0.0)
+
+
+@pytest.mark.parametrize("style", ["luong", "bahdanau"])
+def test_local_p_model_trains_every_parameter(style):
+    """Forward and backward: W_p and v_p (and everything else) get a gradient; the weights keep
+    the (batch, tgt_len, src_len) shape with exact zeros on padding."""
+    model = make_model(style=style, score="general", attention_type="local_p", window=2)
+    src, src_lengths, tgt_in, tgt_out = tiny_batch()
+    out = model(src, src_lengths, tgt_in)
+    assert out.attn_weights.shape == (3, tgt_in.size(1), src.size(1))
+    src_pad = (src == PAD_ID).unsqueeze(1).expand_as(out.attn_weights)
+    assert torch.all(out.attn_weights[src_pad] == 0.0)
+    loss_of(out.logits, tgt_out).backward()
+    names = [name for name, _ in model.named_parameters()]
+    assert "decoder.attention.local.position_hidden.weight" in names  # W_p
+    assert "decoder.attention.local.position_out.weight" in names  # v_p
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} gets no gradient"
+    hidden = 7
+    assert model.num_parameters() - make_model(style=style, score="general").num_parameters() == (
+        hidden * hidden + hidden
+    )
 
 
 def first_two_steps(model: Seq2Seq):
@@ -440,6 +504,11 @@ def test_every_config_file_builds_a_model():
         (("encoder", "bidirectional", "yes"), "model.encoder.bidirectional: expected true or false"),
         (("attention", "hidden_size", 8), "model.attention.hidden_size: unknown option"),
         (("decoder", "input_feed", True), "model.decoder.input_feed: unknown option"),
+        (("attention", "type", "local"), "model.attention.type: expected one of global, local_m, "
+         "local_p; got 'local'"),
+        (("attention", "window", 0), "model.attention.window: expected a positive integer; got 0"),
+        (("attention", "window", 2.5), "model.attention.window: expected a positive integer; "
+         "got 2.5"),
         ((None, "tie_embeddings", 1), "model.tie_embeddings: expected true or false; got 1"),
     ],
 )  # fmt: skip
@@ -450,6 +519,36 @@ def test_bad_config_values_are_rejected_with_the_valid_ones(change, message):
     with pytest.raises(NMTError) as err:
         build_model(cfg, SRC_VOCAB, TGT_VOCAB)
     assert message in str(err.value)
+
+
+def test_local_attention_needs_a_window_and_location_needs_its_maximum():
+    cfg = model_cfg(score="dot", attention_type="local_p")
+    with pytest.raises(NMTError, match=r"^model\.attention\.window: required by type 'local_p'$"):
+        build_model(cfg, SRC_VOCAB, TGT_VOCAB)
+    # local_p's p_t = S·sigmoid(…) uses each sentence's own length S and needs no maximum; the
+    # location score does, whatever the type
+    cfg = model_cfg(score="location", attention_type="local_p", window=3)
+    del cfg["attention"]["max_src_len"]
+    with pytest.raises(NMTError, match=r"^model\.attention\.max_src_len: missing$"):
+        build_model(cfg, SRC_VOCAB, TGT_VOCAB)
+
+
+def test_local_attention_from_the_config_files():
+    """``model/attention=general model.attention.type=local_p`` is Luong's local-p (general)."""
+    src, src_lengths, tgt_in, _ = tiny_batch()
+    default = compose_model_cfg([])
+    assert (default.attention.type, default.attention.window) == ("global", 10)
+    assert build_model(default, SRC_VOCAB, TGT_VOCAB).decoder.attention.local is None
+    for attention_type in ("local_m", "local_p"):
+        cfg = compose_model_cfg(
+            ["model/attention=general", f"model.attention.type={attention_type}",
+             "model.attention.window=3"]
+        )  # fmt: skip
+        model = build_model(cfg, SRC_VOCAB, TGT_VOCAB)
+        local = model.decoder.attention.local
+        assert (local.attention_type, local.window, local.sigma) == (attention_type, 3, 1.5)
+        with torch.no_grad():
+            assert model(src, src_lengths, tgt_in).attn_weights.shape == (3, tgt_in.size(1), 6)
 
 
 def test_missing_options_are_named():

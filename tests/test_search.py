@@ -39,13 +39,18 @@ SETUPS = [
     ("luong", "general", "lstm"),
     ("bahdanau", "dot", "gru"),
     ("bahdanau", "location", "lstm"),
+    # local attention (window D = 2 on sources of 2-7 tokens): beam search, n-best, batch
+    # independence and teacher-forced rescoring hold as for global attention
+    ("luong", "general", "gru", "local_p"),
+    ("bahdanau", "dot", "lstm", "local_m"),
 ]
 SETUP_IDS = ["-".join(s) for s in SETUPS]
 FORBIDDEN_MASK = torch.isin(torch.arange(TGT_VOCAB), torch.tensor(FORBIDDEN_IDS))
 ATTENTION_EXTRA = {"concat": {"hidden_size": 16}, "location": {"max_src_len": 12}}
 
 
-def model_cfg(style: str, score: str, rnn_type: str):
+def model_cfg(style: str, score: str, rnn_type: str, attention_type: str = "global"):
+    attention = {"score": score, "type": attention_type, "window": 2}
     return OmegaConf.create(
         {
             "encoder": {
@@ -56,7 +61,7 @@ def model_cfg(style: str, score: str, rnn_type: str):
                 "bidirectional": True,
                 "dropout": 0.0,
             },
-            "attention": {"score": score, **ATTENTION_EXTRA.get(score, {})},
+            "attention": {**attention, **ATTENTION_EXTRA.get(score, {})},
             "decoder": {
                 "style": style,
                 "rnn_type": rnn_type,
@@ -413,6 +418,8 @@ def test_zero_length_limit_gives_empty_hypothesis(model, batch):
 @pytest.mark.parametrize("search", ["greedy", "beam"])
 def test_attention_matrix_per_hypothesis(model, batch, search):
     src, src_lengths = batch
+    local = model.decoder.attention.local
+    local_p = local is not None and local.attention_type == "local_p"
     if search == "greedy":
         result = greedy_search(model, src, src_lengths, 1.5, 3)
     else:
@@ -421,7 +428,11 @@ def test_attention_matrix_per_hypothesis(model, batch, search):
         for hyp in nbest:
             rows = len(hyp.tokens) + (0 if hyp.hit_max_len else 1)
             assert hyp.attn_weights.shape == (rows, int(src_lengths[i]))
-            torch.testing.assert_close(hyp.attn_weights.sum(dim=-1), torch.ones(rows))
+            sums = hyp.attn_weights.sum(dim=-1)
+            if local_p:  # the softmax times a Gaussian ≤ 1, not renormalised (Luong eq. 11)
+                assert torch.all((sums > 0) & (sums <= 1 + 1e-6))
+            else:
+                torch.testing.assert_close(sums, torch.ones(rows))
 
 
 def test_nbest_larger_than_beam_is_rejected(model, batch):

@@ -49,10 +49,14 @@ def test_recipe_sweep_changes_one_setting_per_run_and_compares(tiny_prepared, tm
     assert run_config(sweep / "default").trainer.label_smoothing == 0.1
     assert run_config(sweep / "ls0").trainer.label_smoothing == 0.0
     assert run_config(sweep / "ls0").trainer.max_minutes == 5
-    table = (sweep / "comparison.md").read_text(encoding="utf-8")
-    assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")][1:] == [
-        "| default",
-        "| ls0",
+    report = (sweep / "comparison.md").read_text(encoding="utf-8")
+    runs_table, variants_table = (part.split("\n\n")[1] for part in report.split("## ")[1:3])
+    first_cells = lambda table: [line.split(" | ")[0] for line in table.splitlines()][2:]  # noqa: E731
+    assert first_cells(runs_table) == ["| default", "| ls0"]
+    # one config each, so two variants, told apart by their run's name; the first is the baseline
+    assert first_cells(variants_table) == [
+        "| general/gru/luong (default) (baseline)",
+        "| general/gru/luong (ls0)",
     ]
     runs = json.loads((sweep / "comparison.json").read_text(encoding="utf-8"))
     assert all(run["test_bleu"] is not None for run in runs)  # --evaluate-test ran
@@ -72,6 +76,8 @@ def test_attention_sweep_names_runs_by_variant(tiny_prepared, tmp_path):
         "SWEEP_DIR": str(sweep),
         "ATTENTIONS": "dot,location",
         "ENCODERS": "lstm",
+        "TYPES": "global,local_p",
+        "SEEDS": "1",
         "COMPARE": "0",
     }
     data = tiny_prepared.corpus.overrides(tiny_prepared.data.out_dir)
@@ -79,8 +85,15 @@ def test_attention_sweep_names_runs_by_variant(tiny_prepared, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     runs = sorted(p.name for p in sweep.iterdir() if (p / ".hydra").is_dir())
-    assert runs == ["0_dot-lstm-luong", "1_location-lstm-luong"]
-    assert run_config(sweep / runs[1]).model.attention.score == "location"
+    assert runs == [
+        "0_global-dot-lstm-luong-seed1",
+        "1_local_p-dot-lstm-luong-seed1",
+        "2_global-location-lstm-luong-seed1",
+        "3_local_p-location-lstm-luong-seed1",
+    ]
+    config = run_config(sweep / runs[3])
+    assert (config.model.attention.score, config.model.attention.type) == ("location", "local_p")
+    assert config.seed == 1
     assert not (sweep / "comparison.md").exists()  # COMPARE=0
 
 

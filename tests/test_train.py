@@ -462,3 +462,46 @@ def test_a_run_limited_by_minutes_only_has_a_bar_with_a_total(tiny_prepared, tmp
     assert result.returncode == 0, result.stderr
     bar = result.stderr.replace("\r", "\n").strip().splitlines()
     assert any("/0.05 min [" in line and "<" in line for line in bar), result.stderr[-500:]
+
+
+# ------------------------------------------------------------------------------ local attention
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.attention.type=local"], "error: model.attention.type: expected one of global, "
+         "local_m, local_p; got 'local'"),
+        (["model.attention.type=local_p", "model.attention.window=0"],
+         "error: model.attention.window: expected a positive integer; got 0"),
+        # local_p's p_t = S·sigmoid(…) uses each sentence's length; location needs its maximum
+        (["model/attention=location", "model.attention.type=local_p",
+          "~model.attention.max_src_len"], "error: model.attention.max_src_len: missing"),
+    ],
+)  # fmt: skip
+def test_bad_local_attention_settings_are_one_line(tiny_prepared, tmp_path, overrides, message):
+    args = [
+        *tiny_prepared.corpus.overrides(tiny_prepared.data.out_dir),
+        *TINY_MODEL,
+        f"hydra.run.dir={quote(tmp_path)}",
+        "trainer.max_steps=1",
+    ]
+    result = run_main("nmt.train", *args, *overrides)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_local_p_trains_validates_and_decodes(tiny_prepared, tmp_path):
+    """A local_p model through the whole loop: training steps, a validation with search and the
+    attention statistics, a checkpoint that loads back as local_p."""
+    args = [*CHEAP_VALIDATION, "trainer.max_steps=2", "trainer.val_every_steps=2"]
+    local = ["model.attention.type=local_p", "model.attention.window=3"]
+    result = train_main(tiny_prepared, tmp_path, *args, *local)
+    assert result.returncode == 0, result.stderr
+    [record] = [json.loads(line) for line in (tmp_path / "validations.jsonl").open()]
+    assert record["step"] == 2 and "attn_entropy" in record["diagnostics"]
+    ckpt = load(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt["config"]["model"]["attention"]["type"] == "local_p"
+    assert "decoder.attention.local.position_hidden.weight" in ckpt["model"]  # W_p

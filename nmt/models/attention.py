@@ -25,6 +25,12 @@ to the query size (no bias), k_j = W_k h_j, computed once per batch; ``dot`` is 
 function family as ``general`` (qᵀ W_k h_j), and stays parameter-free only where the decoder
 hidden size equals the encoder output size.  ``location`` does not look at the keys' contents
 (only at their number, src_len).
+
+Global or local (``model.attention.type``, Luong et al. 2015, §3.1-3.2): global attention
+normalises over every real source position.  Local attention first picks a window centre p_t
+per target step t and normalises only over the real positions s with |s − p_t| ≤ D
+(``model.attention.window``); all other positions get weight exactly 0 (:class:`LocalWindow`).
+It combines with every score function and keeps the weights' shape (batch, tgt_len, src_len).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from torch import Tensor, nn
 from nmt.errors import NMTError
 
 SCORES = ("dot", "general", "scaled_dot", "concat", "location")
+ATTENTION_TYPES = ("global", "local_m", "local_p")
 
 
 class AttentionOutput(NamedTuple):
@@ -51,9 +58,11 @@ def masked_softmax(scores: Tensor, src_mask: Tensor) -> Tensor:
     The scores are filled with -inf at padding and normalised in fp32 (half-precision safe),
     then cast back to the scores' dtype.  Every row must contain at least one real position.
 
-    scores: (batch, tgt_len, src_len); src_mask: bool (batch, src_len), True = real token.
+    scores: (batch, tgt_len, src_len); src_mask: bool (batch, src_len), True = real token, or
+    (batch, tgt_len, src_len), one mask per target step (local attention's windows).
     """
-    scores32 = scores.float().masked_fill(~src_mask.unsqueeze(1), float("-inf"))
+    mask = src_mask.unsqueeze(1) if src_mask.dim() == 2 else src_mask
+    scores32 = scores.float().masked_fill(~mask, float("-inf"))
     return torch.softmax(scores32, dim=-1).to(scores.dtype)  # (batch, tgt_len, src_len)
 
 
@@ -176,17 +185,75 @@ class LocationScore(nn.Module):
         return nn.functional.pad(scores, (0, extra))  # (batch, tgt_len, src_len), zeros past max
 
 
+class LocalWindow(nn.Module):
+    """Luong et al. 2015, §3.2: the window of local attention, and local-p's Gaussian.
+
+    Window centre p_t for the query of target step t (0-based, as the source positions s):
+
+        local_m   p_t = min(t, S − 1)                                  (monotonic alignment)
+        local_p   p_t = S · sigmoid(v_pᵀ tanh(W_p h_t))               (eq. 10, predictive)
+
+    with S the sentence's source length (its real tokens, from ``src_mask``), W_p ∈
+    R^{query_size × query_size} and v_p ∈ R^{query_size} learned.  The scores are normalised
+    over the real positions in [p_t − D, p_t + D] only (every other position: weight exactly
+    0), and local_p multiplies the result by a Gaussian centred at p_t  (eq. 11):
+
+        a_t(s) = align(h_t, h̄_s) · exp(−(s − p_t)² / (2σ²)),   σ = D / 2
+
+    as the paper does, without normalising again, so local_p's weights sum to at most 1.  The
+    window is never empty: the real position nearest p_t (p_t ∈ [0, S]) is at most 1 ≤ D away.  The
+    window is a mask, so W_p and v_p learn through the Gaussian alone.
+    """
+
+    def __init__(self, attention_type: str, window: int, query_size: int):
+        super().__init__()
+        self.attention_type = attention_type
+        self.window = window  # D
+        self.sigma = window / 2
+        if attention_type == "local_p":
+            self.position_hidden = nn.Linear(query_size, query_size, bias=False)  # W_p
+            self.position_out = nn.Linear(query_size, 1, bias=False)  # v_pᵀ
+
+    def centres(self, query: Tensor, src_mask: Tensor, positions: Tensor | None) -> Tensor:
+        """p_t in fp32, (batch, tgt_len).  query (batch, tgt_len, query_size); positions
+        (batch, tgt_len) long, the target step t of each query (needed by local_m)."""
+        src_len = src_mask.sum(-1, keepdim=True).float()  # (batch, 1): S per sentence
+        if self.attention_type == "local_m":
+            if positions is None:
+                raise ValueError("local_m attention needs the target positions of the queries")
+            return torch.minimum(positions.float(), src_len - 1)  # (batch, tgt_len)
+        hidden = torch.tanh(self.position_hidden(query))  # (batch, tgt_len, query_size)
+        return src_len * torch.sigmoid(self.position_out(hidden).squeeze(-1).float())
+
+    def forward(
+        self, scores: Tensor, src_mask: Tensor, query: Tensor, positions: Tensor | None
+    ) -> Tensor:
+        """scores (batch, tgt_len, src_len) → attn_weights (batch, tgt_len, src_len)."""
+        centres = self.centres(query, src_mask, positions).unsqueeze(-1)  # (batch, tgt_len, 1)
+        source = torch.arange(scores.size(-1), device=scores.device, dtype=torch.float32)
+        distance = source - centres  # (batch, tgt_len, src_len): s − p_t
+        in_window = (distance.abs() <= self.window) & src_mask.unsqueeze(1)
+        attn_weights = masked_softmax(scores, in_window)  # (batch, tgt_len, src_len)
+        if self.attention_type == "local_m":
+            return attn_weights
+        gaussian = torch.exp(-distance.square() / (2 * self.sigma**2))
+        return (attn_weights.float() * gaussian).to(attn_weights.dtype)
+
+
 class Attention(nn.Module):
-    """context, attn_weights = Attention(query, keys, values, src_mask).
+    """context, attn_weights = Attention(query, keys, values, src_mask, positions).
 
     α = softmax over real source positions of score(query, keys); context = Σ_j α_j value_j.
     The score function is chosen by ``model.attention.score``; keys come from
-    :meth:`project_keys`, called once per batch on the encoder states.
+    :meth:`project_keys`, called once per batch on the encoder states.  With a
+    :class:`LocalWindow` (``model.attention.type`` local_m or local_p) the softmax runs over a
+    window of the source instead, and the weights are 0 outside it.
     """
 
-    def __init__(self, score: nn.Module):
+    def __init__(self, score: nn.Module, local: LocalWindow | None = None):
         super().__init__()
         self.score = score
+        self.local = local
 
     def project_keys(self, values: Tensor) -> Tensor:
         """Keys for this score function from the encoder states, once per batch.
@@ -196,15 +263,26 @@ class Attention(nn.Module):
         return self.score.project_keys(values)
 
     def forward(
-        self, query: Tensor, keys: Tensor, values: Tensor, src_mask: Tensor
+        self,
+        query: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        src_mask: Tensor,
+        positions: Tensor | None = None,
     ) -> AttentionOutput:
         """query (batch, tgt_len, query_size); keys from :meth:`project_keys`;
-        values (batch, src_len, value_size); src_mask bool (batch, src_len), True = real.
+        values (batch, src_len, value_size); src_mask bool (batch, src_len), True = real;
+        positions (batch, tgt_len) long, the target step t (0-based) of each query: used by
+        local_m only, so a decoder stepping one query at a time gives the same weights as one
+        call over all steps.
 
         Returns context (batch, tgt_len, value_size) and attn_weights (batch, tgt_len, src_len).
         """
         scores = self.score(query, keys)  # (batch, tgt_len, src_len)
-        return attend(scores, values, src_mask)
+        if self.local is None:
+            return attend(scores, values, src_mask)
+        attn_weights = self.local(scores, src_mask, query, positions)
+        return AttentionOutput(weighted_sum(attn_weights, values), attn_weights)
 
 
 def build_attention(
@@ -213,23 +291,61 @@ def build_attention(
     value_size: int,
     hidden_size: int | None = None,
     max_src_len: int | None = None,
+    attention_type: str = "global",
+    window: int | None = None,
 ) -> Attention:
-    """The attention module for ``model.attention.score``.
+    """The attention module for ``model.attention.score`` and ``model.attention.type``.
 
-    ``hidden_size`` is used by ``concat`` only, ``max_src_len`` by ``location`` only.
+    ``hidden_size`` is used by ``concat`` only, ``max_src_len`` by ``location`` only,
+    ``window`` (D ≥ 1) by the local types only.
     """
+    return Attention(
+        build_score(score, query_size, value_size, hidden_size, max_src_len),
+        build_local_window(attention_type, window, query_size),
+    )
+
+
+def build_score(
+    score: str,
+    query_size: int,
+    value_size: int,
+    hidden_size: int | None = None,
+    max_src_len: int | None = None,
+) -> nn.Module:
+    """The score function named by ``model.attention.score``."""
     if score == "dot":
-        return Attention(DotScore(query_size, value_size))
+        return DotScore(query_size, value_size)
     if score == "scaled_dot":
-        return Attention(ScaledDotScore(query_size, value_size))
+        return ScaledDotScore(query_size, value_size)
     if score == "general":
-        return Attention(GeneralScore(query_size, value_size))
+        return GeneralScore(query_size, value_size)
     if score == "concat":
         if hidden_size is None:
             raise NMTError("model.attention.hidden_size: required by score 'concat'")
-        return Attention(ConcatScore(query_size, value_size, hidden_size))
+        return ConcatScore(query_size, value_size, hidden_size)
     if score == "location":
         if max_src_len is None:
             raise NMTError("model.attention.max_src_len: required by score 'location'")
-        return Attention(LocationScore(query_size, max_src_len))
+        return LocationScore(query_size, max_src_len)
     raise NMTError(f"model.attention.score: expected one of {', '.join(SCORES)}; got {score!r}")
+
+
+def build_local_window(
+    attention_type: str, window: int | None, query_size: int
+) -> LocalWindow | None:
+    """None for ``global``; the window of ``local_m`` / ``local_p`` (half-width D = window)."""
+    if attention_type not in ATTENTION_TYPES:
+        raise NMTError(
+            f"model.attention.type: expected one of {', '.join(ATTENTION_TYPES)}; "
+            f"got {attention_type!r}"
+        )
+    if attention_type == "global":
+        return None
+    if window is None:
+        raise NMTError(f"model.attention.window: required by type {attention_type!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise NMTError(
+            "model.attention.window: expected a positive integer, the half-width D of the "
+            f"local window; got {window!r}"
+        )
+    return LocalWindow(attention_type, window, query_size)

@@ -5,8 +5,10 @@ Both produce, per target step t, an *attentional vector* h̃_t (batch, hidden) f
 with every score function, GRU or LSTM, and 1..N layers (the query is the top layer's state).
 
 Decoder state travels explicitly in :class:`DecoderState`; nothing is kept on the modules
-between calls.  :meth:`DecoderState.index_select` and :meth:`Memory.index_select` reorder or
-repeat the batch for beam search.
+between calls.  It counts the target steps taken (``position``), so that local-m attention
+(window centre p_t = t) gives the same weights one step at a time as over all steps at once.
+:meth:`DecoderState.index_select` and :meth:`Memory.index_select` reorder or repeat the batch
+for beam search.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class DecoderState(NamedTuple):
     hidden: Tensor  # (num_layers, batch, hidden): s_{t-1} per layer (LSTM: h)
     cell: Tensor | None  # (num_layers, batch, hidden): LSTM memory cell c_{t-1}; None for GRU
     attn_vector: Tensor | None  # (batch, hidden): h̃_{t-1} for Luong input feeding, else None
+    position: Tensor  # (batch,) long: t, the 0-based target step the next step computes
 
     def index_select(self, idx: Tensor) -> DecoderState:
         """Reorder/repeat along the batch dimension; idx: LongTensor (new_batch,)."""
@@ -48,6 +51,7 @@ class DecoderState(NamedTuple):
             self.hidden.index_select(1, idx),
             None if self.cell is None else self.cell.index_select(1, idx),
             None if self.attn_vector is None else self.attn_vector.index_select(0, idx),
+            self.position.index_select(0, idx),
         )
 
 
@@ -187,6 +191,11 @@ class DecoderSizes:
     bridge: bool
 
 
+def first_position(memory: Memory) -> Tensor:
+    """t = 0 for every sentence: (batch,) long."""
+    return torch.zeros(memory.final.size(0), dtype=torch.long, device=memory.final.device)
+
+
 class Decoder(nn.Module):
     """What both styles share: the RNN, the bridge, embedding dropout, the attention.
 
@@ -259,11 +268,16 @@ class LuongDecoder(Decoder):
         attn_vector = (
             hidden.new_zeros(hidden.size(1), self.hidden_size) if self.input_feeding else None
         )
-        return DecoderState(hidden, cell, attn_vector)
+        return DecoderState(hidden, cell, attn_vector, first_position(memory))
 
-    def attend_and_combine(self, outputs: Tensor, memory: Memory) -> tuple[Tensor, Tensor]:
-        """h_t (batch, steps, hidden) → h̃_t (batch, steps, hidden), α_t (batch, steps, src_len)."""
-        context, attn_weights = self.attention(outputs, memory.keys, memory.values, memory.src_mask)
+    def attend_and_combine(
+        self, outputs: Tensor, memory: Memory, positions: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """h_t (batch, steps, hidden) at target steps ``positions`` (batch, steps) →
+        h̃_t (batch, steps, hidden), α_t (batch, steps, src_len)."""
+        context, attn_weights = self.attention(
+            outputs, memory.keys, memory.values, memory.src_mask, positions
+        )
         # context: (batch, steps, value_size)
         attn_vectors = torch.tanh(self.combine(torch.cat([context, outputs], dim=-1)))
         return attn_vectors, attn_weights  # (batch, steps, hidden), (batch, steps, src_len)
@@ -278,9 +292,13 @@ class LuongDecoder(Decoder):
         # RNN input [E y_{t-1} ; h̃_{t-1}]: the embedding part arrives projected.
         hidden, cell = self.rnn(known, state.attn_vector, state.hidden, state.cell)
         # hidden: (num_layers, batch, hidden)
-        attn_vector, attn_weights = self.attend_and_combine(hidden[-1].unsqueeze(1), memory)
+        attn_vector, attn_weights = self.attend_and_combine(
+            hidden[-1].unsqueeze(1), memory, state.position.unsqueeze(1)
+        )
         attn_vector = attn_vector.squeeze(1)  # (batch, hidden)
-        new_state = DecoderState(hidden, cell, attn_vector if self.input_feeding else None)
+        new_state = DecoderState(
+            hidden, cell, attn_vector if self.input_feeding else None, state.position + 1
+        )
         return DecoderStep(attn_vector, attn_weights.squeeze(1), new_state)
 
     def forward(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderOutput:
@@ -289,8 +307,11 @@ class LuongDecoder(Decoder):
         if not self.input_feeding:
             # The RNN runs over all steps in one call; attention and W_c once over all steps.
             outputs, hidden, cell = self.rnn.sequence(embedded, state.hidden, state.cell)
-            attn_vectors, attn_weights = self.attend_and_combine(outputs, memory)
-            return DecoderOutput(attn_vectors, attn_weights, DecoderState(hidden, cell, None))
+            steps = torch.arange(embedded.size(1), device=embedded.device)  # (tgt_len,)
+            positions = state.position.unsqueeze(1) + steps  # (batch, tgt_len)
+            attn_vectors, attn_weights = self.attend_and_combine(outputs, memory, positions)
+            end = DecoderState(hidden, cell, None, state.position + embedded.size(1))
+            return DecoderOutput(attn_vectors, attn_weights, end)
         attn_vectors, attn_weights = [], []
         known = self.rnn.project_known(embedded)  # (batch, tgt_len, gates*hidden), once
         # unbind, not known[:, t]: its backward is one stack, not a zeroed copy per step
@@ -324,7 +345,7 @@ class BahdanauDecoder(Decoder):
 
     def init_state(self, memory: Memory) -> DecoderState:
         hidden, cell = self.init_rnn_state(memory)
-        return DecoderState(hidden, cell, None)
+        return DecoderState(hidden, cell, None, first_position(memory))
 
     def recur(
         self, known: Tensor, state: DecoderState, memory: Memory
@@ -332,13 +353,16 @@ class BahdanauDecoder(Decoder):
         """Attend with s_{t-1}, then step the RNN.  known (batch, gates*hidden): the projected
         embedding of y_{t-1} → context c_t (batch, value_size), α_t (batch, src_len), state with s_t."""
         query = state.hidden[-1].unsqueeze(1)  # (batch, 1, hidden): top layer's s_{t-1}
-        context, attn_weights = self.attention(query, memory.keys, memory.values, memory.src_mask)
+        context, attn_weights = self.attention(
+            query, memory.keys, memory.values, memory.src_mask, state.position.unsqueeze(1)
+        )
         context = context.squeeze(1)  # (batch, value_size)
         # RNN input [E y_{t-1} ; c_t]: the embedding part arrives projected.
         hidden, cell = self.rnn(
             known, context, state.hidden, state.cell
         )  # (num_layers, batch, hidden)
-        return context, attn_weights.squeeze(1), DecoderState(hidden, cell, None)
+        next_state = DecoderState(hidden, cell, None, state.position + 1)
+        return context, attn_weights.squeeze(1), next_state
 
     def output(self, top: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
         """h̃ = tanh(W_o [s ; c ; E y_prev] + b_o); inputs (..., ·) → (..., hidden)."""

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from nmt.data.vocab import PAD_ID
 from nmt.errors import NMTError
-from nmt.models.attention import SCORES, build_attention
+from nmt.models.attention import ATTENTION_TYPES, SCORES, build_attention
 from nmt.models.decoder import (
     BahdanauDecoder,
     Decoder,
@@ -201,7 +201,11 @@ def build_model(model_cfg: Any, src_vocab_size: int, tgt_vocab_size: int) -> Seq
 
     score = choice(att, "model.attention", "score", SCORES)
     extra = {"concat": ("hidden_size",), "location": ("max_src_len",)}.get(score, ())
-    check_keys(att, "model.attention", required=("score", *extra))
+    # type and window may be absent (checkpoints from before local attention): global
+    check_keys(att, "model.attention", required=("score", *extra), optional=("type", "window"))
+    attention_type = (
+        choice(att, "model.attention", "type", ATTENTION_TYPES) if "type" in att else "global"
+    )
     check_keys(
         dec,
         "model.decoder",
@@ -230,6 +234,8 @@ def build_model(model_cfg: Any, src_vocab_size: int, tgt_vocab_size: int) -> Seq
         max_src_len=positive_int(att, "model.attention", "max_src_len")
         if "max_src_len" in extra
         else None,
+        attention_type=attention_type,
+        window=positive_int(att, "model.attention", "window") if "window" in att else None,
     )
     sizes = DecoderSizes(
         rnn_type=choice(dec, "model.decoder", "rnn_type", RNN_TYPES),
@@ -273,14 +279,17 @@ def section(cfg: Mapping, name: str) -> Mapping:
     return value
 
 
-def check_keys(cfg: Mapping, where: str, required: tuple[str, ...]) -> None:
-    """Every required key present, no other key."""
+def check_keys(
+    cfg: Mapping, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> None:
+    """Every required key present, no key that is neither required nor optional."""
     for key in required:
         if key not in cfg:
             raise NMTError(f"{where}.{key}: missing")
+    known = (*required, *optional)
     for key in cfg:
-        if key not in required:
-            raise NMTError(f"{where}.{key}: unknown option; expected only {', '.join(required)}")
+        if key not in known:
+            raise NMTError(f"{where}.{key}: unknown option; expected only {', '.join(known)}")
 
 
 def choice(cfg: Mapping, where: str, key: str, valid: tuple[str, ...]) -> str:

@@ -328,6 +328,8 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "progress": asdict(self.progress),
+            # the metrics of the validation this checkpoint is saved after (4 floats), for /v1/model
+            "validation": {"step": self.progress.step, **self.metrics} if self.metrics else None,
             "rng": self.ctx.gather_rng(rng_state()),
             "world_size": self.ctx.world_size,
             "config": OmegaConf.to_container(self.cfg, resolve=True),

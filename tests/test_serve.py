@@ -12,21 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from conftest import REPO_ROOT, quote, run_main
+from conftest import quote, run_main
 
 from nmt.errors import NMTError
 from nmt.inference import Translator
-from nmt.serve import API_KEY_ENV, ServeSettings, create_app, listen
+from nmt.serve import API_KEY_ENV, ServeSettings, create_app, listen, padded_chunks
+from nmt.serve_bench import ServerProcess, percentile
 
 SENTENCES = [
     "Open the file.",
@@ -227,6 +225,31 @@ def test_batches_stop_at_the_sentence_and_token_budgets(translator):
     assert by_tokens["batch_sentences"] == len(SENTENCES)
 
 
+def test_padded_chunks_sort_longest_first_within_the_budget():
+    lengths = [3, 40, 5, 12, 2, 100, 12]
+    chunks = padded_chunks(lengths, budget=40, max_sentences=3)
+    assert chunks == [[5], [1], [3, 6, 2], [0, 4]]  # 100 alone, over the budget; 3 × 12 <= 40
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    assert all(len(c) * lengths[c[0]] <= 40 for c in chunks if len(c) > 1)
+    assert padded_chunks([5, 5, 5], budget=1000, max_sentences=1) == [[0], [1], [2]]
+    assert padded_chunks([], budget=10, max_sentences=4) == []
+
+
+def test_a_batch_decoded_in_chunks_answers_as_alone(translator):
+    """A small decode_tokens cuts the batch into several decoder calls; the answers do not
+    change."""
+
+    async def go():
+        async with serving(translator, decode_tokens=24, max_wait_ms=200) as client:
+            return await asyncio.gather(
+                *(client.post("/v1/translate", json={"text": s}) for s in SENTENCES)
+            )
+
+    responses = run(go())
+    texts = [r.json()["translations"][0]["text"] for r in responses]
+    assert texts == [translator.translate_text([s])[0] for s in SENTENCES]
+
+
 def test_different_search_settings_are_not_mixed(translator):
     async def go():
         async with serving(translator, max_wait_ms=300) as client:
@@ -395,10 +418,10 @@ def test_decoding_failure_is_500_then_the_next_requests_work(translator, monkeyp
             service = client.service
             decode = service.decode
 
-            def failing(settings, sentences):  # an injected fault inside the decoding thread
+            def failing(settings, sentences, lengths):  # an injected fault in the decoding thread
                 if "boom" in sentences:
                     raise RuntimeError("injected failure")
-                return decode(settings, sentences)
+                return decode(settings, sentences, lengths)
 
             monkeypatch.setattr(service, "decode", failing)
             failed = await client.post("/v1/translate", json={"text": "boom"})
@@ -502,47 +525,6 @@ def test_command_line_errors_are_one_line(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-class ServerProcess:
-    """``python -m nmt.serve … port=0`` with its output read by a thread; ``url`` once listening."""
-
-    def __init__(self, *args: str):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nmt.serve", "host=127.0.0.1", "port=0", *args],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self.listening = threading.Event()
-        self.url = ""
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if "nmt-serve: listening on " in line:
-                self.url = line.split("listening on ", 1)[1].split()[0]
-                self.listening.set()
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        assert self.listening.wait(timeout), "".join(self.lines)
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(self.url + "/ready", timeout=5).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise AssertionError("not ready in time:\n" + "".join(self.lines))
-
-    def output(self) -> str:
-        return "".join(self.lines)
-
-
 @pytest.mark.slow
 def test_real_server_process_answers_as_the_cli_and_drains_on_sigterm(tiny_checkpoint, tmp_path):
     """Start, wait for /ready, send 32 concurrent requests; SIGTERM while they wait for their
@@ -588,12 +570,42 @@ def test_real_server_process_answers_as_the_cli_and_drains_on_sigterm(tiny_check
         responses = asyncio.run(load())
         returncode = server.proc.wait(timeout=60)
     finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+        server.kill()
     assert [r.status_code for r in responses] == [200] * len(lines), server.output()
     texts = [r.json()["translations"][0]["text"] for r in responses]
     assert texts == expected
     assert returncode == 0, server.output()
     assert "Shutting down" in server.output()
     assert json.loads(responses[0].text)["model"] == "best@2"
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 95), percentile(values, 99)) == (50, 95, 99)
+    assert percentile([7.0], 99) == 7.0
+
+
+@pytest.mark.slow
+def test_load_benchmark_runs_and_prints_its_table(tiny_checkpoint, tiny_prepared, tmp_path):
+    """A few requests only: that the command runs end to end (the figures are not checked)."""
+    report = tmp_path / "bench.json"
+    result = run_main(
+        "nmt.serve_bench",
+        f"ckpt={quote(tiny_checkpoint)}",
+        f"input={quote(tiny_prepared.corpus.test)}",
+        "requests=6",
+        "clients=[1,3]",
+        "max_seconds=30",
+        "threads=1",
+        f"output={quote(report)}",
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "the ceiling" in result.stdout
+    data = json.loads(report.read_text(encoding="utf-8"))
+    runs = {(r["clients"], r["batching"]): r for r in data["runs"]}
+    assert set(runs) == {(1, "on"), (1, "off"), (3, "on"), (3, "off")}
+    assert all(
+        r["answered"] == 6 and r["errors"] == 0 and r["mismatches"] == 0 for r in runs.values()
+    )
+    assert runs[(3, "off")]["mean_batch"] == 1.0
+    assert data["exit_status"] == {"on": 0, "off": 0}

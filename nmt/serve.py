@@ -356,6 +356,7 @@ class Stats:
     timeouts: int = 0
     decode_errors: int = 0
     max_batch_sentences_seen: int = 0
+    decode_seconds: float = 0.0  # the decoding thread's busy time
 
     def as_dict(self) -> dict[str, Any]:
         mean = self.batch_sentences / self.batches if self.batches else 0.0
@@ -584,6 +585,7 @@ class TranslationService:
         elapsed = time.perf_counter() - start
         self.stats.batches += 1
         self.stats.batch_sentences += len(sentences)
+        self.stats.decode_seconds += elapsed
         self.stats.max_batch_sentences_seen = max(
             self.stats.max_batch_sentences_seen, len(sentences)
         )

@@ -127,6 +127,7 @@ class RunResult:
     p95_ms: float
     p99_ms: float
     mean_batch: float
+    busy: float  # the share of the run the server's decoding thread was decoding
     mismatches: int  # answers whose text differs from the offline translation
 
 
@@ -214,6 +215,7 @@ def run_clients(
         p95_ms=1000 * percentile(latencies, 95),
         p99_ms=1000 * percentile(latencies, 99),
         mean_batch=batch_sentences / batches if batches else 0.0,
+        busy=(after["decode_seconds"] - before["decode_seconds"]) / seconds if seconds else 0.0,
         mismatches=mismatches,
     )
 
@@ -310,7 +312,8 @@ def format_table(runs: Sequence[RunResult], ceiling: float) -> str:
     off = {r.clients: r.sentences_per_s for r in runs if r.batching == "off"}
     header = (
         f"{'clients':>7} {'batching':>8} {'sent/s':>8} {'x off':>6} {'% ceil':>7} {'p50 ms':>8} "
-        f"{'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'answered':>8} {'errors':>6} {'differ':>6}"
+        f"{'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'busy':>5} {'answered':>8} {'errors':>6} "
+        f"{'differ':>6}"
     )
     rows = [header]
     for r in runs:
@@ -318,7 +321,8 @@ def format_table(runs: Sequence[RunResult], ceiling: float) -> str:
         rows.append(
             f"{r.clients:>7} {r.batching:>8} {r.sentences_per_s:>8.2f} {speedup:>6.2f} "
             f"{100 * r.sentences_per_s / ceiling:>6.1f}% {r.p50_ms:>8.0f} {r.p95_ms:>8.0f} "
-            f"{r.p99_ms:>8.0f} {r.mean_batch:>6.1f} {r.answered:>8} {r.errors:>6} {r.mismatches:>6}"
+            f"{r.p99_ms:>8.0f} {r.mean_batch:>6.1f} {100 * r.busy:>4.0f}% {r.answered:>8} {r.errors:>6} "
+            f"{r.mismatches:>6}"
         )
     return "\n".join(rows)
 

@@ -220,7 +220,8 @@ def validation_problem(err: RequestValidationError) -> HTTPProblem:
     kind, loc = first.get("type", ""), [p for p in first.get("loc", ()) if p != "body"]
     if kind == "json_invalid":
         ctx = first.get("ctx") or {}
-        reason = ctx.get("error", "invalid JSON")
+        reason = str(ctx.get("error", "invalid JSON")).removesuffix(" at").removesuffix(" starting")
+        reason = reason[:1].lower() + reason[1:]  # "unterminated string", "expecting value"
         where = f" at character {loc[0]}" if loc and isinstance(loc[0], int) else ""
         return HTTPProblem(422, f"body: malformed JSON{where} ({reason})", "body")
     if not loc:

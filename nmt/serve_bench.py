@@ -129,6 +129,7 @@ class RunResult:
     mean_batch: float
     busy: float  # the share of the run the server's decoding thread was decoding
     mismatches: int  # answers whose text differs from the offline translation
+    first_error: str | None  # the first failed request's status and body, or exception
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -141,34 +142,34 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 async def drive(
     url: str, sentences: Sequence[str], clients: int, max_seconds: float
-) -> tuple[list[float], list[str | None], float, int]:
+) -> tuple[list[float], list[str | None], float, list[str]]:
     """``clients`` concurrent clients send ``sentences`` one per request, in order, until all
     are answered or ``max_seconds`` pass. Returns each answered request's latency (s), each
     sentence's answer text (None if unanswered), the seconds from the first request to the last
-    answer, and the number of failed requests."""
+    answer, and what each failed request got."""
     import httpx
 
     latencies: list[float] = []
     texts: list[str | None] = [None] * len(sentences)
-    errors = 0
+    errors: list[str] = []
     next_index = 0
     start = time.perf_counter()
     deadline = start + max_seconds
     last = start
 
     async def client_loop(client: httpx.AsyncClient) -> None:
-        nonlocal next_index, errors, last
+        nonlocal next_index, last
         while next_index < len(sentences) and time.perf_counter() < deadline:
             i = next_index
             next_index += 1
             sent = time.perf_counter()
             try:
                 response = await client.post("/v1/translate", json={"text": sentences[i]})
-            except httpx.HTTPError:
-                errors += 1
+            except httpx.HTTPError as err:
+                errors.append(f"{type(err).__name__}: {err}")
                 continue
             if response.status_code != 200:
-                errors += 1
+                errors.append(f"{response.status_code} {response.text[:300]}")
                 continue
             last = time.perf_counter()
             latencies.append(last - sent)
@@ -208,7 +209,7 @@ def run_clients(
         clients=clients,
         batching=batching,
         answered=answered,
-        errors=errors,
+        errors=len(errors),
         seconds=seconds,
         sentences_per_s=answered / seconds if seconds > 0 else 0.0,
         p50_ms=1000 * percentile(latencies, 50),
@@ -217,6 +218,7 @@ def run_clients(
         mean_batch=batch_sentences / batches if batches else 0.0,
         busy=(after["decode_seconds"] - before["decode_seconds"]) / seconds if seconds else 0.0,
         mismatches=mismatches,
+        first_error=errors[0] if errors else None,
     )
 
 
@@ -375,22 +377,34 @@ def main(cfg: DictConfig) -> None:
         *([f"serve.threads={cfg.threads}"] if cfg.threads else []),
         *cfg.server_args,
     ]
+    # Both servers run side by side (an idle one costs no CPU), and each client count is run
+    # against one right after the other, so that a change in the machine's load between runs
+    # (other jobs on shared cores) skews the on/off comparison as little as possible.
+    servers = {
+        "on": ServerProcess(*common, f"serve.max_batch_sentences={cfg.batch_sentences}"),
+        "off": ServerProcess(*common, "serve.max_batch_sentences=1"),
+    }
     runs: list[RunResult] = []
     exits: dict[str, int] = {}
-    for batching, size in (("on", cfg.batch_sentences), ("off", 1)):
-        server = ServerProcess(*common, f"serve.max_batch_sentences={size}")
-        try:
+    try:
+        for server in servers.values():
             server.wait_ready(cfg.startup_timeout_s)
-            for c in clients:
+        for c in clients:
+            for batching, server in servers.items():
                 run = run_clients(server, batching, c, sentences, reference, cfg.max_seconds)
                 runs.append(run)
                 print(
                     f"  batching {batching}, {c} clients: {run.sentences_per_s:.2f} sent/s, "
-                    f"p50 {run.p50_ms:.0f} ms, mean batch {run.mean_batch:.1f}",
+                    f"p50 {run.p50_ms:.0f} ms, mean batch {run.mean_batch:.1f}, "
+                    f"decoding {100 * run.busy:.0f}% of the time",
                     flush=True,
                 )
-        finally:
+                if run.first_error:
+                    print(f"    {run.errors} failed; the first: {run.first_error}", flush=True)
+    finally:
+        for batching, server in servers.items():
             exits[batching] = server.stop()
+    for batching, server in servers.items():
         if exits[batching] != 0:
             raise NMTError(f"the server exited with status {exits[batching]}:\n{server.output()}")
 

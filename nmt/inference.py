@@ -96,6 +96,7 @@ class ModelInfo:
     step: int | None = None  # optimiser steps the checkpoint had taken
     best_score: float | None = None  # its best validation score, by its early-stopping metric
     minutes: float | None = None  # its training run's wall-clock minutes
+    validation: dict[str, float] | None = None  # its validation: step, loss, perplexity, bleu, chrf
 
 
 class Translator:
@@ -139,6 +140,7 @@ class Translator:
             step=progress.get("step"),
             best_score=progress.get("best_score"),
             minutes=progress.get("minutes"),
+            validation=checkpoint.get("validation"),
         )
         return cls(model, src_vocab, tgt_vocab, settings, device, info)
 

@@ -399,6 +399,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "progress": asdict(self.progress),
             "last_validated_step": self.last_validated_step,
+            # the metrics of the validation this checkpoint is saved after (4 floats), for /v1/model
+            "validation": {"step": self.progress.step, **self.metrics} if self.metrics else None,
             "rng": self.ctx.gather_rng(rng_state()),
             "world_size": self.ctx.world_size,
             "config": OmegaConf.to_container(self.cfg, resolve=True),

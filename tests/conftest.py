@@ -14,6 +14,8 @@ A tiny English→Korean corpus (slices of ``enko/``):
     ``tiny_prepared`` is that corpus prepared once per session (SentencePiece models, encoded
     splits). Treat its folder as read-only: copy it (``shutil.copytree``) before changing it.
     ``small_data`` is its data with only 40 training pairs, for tests of the training loop.
+    ``tiny_checkpoint``: ``best.pt`` of a tiny model trained for 2 steps on it, once per session
+    (greedy search; read-only).
 """
 
 from __future__ import annotations
@@ -266,3 +268,25 @@ def small_data(tiny_prepared: TinyPrepared):
         tgt_text=train.tgt_text[:40],
     )
     return replace(data, splits={**data.splits, "train": small})
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
+    """A checkpoint after 2 steps of a tiny model (a Trainer in this process, one thread)."""
+    from nmt.trainer import Trainer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    cfg = tiny_prepared.corpus.cfg(
+        *TINY_MODEL,
+        "model/attention=concat",
+        "model.attention.hidden_size=16",
+        "trainer.max_steps=2",
+        "trainer.val_max_sentences=1",
+        "trainer.num_attention_plots=0",
+        out_dir=tiny_prepared.data.out_dir,
+    )
+    Trainer(cfg, run_dir, tiny_prepared.data).fit()
+    torch.set_num_threads(threads)
+    return run_dir / "checkpoints" / "best.pt"

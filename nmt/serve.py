@@ -1,0 +1,879 @@
+"""``python -m nmt.serve ckpt=… [host=127.0.0.1] [port=8000] [serve.key=value …]``: an HTTP API.
+
+FastAPI on uvicorn, on top of :class:`~nmt.inference.Translator` (the one decoding path)::
+
+    POST /v1/translate  {"text": "…" | ["…", …], "beam_size"?, "n_best"?, "return_attention"?,
+                         "return_tokens"?}
+                        → {"translations": [{"text", "score", "confidence", "tokens"?,
+                           "source_tokens"?, "attention"?, "nbest"?}, …], "model", "timing_ms"}
+    GET  /health        the process is alive (no API key needed)
+    GET  /ready         the model is loaded and warmed (503 until then, and while draining)
+    GET  /v1/model      architecture, vocabulary sizes, checkpoint step and validation scores
+    GET  /v1/stats      requests, batches, sentences decoded so far (mean batch size)
+    GET  /docs          OpenAPI docs
+
+**Dynamic batching.** Each request becomes a *job* in a queue. One batcher task takes the oldest
+job and every later job with the same search settings, oldest first, until the batch would pass
+``serve.max_batch_sentences`` sentences or ``serve.max_batch_tokens`` source subwords, or
+``serve.max_wait_ms`` have passed since the oldest job arrived (or, if later, since the decoding
+thread became free). The one decoding thread sorts the batch's sentences by length and decodes
+them in chunks of at most ``serve.decode_tokens`` padded source subwords, one
+:meth:`Translator.translate` call each. While it decodes, the event loop keeps answering
+(``/health`` during a long batch) and new jobs queue up. Jobs with other settings
+(``beam_size``, ``n_best``) wait for a batch of their own. Because the searches are batch
+independent (a sentence's hypotheses do not depend on its batch mates, :mod:`nmt.search`), a
+request's answer is the one it gets decoded alone, and the one ``nmt-translate`` prints for the
+same text and settings.
+
+**Limits** (``serve.*``, see ``configs/serve.yaml``): a body over ``max_request_bytes`` or more
+than ``max_sentences_per_request`` sentences or a sentence over ``max_sentence_tokens`` subwords
+→ 413; malformed JSON, a wrong type, an unknown field, ``beam_size`` over ``max_beam_size`` or
+``n_best`` over ``beam_size`` → 422 naming the field; more than ``max_queue_sentences`` waiting
+→ 503 with ``Retry-After``; a request not answered within ``timeout_s`` → 504; an exception
+while decoding → 500 for that batch's requests, and the next batch runs as usual. With an API key
+(``serve.api_key`` or ``$NMT_SERVE_API_KEY``) ``/v1/*`` needs ``Authorization: Bearer KEY`` or
+``X-API-Key: KEY`` (else 401). CORS headers only for ``serve.cors_origins``.
+
+SIGTERM (or Ctrl-C): stop accepting connections, answer every request already received, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from typing import Annotated, Any
+
+import hydra
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict, Field
+
+from nmt import CONFIG_DIR, __version__
+from nmt.data.corpus import normalize
+from nmt.errors import NMTError, exit_on_user_error
+from nmt.inference import Translation, Translator
+from nmt.search import SearchSettings, explicit_settings
+
+log = logging.getLogger("nmt.serve")
+
+API_KEY_ENV = "NMT_SERVE_API_KEY"
+WARMUP_TEXT = ["Where is the station?", "Open the file and read the first line."]
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The ``serve`` config block, typed and checked (see ``configs/serve.yaml``)."""
+
+    max_batch_sentences: int = 64
+    max_batch_tokens: int = 6000
+    decode_tokens: int = 1024
+    max_wait_ms: float = 10.0
+    max_sentences_per_request: int = 64
+    max_sentence_tokens: int = 256
+    max_request_bytes: int = 1_000_000
+    max_queue_sentences: int = 2048
+    max_beam_size: int = 16
+    timeout_s: float = 60.0
+    retry_after_s: int = 1
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    model_name: str | None = None
+    threads: int | None = None
+    access_log: bool = False
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        for key in (
+            "max_batch_sentences",
+            "max_batch_tokens",
+            "decode_tokens",
+            "max_sentences_per_request",
+            "max_sentence_tokens",
+            "max_request_bytes",
+            "max_queue_sentences",
+            "max_beam_size",
+        ):
+            _check_number(key, getattr(self, key), integer=True, minimum=1)
+        _check_number("retry_after_s", self.retry_after_s, integer=True, minimum=0)
+        _check_number("max_wait_ms", self.max_wait_ms, integer=False, minimum=0)
+        _check_number("timeout_s", self.timeout_s, integer=False, minimum=0, exclusive=True)
+        if self.threads is not None:
+            _check_number("threads", self.threads, integer=True, minimum=1)
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
+            raise NMTError(
+                f"serve.api_key: expected a non-empty string or null, got {self.api_key!r}"
+            )
+        if not all(isinstance(o, str) and o for o in self.cors_origins):
+            raise NMTError(
+                f"serve.cors_origins: expected a list of origins (https://example.org), "
+                f"got {list(self.cors_origins)!r}"
+            )
+        if self.log_level not in ("critical", "error", "warning", "info", "debug"):
+            raise NMTError(
+                "serve.log_level: expected critical, error, warning, info or debug, "
+                f"got {self.log_level!r}"
+            )
+
+    @classmethod
+    def from_config(cls, serve_cfg: Mapping[str, Any] | None, **overrides: Any) -> ServeSettings:
+        """From the ``serve`` config block (a DictConfig or dict); the API key falls back to
+        ``$NMT_SERVE_API_KEY``. A key the settings do not know is an error naming it."""
+        values = dict(serve_cfg or {}) if not isinstance(serve_cfg, DictConfig) else {}
+        if isinstance(serve_cfg, DictConfig):
+            values = OmegaConf.to_container(serve_cfg, resolve=True)  # type: ignore[assignment]
+        values.update(overrides)
+        known = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in known:
+                raise NMTError(f"serve.{key}: unknown setting; expected one of {', '.join(known)}")
+        if values.get("api_key") is None and os.environ.get(API_KEY_ENV):
+            values["api_key"] = os.environ[API_KEY_ENV]
+        if values.get("cors_origins") is not None:
+            origins = values["cors_origins"]
+            values["cors_origins"] = (
+                tuple(origins) if isinstance(origins, list | tuple) else origins
+            )
+        else:
+            values.pop("cors_origins", None)
+        return cls(**values)
+
+    def public(self) -> dict[str, Any]:
+        """The settings without the API key, for ``/v1/model``."""
+        limits = asdict(self)
+        limits["api_key"] = "set" if self.api_key else None
+        limits["cors_origins"] = list(self.cors_origins)
+        return limits
+
+
+def _check_number(
+    key: str, value: object, integer: bool, minimum: float, exclusive: bool = False
+) -> None:
+    kinds = (int,) if integer else (int, float)
+    below = value <= minimum if exclusive else value < minimum  # type: ignore[operator]
+    if isinstance(value, bool) or not isinstance(value, kinds) or below:
+        what = "an integer" if integer else "a number"
+        raise NMTError(
+            f"serve.{key}: expected {what} {'>' if exclusive else '>='} {minimum}, got {value!r}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Errors a request can get
+# --------------------------------------------------------------------------------------------
+
+
+class HTTPProblem(Exception):
+    """An answer other than 200: ``status``, a one-line ``detail`` naming the field or the limit,
+    the ``field`` it is about (when one is), and extra headers (``Retry-After``)."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        field_name: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(detail)
+        self.status, self.detail, self.field, self.headers = status, detail, field_name, headers
+
+    def response(self) -> JSONResponse:
+        body: dict[str, Any] = {"detail": self.detail}
+        if self.field is not None:
+            body["field"] = self.field
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+# What each request field expects, for the 422 messages.
+EXPECTED = {
+    "text": "a string or a list of strings",
+    "beam_size": "an integer >= 1",
+    "n_best": "an integer >= 1",
+    "return_attention": "true or false",
+    "return_tokens": "true or false",
+}
+
+
+def validation_problem(err: RequestValidationError) -> HTTPProblem:
+    """FastAPI's validation errors as one 422 line naming the first bad field (for a list, the
+    first bad element, rather than the union's "not a string")."""
+    errors = err.errors()
+    first = next((e for e in errors if any(isinstance(p, int) for p in e["loc"][2:])), errors[0])
+    kind, loc = first.get("type", ""), [p for p in first.get("loc", ()) if p != "body"]
+    if kind == "json_invalid":
+        ctx = first.get("ctx") or {}
+        reason = str(ctx.get("error", "invalid JSON")).removesuffix(" at").removesuffix(" starting")
+        reason = reason[:1].lower() + reason[1:]  # "unterminated string", "expecting value"
+        where = f" at character {loc[0]}" if loc and isinstance(loc[0], int) else ""
+        return HTTPProblem(422, f"body: malformed JSON{where} ({reason})", "body")
+    if not loc:
+        got = type(first.get("input")).__name__
+        return HTTPProblem(
+            422, f"body: expected a JSON object with a 'text' field, got {got}", "body"
+        )
+    name = str(loc[0])
+    if kind == "missing":
+        return HTTPProblem(422, f"{name}: required field missing ({EXPECTED[name]})", name)
+    if kind == "extra_forbidden":
+        return HTTPProblem(
+            422, f"{name}: unknown field; expected one of {', '.join(EXPECTED)}", name
+        )
+    index = next((p for p in loc[1:] if isinstance(p, int)), None)
+    where = f"{name}[{index}]" if index is not None else name
+    expected = "a string" if index is not None else EXPECTED.get(name, first.get("msg", ""))
+    return HTTPProblem(422, f"{where}: expected {expected}, got {first.get('input')!r}", name)
+
+
+# --------------------------------------------------------------------------------------------
+# The request and response schema
+# --------------------------------------------------------------------------------------------
+
+
+class TranslateRequest(BaseModel):
+    """``text``: one English sentence or a list of them (each translated on its own)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: str | list[str] = Field(examples=["Where is the station?"])
+    beam_size: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="1: greedy; default: the checkpoint's (or the server's search.*)"
+    )
+    n_best: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="hypotheses per sentence, 1 <= n_best <= beam_size"
+    )
+    return_attention: bool = Field(
+        False, description="attention weights (target + </s>) × (source + </s>), and the tokens"
+    )
+    return_tokens: bool = Field(False, description="the target and source subwords")
+
+
+class Hypothesis(BaseModel):
+    text: str
+    score: float = Field(description="log-probability of the subwords and </s>")
+    confidence: float = Field(description="score / predicted tokens (≤ 0)")
+    tokens: list[str] | None = None
+
+
+class TranslationOut(Hypothesis):
+    source_tokens: list[str] | None = None
+    attention: list[list[float]] | None = None
+    nbest: list[Hypothesis] | None = None
+
+
+class TranslateResponse(BaseModel):
+    translations: list[TranslationOut]
+    model: str
+    timing_ms: dict[str, float] = Field(
+        description="queue: waited for its batch; decode: the batch's decoding; total"
+    )
+
+
+def translation_json(t: Translation, n_best: int, tokens: bool, attention: bool) -> dict:
+    """One :class:`Translation` as the response's JSON object (optional keys only when asked)."""
+
+    def hypothesis(h: Translation) -> dict[str, Any]:
+        out: dict[str, Any] = {"text": h.text, "score": h.score, "confidence": h.confidence}
+        if tokens or attention:
+            out["tokens"] = h.tokens
+        return out
+
+    out = hypothesis(t)
+    if tokens or attention:
+        out["source_tokens"] = t.source_tokens
+    if attention:
+        out["attention"] = t.attention.tolist()
+    if n_best > 1:
+        out["nbest"] = [hypothesis(h) for h in t.nbest]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Dynamic batching
+# --------------------------------------------------------------------------------------------
+
+
+def padded_chunks(lengths: Sequence[int], budget: int, max_sentences: int) -> list[list[int]]:
+    """Indices of ``lengths`` sorted longest first and cut into chunks whose padded size
+    ``len(chunk) * longest`` stays within ``budget`` (a longer sentence alone is one chunk) and
+    that hold at most ``max_sentences``.
+
+    A decoder call costs about (sentences × beam) rows × the longest source (attention, and the
+    copies of the encoder memory as sentences finish) for as many steps as its longest output,
+    so one long sentence among short ones makes them all pay for its length: 64 sentences of
+    enko/test (2–129 subwords) decoded in one call took 6.6 s, in chunks of ≤ 1,024 padded
+    subwords 3.1 s (base8.pt, beam 5, one thread).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    chunks: list[list[int]] = []
+    for i in order:
+        chunk = chunks[-1] if chunks else None
+        if chunk and len(chunk) < max_sentences and (len(chunk) + 1) * lengths[chunk[0]] <= budget:
+            chunk.append(i)
+        else:
+            chunks.append([i])
+    return chunks
+
+
+@dataclass
+class Job:
+    """One request's sentences, waiting for (or in) a batch."""
+
+    sentences: list[str]
+    lengths: list[int]  # source subwords of each sentence, </s> included
+    settings: SearchSettings
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.perf_counter)
+    started: float | None = None  # its batch began decoding
+    decode_s: float = 0.0  # its batch's decoding time
+
+
+@dataclass
+class Stats:
+    """Counters since start (``/v1/stats``)."""
+
+    requests: int = 0
+    sentences: int = 0
+    batches: int = 0
+    batch_sentences: int = 0
+    rejected_queue_full: int = 0
+    timeouts: int = 0
+    decode_errors: int = 0
+    max_batch_sentences_seen: int = 0
+    decode_seconds: float = 0.0  # the decoding thread's busy time
+
+    def as_dict(self) -> dict[str, Any]:
+        mean = self.batch_sentences / self.batches if self.batches else 0.0
+        return {**asdict(self), "mean_batch_sentences": mean}
+
+
+class TranslationService:
+    """A loaded :class:`Translator`, the job queue, the batcher task and the one decoding thread.
+
+    ``decode(settings, sentences)`` runs in that thread; it is ``translator.translate`` under the
+    settings' translator (the model shared, one per settings seen).
+    """
+
+    def __init__(self, translator: Translator, limits: ServeSettings):
+        self.limits = limits
+        self.base = translator.with_settings(batch_size=limits.max_batch_sentences)
+        self.translators: dict[SearchSettings, Translator] = {self.base.settings: self.base}
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nmt-decode")
+        self.pending: deque[Job] = deque()
+        self.pending_sentences = 0
+        self.stats = Stats()
+        self.ready = False
+        self.draining = False
+        self.busy = False
+        self.free_since = time.perf_counter()  # when the decoding thread last became free
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the batcher; warm the model up in the decoding thread, then report ready."""
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.create_task(self._batch_loop(), name="nmt-batcher")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self.base.translate, WARMUP_TEXT)
+        self.ready = True
+        log.info("model warmed up: ready")
+
+    async def stop(self) -> None:
+        """Drain: answer what is queued and in flight, then stop the batcher and the thread."""
+        self.draining = True
+        while self.pending or self.busy:
+            self._wake()
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.executor.shutdown(wait=True)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def settings_for(self, beam_size: int | None, n_best: int | None) -> SearchSettings:
+        """The server's search settings with a request's overrides; 422 naming a bad one."""
+        if beam_size is not None and beam_size > self.limits.max_beam_size:
+            raise HTTPProblem(
+                422,
+                f"beam_size: expected an integer in 1..{self.limits.max_beam_size} "
+                f"(serve.max_beam_size), got {beam_size}",
+                "beam_size",
+            )
+        pairs = (("beam_size", beam_size), ("n_best", n_best))
+        overrides = {key: value for key, value in pairs if value is not None}
+        if not overrides:
+            return self.base.settings
+        try:
+            return self.base.settings.replace(**overrides)
+        except NMTError as err:
+            message = str(err).removeprefix("search.")
+            raise HTTPProblem(422, message, message.split(":", 1)[0]) from None
+
+    def count_tokens(self, sentences: Sequence[str]) -> list[int]:
+        """Source subwords of each sentence, ``</s>`` included, as the decoder sees them."""
+        return [
+            len(ids) + 1 for ids in self.base.src_vocab.encode([normalize(s) for s in sentences])
+        ]
+
+    async def translate(
+        self, sentences: list[str], lengths: list[int], settings: SearchSettings
+    ) -> tuple[list[Translation], Job]:
+        """Queue the sentences and wait for their batch; 503 when the queue is full, 504 past
+        ``timeout_s``, 500 when decoding raised."""
+        if not self.ready or self.draining:
+            state = "shutting down" if self.draining else "warming up"
+            raise HTTPProblem(
+                503,
+                f"not ready: the server is {state}",
+                headers={"Retry-After": str(self.limits.retry_after_s)},
+            )
+        if self.pending_sentences + len(sentences) > self.limits.max_queue_sentences:
+            self.stats.rejected_queue_full += 1
+            raise HTTPProblem(
+                503,
+                f"queue full: {self.pending_sentences} sentences waiting, the limit is "
+                f"serve.max_queue_sentences={self.limits.max_queue_sentences}; retry after "
+                f"{self.limits.retry_after_s} s",
+                headers={"Retry-After": str(self.limits.retry_after_s)},
+            )
+        job = Job(sentences, lengths, settings, asyncio.get_running_loop().create_future())
+        self.pending.append(job)
+        self.pending_sentences += len(sentences)
+        self.stats.requests += 1
+        self.stats.sentences += len(sentences)
+        self._wake()
+        try:
+            results = await asyncio.wait_for(asyncio.shield(job.future), self.limits.timeout_s)
+        except asyncio.TimeoutError:
+            job.future.cancel()  # the batcher skips it if it has not started yet
+            self.stats.timeouts += 1
+            raise HTTPProblem(
+                504,
+                f"timed out: no answer within serve.timeout_s={self.limits.timeout_s:g} s "
+                f"({len(self.pending)} requests queued)",
+            ) from None
+        return results, job
+
+    # -- the batcher -------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def _batch_loop(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            self.busy = True
+            try:
+                await self._decode(batch)
+            finally:
+                self.busy = False
+                self.free_since = time.perf_counter()
+
+    def _group(self) -> tuple[list[Job], bool]:
+        """The oldest job and the later ones with its settings that fit the budget, and
+        whether the batch is full (a job of the group is left out, or a limit is reached)."""
+        first = self.pending[0]
+        batch, sentences, tokens = [], 0, 0
+        for job in self.pending:
+            if job.settings != first.settings:
+                continue
+            fits = (
+                sentences + len(job.sentences) <= self.limits.max_batch_sentences
+                and tokens + sum(job.lengths) <= self.limits.max_batch_tokens
+            )
+            if batch and not fits:
+                return batch, True
+            batch.append(job)
+            sentences, tokens = sentences + len(job.sentences), tokens + sum(job.lengths)
+        full = (
+            sentences >= self.limits.max_batch_sentences or tokens >= self.limits.max_batch_tokens
+        )
+        return batch, full
+
+    async def _next_batch(self) -> list[Job]:
+        """Wait for jobs; return the next batch once it is full or ``max_wait_ms`` have passed
+        since its oldest job arrived or, if later, since the decoding thread became free.
+
+        The second clock matters under load: while a batch decodes, the clients it answers
+        cannot send, and the jobs queued meanwhile are already old when it ends; waiting
+        ``max_wait_ms`` after it lets those clients' next requests join the next batch, instead
+        of two half-size batches alternating. Jobs whose request gave up (504) are dropped."""
+        assert self._wakeup is not None
+        while True:
+            for job in [j for j in self.pending if j.future.done()]:
+                self._remove(job)
+            if not self.pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch, full = self._group()
+            since = max(batch[0].arrived, self.free_since)
+            wait = since + self.limits.max_wait_ms / 1000 - time.perf_counter()
+            if full or wait <= 0 or self.draining:
+                for job in batch:
+                    self._remove(job)
+                return batch
+            self._wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), wait)
+
+    def _remove(self, job: Job) -> None:
+        self.pending.remove(job)
+        self.pending_sentences -= len(job.sentences)
+
+    def _translator(self, settings: SearchSettings) -> Translator:
+        if settings not in self.translators:
+            self.translators[settings] = self.base.with_settings(**asdict(settings))
+        return self.translators[settings]
+
+    def decode(
+        self, settings: SearchSettings, sentences: list[str], lengths: list[int]
+    ) -> list[Translation]:
+        """Runs in the decoding thread: the batch's sentences sorted by length and cut into
+        chunks of at most ``serve.decode_tokens`` padded source subwords, one
+        :meth:`Translator.translate` call each (see :func:`padded_chunks`)."""
+        translator = self._translator(settings)
+        results: list[Translation | None] = [None] * len(sentences)
+        budget, most = self.limits.decode_tokens, self.limits.max_batch_sentences
+        for chunk in padded_chunks(lengths, budget, most):
+            for i, t in zip(
+                chunk, translator.translate([sentences[i] for i in chunk]), strict=True
+            ):
+                results[i] = t
+        return results  # type: ignore[return-value]
+
+    async def _decode(self, batch: list[Job]) -> None:
+        sentences = [s for job in batch for s in job.sentences]
+        lengths = [n for job in batch for n in job.lengths]
+        start = time.perf_counter()
+        for job in batch:
+            job.started = start
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(
+                self.executor, self.decode, batch[0].settings, sentences, lengths
+            )
+        except Exception as err:  # the requests get 500; the server goes on
+            self.stats.decode_errors += 1
+            log.exception("decoding a batch of %d sentences failed", len(sentences))
+            problem = HTTPProblem(500, f"decoding failed: {type(err).__name__}: {err}")
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(problem)
+            return
+        elapsed = time.perf_counter() - start
+        self.stats.batches += 1
+        self.stats.batch_sentences += len(sentences)
+        self.stats.decode_seconds += elapsed
+        self.stats.max_batch_sentences_seen = max(
+            self.stats.max_batch_sentences_seen, len(sentences)
+        )
+        offset = 0
+        for job in batch:
+            job.decode_s = elapsed
+            if not job.future.done():
+                job.future.set_result(results[offset : offset + len(job.sentences)])
+            offset += len(job.sentences)
+
+
+# --------------------------------------------------------------------------------------------
+# The app
+# --------------------------------------------------------------------------------------------
+
+
+def model_summary(translator: Translator, model_name: str, limits: ServeSettings) -> dict:
+    """What ``/v1/model`` answers: the architecture, vocabularies, checkpoint and settings."""
+    info, cfg = translator.info, translator.info.config
+    trainer = cfg.get("trainer") or {}
+    return {
+        "model": model_name,
+        "source": info.source,
+        "architecture": {
+            **(cfg.get("model") or {}),
+            "parameters": sum(p.numel() for p in translator.model.parameters()),
+        },
+        "vocabulary": {
+            "source_size": len(translator.src_vocab),
+            "target_size": len(translator.tgt_vocab),
+            "joint": bool(((cfg.get("data") or {}).get("vocab") or {}).get("joint", False)),
+        },
+        "checkpoint": {
+            "step": info.step,
+            "minutes": info.minutes,
+            "best_score": info.best_score,
+            "early_stopping_metric": trainer.get("early_stopping_metric"),
+            "validation": info.validation,
+        },
+        "search": asdict(translator.settings),
+        "device": str(translator.device),
+        "limits": limits.public(),
+        "version": __version__,
+    }
+
+
+def create_app(
+    translator: Translator, limits: ServeSettings, model_name: str | None = None
+) -> FastAPI:
+    """The FastAPI app around ``translator``; ``app.state.service`` is its
+    :class:`TranslationService`. The lifespan starts the batcher and warms the model up."""
+    service = TranslationService(translator, limits)
+    name = model_name or limits.model_name or _default_name(translator)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        warm = asyncio.create_task(service.start())
+        try:
+            yield
+        finally:
+            await warm
+            await service.stop()
+
+    app = FastAPI(
+        title="nmt",
+        version=__version__,
+        description="English→Korean translation with dynamic batching",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    if limits.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(limits.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
+
+    @app.exception_handler(HTTPProblem)
+    async def problem_handler(request: Request, err: HTTPProblem) -> JSONResponse:
+        return err.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_handler(request: Request, err: RequestValidationError) -> JSONResponse:
+        return validation_problem(err).response()
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limits.max_request_bytes:
+            return HTTPProblem(
+                413,
+                f"body: {int(length)} bytes, over the limit serve.max_request_bytes="
+                f"{limits.max_request_bytes}",
+                "body",
+            ).response()
+        return await call_next(request)
+
+    check_key = _api_key_check(limits.api_key)
+
+    @app.get("/health", tags=["status"])
+    async def health() -> dict[str, str]:
+        """The process is alive (answers during a long batch, and before the model is warm)."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["status"])
+    async def ready() -> JSONResponse:
+        """200 once the model is loaded and warmed up; 503 before, and while shutting down."""
+        if service.ready and not service.draining:
+            return JSONResponse({"status": "ready", "model": name})
+        state = "shutting down" if service.draining else "warming up"
+        return JSONResponse(
+            {"status": state}, status_code=503, headers={"Retry-After": str(limits.retry_after_s)}
+        )
+
+    @app.get("/v1/model", tags=["model"], dependencies=[Depends(check_key)])
+    async def model_info() -> dict[str, Any]:
+        """Architecture, vocabulary sizes, checkpoint step and validation scores, settings."""
+        return model_summary(service.base, name, limits)
+
+    @app.get("/v1/stats", tags=["status"], dependencies=[Depends(check_key)])
+    async def stats() -> dict[str, Any]:
+        """Requests, sentences and batches so far; queue length."""
+        return {
+            **service.stats.as_dict(),
+            "queued_requests": len(service.pending),
+            "queued_sentences": service.pending_sentences,
+        }
+
+    @app.post(
+        "/v1/translate",
+        tags=["translate"],
+        response_model=TranslateResponse,
+        response_model_exclude_none=True,
+        dependencies=[Depends(check_key)],
+    )
+    async def translate(body: TranslateRequest) -> dict[str, Any]:
+        """Translate one sentence or a list; each is decoded in a batch with other requests'."""
+        received = time.perf_counter()
+        sentences = [body.text] if isinstance(body.text, str) else body.text
+        _check_sentences(sentences, limits)
+        settings = service.settings_for(body.beam_size, body.n_best)
+        counts = service.count_tokens(sentences)
+        for i, count in enumerate(counts):
+            if count - 1 > limits.max_sentence_tokens:
+                where = "text" if isinstance(body.text, str) else f"text[{i}]"
+                raise HTTPProblem(
+                    413,
+                    f"{where}: {count - 1} subwords, over the limit serve.max_sentence_tokens="
+                    f"{limits.max_sentence_tokens}",
+                    "text",
+                )
+        results, job = await service.translate(sentences, counts, settings)
+        done = time.perf_counter()
+        start = job.started if job.started is not None else done
+        return {
+            "translations": [
+                translation_json(t, settings.n_best, body.return_tokens, body.return_attention)
+                for t in results
+            ],
+            "model": name,
+            "timing_ms": {
+                "queue": round(1000 * (start - received), 3),
+                "decode": round(1000 * job.decode_s, 3),
+                "total": round(1000 * (done - received), 3),
+            },
+        }
+
+    return app
+
+
+def _check_sentences(sentences: list[str], limits: ServeSettings) -> None:
+    if not sentences:
+        raise HTTPProblem(422, "text: expected at least one sentence, got []", "text")
+    if len(sentences) > limits.max_sentences_per_request:
+        raise HTTPProblem(
+            413,
+            f"text: {len(sentences)} sentences, over the limit serve.max_sentences_per_request="
+            f"{limits.max_sentences_per_request}",
+            "text",
+        )
+
+
+def _api_key_check(api_key: str | None) -> Callable:
+    """A FastAPI dependency: 401 unless the request carries ``api_key`` (no check without one)."""
+
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if given is None and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
+            what = "missing" if given is None else "not accepted"
+            raise HTTPProblem(
+                401,
+                f"API key {what}: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                "Authorization",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return check
+
+
+def _default_name(translator: Translator) -> str:
+    """``<checkpoint file stem>@<step>`` (``best@12000``), or ``nmt`` for a model in memory."""
+    if not translator.info.config:
+        return "nmt"
+    stem = os.path.splitext(os.path.basename(translator.info.source))[0]
+    return f"{stem}@{translator.info.step}" if translator.info.step is not None else stem
+
+
+# --------------------------------------------------------------------------------------------
+# The command line
+# --------------------------------------------------------------------------------------------
+
+
+class _Server:
+    """uvicorn's server whose SIGTERM/SIGINT only drain: uvicorn re-raises the signal after its
+    graceful shutdown (the process then dies of it, status 143); here ``run`` returns, exit 0."""
+
+    def __init__(self, app: FastAPI, limits: ServeSettings):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                handled = (signal.SIGINT, signal.SIGTERM)
+                originals = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+                try:
+                    yield
+                finally:
+                    for sig, handler in originals.items():
+                        signal.signal(sig, handler)
+
+        config = uvicorn.Config(
+            app,
+            log_level=limits.log_level,
+            access_log=limits.access_log,
+            timeout_graceful_shutdown=int(limits.timeout_s) + 5,
+            lifespan="on",
+        )
+        self.server = Server(config)
+
+    def run(self, sock: socket.socket) -> None:
+        self.server.run(sockets=[sock])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (``port=0``: a free one); NMTError if taken."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise NMTError(f"port: expected an integer in 0..65535, got {port!r}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family = infos[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as err:
+        raise NMTError(f"host={host} port={port}: cannot listen ({err.strerror or err})") from None
+    return sock
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="serve", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    limits = ServeSettings.from_config(cfg.serve)
+    if limits.threads is not None:
+        import torch
+
+        torch.set_num_threads(limits.threads)
+    translator = Translator.from_checkpoint(cfg.ckpt, cfg.device, **explicit_settings(cfg.search))
+    sock = listen(cfg.host, cfg.port)
+    host, port = sock.getsockname()[:2]
+    app = create_app(translator, limits)
+    print(f"nmt-serve: listening on http://{host}:{port} ({translator.device})", file=sys.stderr)
+    sys.stderr.flush()
+    _Server(app, limits).run(sock)
+    print("nmt-serve: stopped", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

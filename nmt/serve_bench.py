@@ -1,0 +1,433 @@
+"""``python -m nmt.serve_bench ckpt=… [clients=[1,8,64]] [requests=256] [max_seconds=60]``:
+the HTTP API under load, with dynamic batching on and off, beside offline batched translation.
+
+1. **The ceiling.** All the sentences translated offline at once in this process, two ways:
+   :meth:`Translator.translate` (length-sorted batches of ``batch_sentences``, as
+   ``nmt-translate`` does), and the server's own decode (length-sorted chunks of at most
+   ``decode_tokens`` padded subwords); the faster is the ceiling. Their texts, which must agree,
+   are the reference for the server's answers.
+2. **The server**, a real ``python -m nmt.serve`` process on 127.0.0.1 (a free port), once with
+   ``serve.max_batch_sentences=batch_sentences`` (batching on) and once with ``=1`` (off). For
+   each client count C, C httpx clients each send one sentence per request, the next as soon as
+   the last is answered, until ``requests`` are answered or ``max_seconds`` have passed.
+   Throughput is answered sentences over the time from the first request to the last answer;
+   latency is per request, as the client sees it; the mean batch size comes from the server's
+   ``/v1/stats`` before and after the run. Each answer is checked against the offline text.
+3. The server gets SIGTERM and must exit 0.
+
+Traffic goes to 127.0.0.1 only, and every run is bounded by ``requests`` and ``max_seconds``.
+The clients, the server and the offline run share the machine's cores: run it on an otherwise
+idle machine for figures to compare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from nmt import CONFIG_DIR, REPO_ROOT
+from nmt.errors import NMTError, exit_on_user_error
+from nmt.metrics import write_json
+
+
+class ServerProcess:
+    """``python -m nmt.serve host=127.0.0.1 port=0 ARGS…``; its output read by a thread, ``url``
+    once it listens. ``stop()`` sends SIGTERM and returns the exit status."""
+
+    def __init__(self, *args: str):
+        env = dict(os.environ)
+        if REPO_ROOT is not None:  # a checkout: the server runs this code, installed or not
+            paths = (str(REPO_ROOT), env.get("PYTHONPATH"))
+            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        env.pop("HYDRA_FULL_ERROR", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nmt.serve", "host=127.0.0.1", "port=0", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.listening = threading.Event()
+        self.url = ""
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if "nmt-serve: listening on " in line:
+                self.url = line.split("listening on ", 1)[1].split()[0]
+                self.listening.set()
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until ``/ready`` answers 200; NMTError with the server's output if it exits or
+        ``timeout`` seconds pass first."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if self.listening.is_set():
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(self.url + "/ready", timeout=5).status_code == 200:
+                        return
+            time.sleep(0.1)
+        self.kill()
+        raise NMTError(f"the server did not become ready in {timeout:g} s:\n{self.output()}")
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM; the exit status once it has drained (killed after ``timeout`` seconds)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# Load
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """One client count against one server."""
+
+    clients: int
+    batching: str  # "on" | "off"
+    answered: int
+    errors: int
+    seconds: float
+    sentences_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_batch: float
+    busy: float  # the share of the run the server's decoding thread was decoding
+    mismatches: int  # answers whose text differs from the offline translation
+    first_error: str | None  # the first failed request's status and body, or exception
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least ``p``% of them at or below."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+async def drive(
+    url: str, sentences: Sequence[str], clients: int, max_seconds: float
+) -> tuple[list[float], list[str | None], float, list[str]]:
+    """``clients`` concurrent clients send ``sentences`` one per request, in order, until all
+    are answered or ``max_seconds`` pass. Returns each answered request's latency (s), each
+    sentence's answer text (None if unanswered), the seconds from the first request to the last
+    answer, and what each failed request got."""
+    import httpx
+
+    latencies: list[float] = []
+    texts: list[str | None] = [None] * len(sentences)
+    errors: list[str] = []
+    next_index = 0
+    start = time.perf_counter()
+    deadline = start + max_seconds
+    last = start
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal next_index, last
+        while next_index < len(sentences) and time.perf_counter() < deadline:
+            i = next_index
+            next_index += 1
+            sent = time.perf_counter()
+            try:
+                response = await client.post("/v1/translate", json={"text": sentences[i]})
+            except httpx.HTTPError as err:
+                errors.append(f"{type(err).__name__}: {err}")
+                continue
+            if response.status_code != 200:
+                errors.append(f"{response.status_code} {response.text[:300]}")
+                continue
+            last = time.perf_counter()
+            latencies.append(last - sent)
+            texts[i] = response.json()["translations"][0]["text"]
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    timeout = httpx.Timeout(max_seconds + 120)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+    return latencies, texts, last - start, errors
+
+
+def server_stats(url: str) -> dict:
+    import httpx
+
+    return httpx.get(url + "/v1/stats", timeout=30).json()
+
+
+def run_clients(
+    server: ServerProcess,
+    batching: str,
+    clients: int,
+    sentences: Sequence[str],
+    reference: Sequence[str],
+    max_seconds: float,
+) -> RunResult:
+    before = server_stats(server.url)
+    latencies, texts, seconds, errors = asyncio.run(
+        drive(server.url, sentences, clients, max_seconds)
+    )
+    after = server_stats(server.url)
+    batches = after["batches"] - before["batches"]
+    batch_sentences = after["batch_sentences"] - before["batch_sentences"]
+    answered = len(latencies)
+    mismatches = sum(t is not None and t != r for t, r in zip(texts, reference, strict=True))
+    return RunResult(
+        clients=clients,
+        batching=batching,
+        answered=answered,
+        errors=len(errors),
+        seconds=seconds,
+        sentences_per_s=answered / seconds if seconds > 0 else 0.0,
+        p50_ms=1000 * percentile(latencies, 50),
+        p95_ms=1000 * percentile(latencies, 95),
+        p99_ms=1000 * percentile(latencies, 99),
+        mean_batch=batch_sentences / batches if batches else 0.0,
+        busy=(after["decode_seconds"] - before["decode_seconds"]) / seconds if seconds else 0.0,
+        mismatches=mismatches,
+        first_error=errors[0] if errors else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and the ceiling
+# --------------------------------------------------------------------------------------------
+
+
+def read_sentences(path: Path, count: int, seed: int) -> list[str]:
+    """``count`` non-empty English sentences drawn (without replacement while they last) from a
+    ``.en`` file (one per line) or a TSV file (the first column), with a fixed seed."""
+    from nmt.evaluate import read_text_lines
+
+    lines = read_text_lines(path, "input")
+    if path.suffix == ".tsv" or path.name.endswith(".tsv.gz"):
+        lines = [line.split("\t", 1)[0] for line in lines]
+    lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise NMTError(f"{path}: no sentences to send")
+    rng = random.Random(seed)
+    picked: list[str] = []
+    while len(picked) < count:
+        picked += rng.sample(lines, min(len(lines), count - len(picked)))
+    return picked
+
+
+def default_input(ckpt: str) -> Path:
+    """The checkpoint's prepared test split, ``{data.out_dir}/test.en``."""
+    from nmt.checkpoint import load_checkpoint
+
+    data = load_checkpoint(ckpt, map_location="cpu")["config"].get("data") or {}
+    path = Path(data.get("out_dir", "data/enko")) / "test.en"
+    # out_dir is relative to where training ran: here, or the checkout
+    if not path.is_absolute() and not path.is_file() and REPO_ROOT is not None:
+        path = REPO_ROOT / path
+    if not path.is_file():
+        raise NMTError(
+            f"input: the checkpoint's test split {path} is not there; give input=FILE "
+            "(a .en file or a .tsv whose first column is English)"
+        )
+    return path
+
+
+@dataclass
+class Offline:
+    """Offline batched translation of all the sentences at once, in this process."""
+
+    translate_per_s: float  # Translator.translate (nmt-translate): length-sorted, by count
+    chunked_per_s: float  # the server's decode: length-sorted, in serve.decode_tokens chunks
+    texts: list[str]
+    settings: dict
+
+    @property
+    def ceiling(self) -> float:
+        return max(self.translate_per_s, self.chunked_per_s)
+
+
+def offline(
+    ckpt: str,
+    device: str,
+    search: dict,
+    batch_sentences: int,
+    decode_tokens: int,
+    sentences: Sequence[str],
+) -> Offline:
+    """The ceiling, both ways the sentences can be batched offline (see :class:`Offline`)."""
+    from nmt.inference import Translator
+    from nmt.serve import ServeSettings, TranslationService
+
+    translator = Translator.from_checkpoint(ckpt, device, **search, batch_size=batch_sentences)
+    translator.translate(sentences[:8])  # warm-up, as the server does
+    start = time.perf_counter()
+    texts = translator.translate_text(sentences)
+    translate_s = time.perf_counter() - start
+
+    limits = ServeSettings(max_batch_sentences=batch_sentences, decode_tokens=decode_tokens)
+    service = TranslationService(translator, limits)
+    service.executor.shutdown()  # its decode runs here, in this thread
+    lengths = service.count_tokens(sentences)
+    start = time.perf_counter()
+    chunked = service.decode(service.base.settings, list(sentences), lengths)
+    chunked_s = time.perf_counter() - start
+    if [t.text for t in chunked] != texts:
+        raise NMTError("offline: the chunked decode gave other texts than translate()")
+    n = len(sentences)
+    return Offline(n / translate_s, n / chunked_s, texts, asdict(translator.settings))
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def format_table(runs: Sequence[RunResult], ceiling: float) -> str:
+    off = {r.clients: r.sentences_per_s for r in runs if r.batching == "off"}
+    header = (
+        f"{'clients':>7} {'batching':>8} {'sent/s':>8} {'x off':>6} {'% ceil':>7} {'p50 ms':>8} "
+        f"{'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'busy':>5} {'answered':>8} {'errors':>6} "
+        f"{'differ':>6}"
+    )
+    rows = [header]
+    for r in runs:
+        speedup = r.sentences_per_s / off[r.clients] if off.get(r.clients) else math.nan
+        rows.append(
+            f"{r.clients:>7} {r.batching:>8} {r.sentences_per_s:>8.2f} {speedup:>6.2f} "
+            f"{100 * r.sentences_per_s / ceiling:>6.1f}% {r.p50_ms:>8.0f} {r.p95_ms:>8.0f} "
+            f"{r.p99_ms:>8.0f} {r.mean_batch:>6.1f} {100 * r.busy:>4.0f}% {r.answered:>8} {r.errors:>6} "
+            f"{r.mismatches:>6}"
+        )
+    return "\n".join(rows)
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="serve_bench", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    from nmt.search import explicit_settings
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
+    clients = [cfg.clients] if isinstance(cfg.clients, int) else list(cfg.clients)
+    if not clients or not all(isinstance(c, int) and c >= 1 for c in clients):
+        raise NMTError(f"clients: expected an integer >= 1 or a list of them, got {cfg.clients}")
+    for key in ("requests", "batch_sentences"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise NMTError(f"{key}: expected an integer >= 1, got {cfg[key]!r}")
+    if cfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    path = Path(cfg.input) if cfg.input else default_input(cfg.ckpt)
+    sentences = read_sentences(path, cfg.requests, cfg.seed)
+    search = explicit_settings(cfg.search)
+
+    base = offline(cfg.ckpt, cfg.device, search, cfg.batch_sentences, cfg.decode_tokens, sentences)
+    ceiling, reference, settings = base.ceiling, base.texts, base.settings
+    print(
+        f"serve benchmark: {cfg.ckpt}, {settings['name']} search (beam {settings['beam_size']}), "
+        f"{len(sentences)} single-sentence requests from {path} (seed {cfg.seed}), at most "
+        f"{cfg.max_seconds:g} s per run, device {cfg.device}, torch threads "
+        f"{cfg.threads or 'default'}"
+    )
+    print(
+        f"offline, all {len(sentences)} at once: Translator.translate (nmt-translate, batches "
+        f"of {cfg.batch_sentences}) {base.translate_per_s:.2f} sentences/s; the server's "
+        f"decode (chunks of <= {cfg.decode_tokens} padded subwords) {base.chunked_per_s:.2f} "
+        f"sentences/s; the ceiling: {ceiling:.2f}"
+    )
+    sys.stdout.flush()
+
+    common = [
+        f"ckpt={cfg.ckpt}",
+        f"device={cfg.device}",
+        f"serve.max_wait_ms={cfg.max_wait_ms}",
+        f"serve.decode_tokens={cfg.decode_tokens}",
+        "serve.timeout_s=3600",
+        "serve.max_queue_sentences=1000000",
+        "serve.max_sentence_tokens=100000",  # the offline run translates every sentence too
+        *(f"search.{k}={v}" for k, v in search.items()),
+        *([f"serve.threads={cfg.threads}"] if cfg.threads else []),
+        *cfg.server_args,
+    ]
+    # Both servers run side by side (an idle one costs no CPU), and each client count is run
+    # against one right after the other, so that a change in the machine's load between runs
+    # (other jobs on shared cores) skews the on/off comparison as little as possible.
+    servers = {
+        "on": ServerProcess(*common, f"serve.max_batch_sentences={cfg.batch_sentences}"),
+        "off": ServerProcess(*common, "serve.max_batch_sentences=1"),
+    }
+    runs: list[RunResult] = []
+    exits: dict[str, int] = {}
+    try:
+        for server in servers.values():
+            server.wait_ready(cfg.startup_timeout_s)
+        for c in clients:
+            for batching, server in servers.items():
+                run = run_clients(server, batching, c, sentences, reference, cfg.max_seconds)
+                runs.append(run)
+                print(
+                    f"  batching {batching}, {c} clients: {run.sentences_per_s:.2f} sent/s, "
+                    f"p50 {run.p50_ms:.0f} ms, mean batch {run.mean_batch:.1f}, "
+                    f"decoding {100 * run.busy:.0f}% of the time",
+                    flush=True,
+                )
+                if run.first_error:
+                    print(f"    {run.errors} failed; the first: {run.first_error}", flush=True)
+    finally:
+        for batching, server in servers.items():
+            exits[batching] = server.stop()
+    for batching, server in servers.items():
+        if exits[batching] != 0:
+            raise NMTError(f"the server exited with status {exits[batching]}:\n{server.output()}")
+
+    runs.sort(key=lambda r: (r.clients, r.batching != "on"))
+    print(format_table(runs, ceiling))
+    print(f"server exit status after SIGTERM: {exits}")
+    if cfg.output:
+        report = {
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "search": settings,
+            "input": str(path),
+            "offline_translate_sentences_per_s": base.translate_per_s,
+            "offline_chunked_sentences_per_s": base.chunked_per_s,
+            "ceiling_sentences_per_s": ceiling,
+            "runs": [asdict(r) for r in runs],
+            "exit_status": exits,
+        }
+        write_json(cfg.output, report)
+        print(f"report: {cfg.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -32,6 +32,8 @@ COMMANDS = {
     "average": ("average", set()),
     "compare": ("compare", set()),
     "quality_curve": ("quality_curve", set()),
+    "serve": ("serve", {"search"}),
+    "serve_bench": ("serve_bench", {"search"}),
 }
 # commands whose --help lists every key of their config by name
 KEYS_LISTED = ("translate", "evaluate", "average", "compare", "quality_curve")

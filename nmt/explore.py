@@ -328,6 +328,8 @@ def explore(
 ) -> dict[str, Any]:
     """Translate, build the payload and write the page to ``out_path``; return the payload."""
     out_path = Path(out_path)
+    if out_path.is_dir():
+        raise NMTError(f"out={out_path}: a directory; expected the HTML file to write")
     if not out_path.parent.is_dir():
         raise NMTError(f"out={out_path}: folder {out_path.parent} does not exist")
     sentences, total = read_sentences(input_path, ref_path, max_sentences)

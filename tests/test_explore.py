@@ -17,6 +17,7 @@ import torch
 from conftest import TINY_MODEL, quote, run_main
 from omegaconf import OmegaConf
 
+import scripts.explorer_screenshot
 from nmt.explore import WEIGHT_SCALE, explore, json_for_script
 from nmt.inference import Translator
 from nmt.trainer import Trainer
@@ -28,15 +29,6 @@ SOURCES = [
     "Type </script><!-- to close the block & see.",  # must not end the data block early
 ]
 REFERENCES = ["파일을 엽니다.", "", "그 역은 일요일에 닫습니다.", "</script>를 입력하세요."]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DATA_BLOCK = re.compile(r'<script type="application/json" id="explorer-data">(.*?)</script>', re.S)
 
 
@@ -237,15 +229,16 @@ def test_a_reference_file_of_another_length_is_one_line(sweep, texts, tmp_path):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
+    chromium = scripts.explorer_screenshot.CHROMIUM
+    if not chromium.exists():
         pytest.skip(
-            f"{CHROMIUM} not found: the browser tests need Debian's chromium "
+            f"{chromium} not found: the browser tests need Debian's chromium "
             "(apt-get install -y chromium fonts-noto-cjk, as .ci/run does)"
         )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = scripts.explorer_screenshot.launch(playwright)
         yield browser
         browser.close()
 
@@ -257,35 +250,12 @@ def compare_page(sweep, texts, tmp_path_factory) -> tuple[Path, dict]:
     return out, explore([str(p) for p in ckpts(sweep)], src, ref, out)
 
 
-class OfflinePage:
-    """A browser tab on a file:// page with every other request aborted and recorded, and the
-    console errors and uncaught exceptions collected."""
-
-    def __init__(self, browser, path: Path):
-        self.url = path.resolve().as_uri()
-        self.page = browser.new_page(viewport={"width": 1280, "height": 900})
-        self.errors: list[str] = []
-        self.requests: list[str] = []
-        self.blocked: list[str] = []
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.on("pageerror", lambda err: self.errors.append(str(err)))
-        self.page.on("request", lambda request: self.requests.append(request.url))
-        self.page.route("**/*", self._route)
-        self.page.goto(self.url)
-        self.page.wait_for_selector("[data-tgt-index]")
-
-    def _route(self, route) -> None:
-        if route.request.url == self.url:
-            route.continue_()
-        else:
-            self.blocked.append(route.request.url)
-            route.abort()
-
-    def panel(self, model: int):
-        return self.page.locator(f'#pane .panel[data-model="{model}"]')
+class OfflinePage(scripts.explorer_screenshot.OfflinePage):
+    """The script's offline tab, with the readings the tests make."""
 
     def attr(self, locator, name: str) -> list[str | None]:
-        return [locator.nth(i).get_attribute(name) for i in range(locator.count())]
+        """``name`` of every element ``locator`` matches, in one round trip."""
+        return locator.evaluate_all("(nodes, name) => nodes.map(n => n.getAttribute(name))", name)
 
     def source_weights(self, model: int) -> list[float]:
         values = self.attr(self.panel(model).locator("[data-src-index]"), "data-weight")
@@ -345,7 +315,8 @@ def test_hovering_a_target_subword_shows_its_attention_row(page, sweep):
     sources = page.panel(1).locator(".row.src [data-src-index]")
     assert sources.count() == len(expected.source_tokens) + 1
     assert page.attr(sources, "data-weight") == [None] * sources.count()
-    for i in range(targets.count()):
+    steps = targets.count()
+    for i in sorted({0, 1, 2, steps // 2, steps - 1} & set(range(steps))):  # the last: </s> or cut
         targets.nth(i).hover()
         row = expected.attention[i]
         assert close_to(page.source_weights(1), row), (i, page.source_weights(1), row)

@@ -48,8 +48,9 @@ from nmt.search import explicit_settings
 TEMPLATE = "explorer/template.html"  # inside the nmt package
 DATA_MARKER = "__EXPLORER_DATA__"
 TITLE_MARKER = "__EXPLORER_TITLE__"
-WEIGHT_SCALE = 100_000  # attention weights are stored as integers in units of 1e-5 (the page
-# shows them to 3 decimals); integers take about half the bytes of decimal fractions
+# Attention weights are stored as integers in units of 1/WEIGHT_SCALE: the page shows them to 3
+# decimals, and small integers ("0" for most weights) take about half the bytes of 1e-5 steps.
+WEIGHT_SCALE = 1000
 SCORE_DECIMALS = 4
 PAYLOAD_VERSION = 1
 
@@ -234,7 +235,7 @@ def build_payload(
     Layout::
 
         {"version": 1, "title": ..., "note": ..., "bleu_tokenizer": "ko-mecab" | null,
-         "weight_scale": 100000,
+         "weight_scale": 1000,
          "models": [{"label": "general · gru · luong", "attention": ..., "corpus": {...}}, ...],
          "sentences": [{"line": 3, "source": ..., "reference": ... | null,
                         "source_tokens": [...],

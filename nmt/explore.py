@@ -37,7 +37,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from nmt import REPO_ROOT
+from nmt import CONFIG_DIR
 from nmt.compare import checkpoint_of, find_run_dirs
 from nmt.errors import NMTError, exit_on_user_error
 from nmt.evaluate import read_text_lines
@@ -364,7 +364,7 @@ def _short_name(ckpt: Path) -> str:
     return ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.name
 
 
-@hydra.main(config_path=str(REPO_ROOT / "configs"), config_name="explore", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="explore", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     ckpt = list(cfg.ckpt) if isinstance(cfg.ckpt, ListConfig) else str(cfg.ckpt)

@@ -32,9 +32,10 @@ COMMANDS = {
     "average": ("average", set()),
     "compare": ("compare", set()),
     "quality_curve": ("quality_curve", set()),
+    "explore": ("explore", {"search"}),
 }
 # commands whose --help lists every key of their config by name
-KEYS_LISTED = ("translate", "evaluate", "average", "compare", "quality_curve")
+KEYS_LISTED = ("translate", "evaluate", "average", "compare", "quality_curve", "explore")
 
 
 @functools.cache

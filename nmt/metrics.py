@@ -82,6 +82,30 @@ def score_corpus(
     return scores
 
 
+class SentenceScorer:
+    """Sentence-level BLEU (``ko-mecab`` by default) and chrF of one hypothesis against one
+    reference, as ``sacrebleu.sentence_bleu`` / ``sentence_chrf`` compute them (BLEU with
+    ``effective_order=True``, so a short sentence without 4-gram matches does not score 0).
+
+    The metric objects (and MeCab) are built once, so scoring many sentences stays cheap.
+    """
+
+    def __init__(self, tokenizer: str = "ko-mecab"):
+        if tokenizer not in BLEU.TOKENIZERS:
+            raise NMTError(
+                f"unknown BLEU tokenizer {tokenizer!r}; valid: {', '.join(sorted(BLEU.TOKENIZERS))}"
+            )
+        self.bleu = BLEU(tokenize=tokenizer, effective_order=True)
+        self.chrf = CHRF()
+
+    def __call__(self, hypothesis: str, reference: str) -> dict[str, float]:
+        """``{"bleu": 0–100, "chrf": 0–100}``."""
+        return {
+            "bleu": self.bleu.sentence_score(hypothesis, [reference]).score,
+            "chrf": self.chrf.sentence_score(hypothesis, [reference]).score,
+        }
+
+
 def is_degenerate(text: str) -> bool:
     """Whether ``text`` contains a repetition loop, the typical failure of an undertrained decoder.
 

@@ -34,9 +34,10 @@ COMMANDS = {
     "quality_curve": ("quality_curve", set()),
     "serve": ("serve", {"search"}),
     "serve_bench": ("serve_bench", {"search"}),
+    "explore": ("explore", {"search"}),
 }
 # commands whose --help lists every key of their config by name
-KEYS_LISTED = ("translate", "evaluate", "average", "compare", "quality_curve")
+KEYS_LISTED = ("translate", "evaluate", "average", "compare", "quality_curve", "explore")
 
 
 @functools.cache

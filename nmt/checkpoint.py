@@ -47,8 +47,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # a truncated or foreign file
+        # torch's messages run over several lines (weights_only's advice): keep the first sentence
+        detail = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
         raise NMTError(
-            f"{path}: not a readable nmt checkpoint ({type(err).__name__}: {err})"
+            f"{path}: not a readable nmt checkpoint ({type(err).__name__}: {detail})"
         ) from None
 
 

@@ -249,3 +249,23 @@ def tiny_prepared(tmp_path_factory: pytest.TempPathFactory, corpora_dir: Path) -
     log: list[str] = []
     data = prepare(cfg.data, seed=cfg.seed, log=log.append)
     return TinyPrepared(corpus, cfg, data, log)
+
+
+def train_tiny_checkpoint(prepared: TinyPrepared, run_dir: Path, *overrides: str) -> Path:
+    """``best.pt`` after 2 steps of a TINY_MODEL on the prepared tiny corpus (a Trainer in this
+    process, one thread), with ``overrides`` after TINY_MODEL's."""
+    from nmt.trainer import Trainer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = prepared.corpus.cfg(
+        *TINY_MODEL,
+        *overrides,
+        "trainer.max_steps=2",
+        "trainer.val_max_sentences=1",
+        "trainer.num_attention_plots=0",
+        out_dir=prepared.data.out_dir,
+    )
+    Trainer(cfg, run_dir, prepared.data).fit()
+    torch.set_num_threads(threads)
+    return run_dir / "checkpoints" / "best.pt"

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, quote, run_main
-
-from nmt.trainer import Trainer
+from conftest import quote, run_main, train_tiny_checkpoint
 
 LINES = ["Open the file.", "", "The station is closed on Sundays.", "  Hello ,   world  "]
 
@@ -18,21 +16,9 @@ LINES = ["Open the file.", "", "The station is closed on Sundays.", "  Hello ,  
 @pytest.fixture(scope="module")
 def ckpt(tiny_prepared, tmp_path_factory) -> Path:
     """A checkpoint after 2 steps of a tiny model (a Trainer in this process, one thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("translate_run")
-    cfg = tiny_prepared.corpus.cfg(
-        *TINY_MODEL,
-        "model/attention=concat",
-        "model.attention.hidden_size=16",
-        "trainer.max_steps=2",
-        "trainer.val_max_sentences=1",
-        "trainer.num_attention_plots=0",
-        out_dir=tiny_prepared.data.out_dir,
-    )
-    Trainer(cfg, run_dir, tiny_prepared.data).fit()
-    torch.set_num_threads(threads)
-    return run_dir / "checkpoints" / "best.pt"
+    overrides = ("model/attention=concat", "model.attention.hidden_size=16")
+    return train_tiny_checkpoint(tiny_prepared, run_dir, *overrides)
 
 
 class Stdin(io.TextIOWrapper):

@@ -122,10 +122,10 @@ def export_graphs(
     """Write ``encoder.onnx`` and ``decoder_step.onnx`` for ``model`` (eval mode) into folder."""
     if exporter not in EXPORTERS:
         raise NMTError(f"exporter: expected one of {', '.join(EXPORTERS)}; got {exporter!r}")
-    if exporter == "dynamo" and opset < 18:
-        raise NMTError(f"opset: exporter=dynamo writes opset 18 or newer; got {opset}")
     if not isinstance(opset, int) or isinstance(opset, bool) or opset < 17:
         raise NMTError(f"opset: expected an integer >= 17; got {opset!r}")
+    if exporter == "dynamo" and opset < 18:
+        raise NMTError(f"opset: exporter=dynamo writes opset 18 or newer; got {opset}")
     model.eval()
     src, src_lengths = example_batch(EXPORT_LENGTHS, model.encoder.embed.num_embeddings)
     batch_src = {0: "batch", 1: "src_len"}
@@ -460,11 +460,8 @@ def parity_grid() -> list[tuple[str, str, str, bool]]:
     ]
 
 
-def tiny_parity(
-    model_cfg: dict[str, Any], folder: Path, exporter: str = "legacy", seed: int = 0
-) -> dict[str, Any]:
-    """Build a tiny random model from ``model_cfg``, export it into ``folder`` and return the
-    parity :func:`export_model` measured (NMTError past the tolerance).
+def tiny_model(model_cfg: dict[str, Any], seed: int = 0) -> Seq2Seq:
+    """A random model of 30 source and 40 target ids, in eval mode.
 
     Every parameter is drawn from N(0, 0.5²) rather than the small initialisation, so that
     logits spread over several nats and attention is far from uniform: a wrong score, gate or
@@ -475,6 +472,15 @@ def tiny_parity(
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.5)
+    return model
+
+
+def tiny_parity(
+    model_cfg: dict[str, Any], folder: Path, exporter: str = "legacy", seed: int = 0
+) -> dict[str, Any]:
+    """Export :func:`tiny_model` into ``folder`` and return the parity :func:`export_model`
+    measured (NMTError past the tolerance)."""
+    model = tiny_model(model_cfg, seed)
     opset = 18 if exporter == "dynamo" else 17
     return export_model(model, folder, {"model": model_cfg}, exporter, opset)["parity"]
 

@@ -19,11 +19,11 @@ from nmt.export import (
     check_parity,
     export_graphs,
     parity_grid,
+    tiny_model,
     tiny_model_config,
     tiny_parity,
 )
 from nmt.inference import Translator
-from nmt.models import build_model
 from nmt.onnx_backend import ENCODER_GRAPH, STEP_GRAPH, OnnxSeq2Seq, StateLayout
 from nmt.search import SearchSettings, decode_ids
 
@@ -54,8 +54,7 @@ def test_dot_without_key_projection_and_no_bridge_match_too(tmp_path):
 
 def exported_tiny(tmp_path: Path, combo=("gru", "general", "luong", True)):
     cfg = tiny_model_config(*combo)
-    torch.manual_seed(0)
-    model = build_model(cfg, 30, 40).eval()
+    model = tiny_model(cfg)
     layout = StateLayout.from_model_config(cfg)
     export_graphs(model, layout, tmp_path, "legacy", 17)
     return model, OnnxSeq2Seq(tmp_path, {"config": {"model": cfg}}, threads=1)

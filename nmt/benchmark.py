@@ -540,6 +540,15 @@ def decoding_report(
     for name, search in settings.items():
         log.info("decoding %d test sentences (%s)", len(lines), name)
         report[name] = time_decoding(translator.with_settings(**asdict(search)), lines, device)
+    # nmt-export folders: the same sentences, settings and threads on onnxruntime (CPU)
+    report["exported"] = {}
+    for folder in cfg.benchmark.exported or []:
+        exported = Translator.from_checkpoint(folder, "cpu", backend="onnx")
+        cpu = torch.device("cpu")
+        report["exported"][str(folder)] = {
+            name: time_decoding(exported.with_settings(**asdict(search)), lines, cpu)
+            for name, search in settings.items()
+        }
     return report
 
 
@@ -573,6 +582,9 @@ def check_benchmark_cfg(bench: DictConfig) -> None:
         raise NMTError(f"benchmark.gemm_sizes: expected a list of positive integers; got {sizes}")
     if bench.ckpt and not Path(bench.ckpt).is_file():
         raise NMTError(f"benchmark.ckpt: no checkpoint at {bench.ckpt}")
+    for folder in bench.get("exported") or []:
+        if not (Path(folder) / "manifest.json").is_file():
+            raise NMTError(f"benchmark.exported: no nmt-export folder at {folder}")
     if not bench.output:
         raise NMTError("benchmark.output: expected a file path")
     folder = Path(bench.output).parent
@@ -743,6 +755,15 @@ def format_report(report: dict[str, Any]) -> str:
                 )
             )
         rows.append(("decoded with", decode["model"]))
+        for folder, runs in decode.get("exported", {}).items():
+            for name, d in runs.items():
+                rows.append(
+                    (
+                        f"  onnxruntime {name}",
+                        f"{d['sentences_per_s']:.2f} sentences/s, {d['tokens_per_s']:,.0f} "
+                        f"tokens/s ({folder})",
+                    )
+                )
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 

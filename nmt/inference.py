@@ -32,9 +32,12 @@ from nmt.attention_stats import attention_statistics
 from nmt.checkpoint import load_checkpoint, model_from_checkpoint
 from nmt.data.corpus import normalize
 from nmt.data.vocab import Vocab
+from nmt.errors import NMTError
 from nmt.models import Seq2Seq
 from nmt.runtime import pick_device
 from nmt.search import Hypothesis, SearchSettings, decode_ids
+
+BACKENDS = ("auto", "torch", "onnx")
 
 
 @dataclass
@@ -121,14 +124,25 @@ class Translator:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device = "auto", **search: Any
+        cls,
+        path: str | Path,
+        device: str | torch.device = "auto",
+        backend: str = "auto",
+        **search: Any,
     ) -> Translator:
-        """Load a checkpoint written by ``nmt.train``.
+        """Load a checkpoint written by ``nmt.train``, or a folder written by ``nmt.export``.
 
-        ``search``: overrides of the checkpoint's search settings (``beam_size=5``, ``n_best=3``,
-        ``length_penalty=1.0``, ``no_repeat_ngram_size=0``, ``batch_size=128``, ``name=greedy``).
-        A wrong value raises :class:`~nmt.errors.NMTError` naming the field.
+        ``backend``: ``torch`` (a checkpoint file), ``onnx`` (an exported folder, run by
+        onnxruntime on the CPU through the same search code), or ``auto``: ``onnx`` when
+        ``path`` is a folder. ``search``: overrides of the checkpoint's search settings
+        (``beam_size=5``, ``n_best=3``, ``length_penalty=1.0``, ``no_repeat_ngram_size=0``,
+        ``batch_size=128``, ``name=greedy``). A wrong value raises
+        :class:`~nmt.errors.NMTError` naming the field.
         """
+        if backend not in BACKENDS:
+            raise NMTError(f"backend: expected one of {', '.join(BACKENDS)}; got {backend!r}")
+        if backend == "onnx" or (backend == "auto" and Path(path).is_dir()):
+            return cls._from_exported(path, device, search)
         device = pick_device(device)
         checkpoint = load_checkpoint(path, map_location=device)
         model, src_vocab, tgt_vocab, cfg = model_from_checkpoint(checkpoint, path, device)
@@ -143,6 +157,28 @@ class Translator:
             validation=checkpoint.get("validation"),
         )
         return cls(model, src_vocab, tgt_vocab, settings, device, info)
+
+    @classmethod
+    def _from_exported(
+        cls, path: str | Path, device: str | torch.device, search: dict[str, Any]
+    ) -> Translator:
+        """An ``nmt.export`` folder: onnxruntime on the CPU behind the model's step API."""
+        from nmt.onnx_backend import load_exported
+
+        if device != "auto" and pick_device(device).type != "cpu":
+            raise NMTError(f"device={device}: the onnx backend runs on the CPU; use cpu or auto")
+        model, src_vocab, tgt_vocab, manifest = load_exported(path)
+        config = manifest["config"]
+        settings = SearchSettings.from_config(config.get("search") or {}, **search)
+        source = manifest.get("source") or {}
+        info = ModelInfo(
+            source=str(path),
+            config=dict(config),
+            step=source.get("step"),
+            best_score=source.get("best_score"),
+            minutes=source.get("minutes"),
+        )
+        return cls(model, src_vocab, tgt_vocab, settings, torch.device("cpu"), info)  # type: ignore[arg-type]
 
     def with_settings(self, **search: Any) -> Translator:
         """The same model (shared, not copied) with other search settings."""

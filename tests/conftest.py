@@ -270,23 +270,29 @@ def small_data(tiny_prepared: TinyPrepared):
     return replace(data, splits={**data.splits, "train": small})
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
-    """A checkpoint after 2 steps of a tiny model (a Trainer in this process, one thread)."""
+def train_tiny_checkpoint(prepared: TinyPrepared, run_dir: Path, *overrides: str) -> Path:
+    """``best.pt`` after 2 steps of a TINY_MODEL on the prepared tiny corpus (a Trainer in this
+    process, one thread), with ``overrides`` after TINY_MODEL's."""
     from nmt.trainer import Trainer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    run_dir = tmp_path_factory.mktemp("tiny_run")
-    cfg = tiny_prepared.corpus.cfg(
+    cfg = prepared.corpus.cfg(
         *TINY_MODEL,
-        "model/attention=concat",
-        "model.attention.hidden_size=16",
+        *overrides,
         "trainer.max_steps=2",
         "trainer.val_max_sentences=1",
         "trainer.num_attention_plots=0",
-        out_dir=tiny_prepared.data.out_dir,
+        out_dir=prepared.data.out_dir,
     )
-    Trainer(cfg, run_dir, tiny_prepared.data).fit()
+    Trainer(cfg, run_dir, prepared.data).fit()
     torch.set_num_threads(threads)
     return run_dir / "checkpoints" / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
+    """A checkpoint after 2 steps of a tiny model (concat attention, greedy search; read-only)."""
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    overrides = ("model/attention=concat", "model.attention.hidden_size=16")
+    return train_tiny_checkpoint(tiny_prepared, run_dir, *overrides)

@@ -327,3 +327,45 @@ def test_decoding_with_a_checkpoint(tiny_prepared, tmp_path, monkeypatch, compos
     decode = json.loads(out.read_text())["decode"]
     assert decode["model"] == str(ckpt)
     assert decode["greedy"]["sentences"] == decode["beam"]["sentences"] == 3
+    assert decode["exported"] == {}
+
+
+def test_decoding_an_exported_folder_too(tiny_prepared, tmp_path, monkeypatch):
+    from nmt.export import export_checkpoint
+
+    data = tiny_prepared.data
+    cfg = tiny_prepared.corpus.cfg(*TINY_MODEL, out_dir=data.out_dir)
+    model = build_model(cfg.model, len(data.src_vocab), len(data.tgt_vocab))
+    ckpt = tmp_path / "trained.pt"
+    payload = {
+        "model": model.state_dict(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "vocab": vocab_payload(data.src_vocab, data.tgt_vocab),
+    }
+    save_checkpoint(ckpt, payload)
+    export_checkpoint(ckpt, tmp_path / "onnx")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench.json"
+    args = (*QUICK, "benchmark.windows=1", "benchmark.warmup_steps=0")
+    result = run_main(
+        "nmt.benchmark",
+        *tiny_prepared.corpus.overrides(data.out_dir),
+        *TINY_MODEL,
+        *args,
+        "benchmark.decode_sentences=3",
+        f"benchmark.ckpt={quote(ckpt)}",
+        f"benchmark.exported=[{quote(tmp_path / 'onnx')}]",
+        f"benchmark.output={quote(out)}",
+    )
+    assert result.returncode == 0, result.stderr
+    exported = json.loads(out.read_text())["decode"]["exported"][str(tmp_path / "onnx")]
+    assert exported["greedy"]["sentences"] == exported["beam"]["sentences"] == 3
+    assert "onnxruntime beam" in result.stdout
+    bad = run_main(
+        "nmt.benchmark",
+        *args,
+        f"benchmark.exported=[{quote(tmp_path)}]",
+        f"benchmark.output={quote(out)}",
+    )
+    assert bad.returncode == 2
+    assert "benchmark.exported: no nmt-export folder at" in bad.stderr

@@ -35,9 +35,10 @@ COMMANDS = {
     "serve": ("serve", {"search"}),
     "serve_bench": ("serve_bench", {"search"}),
     "explore": ("explore", {"search"}),
+    "export": ("export", set()),
 }
 # commands whose --help lists every key of their config by name
-KEYS_LISTED = ("translate", "evaluate", "average", "compare", "quality_curve", "explore")
+KEYS_LISTED = ("translate", "evaluate", "average", "compare", "quality_curve", "explore", "export")
 
 
 @functools.cache

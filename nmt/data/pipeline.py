@@ -150,12 +150,13 @@ def fingerprint(data_cfg: DictConfig) -> str:
             settings.pop(split, None)
         for split, paths in _input_files(data_cfg).items():
             for p in paths:
-                inputs.append([split, p.name, _file_sha256(p)])
+                inputs.append([split, p.name, file_sha256(p)])
     blob = json.dumps({"v": FORMAT_VERSION, "settings": settings, "inputs": inputs}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -179,10 +179,14 @@ class LocationScore(nn.Module):
     def forward(self, query: Tensor, keys: Tensor) -> Tensor:
         src_len = keys.size(1)
         scores = self.position_proj(query)  # (batch, tgt_len, max_src_len)
-        if src_len <= self.max_src_len:
-            return scores[:, :, :src_len]  # (batch, tgt_len, src_len)
-        extra = src_len - self.max_src_len
-        return nn.functional.pad(scores, (0, extra))  # (batch, tgt_len, src_len), zeros past max
+        # [W_a q ; 0 … 0] cut to src_len: one expression for src_len below and above max_src_len,
+        # with no Python branch on a shape, so an exported graph keeps src_len dynamic
+        zeros = (
+            torch.zeros_like(keys[:, :, 0], dtype=scores.dtype)
+            .unsqueeze(1)
+            .expand(-1, scores.size(1), -1)
+        )
+        return torch.cat([scores, zeros], dim=-1)[:, :, :src_len]  # (batch, tgt_len, src_len)
 
 
 class LocalWindow(nn.Module):

@@ -99,11 +99,12 @@ class StepGraph(nn.Module):
         rest_list = list(rest)
         cell = rest_list.pop(0) if self.layout.has_cell else None
         attn_vector = rest_list.pop(0) if self.layout.has_attn_vector else None
-        values, keys, src_mask = rest_list
+        position, values, keys, src_mask = rest_list
         # Memory.final feeds only the bridge, which ran in the encoder graph: unused here
         memory = Memory(values, keys, src_mask, values[:, 0])
-        out = self.model.step(prev_tokens, DecoderState(hidden, cell, attn_vector), memory)
-        state = [out.state.hidden, out.state.cell, out.state.attn_vector]
+        state_in = DecoderState(hidden, cell, attn_vector, position)
+        out = self.model.step(prev_tokens, state_in, memory)
+        state = [out.state.hidden, out.state.cell, out.state.attn_vector, out.state.position]
         return (out.logits, out.attn_weights, *(t for t in state if t is not None))
 
 
@@ -151,8 +152,18 @@ def export_graphs(
         memory = model.encode(src, src_lengths)
         state = model.init_state(memory)
     names = layout.state_names()
-    tensors = {"hidden": state.hidden, "cell": state.cell, "attn_vector": state.attn_vector}
-    batch_axis = {"hidden": {1: "batch"}, "cell": {1: "batch"}, "attn_vector": {0: "batch"}}
+    tensors = {
+        "hidden": state.hidden,
+        "cell": state.cell,
+        "attn_vector": state.attn_vector,
+        "position": state.position,
+    }
+    batch_axis = {
+        "hidden": {1: "batch"},
+        "cell": {1: "batch"},
+        "attn_vector": {0: "batch"},
+        "position": {0: "batch"},
+    }
     axes = {
         "prev_tokens": {0: "batch"},
         "values": batch_src,

@@ -75,6 +75,7 @@ class StateLayout:
             "hidden",
             *(["cell"] if self.has_cell else []),
             *(["attn_vector"] if self.has_attn_vector else []),
+            "position",  # the target step t (local attention's window centre; counted always)
         ]
 
 
@@ -178,7 +179,8 @@ class OnnxSeq2Seq:
         attn_vector = (
             hidden.new_zeros(batch, layout.hidden_size) if layout.has_attn_vector else None
         )
-        return DecoderState(hidden, hidden if layout.has_cell else None, attn_vector)
+        position = torch.zeros(batch, dtype=torch.long)  # t = 0, as the decoder's first_position
+        return DecoderState(hidden, hidden if layout.has_cell else None, attn_vector, position)
 
     def step(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory) -> StepOutput:
         """One decoder step: prev_tokens (batch,) → logits (batch, V), attn_weights
@@ -188,6 +190,7 @@ class OnnxSeq2Seq:
             "hidden": state.hidden,
             "cell": state.cell,
             "attn_vector": state.attn_vector,
+            "position": state.position,
             "values": memory.values,
             "keys": memory.keys,
             "src_mask": memory.src_mask,
@@ -197,7 +200,9 @@ class OnnxSeq2Seq:
         )
         logits, attn_weights, *state_out = (torch.from_numpy(o) for o in outputs)
         named = dict(zip(self.layout.state_names(), state_out, strict=True))
-        new_state = DecoderState(named["hidden"], named.get("cell"), named.get("attn_vector"))
+        new_state = DecoderState(
+            named["hidden"], named.get("cell"), named.get("attn_vector"), named["position"]
+        )
         return StepOutput(logits, attn_weights, new_state)
 
 

@@ -219,7 +219,7 @@ def test_exporting_a_file_that_is_no_nmt_checkpoint_is_one_line(tmp_path, conten
     else:
         torch.save({"weights": torch.zeros(2)}, path)
     result = run_main("nmt.export", f"ckpt={quote(path)}", f"out={quote(tmp_path / 'o')}")
-    one_line_error(result, str(path), "nmt checkpoint")
+    one_line_error(result, str(path), "checkpoint")
     assert not (tmp_path / "o").exists()
 
 

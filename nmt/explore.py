@@ -37,6 +37,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
+import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR
 from nmt.compare import checkpoint_of, find_run_dirs
 from nmt.errors import NMTError, exit_on_user_error

@@ -62,6 +62,7 @@ from fastapi.responses import JSONResponse
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field
 
+import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR, __version__
 from nmt.data.corpus import normalize
 from nmt.errors import NMTError, exit_on_user_error

@@ -40,6 +40,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR, REPO_ROOT
 from nmt.errors import NMTError, exit_on_user_error
 from nmt.metrics import write_json

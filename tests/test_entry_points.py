@@ -1,0 +1,34 @@
+"""Every console script starts in a fresh interpreter: `--help` composes its config there.
+
+In-process tests (tests/test_cli.py) share one interpreter, where an entry point that forgets to
+register the config resolvers still works because another module did; a fresh process catches it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import distribution
+
+import pytest
+
+# the installed project's console scripts (pip install -e . or the wheel): name → "module:main"
+SCRIPTS = {
+    ep.name: ep.value
+    for ep in distribution("nmt-enko").entry_points
+    if ep.group == "console_scripts"
+}
+
+
+def test_every_command_is_a_console_script():
+    assert len(SCRIPTS) >= 12 and all(name.startswith("nmt-") for name in SCRIPTS)
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_console_script_help_in_a_fresh_interpreter(name):
+    module = SCRIPTS[name].split(":")[0]
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"{name} (python -m {module}): "), result.stdout[:200]

@@ -21,6 +21,7 @@ stays light for a server or a notebook.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,7 +57,7 @@ class Translation:
     nbest: the n-best list, best first, each a Translation with an empty ``nbest`` of its own
         (``nbest[0]`` equals this one); one entry with ``n_best=1``.
     entropy / diagonal_mass / coverage_deviation: this sentence's attention diagnostics
-        (:mod:`nmt.attention_stats`); ``None`` for an empty input.
+        (:mod:`nmt.attention_stats`), computed on first access; ``None`` for an empty input.
     search_score: what the search ranked by (``score`` over GNMT's length penalty).
     token_ids: the target subword ids behind ``tokens``.
     """
@@ -71,9 +72,23 @@ class Translation:
     search_score: float
     token_ids: list[int]
     nbest: list[Translation] = field(default_factory=list)
-    entropy: float | None = None
-    diagonal_mass: float | None = None
-    coverage_deviation: float | None = None
+
+    @functools.cached_property
+    def _diagnostics(self) -> dict[str, float]:
+        # computed on first use: most callers (translate, serve, the benchmark) never read them
+        return attention_statistics([self.attention])
+
+    @property
+    def entropy(self) -> float | None:
+        return self._diagnostics.get("attn_entropy")
+
+    @property
+    def diagonal_mass(self) -> float | None:
+        return self._diagnostics.get("attn_diagonal_mass")
+
+    @property
+    def coverage_deviation(self) -> float | None:
+        return self._diagnostics.get("attn_coverage_deviation")
 
     @property
     def num_predicted(self) -> int:
@@ -226,7 +241,6 @@ class Translator:
     def _one(self, hyp: Hypothesis, text: str, source_tokens: list[str]) -> Translation:
         attention = hyp.attn_weights
         predicted = int(attention.shape[0]) if attention.dim() == 2 else 0
-        stats = attention_statistics([attention])
         return Translation(
             text=text,
             score=hyp.log_prob,
@@ -237,7 +251,4 @@ class Translator:
             hit_max_len=hyp.hit_max_len,
             search_score=hyp.score,
             token_ids=list(hyp.tokens),
-            entropy=stats.get("attn_entropy"),
-            diagonal_mass=stats.get("attn_diagonal_mass"),
-            coverage_deviation=stats.get("attn_coverage_deviation"),
         )

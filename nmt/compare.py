@@ -59,7 +59,7 @@ import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR
 from nmt.errors import NMTError, boolean, exit_on_user_error, optional_int
 from nmt.evaluate import evaluate_checkpoint, read_text_lines
-from nmt.metrics import write_json, write_text_atomic
+from nmt.metrics import Headline, write_json, write_text_atomic
 from nmt.models import ATTENTION_TYPES, SCORES
 from nmt.runtime import pick_device
 
@@ -206,7 +206,8 @@ def read_test_scores(path: Path) -> tuple[float, float, int | None]:
         report = json.loads(path.read_text(encoding="utf-8"))
         scores = report["systems"][0]["scores"]
         limited = report["systems"][0]["lines"] if report.get("max_sentences") else None
-        return scores["bleu_ko-mecab"]["score"], scores["chrf"]["score"], limited
+        headline = Headline.of(scores)
+        return headline.bleu, headline.chrf, limited
     except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
         raise NMTError(
             f"{path}: not an nmt.evaluate report with bleu_ko-mecab and chrf ({err!r})"

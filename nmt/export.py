@@ -522,7 +522,7 @@ def benchmark_backends(
 
     from nmt.evaluate import _read_split
     from nmt.inference import Translator
-    from nmt.metrics import score_corpus
+    from nmt.metrics import Headline, score_corpus
 
     torch.set_num_threads(threads)
     systems = {"eager": Translator.from_checkpoint(ckpt, "cpu", backend="torch")}
@@ -544,7 +544,7 @@ def benchmark_backends(
                 seconds[name] = min(seconds[name], time.perf_counter() - start)
         rows = {}
         for name in translators:
-            bleu = score_corpus(texts[name], references, ["ko-mecab"])["bleu_ko-mecab"]["score"]
+            bleu = Headline.of(score_corpus(texts[name], references, ["ko-mecab"])).bleu
             rows[name] = {
                 "seconds": seconds[name],
                 "sentences_per_s": len(sources) / seconds[name],

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from nmt import io as nmt_io
 from nmt.errors import NMTError
 
 DEFAULT_TOKENIZERS = ("ko-mecab", "char", "13a")
+HEADLINE_BLEU = "bleu_ko-mecab"  # the entry of score_corpus that every report leads with
 
 # A repeated run is this many copies of one unit in a row (see is_degenerate).
 MIN_RUN = 4
@@ -80,6 +82,22 @@ def score_corpus(
         result = metric.corpus_score(hyps, refs)
         scores[name] = {"score": result.score, "signature": str(metric.get_signature())}
     return scores
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The two figures every report leads with, read from :func:`score_corpus`'s entries:
+    BLEU with the MeCab-ko tokenizer and chrF (0–100), and the BLEU signature."""
+
+    bleu: float
+    chrf: float
+    bleu_signature: str
+
+    @classmethod
+    def of(cls, scores: Mapping[str, Mapping[str, Any]]) -> Headline:
+        """Raises KeyError when ``scores`` has no ko-mecab BLEU or no chrF entry."""
+        bleu = scores[HEADLINE_BLEU]
+        return cls(bleu["score"], scores["chrf"]["score"], bleu["signature"])
 
 
 class SentenceScorer:

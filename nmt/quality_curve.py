@@ -35,7 +35,7 @@ from nmt.checkpoint import load_checkpoint
 from nmt.errors import NMTError, boolean, exit_on_user_error, optional_int, str_list
 from nmt.evaluate import evaluate_translator
 from nmt.inference import Translator
-from nmt.metrics import write_json, write_text_atomic
+from nmt.metrics import HEADLINE_BLEU, Headline, write_json, write_text_atomic
 from nmt.runtime import pick_device
 
 SPLITS = ("valid", "test")
@@ -138,18 +138,17 @@ def score_run(
                     translator, split=split, tokenizers=("ko-mecab",), max_sentences=max_sentences
                 )
                 scores[split] = report["systems"][0]["scores"]
+            valid, test = Headline.of(scores["valid"]), Headline.of(scores["test"])
             point = Point(
                 checkpoint=path.name,
                 step=step,
                 minutes=minutes,
-                valid_bleu=scores["valid"]["bleu_ko-mecab"]["score"],
-                valid_chrf=scores["valid"]["chrf"]["score"],
-                test_bleu=scores["test"]["bleu_ko-mecab"]["score"],
-                test_chrf=scores["test"]["chrf"]["score"],
+                valid_bleu=valid.bleu,
+                valid_chrf=valid.chrf,
+                test_bleu=test.bleu,
+                test_chrf=test.chrf,
             )
-            curve.signatures = {
-                m: scores["test"][m]["signature"] for m in ("bleu_ko-mecab", "chrf")
-            }
+            curve.signatures = {m: scores["test"][m]["signature"] for m in (HEADLINE_BLEU, "chrf")}
         curve.points.append(point)
     return curve
 

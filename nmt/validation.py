@@ -24,7 +24,7 @@ from nmt.data.batching import TokenBatcher
 from nmt.data.pipeline import PreparedData
 from nmt.inference import Translation, Translator
 from nmt.loss import sequence_loss
-from nmt.metrics import degeneracy, score_corpus, write_text_atomic
+from nmt.metrics import Headline, degeneracy, score_corpus, write_text_atomic
 from nmt.search import SearchSettings
 
 log = logging.getLogger("nmt")
@@ -94,11 +94,12 @@ class Validator:
         diagnostics = degeneracy(hypotheses, self.ref_lines, [t.hit_max_len for t in best])
         diagnostics.update(attention_statistics([t.attention for t in best]))
         model.train(was_training)
+        headline = Headline.of(scores)
         metrics = {
             "loss": loss,
             "perplexity": math.exp(min(loss, 50.0)),
-            "bleu": scores["bleu_ko-mecab"]["score"],
-            "chrf": scores["chrf"]["score"],
+            "bleu": headline.bleu,
+            "chrf": headline.chrf,
         }
         return ValidationResult(metrics, scores, diagnostics, best, hypotheses)
 
@@ -121,7 +122,7 @@ class Validator:
             metrics["loss"],
             metrics["perplexity"],
             metrics["bleu"],
-            scores["bleu_ko-mecab"]["signature"],
+            Headline.of(scores).bleu_signature,
             metrics["chrf"],
             100 * diagnostics["repetition_rate"],
         )

@@ -28,10 +28,6 @@ class Batch:
     indices: list[int]  # positions of these sentences in their split
 
     @property
-    def src_mask(self) -> torch.Tensor:  # (batch, src_len) bool
-        return self.src != PAD_ID
-
-    @property
     def num_tgt_tokens(self) -> int:
         return int((self.tgt_out != PAD_ID).sum())
 

@@ -95,6 +95,12 @@ class Translation:
         """Tokens the decoder predicted: the subwords and, when it ended so, ``</s>``."""
         return int(self.attention.shape[0]) if self.attention.dim() == 2 else 0
 
+    def attention_labels(self) -> tuple[list[str], list[str]]:
+        """(source labels, target labels) of :attr:`attention`'s columns and rows: the subwords
+        and ``</s>``. The target side has one label too many when the hypothesis hit the length
+        limit; plots cut it to the matrix's rows."""
+        return self.source_tokens + ["</s>"], self.tokens + ["</s>"]
+
     def alignment(self) -> list[tuple[int, int]]:
         """Hard alignment ``(source index, target index)`` of each target subword: the source
         subword with its largest attention weight (``</s>`` excluded on both sides), as fairseq's

@@ -77,8 +77,7 @@ def plot_attention(folder: Path, start: int, translations: Sequence[Translation]
     for offset, t in enumerate(translations):
         if t.attention.numel() == 0:
             continue
-        src_pieces = t.source_tokens + ["</s>"]
-        tgt_pieces = t.tokens + ["</s>"]  # the labels are cut to the matrix's rows
+        src_pieces, tgt_pieces = t.attention_labels()
         title = "".join(t.source_tokens).replace("▁", " ").strip()[:80]
         save_attention_png(
             folder / f"{start + offset:05d}.png", t.attention, src_pieces, tgt_pieces, title

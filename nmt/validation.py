@@ -156,12 +156,9 @@ class Validator:
             t = best[i]
             if t.attention.numel() == 0:
                 continue
-            figure = attention_figure(
-                t.attention,
-                t.source_tokens + ["</s>"],
-                t.tokens + ["</s>"],
-                title=f"valid sentence {i}, step {step}",
-            )
+            src_labels, tgt_labels = t.attention_labels()
+            title = f"valid sentence {i}, step {step}"
+            figure = attention_figure(t.attention, src_labels, tgt_labels, title=title)
             self.writer.add_figure(f"attention/valid_{i}", figure, step, close=True)
 
     def finish(self, metrics: dict[str, float]) -> None:

@@ -165,6 +165,9 @@ def test_translator_api_on_a_checkpoint(ckpt):
     assert first.score <= 0 and first.confidence == pytest.approx(first.score / rows)
     assert first.entropy is not None and first.entropy >= 0
     assert "".join(first.source_tokens).replace("\u2581", " ").strip() == "Open the file."
+    src_labels, tgt_labels = first.attention_labels()
+    assert len(src_labels) == first.attention.shape[1] and src_labels[-1] == "</s>"
+    assert tgt_labels[: len(first.tokens)] == first.tokens and tgt_labels[-1] == "</s>"
     assert translator.info.step == 2 and translator.info.source == str(ckpt)
 
 

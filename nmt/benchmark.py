@@ -58,6 +58,9 @@ from nmt.inference import Translator
 from nmt.loss import check_label_smoothing, sequence_loss
 from nmt.metrics import write_json
 from nmt.models import build_model
+from nmt.models.attention import SCORES, ScoreFlops
+from nmt.models.decoder import DECODER_STYLES, DecoderSizes
+from nmt.models.encoder import rnn_flops
 from nmt.optim import LRSchedule, build_optimizer
 from nmt.runtime import (
     BF16_CPU_FLAGS,
@@ -74,7 +77,6 @@ log = logging.getLogger("nmt")
 # Backward ≈ 2 × forward: each weight matmul y = W x needs one matmul for the gradient of x and
 # one for the gradient of W.
 TRAIN_FLOPS_FACTOR = 3
-RNN_GATES = {"gru": 3, "lstm": 4}
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,14 +130,6 @@ class FlopCount:
         return TRAIN_FLOPS_FACTOR * self.forward
 
 
-def rnn_flops(rnn_type: str, input_size: int, hidden_size: int) -> int:
-    """One RNN layer, one direction, one token: W_ih x + W_hh h for every gate.
-
-    2 · gates · hidden · (input + hidden), gates = 3 (GRU) or 4 (LSTM).
-    """
-    return 2 * RNN_GATES[rnn_type] * hidden_size * (input_size + hidden_size)
-
-
 def flops_per_target_token(model_cfg: Any, tgt_vocab_size: int, lengths: LengthStats) -> FlopCount:
     """Forward matmul FLOPs per target token, piece by piece (a multiply-add counts 2).
 
@@ -158,7 +152,9 @@ def flops_per_target_token(model_cfg: Any, tgt_vocab_size: int, lengths: LengthS
         combine         Luong W_c: 2·(V + H)·H;  Bahdanau W_o: 2·(H + V + E_t)·H
         output_proj     2·H·|V_t|; tied with H ≠ E_t: 2·H·E_t + 2·E_t·|V_t|
 
-    The per-source and per-sentence pieces are spread over the target tokens with the measured
+    The score's and the decoder style's pieces are their classes' ``flops`` (the registries
+    :data:`nmt.models.attention.SCORES`, :data:`nmt.models.decoder.DECODER_STYLES`). The
+    per-source and per-sentence pieces are spread over the target tokens with the measured
     ratios. Padding is not counted: these are the FLOPs of the real tokens. Element-wise work
     (gate non-linearities, tanh, softmax, embeddings lookups) is left out.
     """
@@ -174,19 +170,29 @@ def flops_per_target_token(model_cfg: Any, tgt_vocab_size: int, lengths: LengthS
         output_proj = 2 * hidden * embed + 2 * embed * tgt_vocab_size
     else:
         output_proj = 2 * hidden * tgt_vocab_size
-    combine = {
-        "luong": 2 * (values + hidden) * hidden,
-        "bahdanau": 2 * (hidden + values + embed) * hidden,
-    }
+    score = SCORES.lookup(att["score"])
+    attention = score.flops(hidden, values, lengths.attn_src_len, **score.options(att))
+    style = DECODER_STYLES.lookup(dec["style"])
+    sizes = DecoderSizes(
+        dec["rnn_type"],
+        embed,
+        hidden,
+        dec["num_layers"],
+        dec["dropout"],
+        values,
+        values,
+        dec["bridge"],
+    )
+    decoder = style.flops(sizes, **style.options(dec))
     return FlopCount(
         {
             "encoder_rnn": encoder_rnn_flops(enc) * lengths.src_per_tgt,
-            "attention_keys": key_flops(att, values, hidden) * lengths.src_per_tgt,
+            "attention_keys": attention.keys * lengths.src_per_tgt,
             "bridge": (2 * values * dec["num_layers"] * hidden if dec["bridge"] else 0)
             * lengths.sentences_per_tgt,
-            "decoder_rnn": float(decoder_rnn_flops(dec, values)),
-            "attention": attention_flops(att, values, hidden, lengths.attn_src_len),
-            "combine": float(combine[dec["style"]]),
+            "decoder_rnn": float(decoder.rnn),
+            "attention": attention_flops(att, attention, values, hidden, lengths.attn_src_len),
+            "combine": float(decoder.combine),
             "output_proj": float(output_proj),
         }
     )
@@ -206,42 +212,13 @@ def encoder_rnn_flops(enc: dict) -> int:
     )
 
 
-def key_flops(att: dict, values: int, hidden: int) -> int:
-    """Per source token, once per batch: the keys k_j = W_k h_j, where the score has them."""
-    score = att["score"]
-    if score == "concat":
-        return 2 * values * att["hidden_size"]
-    if score == "general" or (score in ("dot", "scaled_dot") and values != hidden):
-        return 2 * values * hidden
-    return 0  # dot/scaled_dot with V = H use the values; location ignores them
-
-
-def decoder_rnn_flops(dec: dict, values: int) -> int:
-    """Per target token: rnn(in, H) + (L_d − 1)·rnn(H, H); in = E_t + H (Luong with input
-    feeding), E_t (Luong), E_t + V (Bahdanau)."""
-    hidden, embed = dec["hidden_size"], dec["embed_dim"]
-    if dec["style"] == "bahdanau":
-        first_input = embed + values
-    else:
-        first_input = embed + (hidden if dec["input_feeding"] else 0)
-    return rnn_flops(dec["rnn_type"], first_input, hidden) + (dec["num_layers"] - 1) * rnn_flops(
-        dec["rnn_type"], hidden, hidden
-    )
-
-
-def attention_flops(att: dict, values: int, hidden: int, src_len: float) -> float:
-    """Per target token: the scores over ``src_len`` positions, then the context 2·S·V."""
-    score = att["score"]
-    if score == "concat":
-        a = att["hidden_size"]
-        scores = 2 * hidden * a + 2 * a * src_len  # W_q q, then vᵀ tanh(·) at every position
-    elif score == "location":
-        scores = 2 * hidden * att["max_src_len"]  # W_a q, all max_src_len rows
-    else:
-        scores = 2 * hidden * src_len  # qᵀ k_j
+def attention_flops(
+    att: dict, score: ScoreFlops, values: int, hidden: int, src_len: float
+) -> float:
+    """Per target token: the score's FLOPs over ``src_len`` positions, then the context 2·S·V."""
     # local_p: p_t = S·sigmoid(v_pᵀ tanh(W_p q)); the type is absent in older configs (global)
     centre = 2 * hidden * hidden + 2 * hidden if att.get("type") == "local_p" else 0
-    return scores + 2 * src_len * values + centre
+    return score.scores + 2 * src_len * values + centre
 
 
 # --------------------------------------------------------------------------------------------

@@ -289,7 +289,7 @@ def evaluate_test(
 
 def variant_order(run: Run) -> tuple:
     kind = ATTENTION_TYPES.index(run.attention_type) if run.attention_type in ATTENTION_TYPES else 9
-    attention = SCORES.index(run.attention) if run.attention in SCORES else len(SCORES)
+    attention = list(SCORES).index(run.attention) if run.attention in SCORES else len(SCORES)
     return (kind, attention, run.attention, run.window or 0, run.encoder, run.decoder, run.name)
 
 

@@ -18,7 +18,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 MINUTES="${MINUTES:-30}"
-ATTENTIONS="${ATTENTIONS:-dot,general,scaled_dot,concat,location}"
+# default: every registered score function (nmt.models.attention.SCORES), in its order
+ATTENTIONS="${ATTENTIONS:-$(python -c 'from nmt.models import SCORES; print(",".join(SCORES))')}"
 ENCODERS="${ENCODERS:-gru,lstm}"
 TYPES="${TYPES:-global}"
 SEEDS="${SEEDS:-1234}"

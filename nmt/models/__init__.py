@@ -14,21 +14,25 @@ from nmt.models.attention import (
     SCORES,
     Attention,
     AttentionOutput,
+    Score,
     build_attention,
 )
-from nmt.models.decoder import DecoderState, Memory
+from nmt.models.decoder import DECODER_STYLES, Decoder, DecoderState, Memory
 from nmt.models.encoder import Encoder, EncoderOutput
 from nmt.models.seq2seq import Seq2Seq, Seq2SeqOutput, StepOutput, build_model
 
 __all__ = [
     "ATTENTION_TYPES",
+    "DECODER_STYLES",
     "SCORES",
     "Attention",
     "AttentionOutput",
+    "Decoder",
     "DecoderState",
     "Encoder",
     "EncoderOutput",
     "Memory",
+    "Score",
     "Seq2Seq",
     "Seq2SeqOutput",
     "StepOutput",

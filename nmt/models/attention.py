@@ -1,5 +1,10 @@
 """Attention: five score functions behind one interface, one shared masked softmax and context.
 
+Each score function is one :class:`Score` subclass registered in :data:`SCORES` under its
+config name; it declares the ``model.attention`` keys it needs and its FLOPs, and
+:func:`build_attention` and ``nmt-benchmark`` ask it (:mod:`nmt.models.registry`).  A new score
+function is one such class here plus one ``configs/model/attention/<name>.yaml``.
+
 Notation (one name per thing across the code base):
 
 - ``query``   the decoder state that asks, q ∈ R^{query_size}          (batch, tgt_len, query_size)
@@ -36,14 +41,15 @@ It combines with every score function and keeps the weights' shape (batch, tgt_l
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from abc import ABCMeta, abstractmethod
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from nmt.errors import NMTError
+from nmt.models.registry import Declared, Registry
 
-SCORES = ("dot", "general", "scaled_dot", "concat", "location")
 ATTENTION_TYPES = ("global", "local_m", "local_p")
 
 
@@ -81,7 +87,46 @@ def attend(scores: Tensor, values: Tensor, src_mask: Tensor) -> AttentionOutput:
     return AttentionOutput(weighted_sum(attn_weights, values), attn_weights)
 
 
-class DotScore(nn.Module):
+class ScoreFlops(NamedTuple):
+    """Matmul FLOPs of a score function (a multiply-add counts 2)."""
+
+    keys: float  # per source token, once per batch: project_keys
+    scores: float  # per target token: the scores e_j over all src_len positions
+
+
+class Score(nn.Module, Declared, metaclass=ABCMeta):
+    """A score function: raw scores e_j = score(q, k_j), one per source position.
+
+    A subclass registered with ``@SCORES.register(name)`` is ``model.attention.score: name``.
+    It is built as ``cls(query_size, value_size, **options)``, ``options`` being the keys of
+    ``model.attention`` it declares in ``config_keys`` (beyond ``score``, ``type`` and
+    ``window``), and it declares its FLOPs in :meth:`flops`.  Masking, the softmax and the
+    context are :func:`attend`'s, the same for every score.
+    """
+
+    def project_keys(self, values: Tensor) -> Tensor:
+        """values (batch, src_len, value_size) → keys (batch, src_len, key_size), once per batch.
+
+        Default: the values themselves (returned as the same tensor, not a copy).
+        """
+        return values
+
+    @abstractmethod
+    def forward(self, query: Tensor, keys: Tensor) -> Tensor:
+        """query (batch, tgt_len, query_size), keys from :meth:`project_keys` →
+        scores (batch, tgt_len, src_len)."""
+
+    @classmethod
+    @abstractmethod
+    def flops(cls, query_size: int, value_size: int, src_len: float, **options: Any) -> ScoreFlops:
+        """Matmul FLOPs for a mean attended source length ``src_len`` (see :class:`ScoreFlops`)."""
+
+
+SCORES: Registry[type[Score]] = Registry("model.attention.score")
+
+
+@SCORES.register("dot")
+class DotScore(Score):
     """score(q, k_j) = qᵀ k_j  (Luong et al. 2015, eq. 8, "dot").
 
     k_j = h_j when the value size equals the query size, else k_j = W_k h_j (learned, no bias).
@@ -102,23 +147,15 @@ class DotScore(nn.Module):
         # (batch, tgt_len, query_size) @ (batch, query_size, src_len)
         return torch.bmm(query, keys.transpose(1, 2))  # (batch, tgt_len, src_len)
 
-
-class ScaledDotScore(DotScore):
-    """score(q, k_j) = qᵀ k_j / √d, d = query size  (Vaswani et al. 2017, eq. 1).
-
-    Keys as in :class:`DotScore`.
-    """
-
-    def __init__(self, query_size: int, value_size: int):
-        super().__init__(query_size, value_size)
-        self.scale = 1.0 / math.sqrt(query_size)
-
-    def forward(self, query: Tensor, keys: Tensor) -> Tensor:
-        # (batch, tgt_len, query_size) @ (batch, query_size, src_len)
-        return torch.bmm(query * self.scale, keys.transpose(1, 2))  # (batch, tgt_len, src_len)
+    @classmethod
+    def flops(cls, query_size: int, value_size: int, src_len: float, **options: Any) -> ScoreFlops:
+        """keys: 2·V·H when V ≠ H (W_k), else 0; scores: qᵀ k_j, 2·H·S."""
+        keys = 2 * value_size * query_size if value_size != query_size else 0
+        return ScoreFlops(keys, 2 * query_size * src_len)
 
 
-class GeneralScore(nn.Module):
+@SCORES.register("general")
+class GeneralScore(Score):
     """score(q, h_j) = qᵀ W h_j, W ∈ R^{query_size × value_size} learned  (Luong et al. 2015, eq. 8).
 
     Computed as a dot product with the keys k_j = W h_j, projected once per batch.
@@ -134,14 +171,38 @@ class GeneralScore(nn.Module):
     def forward(self, query: Tensor, keys: Tensor) -> Tensor:
         return torch.bmm(query, keys.transpose(1, 2))  # (batch, tgt_len, src_len)
 
+    @classmethod
+    def flops(cls, query_size: int, value_size: int, src_len: float, **options: Any) -> ScoreFlops:
+        """keys: W h_j, 2·V·H; scores: qᵀ k_j, 2·H·S."""
+        return ScoreFlops(2 * value_size * query_size, 2 * query_size * src_len)
 
-class ConcatScore(nn.Module):
+
+@SCORES.register("scaled_dot")
+class ScaledDotScore(DotScore):
+    """score(q, k_j) = qᵀ k_j / √d, d = query size  (Vaswani et al. 2017, eq. 1).
+
+    Keys, and FLOPs (the scaling is element-wise), as in :class:`DotScore`.
+    """
+
+    def __init__(self, query_size: int, value_size: int):
+        super().__init__(query_size, value_size)
+        self.scale = 1.0 / math.sqrt(query_size)
+
+    def forward(self, query: Tensor, keys: Tensor) -> Tensor:
+        # (batch, tgt_len, query_size) @ (batch, query_size, src_len)
+        return torch.bmm(query * self.scale, keys.transpose(1, 2))  # (batch, tgt_len, src_len)
+
+
+@SCORES.register("concat")
+class ConcatScore(Score):
     """score(q, h_j) = vᵀ tanh(W [q; h_j] + b) = vᵀ tanh(W_q q + W_k h_j + b)  (additive attention).
 
     Bahdanau et al. 2015, appendix A.1.2 (e_ij = vᵀ tanh(W s_{i-1} + U h_j)); Luong et al. 2015,
     eq. 8 ("concat").  W = [W_q W_k] is split so that the key half k_j = W_k h_j + b is
-    computed once per batch.  v ∈ R^{hidden_size}.
+    computed once per batch.  v ∈ R^{hidden_size} (``model.attention.hidden_size``).
     """
+
+    config_keys = {"hidden_size": int}
 
     def __init__(self, query_size: int, value_size: int, hidden_size: int):
         super().__init__()
@@ -157,18 +218,29 @@ class ConcatScore(nn.Module):
         hidden = torch.tanh(q + keys.unsqueeze(1))  # (batch, tgt_len, src_len, hidden_size)
         return self.v(hidden).squeeze(-1)  # (batch, tgt_len, src_len)
 
+    @classmethod
+    def flops(
+        cls, query_size: int, value_size: int, src_len: float, *, hidden_size: int, **options: Any
+    ) -> ScoreFlops:
+        """keys: W_k h_j, 2·V·A; scores: W_q q, 2·H·A, then vᵀ tanh(·) at every position, 2·A·S."""
+        a = hidden_size
+        return ScoreFlops(2 * value_size * a, 2 * query_size * a + 2 * a * src_len)
 
-class LocationScore(nn.Module):
+
+@SCORES.register("location")
+class LocationScore(Score):
     """scores = W_a q, one learned row of W_a per source position  (Luong et al. 2015, eq. 9).
 
     The weights depend on the query alone: the keys are the values, unprojected, and only
-    their number (src_len) is used.  W_a has ``max_src_len`` rows;
+    their number (src_len) is used.  W_a has ``max_src_len`` rows (``model.attention.max_src_len``);
     a source longer than that gives its positions ``j >= max_src_len`` the score 0 (the
     scores are ``W_a q`` followed by zeros), so they still take part in the softmax with
     weight exp(0)/Z, and padding is masked to exactly 0 afterwards as for every other score.
     """
 
-    def __init__(self, query_size: int, max_src_len: int):
+    config_keys = {"max_src_len": int}
+
+    def __init__(self, query_size: int, value_size: int, max_src_len: int):
         super().__init__()
         self.max_src_len = max_src_len
         self.position_proj = nn.Linear(query_size, max_src_len, bias=False)  # W_a
@@ -187,6 +259,13 @@ class LocationScore(nn.Module):
             .expand(-1, scores.size(1), -1)
         )
         return torch.cat([scores, zeros], dim=-1)[:, :, :src_len]  # (batch, tgt_len, src_len)
+
+    @classmethod
+    def flops(
+        cls, query_size: int, value_size: int, src_len: float, *, max_src_len: int, **options: Any
+    ) -> ScoreFlops:
+        """keys: none (the values' contents are not read); scores: W_a q, all max_src_len rows."""
+        return ScoreFlops(0, 2 * query_size * max_src_len)
 
 
 class LocalWindow(nn.Module):
@@ -254,7 +333,7 @@ class Attention(nn.Module):
     window of the source instead, and the weights are 0 outside it.
     """
 
-    def __init__(self, score: nn.Module, local: LocalWindow | None = None):
+    def __init__(self, score: Score, local: LocalWindow | None = None):
         super().__init__()
         self.score = score
         self.local = local
@@ -293,45 +372,29 @@ def build_attention(
     score: str,
     query_size: int,
     value_size: int,
-    hidden_size: int | None = None,
-    max_src_len: int | None = None,
     attention_type: str = "global",
     window: int | None = None,
+    **options: Any,
 ) -> Attention:
     """The attention module for ``model.attention.score`` and ``model.attention.type``.
 
-    ``hidden_size`` is used by ``concat`` only, ``max_src_len`` by ``location`` only,
-    ``window`` (D ≥ 1) by the local types only.
+    ``options`` are the score's own keys (``hidden_size`` for ``concat``, ``max_src_len`` for
+    ``location``: its class's ``config_keys``); keys the score does not declare are ignored.
+    ``window`` (D ≥ 1) is used by the local types only.
     """
     return Attention(
-        build_score(score, query_size, value_size, hidden_size, max_src_len),
+        build_score(score, query_size, value_size, **options),
         build_local_window(attention_type, window, query_size),
     )
 
 
-def build_score(
-    score: str,
-    query_size: int,
-    value_size: int,
-    hidden_size: int | None = None,
-    max_src_len: int | None = None,
-) -> nn.Module:
-    """The score function named by ``model.attention.score``."""
-    if score == "dot":
-        return DotScore(query_size, value_size)
-    if score == "scaled_dot":
-        return ScaledDotScore(query_size, value_size)
-    if score == "general":
-        return GeneralScore(query_size, value_size)
-    if score == "concat":
-        if hidden_size is None:
-            raise NMTError("model.attention.hidden_size: required by score 'concat'")
-        return ConcatScore(query_size, value_size, hidden_size)
-    if score == "location":
-        if max_src_len is None:
-            raise NMTError("model.attention.max_src_len: required by score 'location'")
-        return LocationScore(query_size, max_src_len)
-    raise NMTError(f"model.attention.score: expected one of {', '.join(SCORES)}; got {score!r}")
+def build_score(score: str, query_size: int, value_size: int, **options: Any) -> Score:
+    """The score function registered as ``model.attention.score``, with its declared keys."""
+    cls = SCORES.lookup(score)
+    for key in cls.config_keys:
+        if options.get(key) is None:
+            raise NMTError(f"model.attention.{key}: required by score {score!r}")
+    return cls(query_size, value_size, **cls.options(options))
 
 
 def build_local_window(

@@ -13,15 +13,18 @@ for beam search.
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.errors import NMTError
 from nmt.models.attention import Attention
-from nmt.models.encoder import rnn_class, run_rnn
+from nmt.models.encoder import rnn_class, rnn_flops, run_rnn
+from nmt.models.registry import Declared, Registry
 
 
 class Memory(NamedTuple):
@@ -196,13 +199,26 @@ def first_position(memory: Memory) -> Tensor:
     return torch.zeros(memory.final.size(0), dtype=torch.long, device=memory.final.device)
 
 
-class Decoder(nn.Module):
+class DecoderFlops(NamedTuple):
+    """Matmul FLOPs of a decoder style per target token (a multiply-add counts 2)."""
+
+    rnn: float  # the decoder RNN's layers
+    combine: float  # the layer that forms h̃_t (Luong W_c, Bahdanau W_o)
+
+
+class Decoder(nn.Module, Declared, metaclass=ABCMeta):
     """What both styles share: the RNN, the bridge, embedding dropout, the attention.
 
     Bridge (``bridge=True``): s_0 = tanh(W_b · encoder final + b_b), one hidden-size slice per
     decoder layer, where encoder final is the top encoder layer's last state
     [→h_S ; ←h_1] (cf. Bahdanau et al. 2015, appendix A.2.2, s_0 = tanh(W_s ←h_1)).  An LSTM's
     memory cell starts equal to s_0.  ``bridge=False``: s_0 = 0.
+
+    A style is a subclass registered with ``@DECODER_STYLES.register(name)``
+    (``model.decoder.style: name``), built as ``cls(attention, sizes, **options)`` with the
+    ``model.decoder`` keys it declares beyond :class:`DecoderSizes`' (``config_keys``,
+    ``optional_keys``); it defines :meth:`rnn_input_size`, :meth:`flops`, :meth:`init_state`,
+    :meth:`forward` and :meth:`step_after_dropout`.
     """
 
     def __init__(self, attention: Attention, sizes: DecoderSizes, rnn_input_size: int):
@@ -221,6 +237,34 @@ class Decoder(nn.Module):
         )
         self.dropout = nn.Dropout(sizes.dropout)  # on the target embeddings
 
+    @classmethod
+    @abstractmethod
+    def rnn_input_size(cls, sizes: DecoderSizes, **options: Any) -> int:
+        """The width of the decoder RNN's input x_t."""
+
+    @classmethod
+    @abstractmethod
+    def flops(cls, sizes: DecoderSizes, **options: Any) -> DecoderFlops:
+        """Matmul FLOPs per target token (see :class:`DecoderFlops`)."""
+
+    @classmethod
+    def rnn_flops(cls, sizes: DecoderSizes, **options: Any) -> int:
+        """rnn(in, H) + (L_d − 1) · rnn(H, H), in = :meth:`rnn_input_size`."""
+        first = rnn_flops(sizes.rnn_type, cls.rnn_input_size(sizes, **options), sizes.hidden_size)
+        rest = rnn_flops(sizes.rnn_type, sizes.hidden_size, sizes.hidden_size)
+        return first + (sizes.num_layers - 1) * rest
+
+    @abstractmethod
+    def init_state(self, memory: Memory) -> DecoderState:
+        """The state before target step 0 from the encoder's ``memory``: s_0 (and c_0) from the
+        bridge, each (num_layers, batch, hidden), and position 0 (batch,)."""
+
+    @abstractmethod
+    def forward(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderOutput:
+        """Teacher-forced pass.  embedded (batch, tgt_len, embed_dim): E y_0..E y_{T-1}, before
+        dropout → h̃_1..h̃_T (batch, tgt_len, hidden), α (batch, tgt_len, src_len), the end state.
+        """
+
     def init_rnn_state(self, memory: Memory) -> tuple[Tensor, Tensor | None]:
         """(s_0, c_0), each (num_layers, batch, hidden); c_0 is None for a GRU."""
         batch = memory.final.size(0)
@@ -236,14 +280,19 @@ class Decoder(nn.Module):
         """One target step.  embedded: (batch, embed_dim), the embedding of y_{t-1}."""
         return self.step_after_dropout(self.dropout(embedded), state, memory)
 
+    @abstractmethod
     def step_after_dropout(
         self, embedded: Tensor, state: DecoderState, memory: Memory
     ) -> DecoderStep:
         """One step on an embedding that already went through dropout (the teacher-forced
-        ``forward`` applies dropout once to all steps, then calls this per step)."""
-        raise NotImplementedError
+        ``forward`` applies dropout once to all steps, then calls this per step).
+        embedded (batch, embed_dim) → h̃_t (batch, hidden), α_t (batch, src_len), next state."""
 
 
+DECODER_STYLES: Registry[type[Decoder]] = Registry("model.decoder.style")
+
+
+@DECODER_STYLES.register("luong")
 class LuongDecoder(Decoder):
     """Step the RNN, then attend with its new state  (Luong et al. 2015, §3).
 
@@ -257,11 +306,25 @@ class LuongDecoder(Decoder):
     applies W_c in one batched call.
     """
 
+    config_keys = {"input_feeding": bool}
+
     def __init__(self, attention: Attention, sizes: DecoderSizes, input_feeding: bool):
         hidden = sizes.hidden_size
-        super().__init__(attention, sizes, sizes.embed_dim + (hidden if input_feeding else 0))
+        super().__init__(attention, sizes, self.rnn_input_size(sizes, input_feeding))
         self.input_feeding = input_feeding
         self.combine = nn.Linear(sizes.value_size + hidden, hidden, bias=False)  # W_c
+
+    @classmethod
+    def rnn_input_size(cls, sizes: DecoderSizes, input_feeding: bool, **options: Any) -> int:
+        """E_t + H with input feeding ([E y_{t-1} ; h̃_{t-1}]), else E_t."""
+        return sizes.embed_dim + (sizes.hidden_size if input_feeding else 0)
+
+    @classmethod
+    def flops(cls, sizes: DecoderSizes, **options: Any) -> DecoderFlops:
+        """The RNN on x_t, and W_c: 2·(V + H)·H."""
+        hidden = sizes.hidden_size
+        combine = 2 * (sizes.value_size + hidden) * hidden
+        return DecoderFlops(cls.rnn_flops(sizes, **options), combine)
 
     def init_state(self, memory: Memory) -> DecoderState:
         hidden, cell = self.init_rnn_state(memory)
@@ -324,6 +387,7 @@ class LuongDecoder(Decoder):
         return DecoderOutput(torch.stack(attn_vectors, 1), torch.stack(attn_weights, 1), state)
 
 
+@DECODER_STYLES.register("bahdanau")
 class BahdanauDecoder(Decoder):
     """Attend with the previous state, then step the RNN on [E y_{t-1} ; c_t]  (Bahdanau et al. 2015).
 
@@ -334,14 +398,35 @@ class BahdanauDecoder(Decoder):
 
     The deep output g of eq. 4 is one tanh layer here (the paper's appendix uses a maxout
     layer).  h̃_t does not feed back, so the teacher-forced :meth:`forward` computes it for all
-    steps at once after the loop.
+    steps at once after the loop.  There is no input feeding: the context already enters the
+    RNN input.  ``input_feeding`` is accepted, as false only, because configs/train.yaml and
+    the configs saved in checkpoints set it for every style.
     """
 
-    def __init__(self, attention: Attention, sizes: DecoderSizes):
-        super().__init__(attention, sizes, sizes.embed_dim + sizes.value_size)
+    optional_keys = {"input_feeding": bool}
+
+    def __init__(self, attention: Attention, sizes: DecoderSizes, input_feeding: bool = False):
+        if input_feeding:
+            raise NMTError(
+                "model.decoder.input_feeding: expected false for style 'bahdanau' "
+                "(its context already enters the RNN input); got true"
+            )
+        super().__init__(attention, sizes, self.rnn_input_size(sizes))
         self.pre_output = nn.Linear(  # W_o
             sizes.hidden_size + sizes.value_size + sizes.embed_dim, sizes.hidden_size
         )
+
+    @classmethod
+    def rnn_input_size(cls, sizes: DecoderSizes, **options: Any) -> int:
+        """E_t + V: [E y_{t-1} ; c_t]."""
+        return sizes.embed_dim + sizes.value_size
+
+    @classmethod
+    def flops(cls, sizes: DecoderSizes, **options: Any) -> DecoderFlops:
+        """The RNN on [E y_{t-1} ; c_t], and W_o: 2·(H + V + E_t)·H."""
+        hidden = sizes.hidden_size
+        combine = 2 * (hidden + sizes.value_size + sizes.embed_dim) * hidden
+        return DecoderFlops(cls.rnn_flops(sizes, **options), combine)
 
     def init_state(self, memory: Memory) -> DecoderState:
         hidden, cell = self.init_rnn_state(memory)

@@ -22,6 +22,7 @@ from nmt.data.vocab import PAD_ID
 from nmt.errors import NMTError
 
 RNN_TYPES = ("gru", "lstm")
+RNN_GATES = {"gru": 3, "lstm": 4}
 
 
 class EncoderOutput(NamedTuple):
@@ -36,6 +37,14 @@ def rnn_class(rnn_type: str, key: str) -> type[nn.RNNBase]:
     if rnn_type == "lstm":
         return nn.LSTM
     raise NMTError(f"{key}: expected one of {', '.join(RNN_TYPES)}; got {rnn_type!r}")
+
+
+def rnn_flops(rnn_type: str, input_size: int, hidden_size: int) -> int:
+    """Matmul FLOPs of one RNN layer, one direction, one token: W_ih x + W_hh h for every gate.
+
+    2 · gates · hidden · (input + hidden), gates = 3 (GRU) or 4 (LSTM).
+    """
+    return 2 * RNN_GATES[rnn_type] * hidden_size * (input_size + hidden_size)
 
 
 def run_rnn(rnn: nn.RNNBase, inputs: Tensor, state: Any = None) -> tuple[Tensor, Any]:

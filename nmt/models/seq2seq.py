@@ -29,17 +29,12 @@ from torch import Tensor, nn
 from nmt.data.vocab import PAD_ID
 from nmt.errors import NMTError
 from nmt.models.attention import ATTENTION_TYPES, SCORES, build_attention
-from nmt.models.decoder import (
-    BahdanauDecoder,
-    Decoder,
-    DecoderSizes,
-    DecoderState,
-    LuongDecoder,
-    Memory,
-)
+from nmt.models.decoder import DECODER_STYLES, Decoder, DecoderSizes, DecoderState, Memory
 from nmt.models.encoder import RNN_TYPES, Encoder
+from nmt.models.registry import Declared
 
-DECODER_STYLES = ("luong", "bahdanau")
+# the keys of model.decoder every style reads (DecoderSizes); a style declares its own others
+DECODER_KEYS = ("style", "rnn_type", "embed_dim", "hidden_size", "num_layers", "dropout", "bridge")
 
 
 class Seq2SeqOutput(NamedTuple):
@@ -199,42 +194,35 @@ def build_model(model_cfg: Any, src_vocab_size: int, tgt_vocab_size: int) -> Seq
         dropout=probability(enc, "model.encoder", "dropout"),
     )
 
-    score = choice(att, "model.attention", "score", SCORES)
-    extra = {"concat": ("hidden_size",), "location": ("max_src_len",)}.get(score, ())
+    score = SCORES[choice(att, "model.attention", "score", tuple(SCORES))]
     # type and window may be absent (checkpoints from before local attention): global
-    check_keys(att, "model.attention", required=("score", *extra), optional=("type", "window"))
+    check_keys(
+        att,
+        "model.attention",
+        required=("score", *score.config_keys),
+        optional=("type", "window", *score.optional_keys),
+    )
     attention_type = (
         choice(att, "model.attention", "type", ATTENTION_TYPES) if "type" in att else "global"
     )
+    if "style" not in dec:
+        raise NMTError("model.decoder.style: missing")
+    style = DECODER_STYLES[choice(dec, "model.decoder", "style", tuple(DECODER_STYLES))]
     check_keys(
         dec,
         "model.decoder",
-        required=(
-            "style",
-            "rnn_type",
-            "embed_dim",
-            "hidden_size",
-            "num_layers",
-            "dropout",
-            "input_feeding",
-            "bridge",
-        ),
+        required=(*DECODER_KEYS, *style.config_keys),
+        optional=tuple(style.optional_keys),
     )
-    style = choice(dec, "model.decoder", "style", DECODER_STYLES)
     hidden = positive_int(dec, "model.decoder", "hidden_size")
     embed_dim = positive_int(dec, "model.decoder", "embed_dim")
     dropout = probability(dec, "model.decoder", "dropout")
     attention = build_attention(
-        score,
+        score.name,
         query_size=hidden,
         value_size=encoder.output_size,
-        hidden_size=positive_int(att, "model.attention", "hidden_size")
-        if "hidden_size" in extra
-        else None,
-        max_src_len=positive_int(att, "model.attention", "max_src_len")
-        if "max_src_len" in extra
-        else None,
         attention_type=attention_type,
+        **declared_options(att, "model.attention", score),
         window=positive_int(att, "model.attention", "window") if "window" in att else None,
     )
     sizes = DecoderSizes(
@@ -247,17 +235,16 @@ def build_model(model_cfg: Any, src_vocab_size: int, tgt_vocab_size: int) -> Seq
         encoder_final_size=encoder.output_size,
         bridge=boolean(dec, "model.decoder", "bridge"),
     )
-    input_feeding = boolean(dec, "model.decoder", "input_feeding")
-    if style == "luong":
-        decoder: Decoder = LuongDecoder(attention, sizes, input_feeding)
-    elif input_feeding:
-        raise NMTError(
-            "model.decoder.input_feeding: expected false for style 'bahdanau' "
-            "(its context already enters the RNN input); got true"
-        )
-    else:
-        decoder = BahdanauDecoder(attention, sizes)
+    decoder = style(attention, sizes, **declared_options(dec, "model.decoder", style))
     return Seq2Seq(encoder, decoder, tgt_vocab_size, embed_dim, tie, dropout)
+
+
+def declared_options(cfg: Mapping, where: str, part: type[Declared]) -> dict[str, Any]:
+    """The keys ``part`` (a registered score or decoder style) declares that ``cfg`` holds,
+    each checked by its declared type: int a positive integer, bool true or false."""
+    check = {int: positive_int, bool: boolean}
+    keys = {**part.config_keys, **part.optional_keys}
+    return {key: check[kind](cfg, where, key) for key, kind in keys.items() if key in cfg}
 
 
 def to_plain_dict(cfg: Any) -> dict:

@@ -16,12 +16,15 @@ from conftest import TINY_MODEL
 
 from nmt import training_step
 from nmt.benchmark import run_benchmark
+from nmt.checkpoint_keeper import CheckpointKeeper, KeepPolicy
+from nmt.distributed import DistContext
 from nmt.errors import NMTError
 from nmt.loss import sequence_loss
 from nmt.models import build_model
 from nmt.runtime import Precision
 from nmt.trainer import Trainer, build_trainer
 from nmt.training_step import StepSettings, TrainingStep
+from nmt.validation import Validator
 
 CPU = torch.device("cpu")
 FP32 = Precision("fp32", "test")
@@ -180,3 +183,28 @@ def test_a_step_takes_accum_steps_batches(tiny_prepared):
         step(batches[:1], step=1)
     with pytest.raises(NMTError, match="trainer.accum_steps: expected an integer >= 1; got 0"):
         StepSettings(accum_steps=0)
+
+
+def test_a_trainer_runs_on_parts_built_by_hand(tiny_prepared, small_data, tmp_path):
+    """The Trainer takes built parts: here a keeper keeping one step checkpoint, although the
+    config says trainer.keep_best=3."""
+    cfg = tiny_prepared.corpus.cfg(
+        *TINY_MODEL,
+        "trainer.max_steps=3",
+        "trainer.val_every_steps=1",
+        "trainer.val_max_sentences=1",
+        "trainer.num_attention_plots=0",
+        out_dir=small_data.out_dir,
+    )
+    assert cfg.trainer.keep_best == 3
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, len(small_data.src_vocab), len(small_data.tgt_vocab))
+    step = TrainingStep.from_config(cfg, model, CPU, FP32)
+    keeper = CheckpointKeeper(tmp_path / "checkpoints", KeepPolicy(keep_best=1))
+    validator = Validator(cfg, small_data, tmp_path)
+    trainer = Trainer(cfg, DistContext(), tmp_path, small_data, model, step, keeper, validator)
+    metrics = trainer.fit()
+    assert trainer.progress.step == 3 and set(metrics) >= {"loss", "bleu", "chrf"}
+    assert len(trainer.progress.best_checkpoints) == 1
+    names = {p.name for p in (tmp_path / "checkpoints").iterdir()}
+    assert names == {"last.pt", "best.pt", trainer.progress.best_checkpoints[0][1]}

@@ -4,8 +4,9 @@ The config is ``configs/benchmark.yaml``: the training config plus a ``benchmark
 every training override works (``+experiment=joeynmt_ref``, ``model/attention=dot``, …). It
 measures, on the device the trainer would pick (``trainer.device``):
 
-* **Training throughput**: the trainer's step (forward, :func:`nmt.loss.sequence_loss`, backward,
-  clipping, optimiser) on the training split's batches of epoch 0, in the trainer's order.
+* **Training throughput**: the trainer's step, :class:`nmt.training_step.TrainingStep` (forward,
+  :func:`nmt.loss.sequence_loss`, backward over ``trainer.accum_steps`` batches, clipping,
+  optimiser), on the training split's batches of epoch 0, in the trainer's order.
   ``warmup_steps`` untimed steps, then ``windows`` timed windows of ``steps_per_window`` steps;
   the throughput is the median over windows of target tokens/s and of source + target tokens/s.
   Each step's time is split into data (building the batch and moving it to the device), forward,
@@ -55,22 +56,21 @@ from nmt.data.pipeline import PreparedData, prepare
 from nmt.data.vocab import PAD_ID
 from nmt.errors import NMTError, exit_on_user_error
 from nmt.inference import Translator
-from nmt.loss import check_label_smoothing, sequence_loss
+from nmt.loss import check_label_smoothing
 from nmt.metrics import write_json
 from nmt.models import build_model
 from nmt.models.attention import SCORES, ScoreFlops
 from nmt.models.decoder import DECODER_STYLES, DecoderSizes
 from nmt.models.encoder import rnn_flops
-from nmt.optim import LRSchedule, build_optimizer
 from nmt.runtime import (
     BF16_CPU_FLAGS,
     Precision,
-    autocast_context,
     cpu_flags,
     pick_device,
     resolve_precision,
 )
 from nmt.search import SearchSettings, search_precision
+from nmt.training_step import StepResult, TrainingStep
 
 log = logging.getLogger("nmt")
 
@@ -315,61 +315,47 @@ def endless_batches(batcher: TokenBatcher) -> Iterator[Batch]:
 
 
 class StepRunner:
-    """The trainer's optimiser step on one batch, with each phase timed."""
+    """The trainer's optimiser step (:class:`nmt.training_step.TrainingStep`: the config's
+    ``trainer.accum_steps`` batches, normalisation, non-finite skipping, clipping, optimiser),
+    with each phase timed. ``results`` holds every step's :class:`StepResult`."""
 
     def __init__(
         self, cfg: DictConfig, model: torch.nn.Module, device: torch.device, precision: Precision
     ):
-        self.cfg = cfg
-        self.model = model
-        self.device = device
-        self.optimizer = build_optimizer(cfg.optim, model.parameters())
-        self.schedule = LRSchedule(cfg.optim, self.optimizer)
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=cfg.trainer.precision == "fp16" and device.type == "cuda"
-        )
-        self.autocast = autocast_context(precision, device)
+        self.training_step = TrainingStep.from_config(cfg, model, device, precision)
         self.clock = Clock(device)
-        self.step_number = 0
+        self.step_number = 0  # optimiser steps taken (skipped ones not counted, as in training)
+        self.results: list[StepResult] = []
+        self.phases = PhaseTimes()
+        self.last_mark = 0.0
 
-    def step(self, batches: Iterator[Batch], phases: PhaseTimes, lengths: LengthStats) -> Batch:
-        t0 = self.clock.now()
-        batch = next(batches).to(self.device)
-        t1 = self.clock.now()
-        with self.autocast:
-            out = self.model(
-                batch.src, batch.src_lengths, batch.tgt_in, self.cfg.trainer.teacher_forcing
-            )
-            loss = sequence_loss(out.logits, batch.tgt_out, self.cfg.trainer.label_smoothing)
-        t2 = self.clock.now()
-        self.scaler.scale(loss / batch.num_tgt_tokens).backward()
-        t3 = self.clock.now()
-        self.step_number += 1
-        self.schedule.set_step(self.step_number)
-        if math.isfinite(loss.item()):
-            self.scaler.unscale_(self.optimizer)
-            clip = self.cfg.optim.clip_grad_norm
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip or float("inf"))
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        t4 = self.clock.now()
-        phases.data += t1 - t0
-        phases.forward += t2 - t1
-        phases.backward += t3 - t2
-        phases.optimizer += t4 - t3
-        lengths.add(batch)
-        return batch
+    def mark(self, phase: str) -> None:
+        """Add the time since the last mark to ``phase`` (a :data:`nmt.training_step.PhaseMark`)."""
+        now = self.clock.now()
+        setattr(self.phases, phase, getattr(self.phases, phase) + now - self.last_mark)
+        self.last_mark = now
+
+    def step(self, batches: Iterator[Batch], lengths: LengthStats) -> list[Batch]:
+        """One optimiser step on the next ``accum_steps`` batches; returns them."""
+        self.last_mark = self.clock.now()
+        group = [next(batches) for _ in range(self.training_step.settings.accum_steps)]
+        self.mark("data")
+        result = self.training_step(group, self.step_number + 1, self.mark)
+        self.step_number += not result.skipped
+        self.results.append(result)
+        for batch in group:
+            lengths.add(batch)
+        return group
 
     def window(self, batches: Iterator[Batch], steps: int, lengths: LengthStats) -> Window:
-        phases = PhaseTimes()
+        self.phases = PhaseTimes()
         src_tokens = tgt_tokens = 0
         start = self.clock.now()
         for _ in range(steps):
-            batch = self.step(batches, phases, lengths)
-            src_tokens += batch.num_src_tokens
-            tgt_tokens += batch.num_tgt_tokens
-        return Window(self.clock.now() - start, steps, src_tokens, tgt_tokens, phases)
+            for batch in self.step(batches, lengths):
+                src_tokens += batch.num_src_tokens
+                tgt_tokens += batch.num_tgt_tokens
+        return Window(self.clock.now() - start, steps, src_tokens, tgt_tokens, self.phases)
 
 
 def time_training(
@@ -380,7 +366,8 @@ def time_training(
     precision: Precision,
 ) -> tuple[dict[str, Any], LengthStats]:
     """Warm up, then time ``windows`` windows; returns the report's ``train`` section and the
-    lengths of the timed batches."""
+    lengths of the timed batches. The section also lists each timed step's loss per target
+    token (``step_losses``) and how many steps were skipped as non-finite."""
     bench, b = cfg.benchmark, cfg.data.batching
     batcher = data.batcher("train", b.max_tokens, b.bucket_width, b.seed, shuffle=True)
     batches = endless_batches(batcher)
@@ -391,7 +378,12 @@ def time_training(
     windows = [
         runner.window(batches, bench.steps_per_window, lengths) for _ in range(bench.windows)
     ]
-    return training_report(windows, lengths), lengths
+    timed = runner.results[bench.warmup_steps :]
+    report = training_report(windows, lengths)
+    report["accum_steps"] = runner.training_step.settings.accum_steps
+    report["step_losses"] = [r.loss_per_token for r in timed]
+    report["skipped_steps"] = sum(r.skipped for r in timed)
+    return report, lengths
 
 
 def training_report(windows: Sequence[Window], lengths: LengthStats) -> dict[str, Any]:

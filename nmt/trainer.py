@@ -9,6 +9,11 @@ checkpoint, and a checkpoint is written right after every validation, and ``last
 ``trainer.preempt_signals`` (SIGTERM, SIGUSR1) ends the run after the current step with
 ``last.pt`` written and exit status 75 (:mod:`nmt.preemption`, docs/faults.md).
 
+:func:`build_trainer` builds a run's parts from the config (DDP, the resumed config, data, model,
+training step, validator) and hands them to :class:`Trainer`. One optimiser step is
+:class:`nmt.training_step.TrainingStep` (the benchmark times the same object); which checkpoints
+stay on disk is :class:`nmt.checkpoint_keeper.CheckpointKeeper`.
+
 Under ``torchrun`` (``trainer.distributed=true``) every rank runs the same loop on its share of
 each epoch's batches; collectives keep the ranks in step (see :mod:`nmt.distributed`), and only
 rank 0 validates and writes files.
@@ -23,7 +28,6 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,21 +38,20 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nmt import distributed as dist
-from nmt.average import average_checkpoints, newest_step_checkpoints
 from nmt.checkpoint import (
     TRAINING_KEYS,
     load_checkpoint,
     load_model_state,
-    save_checkpoint,
     vocab_payload,
 )
+from nmt.checkpoint_keeper import CheckpointKeeper, KeepPolicy
 from nmt.data.batching import Batch
 from nmt.data.pipeline import PreparedData, check_batching, prepare
 from nmt.errors import NMTError
 from nmt.io import check_writable, remove_stale_temporaries
-from nmt.loss import check_label_smoothing, sequence_loss
-from nmt.models import build_model
-from nmt.optim import LRSchedule, build_optimizer, check_optim_cfg, load_optimizer_state
+from nmt.loss import check_label_smoothing
+from nmt.models import Seq2Seq, build_model
+from nmt.optim import check_optim_cfg, load_optimizer_state
 from nmt.preemption import (
     PREEMPTED_EXIT_STATUS,
     Preempted,
@@ -56,7 +59,8 @@ from nmt.preemption import (
     exit_preempted,
     parse_signals,
 )
-from nmt.runtime import autocast_context, pick_device, resolve_precision
+from nmt.runtime import Precision, pick_device, resolve_precision
+from nmt.training_step import StepResult, TrainingStep
 from nmt.validation import Validator
 
 log = logging.getLogger("nmt")
@@ -188,28 +192,6 @@ def config_differences(
     return diffs
 
 
-def rank_checkpoints(
-    best: list[tuple[float, str]], score: float, name: str, keep: int, higher_is_better: bool
-) -> tuple[list[tuple[float, str]], list[str]]:
-    """Add checkpoint ``name`` with its validation ``score`` to the ``best`` list.
-
-    Returns the best ``keep`` entries, best first (on a tie the older checkpoint ranks first),
-    and the names of the checkpoints that dropped out of the list (possibly ``name`` itself).
-    """
-    ranked = sorted([*best, (score, name)], key=lambda e: -e[0] if higher_is_better else e[0])
-    return ranked[:keep], [n for _, n in ranked[keep:]]
-
-
-def keep_newest(recent: list[str], name: str, keep: int) -> tuple[list[str], list[str]]:
-    """Add checkpoint ``name`` to the ``recent`` list (oldest first) and keep the newest ``keep``.
-
-    Returns the new list and the names that dropped out of it (possibly ``name`` itself).
-    """
-    window = [*recent, name]
-    cut = max(len(window) - keep, 0)
-    return window[cut:], window[:cut]
-
-
 @dataclass
 class TrainWindow:
     """Loss, tokens and steps since the last log line (this rank's share)."""
@@ -230,62 +212,48 @@ class TrainWindow:
 
 
 class Trainer:
-    """Holds the pieces of one run; :meth:`fit` is the loop."""
+    """Holds the pieces of one run; :meth:`fit` is the loop. :func:`build_trainer` builds them
+    from a config."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, data: PreparedData | None = None):
-        self.ctx = dist.setup(cfg.trainer.distributed, cfg.trainer.dist_timeout_minutes)
-        self.run_dir = Path(self.ctx.broadcast(str(run_dir)))  # rank 0's run dir on every rank
-        self.checkpoint_path = resolve_resume(cfg.trainer.resume, self.run_dir)
-        saved = (
-            load_checkpoint(self.checkpoint_path, keys=TRAINING_KEYS)
-            if self.checkpoint_path
-            else None
-        )
-        self.cfg = merge_resumed_config(cfg, saved["config"], self.info) if saved else cfg
-        t = self.cfg.trainer
-        check_trainer_cfg(t)
-        check_optim_cfg(self.cfg.optim)
-        check_batching(self.cfg.data.batching)
-        self.preempt_signals = parse_signals(t.preempt_signals)
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        if self.ctx.is_main:
-            self.check_run_folder()
-        if t.num_threads:
-            torch.set_num_threads(t.num_threads)
-        self.device = (
-            self.ctx.device if self.ctx.enabled else pick_device(t.device, "trainer.device")
-        )
-        seed_everything(self.cfg.seed)  # the same initial weights on every rank
-        self.data = data or self.load_data()
-        b = self.cfg.data.batching
-        self.batcher = self.data.batcher(
-            "train", b.max_tokens, b.bucket_width, b.seed, shuffle=True
-        )
-        self.model = build_model(self.cfg.model, len(self.data.src_vocab), len(self.data.tgt_vocab))
-        self.model.to(self.device)
-        self.train_model = self.ctx.wrap(self.model)
-        self.optimizer = build_optimizer(self.cfg.optim, self.model.parameters())
-        self.schedule = LRSchedule(self.cfg.optim, self.optimizer)
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=t.precision == "fp16" and self.device.type == "cuda"
-        )
-        self.precision = resolve_precision(t.precision, self.device)  # auto → bf16 or fp32
-        self.autocast = autocast_context(self.precision, self.device)
+    def __init__(
+        self,
+        cfg: DictConfig,
+        ctx: dist.DistContext,
+        run_dir: Path,
+        data: PreparedData,
+        model: Seq2Seq,
+        training_step: TrainingStep,
+        keeper: CheckpointKeeper,
+        validator: Validator | None,
+    ):
+        """``model`` is the unwrapped model (validation, checkpoints); ``training_step`` runs its
+        DDP-wrapped form under torchrun; ``validator`` is rank 0's (None on the others)."""
+        self.cfg, self.ctx, self.run_dir, self.data = cfg, ctx, run_dir, data
+        self.model, self.training_step, self.keeper = model, training_step, keeper
+        self.validator = validator
+        self.ckpt_dir = keeper.ckpt_dir
+        self.device = training_step.device
+        self.preempt_signals = parse_signals(cfg.trainer.preempt_signals)
+        b = cfg.data.batching
+        self.batcher = data.batcher("train", b.max_tokens, b.bucket_width, b.seed, shuffle=True)
         self.progress = Progress()
+        self.checkpoint_path: Path | None = None  # the checkpoint resumed from
         self.last_validated_step: int | None = None
         self.saved_step: int | None = None  # the step of the last.pt this process wrote
         self.metrics: dict[str, float] = {}
         self.nonfinite_streak = 0
-        if saved:
-            self.restore(saved)
-        elif self.ctx.world_size > 1:
-            seed_everything(self.cfg.seed + self.ctx.rank)  # each rank its own dropout masks
-        purge_step = self.progress.step + 1 if saved else None
-        self.validator = (
-            Validator(self.cfg, self.data, self.run_dir, purge_step) if self.ctx.is_main else None
-        )
+
+    @property
+    def precision(self) -> Precision:
+        return self.training_step.precision
+
+    def info(self, message: str) -> None:
         if self.ctx.is_main:
-            self.check_disk_space()
+            log.info(message)
+
+    def describe(self) -> None:
+        """Log the precision, the model's size and the effective batch (rank 0)."""
+        t, b = self.cfg.trainer, self.cfg.data.batching
         self.info(f"precision: {self.precision.name} ({self.precision.reason})")
         self.info(
             f"model: {self.model.num_parameters():,} parameters; device {self.device}; "
@@ -296,19 +264,6 @@ class Trainer:
             f"optimiser step (trainer.accum_steps={t.accum_steps} × {self.ctx.world_size} ranks × "
             f"data.batching.max_tokens={b.max_tokens:,}); measured: train/tokens_per_step"
         )
-
-    def info(self, message: str) -> None:
-        if self.ctx.is_main:
-            log.info(message)
-
-    def check_run_folder(self) -> None:
-        """Fail before any work when checkpoints cannot be written; clear the temporary files a
-        killed run left (rank 0)."""
-        folder = self.ckpt_dir if self.ckpt_dir.is_dir() else self.run_dir
-        check_writable(folder, "run folder")
-        stale = remove_stale_temporaries(self.ckpt_dir)
-        if stale:
-            self.info(f"removed {len(stale)} unfinished checkpoint file(s) of an interrupted run")
 
     def check_disk_space(self) -> None:
         """Fail before training when the disk cannot hold one more checkpoint (weights, Adam's two
@@ -325,14 +280,11 @@ class Trainer:
                 f"needs about {need / 2**20:.1f} MiB: No space left on device"
             )
 
-    def load_data(self) -> PreparedData:
-        """Prepare (or reuse) ``data.out_dir``; rank 0 first, then the others read what it wrote."""
-        with self.ctx.main_first():
-            return prepare(self.cfg.data, seed=self.cfg.seed, log=self.info)
-
     # ---------------------------------------------------------------- checkpoints
-    def restore(self, saved: dict) -> None:
-        """Continue from a checkpoint: weights, optimiser, schedule, progress and RNG states."""
+    def restore(self, saved: dict, path: Path) -> None:
+        """Continue from checkpoint ``path`` (``saved``, loaded): weights, optimiser, schedule,
+        progress and RNG states."""
+        self.checkpoint_path = path
         vocab = saved["vocab"]
         if (vocab["src_model"], vocab["tgt_model"]) != (
             self.data.src_vocab.model_bytes(),
@@ -352,13 +304,13 @@ class Trainer:
 
     def restore_optimizer(self, saved: dict) -> None:
         """Optimiser moments and loss scale; a different ``optim.name`` starts afresh."""
-        saved_optim = saved["config"]["optim"]["name"]
+        saved_optim, step = saved["config"]["optim"]["name"], self.training_step
         if saved_optim == self.cfg.optim.name:
-            load_optimizer_state(self.optimizer, saved["optimizer"])
+            load_optimizer_state(step.optimizer, saved["optimizer"])
         else:
             self.info(f"resume: optim.name {saved_optim} → {self.cfg.optim.name}: fresh state")
         if saved["scaler"]:  # empty when saved without fp16 loss scaling
-            self.scaler.load_state_dict(saved["scaler"])
+            step.scaler.load_state_dict(saved["scaler"])
 
     def restore_progress(self, saved: dict) -> None:
         """Progress and schedule; scores of another ``early_stopping_metric`` are not compared."""
@@ -375,7 +327,7 @@ class Trainer:
             )
             progress.update(best_score=None, validations_without_gain=0, best_checkpoints=[])
             schedule.update(best=None, bad_validations=0)
-        self.schedule.load_state_dict(schedule)
+        self.training_step.schedule.load_state_dict(schedule)
         self.progress = Progress(**progress)
         # older checkpoints were only written right after a validation
         self.last_validated_step = saved.get("last_validated_step", self.progress.step)
@@ -394,9 +346,7 @@ class Trainer:
     def checkpoint_payload(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            **self.training_step.state_dict(),  # optimizer, schedule, scaler
             "progress": asdict(self.progress),
             "last_validated_step": self.last_validated_step,
             # the metrics of the validation this checkpoint is saved after (4 floats), for /v1/model
@@ -408,30 +358,16 @@ class Trainer:
         }
 
     def save(self, score: float) -> None:
-        """Write last.pt, and stepNNNNNNN.pt while it ranks among the best ``trainer.keep_best``
-        by ``score`` or the newest ``trainer.keep_last`` (with ``trainer.keep_every_validation``:
-        always); best.pt is a copy of the best one. Files that drop out of both are deleted."""
-        t, p = self.cfg.trainer, self.progress
+        """Write the checkpoints of a validation with ``score``: last.pt, and the step checkpoint
+        and best.pt as :class:`~nmt.checkpoint_keeper.CheckpointKeeper` decides."""
+        p = self.progress
         p.minutes = self.elapsed_minutes()
-        name = f"step{p.step:07d}.pt"
-        p.best_checkpoints, dropped = rank_checkpoints(
-            p.best_checkpoints, score, name, t.keep_best, self.higher_is_better
-        )
-        p.recent_checkpoints, expired = keep_newest(p.recent_checkpoints, name, t.keep_last)
-        kept = {n for _, n in p.best_checkpoints} | set(p.recent_checkpoints)
-        stale = [] if t.keep_every_validation else [n for n in dropped + expired if n not in kept]
+        plan = self.keeper.plan(p.best_checkpoints, p.recent_checkpoints, p.step, score)
+        p.best_checkpoints, p.recent_checkpoints = plan.best, plan.recent
         payload = self.checkpoint_payload()  # every rank joins the RNG gather
         self.saved_step, self.saved_time = p.step, time.perf_counter()
-        if not self.ctx.is_main:
-            return
-        ckpt_dir = self.ckpt_dir
-        if name in kept or t.keep_every_validation:
-            save_checkpoint(ckpt_dir / name, payload)
-        if p.best_checkpoints[0][1] == name:
-            save_checkpoint(ckpt_dir / "best.pt", payload)
-        save_checkpoint(ckpt_dir / "last.pt", payload)
-        for old in stale:
-            (ckpt_dir / old).unlink(missing_ok=True)
+        if self.ctx.is_main:
+            self.keeper.write(plan, payload)
 
     def save_last(self) -> float:
         """Write last.pt alone — between validations, or on preemption. Returns the seconds."""
@@ -439,7 +375,7 @@ class Trainer:
         self.progress.minutes = self.elapsed_minutes()
         payload = self.checkpoint_payload()  # every rank joins the RNG gather
         if self.ctx.is_main:
-            save_checkpoint(self.ckpt_dir / "last.pt", payload)
+            self.keeper.write_last(payload)
         self.saved_step, self.saved_time = self.progress.step, time.perf_counter()
         return self.saved_time - start
 
@@ -478,12 +414,11 @@ class Trainer:
     def average_last_checkpoints(self) -> None:
         """Write averaged.pt, the mean of the newest ``trainer.average_last`` step checkpoints on
         disk (:mod:`nmt.average`), and log its valid scores next to best.pt's (rank 0)."""
-        k, ckpt_dir = self.cfg.trainer.average_last, self.run_dir / "checkpoints"
-        paths = newest_step_checkpoints(ckpt_dir, k)
+        k, ckpt_dir = self.cfg.trainer.average_last, self.ckpt_dir
+        paths = self.keeper.average()
         if not paths:
             self.info(f"trainer.average_last={k}: no step checkpoints in {ckpt_dir}")
             return
-        save_checkpoint(ckpt_dir / "averaged.pt", average_checkpoints(paths))
         fewer = f", only {len(paths)} on disk" if len(paths) < k else ""
         lines = []
         for name in ("averaged.pt", "best.pt"):  # best.pt is missing in a run resumed elsewhere
@@ -505,46 +440,13 @@ class Trainer:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.cfg.trainer.early_stopping_metric != "loss"
+        return self.keeper.policy.higher_is_better
 
     # ---------------------------------------------------------------- one step
-    def train_step(self, batches: list[Batch]) -> tuple[float, int, float | None]:
-        """Forward and backward over ``batches`` (gradient accumulation), then one optimiser step.
-
-        Returns (summed loss, target tokens, gradient norm, or None when the loss or the
-        gradient was not finite and the step was skipped). Under DDP all ranks skip together.
-        """
-        total_loss, total_tokens = 0.0, 0
-        tokens = sum(b.num_tgt_tokens for b in batches)
-        global_tokens = self.ctx.all_reduce_sum(float(tokens))
-        for i, batch in enumerate(batches):
-            batch = batch.to(self.device)
-            sync = self.ctx.no_sync(self.train_model) if i < len(batches) - 1 else nullcontext()
-            with sync, self.autocast:
-                out = self.train_model(
-                    batch.src, batch.src_lengths, batch.tgt_in, self.cfg.trainer.teacher_forcing
-                )
-                loss = sequence_loss(out.logits, batch.tgt_out, self.cfg.trainer.label_smoothing)
-            # Normalise by the tokens of the whole step on all ranks; DDP averages over ranks.
-            self.scaler.scale(loss * self.ctx.world_size / global_tokens).backward()
-            total_loss += loss.item()
-            total_tokens += batch.num_tgt_tokens
-        finite = self.ctx.all_reduce_min(float(math.isfinite(total_loss))) > 0
-        grad_norm = None
-        if finite:
-            self.scaler.unscale_(self.optimizer)
-            clip = self.cfg.optim.clip_grad_norm
-            grad_norm = float(
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip or float("inf"))
-            )
-            # fp16 loss scaling handles overflowing gradients itself (it skips the update)
-            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
-                grad_norm = None
-        if grad_norm is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return total_loss, total_tokens, grad_norm
+    def train_step(self, batches: list[Batch]) -> StepResult:
+        """The next optimiser step on ``batches`` (:class:`~nmt.training_step.TrainingStep`);
+        under DDP all ranks skip a non-finite step together."""
+        return self.training_step(batches, self.progress.step + 1)
 
     def skip_nonfinite(self, loss: float) -> None:
         """Count a skipped step; stop the run after ``trainer.max_nonfinite_steps`` in a row."""
@@ -669,17 +571,16 @@ class Trainer:
         groups = self.batch_groups()
         reason = self.stop_reason()
         while reason is None:
-            lr = self.schedule.set_step(self.progress.step + 1)
-            loss, tokens, grad_norm = self.train_step(next(groups))
-            if grad_norm is None:
-                self.skip_nonfinite(loss)
+            result = self.train_step(next(groups))
+            if result.skipped:
+                self.skip_nonfinite(result.loss)
                 continue
             self.nonfinite_streak = 0
             self.progress.step += 1
             self.advance_bar(bar)
-            window.add(loss, tokens)
+            window.add(result.loss, result.tokens)
             if self.progress.step % t.log_every_steps == 0:
-                self.log_train(window, lr, grad_norm, bar)
+                self.log_train(window, result.lr, result.grad_norm, bar)
                 window = TrainWindow()
             reason = self.stop_reason()
             if reason or self.progress.step % t.val_every_steps == 0:
@@ -722,7 +623,7 @@ class Trainer:
         metrics = self.validator.validate(self.model, self.progress.step) if self.validator else {}
         self.metrics = self.ctx.broadcast(metrics)
         score = self.metrics[self.cfg.trainer.early_stopping_metric]
-        if self.schedule.after_validation(score, self.higher_is_better):
+        if self.training_step.schedule.after_validation(score, self.higher_is_better):
             self.info(f"plateau: learning rate × {self.cfg.optim.plateau_factor}")
         self.update_early_stopping(score)
         self.last_validated_step = self.progress.step  # saved in the checkpoint
@@ -740,6 +641,66 @@ class Trainer:
             p.validations_without_gain += 1
 
 
+# -------------------------------------------------------------------- building a run
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, data: PreparedData | None = None) -> Trainer:
+    """The :class:`Trainer` of ``cfg``: set up DDP, merge the resumed checkpoint's config, check
+    the settings and the run folder, prepare (or take) the data, build the model, the training
+    step (optimiser, schedule, precision) and the validator (TensorBoard writer), then restore
+    the checkpoint's state. Seeded with ``seed`` before the data and the weights, so every rank
+    starts from the same weights."""
+    ctx = dist.setup(cfg.trainer.distributed, cfg.trainer.dist_timeout_minutes)
+    run_dir = Path(ctx.broadcast(str(run_dir)))  # rank 0's run dir on every rank
+    report = log.info if ctx.is_main else _silent
+    checkpoint_path = resolve_resume(cfg.trainer.resume, run_dir)
+    saved = load_checkpoint(checkpoint_path, keys=TRAINING_KEYS) if checkpoint_path else None
+    cfg = merge_resumed_config(cfg, saved["config"], report) if saved else cfg
+    t = cfg.trainer
+    check_trainer_cfg(t)
+    check_optim_cfg(cfg.optim)
+    check_batching(cfg.data.batching)
+    ckpt_dir = run_dir / "checkpoints"
+    if ctx.is_main:
+        check_run_folder(run_dir, ckpt_dir, report)
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    device = ctx.device if ctx.enabled else pick_device(t.device, "trainer.device")
+    seed_everything(cfg.seed)  # the same initial weights on every rank
+    if data is None:
+        with ctx.main_first():  # rank 0 prepares, then the others read what it wrote
+            data = prepare(cfg.data, seed=cfg.seed, log=report)
+    model = build_model(cfg.model, len(data.src_vocab), len(data.tgt_vocab)).to(device)
+    precision = resolve_precision(t.precision, device)  # auto → bf16 or fp32
+    training_step = TrainingStep.from_config(cfg, ctx.wrap(model), device, precision, ctx)
+    keeper = CheckpointKeeper(ckpt_dir, KeepPolicy.from_config(t))
+    purge_step = saved["progress"]["step"] + 1 if saved else None
+    validator = Validator(cfg, data, run_dir, purge_step) if ctx.is_main else None
+    trainer = Trainer(cfg, ctx, run_dir, data, model, training_step, keeper, validator)
+    if saved:
+        trainer.restore(saved, checkpoint_path)
+    elif ctx.world_size > 1:
+        seed_everything(cfg.seed + ctx.rank)  # each rank its own dropout masks
+    if ctx.is_main:
+        trainer.check_disk_space()
+    trainer.describe()
+    return trainer
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def check_run_folder(run_dir: Path, ckpt_dir: Path, report: Callable[[str], None]) -> None:
+    """Fail before any work when checkpoints cannot be written; clear the temporary files a
+    killed run left (rank 0)."""
+    folder = ckpt_dir if ckpt_dir.is_dir() else run_dir
+    check_writable(folder, "run folder")
+    stale = remove_stale_temporaries(ckpt_dir)
+    if stale:
+        report(f"removed {len(stale)} unfinished checkpoint file(s) of an interrupted run")
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Train a model as ``cfg`` says, writing checkpoints, logs and TensorBoard events to ``run_dir``.
 
@@ -749,7 +710,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     signals = parse_signals(cfg.trainer.preempt_signals)
     try:
         with SignalFlag(signals, immediate=True):  # before the loop there is nothing to save
-            trainer = Trainer(cfg, run_dir)
+            trainer = build_trainer(cfg, run_dir)
     except Preempted as stop:
         log.info(f"{stop}: nothing to save (exit status {PREEMPTED_EXIT_STATUS})")
         exit_preempted(signals)

@@ -3,8 +3,9 @@
 python scripts/profile_step.py [training overrides, e.g. +experiment=joeynmt_ref trainer.precision=bf16]
     [benchmark.warmup_steps=N] [benchmark.steps_per_window=N (steps profiled)] [+rows=N]
 
-The step is nmt.benchmark's (the trainer's: forward, loss, backward, clipping, optimiser) on the
-training split's batches in the trainer's order. Prints the operators by self CPU time.
+The step is nmt.benchmark's, the trainer's own nmt.training_step.TrainingStep (forward, loss,
+backward over trainer.accum_steps batches, clipping, optimiser), on the training split's batches
+in the trainer's order. Prints the operators by self CPU time.
 """
 
 import sys

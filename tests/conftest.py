@@ -273,7 +273,7 @@ def small_data(tiny_prepared: TinyPrepared):
 def train_tiny_checkpoint(prepared: TinyPrepared, run_dir: Path, *overrides: str) -> Path:
     """``best.pt`` after 2 steps of a TINY_MODEL on the prepared tiny corpus (a Trainer in this
     process, one thread), with ``overrides`` after TINY_MODEL's."""
-    from nmt.trainer import Trainer
+    from nmt.trainer import build_trainer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -285,7 +285,7 @@ def train_tiny_checkpoint(prepared: TinyPrepared, run_dir: Path, *overrides: str
         "trainer.num_attention_plots=0",
         out_dir=prepared.data.out_dir,
     )
-    Trainer(cfg, run_dir, prepared.data).fit()
+    build_trainer(cfg, run_dir, prepared.data).fit()
     torch.set_num_threads(threads)
     return run_dir / "checkpoints" / "best.pt"
 

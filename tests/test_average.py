@@ -12,8 +12,9 @@ from conftest import TINY_MODEL, quote, run_main
 
 from nmt import checkpoint
 from nmt.average import average_checkpoints, newest_step_checkpoints
+from nmt.checkpoint_keeper import keep_newest
 from nmt.errors import NMTError
-from nmt.trainer import Trainer, check_trainer_cfg, keep_newest
+from nmt.trainer import Trainer, build_trainer, check_trainer_cfg
 
 TINY_RUN = [
     *TINY_MODEL,
@@ -177,7 +178,7 @@ def test_average_last_needs_its_checkpoints_on_disk(tiny_prepared):
 def trainer(tiny_prepared, run_dir: Path, *overrides: str) -> Trainer:
     data = tiny_prepared.data
     cfg = tiny_prepared.corpus.cfg(*TINY_RUN, *overrides, out_dir=data.out_dir)
-    return Trainer(cfg, run_dir, data)
+    return build_trainer(cfg, run_dir, data)
 
 
 def test_keep_last_and_average_last(tiny_prepared, tmp_path, caplog):

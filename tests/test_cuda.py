@@ -14,7 +14,7 @@ from test_search import pad, teacher_forced
 from nmt.data.vocab import EOS_ID
 from nmt.models import build_model
 from nmt.search import SearchSettings, decode_ids
-from nmt.trainer import Trainer
+from nmt.trainer import build_trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -22,6 +22,7 @@ FIT_ONE_BATCH = [
     *TINY_MODEL,
     "optim.scheduler=none",
     "optim.lr=1e-2",
+    "optim.warmup_steps=0",  # train_step takes the schedule's lr: 1e-2 from step 1
     "trainer.label_smoothing=0",
     "trainer.max_steps=40",
 ]
@@ -36,11 +37,11 @@ def test_trainer_step_on_cuda_fits_one_batch(tiny_prepared, tmp_path, precision)
     cfg = tiny_prepared.corpus.cfg(
         *FIT_ONE_BATCH, "trainer.device=cuda", f"trainer.precision={precision}"
     )
-    trainer = Trainer(cfg, tmp_path, data=tiny_prepared.data)
+    trainer = build_trainer(cfg, tmp_path, data=tiny_prepared.data)
     assert next(trainer.model.parameters()).device.type == "cuda"
-    assert trainer.scaler.is_enabled() == (precision == "fp16")
+    assert trainer.training_step.scaler.is_enabled() == (precision == "fp16")
     batch = first_batch(tiny_prepared.data)
-    losses = [trainer.train_step([batch])[0] / batch.num_tgt_tokens for _ in range(40)]
+    losses = [trainer.train_step([batch]).loss_per_token for _ in range(40)]
     assert all(math.isfinite(loss) for loss in losses), losses
     assert losses[-1] < 0.7 * losses[0], losses  # fp32 on the CPU: 6.66 → 3.71
 

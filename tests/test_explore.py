@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 import scripts.explorer_screenshot
 from nmt.explore import WEIGHT_SCALE, explore, json_for_script
 from nmt.inference import Translator
-from nmt.trainer import Trainer
+from nmt.trainer import build_trainer
 
 SOURCES = [
     "Open the file.",
@@ -36,7 +36,7 @@ DATA_BLOCK = re.compile(r'<script type="application/json" id="explorer-data">(.*
 def train_tiny(cfg, run_dir: Path, data) -> Path:
     """Two steps of a tiny model in this process; the run dir as Hydra leaves it (with
     ``.hydra/config.yaml``), so it also stands for a sweep's run dir."""
-    Trainer(cfg, run_dir, data).fit()
+    build_trainer(cfg, run_dir, data).fit()
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     return run_dir / "checkpoints" / "best.pt"

@@ -27,11 +27,11 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TINY_MODEL, quote, run_main
 
-from nmt import checkpoint, io, trainer
+from nmt import checkpoint, checkpoint_keeper, io, trainer
 from nmt.distributed import TORCHRUN_VARS
 from nmt.errors import NMTError
 from nmt.preemption import PREEMPTED_EXIT_STATUS, Preempted
-from nmt.trainer import Trainer
+from nmt.trainer import Trainer, build_trainer
 
 MAX_STEPS = 30
 RUN = [
@@ -224,7 +224,7 @@ def small_trainer(tiny_prepared, small_data, tmp_path):
 
     def make(*overrides: str, run_dir: Path = tmp_path) -> Trainer:
         cfg = tiny_prepared.corpus.cfg(*RUN, *overrides, out_dir=small_data.out_dir)
-        return Trainer(cfg, run_dir, small_data)
+        return build_trainer(cfg, run_dir, small_data)
 
     return make
 
@@ -283,7 +283,7 @@ def test_a_second_signal_while_saving_is_ignored(small_trainer, monkeypatch, cap
         real_save(path, payload)
 
     signal_at_step(monkeypatch, 2, times=2)
-    monkeypatch.setattr(trainer, "save_checkpoint", save_during_signal)
+    monkeypatch.setattr(checkpoint_keeper, "save_checkpoint", save_during_signal)
     t = small_trainer("trainer.max_steps=5")
     with pytest.raises(Preempted):
         t.fit()
@@ -313,7 +313,7 @@ def test_a_signal_before_training_starts_exits_75_at_once(tiny_prepared, tmp_pat
 def test_save_every_minutes_writes_last_pt_between_validations(small_trainer, monkeypatch):
     written = []
     monkeypatch.setattr(
-        trainer,
+        checkpoint_keeper,
         "save_checkpoint",
         lambda path, p: written.append((path.name, p["progress"]["step"])),
     )

@@ -10,7 +10,7 @@ from conftest import TINY_MODEL
 from nmt.data.vocab import PAD_ID
 from nmt.errors import NMTError
 from nmt.loss import SmoothedCrossEntropy, check_label_smoothing, sequence_loss
-from nmt.trainer import Trainer
+from nmt.trainer import build_trainer
 
 
 def logits_and_targets(batch: int = 4, steps: int = 7, vocab: int = 50, seed: int = 0):
@@ -74,5 +74,5 @@ def test_smoothing_outside_0_1_is_refused_before_the_run_writes_anything(
     cfg = tiny_prepared.corpus.cfg(*TINY_MODEL, "trainer.max_steps=1")
     cfg.trainer.label_smoothing = smoothing
     with pytest.raises(NMTError, match="trainer.label_smoothing"):
-        Trainer(cfg, tmp_path / "run", data=tiny_prepared.data)
+        build_trainer(cfg, tmp_path / "run", data=tiny_prepared.data)
     assert not (tmp_path / "run").exists()

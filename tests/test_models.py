@@ -494,8 +494,8 @@ def test_every_config_file_builds_a_model():
 @pytest.mark.parametrize(
     "change, message",
     [
-        (("attention", "score", "foo"), "model.attention.score: expected one of dot, general, "
-         "scaled_dot, concat, location; got 'foo'"),
+        (("attention", "score", "foo"), "model.attention.score: expected one of "
+         f"{', '.join(SCORES)}; got 'foo'"),  # the registry's names, in registration order
         (("encoder", "rnn_type", "rnn"), "model.encoder.rnn_type: expected one of gru, lstm; got 'rnn'"),
         (("decoder", "rnn_type", "GRU"), "model.decoder.rnn_type: expected one of gru, lstm; got 'GRU'"),
         (("decoder", "style", "joey"), "model.decoder.style: expected one of luong, bahdanau; got 'joey'"),

@@ -29,7 +29,7 @@ from nmt.loss import sequence_loss
 from nmt.models import build_model
 from nmt.runtime import autocast_context, parse_cpu_flags, resolve_precision
 from nmt.search import SearchSettings, beam_search, decode_ids, greedy_search
-from nmt.trainer import Trainer
+from nmt.trainer import build_trainer
 
 CPU = torch.device("cpu")
 # /proc/cpuinfo excerpts: an AMD EPYC without AVX-512, a Sapphire Rapids, a Zen 4
@@ -133,11 +133,12 @@ def test_trainer_steps_under_bf16_on_the_cpu_and_logs_why(tiny_prepared, tmp_pat
         *TINY_MODEL,
         "optim.scheduler=none",
         "optim.lr=1e-2",
+        "optim.warmup_steps=0",  # train_step takes the schedule's lr: 1e-2 from step 1
         "trainer.max_steps=20",
         "trainer.precision=bf16",
     )
     with caplog.at_level(logging.INFO, logger="nmt"):
-        trainer = Trainer(cfg, tmp_path, data=tiny_prepared.data)
+        trainer = build_trainer(cfg, tmp_path, data=tiny_prepared.data)
     assert trainer.precision.name == "bf16"
     assert any(r.getMessage().startswith("precision: bf16 (") for r in caplog.records)
     batch = next(iter(tiny_prepared.data.batcher("train", 512, 1, 0, shuffle=False).epoch(0)))
@@ -145,7 +146,7 @@ def test_trainer_steps_under_bf16_on_the_cpu_and_logs_why(tiny_prepared, tmp_pat
     with torch.no_grad():
         out = fp32_model(batch.src, batch.src_lengths, batch.tgt_in)
         loss32 = sequence_loss(out.logits, batch.tgt_out, cfg.trainer.label_smoothing).item()
-    losses = [trainer.train_step([batch])[0] / batch.num_tgt_tokens for _ in range(15)]
+    losses = [trainer.train_step([batch]).loss_per_token for _ in range(15)]
     assert all(math.isfinite(loss) for loss in losses), losses
     # dropout makes the first step's loss a sample around the fp32 value
     assert losses[0] == pytest.approx(loss32 / batch.num_tgt_tokens, rel=0.05)
@@ -156,7 +157,7 @@ def test_auto_precision_is_logged_with_its_reason(tiny_prepared, tmp_path, caplo
     cfg = tiny_prepared.corpus.cfg(*TINY_MODEL, "trainer.max_steps=1")
     assert cfg.trainer.precision == "auto"  # the default
     with caplog.at_level(logging.INFO, logger="nmt"):
-        trainer = Trainer(cfg, tmp_path, data=tiny_prepared.data)
+        trainer = build_trainer(cfg, tmp_path, data=tiny_prepared.data)
     expected = resolve_precision("auto", CPU)  # this CPU's answer, whichever it is
     assert trainer.precision == expected
     assert f"precision: {expected.name} ({expected.reason})" in caplog.messages

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_MODEL, quote, run_main
 
 from nmt import quality_curve
-from nmt.trainer import Trainer
+from nmt.trainer import build_trainer
 
 TINY_RUN = [
     *TINY_MODEL,
@@ -32,7 +32,7 @@ def tiny_run(tiny_prepared, tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("curve_run")
     data = tiny_prepared.data
-    Trainer(tiny_prepared.corpus.cfg(*TINY_RUN, out_dir=data.out_dir), run_dir, data).fit()
+    build_trainer(tiny_prepared.corpus.cfg(*TINY_RUN, out_dir=data.out_dir), run_dir, data).fit()
     torch.set_num_threads(threads)
     return run_dir
 

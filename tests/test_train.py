@@ -20,9 +20,10 @@ from conftest import TINY_MODEL, quote, run_main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from nmt import checkpoint, trainer
+from nmt import checkpoint, trainer, training_step
+from nmt.checkpoint_keeper import rank_checkpoints
 from nmt.errors import NMTError
-from nmt.trainer import Trainer, rank_checkpoints
+from nmt.trainer import Trainer, build_trainer
 
 TINY_CONCAT = [
     *TINY_MODEL,
@@ -260,7 +261,7 @@ def test_resume_from_a_missing_checkpoint_is_one_line(tiny_prepared, tmp_path):
 
 def nan_for_first(calls: int, monkeypatch) -> None:
     """Make the first ``calls`` training losses NaN."""
-    real = trainer.sequence_loss
+    real = training_step.sequence_loss
     count = {"n": 0}
 
     def loss(*args):
@@ -268,7 +269,7 @@ def nan_for_first(calls: int, monkeypatch) -> None:
         value = real(*args)
         return value * math.nan if count["n"] <= calls else value
 
-    monkeypatch.setattr(trainer, "sequence_loss", loss)
+    monkeypatch.setattr(training_step, "sequence_loss", loss)
 
 
 def test_nonfinite_losses_are_skipped_with_a_warning(tiny_prepared, tmp_path, monkeypatch):
@@ -306,7 +307,7 @@ def small_trainer(tiny_prepared, small_data, tmp_path):
         cfg = tiny_prepared.corpus.cfg(
             *TINY_CONCAT, *CHEAP_VALIDATION, *overrides, out_dir=small_data.out_dir
         )
-        return Trainer(cfg, run_dir, small_data)
+        return build_trainer(cfg, run_dir, small_data)
 
     return make
 

@@ -47,7 +47,7 @@ from nmt.data.pipeline import file_sha256
 from nmt.data.vocab import BOS_ID, PAD_ID
 from nmt.errors import NMTError, exit_on_user_error
 from nmt.metrics import write_json
-from nmt.models import DecoderState, Memory, Seq2Seq, build_model
+from nmt.models import SCORES, DecoderState, Memory, Seq2Seq, build_model
 from nmt.onnx_backend import (
     ENCODER_GRAPH,
     FORMAT_NAME,
@@ -422,7 +422,7 @@ def export_model(
 # The parity grid: every encoder × score × decoder style × input feeding, at tiny size
 
 PARITY_ENCODERS = ("gru", "lstm")
-PARITY_SCORES = ("dot", "general", "scaled_dot", "concat", "location")
+PARITY_SCORES = tuple(SCORES)  # every registered score function
 PARITY_DECODERS = (("luong", True), ("luong", False), ("bahdanau", False))
 TINY_MAX_SRC_LEN = 10  # location: shorter than the longest checked source (13)
 
@@ -432,11 +432,10 @@ def tiny_model_config(
 ) -> dict[str, Any]:
     """A tiny model of the grid: 2-layer bidirectional encoder (8 per direction), 2-layer
     decoder of 12 (≠ 16, so dot and scaled_dot project their keys), tied embeddings of 8."""
+    sizes = {"max_src_len": TINY_MAX_SRC_LEN}  # any other size a score declares: 8
     attention: dict[str, Any] = {"score": score}
-    if score == "concat":
-        attention["hidden_size"] = 8
-    if score == "location":
-        attention["max_src_len"] = TINY_MAX_SRC_LEN
+    for key, kind in SCORES[score].config_keys.items():
+        attention[key] = sizes.get(key, 8) if kind is int else False
     return {
         "encoder": {
             "rnn_type": rnn_type,
@@ -463,7 +462,8 @@ def tiny_model_config(
 
 
 def parity_grid() -> list[tuple[str, str, str, bool]]:
-    """(encoder, score, style, input_feeding) for every combination: 2 × 5 × 3 = 30."""
+    """(encoder, score, style, input_feeding) for every combination: 2 × 5 × 3 = 30 with the
+    five built-in scores."""
     return [
         (rnn, score, style, feeding)
         for rnn in PARITY_ENCODERS

@@ -408,7 +408,7 @@ def _precisions() -> Sequence[str]:
 @dataclass(frozen=True, kw_only=True)
 class OptimSettings:
     name: str = setting(choices=_optimizers)
-    lr: float = setting(gt=0)
+    lr: float = setting(ge=0)  # 0 freezes the weights (the early-stopping tests use it)
     betas: list[float] = setting(ge=0, lt=1, length=2, expected="two numbers in [0, 1)")
     momentum: float = setting(ge=0)
     weight_decay: float = setting(ge=0)

@@ -131,7 +131,7 @@ def validation_problem(err: RequestValidationError) -> HTTPProblem:
     if not loc:
         got = type(first.get("input")).__name__
         return HTTPProblem(
-            422, f"body: expected a JSON object with a 'text' field, got {got}", "body"
+            422, f"body: expected a JSON object with a 'text' field; got {got}", "body"
         )
     name = str(loc[0])
     if kind == "missing":
@@ -143,7 +143,7 @@ def validation_problem(err: RequestValidationError) -> HTTPProblem:
     index = next((p for p in loc[1:] if isinstance(p, int)), None)
     where = f"{name}[{index}]" if index is not None else name
     expected = "a string" if index is not None else EXPECTED.get(name, first.get("msg", ""))
-    return HTTPProblem(422, f"{where}: expected {expected}, got {first.get('input')!r}", name)
+    return HTTPProblem(422, f"{where}: expected {expected}; got {first.get('input')!r}", name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,7 +321,7 @@ class TranslationService:
             raise HTTPProblem(
                 422,
                 f"beam_size: expected an integer in 1..{self.limits.max_beam_size} "
-                f"(serve.max_beam_size), got {beam_size}",
+                f"(serve.max_beam_size); got {beam_size}",
                 "beam_size",
             )
         pairs = (("beam_size", beam_size), ("n_best", n_best))
@@ -666,7 +666,7 @@ def create_app(
 
 def _check_sentences(sentences: list[str], limits: ServeSettings) -> None:
     if not sentences:
-        raise HTTPProblem(422, "text: expected at least one sentence, got []", "text")
+        raise HTTPProblem(422, "text: expected at least one sentence; got []", "text")
     if len(sentences) > limits.max_sentences_per_request:
         raise HTTPProblem(
             413,
@@ -748,7 +748,7 @@ class _Server:
 def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (``port=0``: a free one); NMTError if taken."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise NMTError(f"port: expected an integer in 0..65535, got {port!r}")
+        raise NMTError(f"port: expected an integer in 0..65535; got {port!r}")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family = infos[0][0]

@@ -35,8 +35,8 @@ BAD_VALUES = [
      "trainer.max_steps: expected an integer >= 1 or null; got 'abc'"),
     ("nmt.train", ["trainer.max_minutes=abc"],
      "trainer.max_minutes: expected a number > 0 or null; got 'abc'"),
-    ("nmt.train", ["optim.lr=abc"], "optim.lr: expected a number > 0; got 'abc'"),
-    ("nmt.train", ["optim.lr=-1"], "optim.lr: expected a number > 0; got -1"),
+    ("nmt.train", ["optim.lr=abc"], "optim.lr: expected a number >= 0; got 'abc'"),
+    ("nmt.train", ["optim.lr=-1"], "optim.lr: expected a number >= 0; got -1"),
     ("nmt.train", ["optim.betas=[0.9]"], "optim.betas: expected two numbers in [0, 1); got [0.9]"),
     ("nmt.train", ["optim.scheduler=cosine"],
      "optim.scheduler: expected one of none, plateau, inverse_sqrt; got 'cosine'"),
@@ -182,7 +182,7 @@ def test_ranges_are_described_with_their_bounds():
         ("plateau_factor", 0, "a number in (0, 1]"),
         ("warmup_steps", -1, "an integer >= 0"),
         ("clip_grad_norm", -1, "a number >= 0 or null"),
-        ("lr", float("nan"), "a number > 0"),
+        ("lr", float("nan"), "a number >= 0"),
     ]:
         with pytest.raises(NMTError) as err:
             load_settings(OptimSettings, {**optim, key: value}, "optim")

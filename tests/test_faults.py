@@ -460,7 +460,7 @@ def test_a_corrupt_gz_corpus_is_one_line(tiny_prepared, tmp_path):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("optim.lr=-1", "optim.lr: expected a number > 0; got -1"),
+        ("optim.lr=-1", "optim.lr: expected a number >= 0; got -1"),
         ("optim.betas=[0.9,1.5]", "optim.betas: expected two numbers in [0, 1); got [0.9, 1.5]"),
         ("data.batching.max_tokens=0", "data.batching.max_tokens: expected an integer >= 1; got 0"),
         (

@@ -484,7 +484,7 @@ def test_a_run_limited_by_minutes_only_has_a_bar_with_a_total(tiny_prepared, tmp
         (["model.attention.type=local"], "error: model.attention.type: expected one of global, "
          "local_m, local_p; got 'local'"),
         (["model.attention.type=local_p", "model.attention.window=0"],
-         "error: model.attention.window: expected a positive integer; got 0"),
+         "error: model.attention.window: expected an integer >= 1 or null; got 0"),
         # local_p's p_t = S·sigmoid(…) uses each sentence's length; location needs its maximum
         (["model/attention=location", "model.attention.type=local_p",
           "~model.attention.max_src_len"], "error: model.attention.max_src_len: missing"),

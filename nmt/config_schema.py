@@ -772,5 +772,8 @@ COMMANDS: dict[str, type] = {  # config name → its schema
 def check_command(config_name: str, cfg: Any) -> Any:
     """The composed config of command ``config_name`` (``hydra`` left out) as its typed
     schema object, or one NMTError line."""
-    values = {key: cfg[key] for key in cfg if key != "hydra"}
-    return load_settings(COMMANDS[config_name], values)
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):  # a copy without `hydra`: reading a `???` would raise
+        cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    return load_settings(COMMANDS[config_name], cfg)

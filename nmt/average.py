@@ -30,7 +30,8 @@ from omegaconf import DictConfig
 import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR
 from nmt.checkpoint import load_checkpoint, save_checkpoint
-from nmt.errors import NMTError, exit_on_user_error, optional_int, str_list
+from nmt.config_schema import AverageConfig, load_settings
+from nmt.errors import NMTError, exit_on_user_error, str_list
 
 STEP_CHECKPOINT = re.compile(r"step(\d+)\.pt")
 
@@ -122,7 +123,7 @@ def inputs_of(cfg: DictConfig) -> tuple[list[Path], Path]:
             "give either ckpts=[A.pt,B.pt,...] out=PATH, or run_dir=RUN last=K "
             f"(got {'both' if cfg.ckpts is not None else 'neither'})"
         )
-    last = optional_int(cfg.last, "last", minimum=1)
+    last = load_settings(AverageConfig, cfg).last
     if cfg.ckpts is not None:
         if last is not None:
             raise NMTError("last: goes with run_dir=RUN, not with ckpts=[...]")

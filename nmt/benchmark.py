@@ -51,12 +51,12 @@ from omegaconf import DictConfig, OmegaConf
 
 import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR
+from nmt.config_schema import BenchmarkConfig, BenchmarkSettings, load_settings
 from nmt.data.batching import Batch, TokenBatcher
 from nmt.data.pipeline import PreparedData, prepare
 from nmt.data.vocab import PAD_ID
 from nmt.errors import NMTError, exit_on_user_error
 from nmt.inference import Translator
-from nmt.loss import check_label_smoothing
 from nmt.metrics import write_json
 from nmt.models import build_model
 from nmt.models.attention import SCORES, ScoreFlops
@@ -527,28 +527,9 @@ def decoding_report(
 
 
 def check_benchmark_cfg(bench: DictConfig) -> None:
-    """Reject values the benchmark cannot run with, naming what is expected."""
-
-    def integer(key: str, minimum: int, allow_null: bool = False) -> None:
-        value = bench[key]
-        if value is None and allow_null:
-            return
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            null = " or null" if allow_null else ""
-            raise NMTError(
-                f"benchmark.{key}: expected an integer >= {minimum}{null}; got {value!r}"
-            )
-
-    integer("warmup_steps", 0)
-    integer("windows", 1)
-    integer("steps_per_window", 1)
-    integer("decode_sentences", 0, allow_null=True)
-    integer("beam_size", 1)
-    integer("threads", 1, allow_null=True)
-    integer("gemm_repeats", 1)
-    sizes = bench.gemm_sizes
-    if not sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
-        raise NMTError(f"benchmark.gemm_sizes: expected a list of positive integers; got {sizes}")
+    """Reject files the benchmark cannot use (the types and ranges are the schema's:
+    :class:`nmt.config_schema.BenchmarkSettings`)."""
+    load_settings(BenchmarkSettings, bench, "benchmark")
     if bench.ckpt and not Path(bench.ckpt).is_file():
         raise NMTError(f"benchmark.ckpt: no checkpoint at {bench.ckpt}")
     for folder in bench.get("exported") or []:
@@ -595,8 +576,8 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Measure everything the module docstring lists; return the report (a JSON-ready dict)."""
     bench = cfg.benchmark
+    load_settings(BenchmarkConfig, cfg)
     check_benchmark_cfg(bench)
-    check_label_smoothing(cfg.trainer.label_smoothing)
     if bench.threads:
         torch.set_num_threads(bench.threads)
     device = pick_device(cfg.trainer.device)

@@ -57,7 +57,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR
-from nmt.errors import NMTError, boolean, exit_on_user_error, optional_int
+from nmt.config_schema import CompareConfig, load_settings
+from nmt.errors import NMTError, exit_on_user_error
 from nmt.evaluate import evaluate_checkpoint, read_text_lines
 from nmt.metrics import Headline, write_json, write_text_atomic
 from nmt.models import ATTENTION_TYPES, SCORES
@@ -736,7 +737,8 @@ def compare(
 def main(cfg: DictConfig) -> None:
     if cfg.sweep is None:
         raise NMTError("sweep: no value; give the sweep's folder (its hydra.sweep.dir), sweep=DIR")
-    evaluate = boolean(cfg.evaluate_test, "evaluate_test")
+    settings = load_settings(CompareConfig, cfg)
+    evaluate = settings.evaluate_test
     device = str(pick_device(cfg.device, "device"))
     sweep_dir = Path(cfg.sweep)
     out_dir = Path(cfg.out) if cfg.out is not None else sweep_dir
@@ -747,8 +749,8 @@ def main(cfg: DictConfig) -> None:
         device,
         baseline=cfg.baseline,
         test=cfg.significance,
-        samples=optional_int(cfg.samples, "samples", 1),
-        max_sentences=optional_int(cfg.max_sentences, "max_sentences", 1),
+        samples=settings.samples,
+        max_sentences=settings.max_sentences,
     )
     print(markdown_table(runs))
     print()

@@ -57,8 +57,8 @@ def exit_on_user_error(main: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# Checks of command-line values (``key=value``): Hydra parses ``last=5`` as an int, ``fresh=true``
-# as a bool and ``runs=[a,b]`` as a list, but a typo parses too (``last=five`` is a string).
+# Command-line lists (``key=value``): Hydra parses ``runs=[a,b]`` as a list and ``runs=a`` as a
+# string; the types and ranges of every key are nmt/config_schema.py's.
 
 
 def str_list(value: object, key: str) -> list[str]:
@@ -67,19 +67,3 @@ def str_list(value: object, key: str) -> list[str]:
     if items and all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in items):
         return [str(v) for v in items]
     raise NMTError(f"{key}: expected a file name or a non-empty list [a,b], got {value!r}")
-
-
-def optional_int(value: object, key: str, minimum: int) -> int | None:
-    """``null``, or an integer >= ``minimum``."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise NMTError(f"{key}: expected an integer >= {minimum} (or null), got {value!r}")
-    return value
-
-
-def boolean(value: object, key: str) -> bool:
-    """``true`` or ``false``."""
-    if not isinstance(value, bool):
-        raise NMTError(f"{key}: expected true or false, got {value!r}")
-    return value

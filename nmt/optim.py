@@ -3,47 +3,24 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig
 
+from nmt.config_schema import OptimSettings, load_settings
 from nmt.errors import NMTError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "plateau", "inverse_sqrt")
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def check_optim_cfg(cfg: Any) -> OptimSettings:
+    """The ``optim`` group typed and checked (:class:`nmt.config_schema.OptimSettings`)."""
+    return cfg if isinstance(cfg, OptimSettings) else load_settings(OptimSettings, cfg, "optim")
 
 
-def check_optim_cfg(cfg: DictConfig) -> None:
-    """Reject ``optim`` values that torch would refuse with a traceback or silently misuse."""
-    ranges = {  # key: (test, what is expected)
-        "lr": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-        "min_lr": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-        "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-        "momentum": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-        "clip_grad_norm": (
-            lambda v: v is None or (_is_number(v) and v >= 0),
-            "null or a number >= 0",
-        ),
-        "warmup_steps": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-        "plateau_factor": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-        "plateau_patience": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-    }
-    for key, (valid, expected) in ranges.items():
-        value = cfg.get(key)
-        if not valid(value) or isinstance(value, bool):
-            raise NMTError(f"optim.{key}: expected {expected}; got {value!r}")
-    betas = list(cfg.betas) if isinstance(cfg.get("betas"), Sequence | ListConfig) else None
-    if betas is None or len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
-        raise NMTError(f"optim.betas: expected two numbers in [0, 1); got {cfg.get('betas')!r}")
-
-
-def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
-    check_optim_cfg(cfg)
+def build_optimizer(cfg: Any, params) -> torch.optim.Optimizer:
+    cfg = check_optim_cfg(cfg)
     if cfg.name == "adam":
         return torch.optim.Adam(
             params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
@@ -77,12 +54,8 @@ class LRSchedule:
       metric has not improved for ``plateau_patience`` validations, down to ``min_lr``.
     """
 
-    def __init__(self, cfg: DictConfig, optimizer: torch.optim.Optimizer):
-        if cfg.scheduler not in SCHEDULERS:
-            raise NMTError(
-                f"optim.scheduler: expected one of {', '.join(SCHEDULERS)}; got {cfg.scheduler!r}"
-            )
-        self.cfg = cfg
+    def __init__(self, cfg: Any, optimizer: torch.optim.Optimizer):
+        self.cfg = check_optim_cfg(cfg)  # the typed settings: lr, warmup, scheduler, plateau
         self.optimizer = optimizer
         self.plateau_factor = 1.0
         self.best: float | None = None

@@ -11,12 +11,12 @@ from omegaconf import DictConfig
 
 import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR
-from nmt.data.pipeline import PreparedData, prepare
+from nmt.config_schema import BatchingSettings
+from nmt.data.pipeline import PreparedData, check_batching, prepare
 from nmt.errors import exit_on_user_error
 
 
-def report_batching(data: PreparedData, data_cfg: DictConfig) -> None:
-    b = data_cfg.batching
+def report_batching(data: PreparedData, b: BatchingSettings) -> None:
     batcher = data.batcher("train", b.max_tokens, b.bucket_width, b.seed, shuffle=True)
     print(
         f"train batches: {batcher.num_batches():,} of ≤{b.max_tokens} tokens; "
@@ -29,7 +29,7 @@ def report_batching(data: PreparedData, data_cfg: DictConfig) -> None:
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     data = prepare(cfg.data, seed=cfg.seed)
-    report_batching(data, cfg.data)
+    report_batching(data, check_batching(cfg.data.batching))
 
 
 if __name__ == "__main__":

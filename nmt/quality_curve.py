@@ -32,7 +32,8 @@ import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR
 from nmt.average import step_checkpoints
 from nmt.checkpoint import load_checkpoint
-from nmt.errors import NMTError, boolean, exit_on_user_error, optional_int, str_list
+from nmt.config_schema import QualityCurveConfig, load_settings
+from nmt.errors import NMTError, exit_on_user_error, str_list
 from nmt.evaluate import evaluate_translator
 from nmt.inference import Translator
 from nmt.metrics import HEADLINE_BLEU, Headline, write_json, write_text_atomic
@@ -245,6 +246,7 @@ def write_report(out_dir: Path, curves: Sequence[Curve]) -> None:
 
 def check_cfg(cfg: DictConfig) -> tuple[list[Path], list[str]]:
     """The run dirs and their labels, after the checks of every key (one line naming it)."""
+    load_settings(QualityCurveConfig, cfg)
     if cfg.runs is None:
         raise NMTError("runs: no value; give the run dirs, runs=[RUN] or runs=[RUN_A,RUN_B]")
     run_dirs = [Path(p) for p in str_list(cfg.runs, "runs")]
@@ -253,9 +255,6 @@ def check_cfg(cfg: DictConfig) -> tuple[list[Path], list[str]]:
         raise NMTError(f"labels: {len(labels)} given for {len(run_dirs)} run dirs")
     if len(run_dirs) > 1 and cfg.out is None:
         raise NMTError("runs: several run dirs; give out=DIR for the report of all of them")
-    optional_int(cfg.beam, "beam", minimum=1)
-    optional_int(cfg.max_sentences, "max_sentences", minimum=1)
-    boolean(cfg.fresh, "fresh")
     for run_dir in run_dirs:
         if not run_dir.is_dir():
             raise NMTError(f"runs: {run_dir}: no such directory")

@@ -40,19 +40,19 @@ candidates with two small ``topk`` calls instead of one over ``k * V`` (:func:`_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
+# the settings are typed in the schema; re-exported here, where the search reads them
+from nmt.config_schema import SEARCH_NAMES, SearchSettings, explicit_settings  # noqa: F401
 from nmt.data.batching import pad
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from nmt.errors import NMTError
 from nmt.models import DecoderState, Memory, Seq2Seq
 from nmt.runtime import Precision, autocast_context, resolve_precision
 
-SEARCH_NAMES = ("greedy", "beam")
 FORBIDDEN_IDS = (PAD_ID, BOS_ID)  # never predicted
 
 
@@ -601,91 +601,6 @@ def _hypotheses(
 # --------------------------------------------------------------------------------------------
 # Settings, and batches of encoded sentences
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """The search and its parameters: the ``search`` config group, typed and checked.
-
-    ``name`` greedy or beam; ``beam_size`` hypotheses kept per sentence (beam); ``n_best``
-    hypotheses returned per sentence (1 <= n_best <= beam_size); ``length_penalty`` GNMT's alpha;
-    ``max_len_ratio`` / ``max_len_offset`` the per-sentence length limit; ``no_repeat_ngram_size``
-    n > 0 blocks repeated n-grams; ``batch_size`` sentences decoded together; ``precision``
-    the autocast the search runs under (fp32, bf16, or auto: :func:`search_precision`).
-    """
-
-    name: str = "beam"
-    beam_size: int = 5
-    length_penalty: float = 2.0
-    max_len_ratio: float = 1.5
-    max_len_offset: float = 10
-    n_best: int = 1
-    no_repeat_ngram_size: int = 4
-    batch_size: int = 64
-    precision: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.name not in SEARCH_NAMES:
-            raise NMTError(
-                f"search.name: expected one of {', '.join(SEARCH_NAMES)}, got {self.name!r}"
-            )
-        for key in ("beam_size", "n_best", "batch_size"):
-            _check_int(key, getattr(self, key), minimum=1)
-        _check_no_repeat_ngram_size(self.no_repeat_ngram_size)
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise NMTError(f"search.precision: expected auto, fp32 or bf16, got {self.precision!r}")
-        for key in ("length_penalty", "max_len_ratio", "max_len_offset"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise NMTError(f"search.{key}: expected a number >= 0, got {value!r}")
-        limit = 1 if self.name == "greedy" else self.beam_size
-        if self.n_best > limit:
-            raise NMTError(
-                f"search.n_best: expected 1 <= n_best <= {limit} "
-                f"({'greedy search keeps one hypothesis' if self.name == 'greedy' else 'beam_size'}"
-                f"), got {self.n_best}"
-            )
-
-    @classmethod
-    def from_config(cls, search_cfg: Mapping[str, Any], **overrides: Any) -> SearchSettings:
-        """From a ``search`` config (a DictConfig or dict), with keyword ``overrides``.
-
-        A key the settings do not know is an error naming it. ``beam_size`` given without
-        ``name`` picks the search: 1 → greedy, more → beam. Configs saved before
-        ``no_repeat_ngram_size`` or ``precision`` existed decode as they did (0: off; fp32).
-        """
-        known = [f.name for f in fields(cls)]
-        values = {"no_repeat_ngram_size": 0, "precision": "fp32", **dict(search_cfg)}
-        for key in [*values, *overrides]:
-            if key not in known:
-                raise NMTError(f"search.{key}: unknown setting; expected one of {', '.join(known)}")
-        if "beam_size" in overrides and "name" not in overrides:
-            overrides["name"] = "greedy" if overrides["beam_size"] == 1 else "beam"
-        if overrides.get("name") == "greedy" and "beam_size" not in overrides:
-            overrides["beam_size"] = 1
-        values = {**values, **overrides}
-        for key in (f.name for f in fields(cls)):
-            if key in values and values[key] is None:
-                raise NMTError(
-                    f"search.{key}: no value; search=checkpoint takes the settings of the "
-                    "checkpoint being decoded, so it works in translate and evaluate, not here"
-                )
-        return cls(**values)
-
-    def replace(self, **overrides: Any) -> SearchSettings:
-        """These settings with ``overrides`` (same rules as :meth:`from_config`)."""
-        return SearchSettings.from_config(asdict(self), **overrides)
-
-
-def explicit_settings(search_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The keys a ``search`` config sets, for :meth:`SearchSettings.from_config`'s overrides:
-    ``null`` (``configs/search/checkpoint.yaml``) keeps the checkpoint's value."""
-    return {key: value for key, value in dict(search_cfg or {}).items() if value is not None}
-
-
-def _check_int(key: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise NMTError(f"search.{key}: expected an integer >= {minimum}, got {value!r}")
 
 
 def search_precision(settings: SearchSettings, device: torch.device) -> Precision:

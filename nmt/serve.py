@@ -50,20 +50,21 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
 
 import hydra
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, Field
 
 import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR, __version__
+from nmt.config_schema import API_KEY_ENV, ServeSettings  # noqa: F401  (typed in the schema)
 from nmt.data.corpus import normalize
 from nmt.errors import NMTError, exit_on_user_error
 from nmt.inference import Translation, Translator
@@ -71,110 +72,12 @@ from nmt.search import SearchSettings, explicit_settings
 
 log = logging.getLogger("nmt.serve")
 
-API_KEY_ENV = "NMT_SERVE_API_KEY"
 WARMUP_TEXT = ["Where is the station?", "Open the file and read the first line."]
 
 
 # --------------------------------------------------------------------------------------------
 # Settings
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """The ``serve`` config block, typed and checked (see ``configs/serve.yaml``)."""
-
-    max_batch_sentences: int = 64
-    max_batch_tokens: int = 6000
-    decode_tokens: int = 1024
-    max_wait_ms: float = 10.0
-    max_sentences_per_request: int = 64
-    max_sentence_tokens: int = 256
-    max_request_bytes: int = 1_000_000
-    max_queue_sentences: int = 2048
-    max_beam_size: int = 16
-    timeout_s: float = 60.0
-    retry_after_s: int = 1
-    api_key: str | None = None
-    cors_origins: tuple[str, ...] = ()
-    model_name: str | None = None
-    threads: int | None = None
-    access_log: bool = False
-    log_level: str = "info"
-
-    def __post_init__(self) -> None:
-        for key in (
-            "max_batch_sentences",
-            "max_batch_tokens",
-            "decode_tokens",
-            "max_sentences_per_request",
-            "max_sentence_tokens",
-            "max_request_bytes",
-            "max_queue_sentences",
-            "max_beam_size",
-        ):
-            _check_number(key, getattr(self, key), integer=True, minimum=1)
-        _check_number("retry_after_s", self.retry_after_s, integer=True, minimum=0)
-        _check_number("max_wait_ms", self.max_wait_ms, integer=False, minimum=0)
-        _check_number("timeout_s", self.timeout_s, integer=False, minimum=0, exclusive=True)
-        if self.threads is not None:
-            _check_number("threads", self.threads, integer=True, minimum=1)
-        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
-            raise NMTError(
-                f"serve.api_key: expected a non-empty string or null, got {self.api_key!r}"
-            )
-        if not all(isinstance(o, str) and o for o in self.cors_origins):
-            raise NMTError(
-                f"serve.cors_origins: expected a list of origins (https://example.org), "
-                f"got {list(self.cors_origins)!r}"
-            )
-        if self.log_level not in ("critical", "error", "warning", "info", "debug"):
-            raise NMTError(
-                "serve.log_level: expected critical, error, warning, info or debug, "
-                f"got {self.log_level!r}"
-            )
-
-    @classmethod
-    def from_config(cls, serve_cfg: Mapping[str, Any] | None, **overrides: Any) -> ServeSettings:
-        """From the ``serve`` config block (a DictConfig or dict); the API key falls back to
-        ``$NMT_SERVE_API_KEY``. A key the settings do not know is an error naming it."""
-        values = dict(serve_cfg or {}) if not isinstance(serve_cfg, DictConfig) else {}
-        if isinstance(serve_cfg, DictConfig):
-            values = OmegaConf.to_container(serve_cfg, resolve=True)  # type: ignore[assignment]
-        values.update(overrides)
-        known = [f.name for f in fields(cls)]
-        for key in values:
-            if key not in known:
-                raise NMTError(f"serve.{key}: unknown setting; expected one of {', '.join(known)}")
-        if values.get("api_key") is None and os.environ.get(API_KEY_ENV):
-            values["api_key"] = os.environ[API_KEY_ENV]
-        if values.get("cors_origins") is not None:
-            origins = values["cors_origins"]
-            values["cors_origins"] = (
-                tuple(origins) if isinstance(origins, list | tuple) else origins
-            )
-        else:
-            values.pop("cors_origins", None)
-        return cls(**values)
-
-    def public(self) -> dict[str, Any]:
-        """The settings without the API key, for ``/v1/model``."""
-        limits = asdict(self)
-        limits["api_key"] = "set" if self.api_key else None
-        limits["cors_origins"] = list(self.cors_origins)
-        return limits
-
-
-def _check_number(
-    key: str, value: object, integer: bool, minimum: float, exclusive: bool = False
-) -> None:
-    kinds = (int,) if integer else (int, float)
-    below = value <= minimum if exclusive else value < minimum  # type: ignore[operator]
-    if isinstance(value, bool) or not isinstance(value, kinds) or below:
-        what = "an integer" if integer else "a number"
-        raise NMTError(
-            f"serve.{key}: expected {what} {'>' if exclusive else '>='} {minimum}, got {value!r}"
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +131,7 @@ def validation_problem(err: RequestValidationError) -> HTTPProblem:
     if not loc:
         got = type(first.get("input")).__name__
         return HTTPProblem(
-            422, f"body: expected a JSON object with a 'text' field, got {got}", "body"
+            422, f"body: expected a JSON object with a 'text' field; got {got}", "body"
         )
     name = str(loc[0])
     if kind == "missing":
@@ -240,7 +143,7 @@ def validation_problem(err: RequestValidationError) -> HTTPProblem:
     index = next((p for p in loc[1:] if isinstance(p, int)), None)
     where = f"{name}[{index}]" if index is not None else name
     expected = "a string" if index is not None else EXPECTED.get(name, first.get("msg", ""))
-    return HTTPProblem(422, f"{where}: expected {expected}, got {first.get('input')!r}", name)
+    return HTTPProblem(422, f"{where}: expected {expected}; got {first.get('input')!r}", name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,7 +321,7 @@ class TranslationService:
             raise HTTPProblem(
                 422,
                 f"beam_size: expected an integer in 1..{self.limits.max_beam_size} "
-                f"(serve.max_beam_size), got {beam_size}",
+                f"(serve.max_beam_size); got {beam_size}",
                 "beam_size",
             )
         pairs = (("beam_size", beam_size), ("n_best", n_best))
@@ -763,7 +666,7 @@ def create_app(
 
 def _check_sentences(sentences: list[str], limits: ServeSettings) -> None:
     if not sentences:
-        raise HTTPProblem(422, "text: expected at least one sentence, got []", "text")
+        raise HTTPProblem(422, "text: expected at least one sentence; got []", "text")
     if len(sentences) > limits.max_sentences_per_request:
         raise HTTPProblem(
             413,
@@ -845,7 +748,7 @@ class _Server:
 def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (``port=0``: a free one); NMTError if taken."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise NMTError(f"port: expected an integer in 0..65535, got {port!r}")
+        raise NMTError(f"port: expected an integer in 0..65535; got {port!r}")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family = infos[0][0]

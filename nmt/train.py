@@ -19,7 +19,6 @@ from omegaconf import DictConfig
 import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt import CONFIG_DIR
 from nmt.errors import exit_on_user_error
-from nmt.io import check_writable
 from nmt.trainer import train
 
 
@@ -38,37 +37,9 @@ def worker_overrides() -> list[str]:
     return ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
 
 
-INFO_FLAGS = (
-    "-h",
-    "--help",
-    "--hydra-help",
-    "-c",
-    "--cfg",
-    "-i",
-    "--info",
-    "-sc",
-    "--shell-completion",
-    "-m",
-    "--multirun",
-)
-
-
-@exit_on_user_error
-def check_run_folder(argv: list[str]) -> None:
-    """Fail with one line when the run folder (``hydra.run.dir``, default under ``outputs/``)
-    cannot be written: Hydra would stop on it with a ValueError about its log file handler."""
-    if any(arg.split("=")[0] in INFO_FLAGS for arg in argv):
-        return
-    given = [arg.split("=", 1)[1] for arg in argv if arg.startswith("hydra.run.dir=")]
-    folder = given[-1].strip("'\"") if given else "outputs"
-    if "${" not in folder:
-        check_writable(folder, "run folder")
-
-
 def main() -> float | None:
     sys.argv += worker_overrides()
-    check_run_folder(sys.argv[1:])
-    return hydra_main()
+    return hydra_main()  # the config and the run folder are checked first (nmt/config_hook.py)
 
 
 if __name__ == "__main__":

@@ -45,11 +45,11 @@ from nmt.checkpoint import (
     vocab_payload,
 )
 from nmt.checkpoint_keeper import CheckpointKeeper, KeepPolicy
+from nmt.config_schema import TrainConfig, load_settings
 from nmt.data.batching import Batch
 from nmt.data.pipeline import PreparedData, check_batching, prepare
 from nmt.errors import NMTError
 from nmt.io import check_writable, remove_stale_temporaries
-from nmt.loss import check_label_smoothing
 from nmt.models import Seq2Seq, build_model
 from nmt.optim import check_optim_cfg, load_optimizer_state
 from nmt.preemption import (
@@ -67,7 +67,6 @@ log = logging.getLogger("nmt")
 
 # Settings that define the model and its vocabulary: on resume these come from the checkpoint.
 ARCHITECTURE_KEYS = ("model", "data.vocab", "data.name")
-STOPPING_METRICS = ("bleu", "chrf", "loss")  # what validation returns and early stopping can watch
 
 
 @dataclass
@@ -84,41 +83,6 @@ class Progress:
     )  # (score, file), best first
     recent_checkpoints: list[str] = field(default_factory=list)  # trainer.keep_last, oldest first
     minutes: float = 0.0  # wall-clock of the run so far (validation included), across resumes
-
-
-def check_trainer_cfg(t: DictConfig) -> None:
-    """Reject settings the loop cannot run with, naming the valid values."""
-    if t.max_steps is None and t.max_epochs is None and t.max_minutes is None:
-        raise NMTError("trainer: set at least one of max_steps, max_epochs, max_minutes")
-    check_label_smoothing(t.label_smoothing)
-    if t.early_stopping_metric not in STOPPING_METRICS:
-        raise NMTError(
-            f"trainer.early_stopping_metric: expected one of {', '.join(STOPPING_METRICS)}; "
-            f"got {t.early_stopping_metric!r}"
-        )
-    for key in ("accum_steps", "val_every_steps", "log_every_steps", "keep_best"):
-        if not isinstance(t[key], int) or t[key] < 1:
-            raise NMTError(f"trainer.{key}: expected an integer >= 1; got {t[key]!r}")
-    for key in ("keep_last", "average_last"):
-        if not isinstance(t[key], int) or t[key] < 0:
-            raise NMTError(f"trainer.{key}: expected an integer >= 0; got {t[key]!r}")
-    if not isinstance(t.keep_every_validation, bool):
-        raise NMTError(
-            f"trainer.keep_every_validation: expected true or false; got {t.keep_every_validation!r}"
-        )
-    for key, kind in (("save_every_minutes", int | float), ("save_every_steps", int)):
-        value = t[key]
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, kind) or value <= 0
-        ):
-            raise NMTError(f"trainer.{key}: expected null or a number > 0; got {value!r}")
-    parse_signals(t.preempt_signals)
-    if t.average_last > t.keep_last and not t.keep_every_validation:
-        raise NMTError(
-            f"trainer.average_last={t.average_last} averages the newest {t.average_last} step "
-            f"checkpoints: set trainer.keep_last >= {t.average_last} (now {t.keep_last}) or "
-            "trainer.keep_every_validation=true to keep them on disk"
-        )
 
 
 def seed_everything(seed: int) -> None:
@@ -657,7 +621,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, data: PreparedData | None = No
     saved = load_checkpoint(checkpoint_path, keys=TRAINING_KEYS) if checkpoint_path else None
     cfg = merge_resumed_config(cfg, saved["config"], report) if saved else cfg
     t = cfg.trainer
-    check_trainer_cfg(t)
+    load_settings(TrainConfig, cfg)  # types, ranges, limits: nmt/config_schema.py
     check_optim_cfg(cfg.optim)
     check_batching(cfg.data.batching)
     ckpt_dir = run_dir / "checkpoints"

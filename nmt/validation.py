@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from nmt.attention_stats import attention_statistics
+from nmt.config_schema import BatchingSettings, TrainerSettings, load_settings
 from nmt.data.batching import TokenBatcher
 from nmt.data.pipeline import PreparedData
 from nmt.inference import Translation, Translator
@@ -41,6 +42,29 @@ class ValidationResult:
     hypotheses: list[str]  # detokenised
 
 
+@dataclass(frozen=True)
+class ValidationSettings:
+    """What validation reads: three keys of the ``trainer`` group, ``data.batching`` (for the
+    valid loss) and the ``search`` group, typed and checked by the schema."""
+
+    max_sentences: int | None  # trainer.val_max_sentences; None: the whole valid split
+    num_samples: int  # trainer.num_samples: sample translations logged
+    num_attention_plots: int  # trainer.num_attention_plots: heat maps logged
+    batching: BatchingSettings  # data.batching
+    search: SearchSettings  # the search validation decodes with
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> ValidationSettings:
+        t = load_settings(TrainerSettings, cfg.trainer, "trainer")
+        return cls(
+            max_sentences=t.val_max_sentences,
+            num_samples=t.num_samples,
+            num_attention_plots=t.num_attention_plots,
+            batching=load_settings(BatchingSettings, cfg.data.batching, "data.batching"),
+            search=SearchSettings.from_config(cfg.search),
+        )
+
+
 class Validator:
     """Scores the model on the valid split and writes TensorBoard events (rank 0 only)."""
 
@@ -48,20 +72,22 @@ class Validator:
         self, cfg: DictConfig, data: PreparedData, run_dir: Path, purge_step: int | None = None
     ):
         """``purge_step``: on resume, the first step not in the checkpoint; TensorBoard drops the
-        events an interrupted run wrote from that step on."""
+        events an interrupted run wrote from that step on. ``cfg`` itself is kept only for the
+        run's hyper-parameters in TensorBoard (:meth:`finish`)."""
         self.cfg = cfg
+        self.validation = ValidationSettings.from_config(cfg)
         self.data = data
         self.run_dir = run_dir
         valid = data.splits["valid"]
-        n = cfg.trainer.val_max_sentences or len(valid)
+        n = self.validation.max_sentences or len(valid)
         self.src_lines, self.ref_lines = valid.src_text[:n], valid.tgt_text[:n]
-        b = cfg.data.batching
+        b = self.validation.batching
         self.loss_batcher = TokenBatcher(
             valid.src_ids[:n], valid.tgt_ids[:n], b.max_tokens, b.bucket_width, 0, shuffle=False
         )
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
         self.history_path = run_dir / "validations.jsonl"
-        self.settings = SearchSettings.from_config(cfg.search)
+        self.settings = self.validation.search
 
     # ------------------------------------------------------------------ training scalars
     def log_train(self, step: int, scalars: dict[str, float]) -> None:
@@ -137,7 +163,7 @@ class Validator:
         for name, value in diagnostics.items():
             w.add_scalar(f"valid_diagnostics/{name}", value, step)
         samples = []
-        for i in range(min(self.cfg.trainer.num_samples, len(hypotheses))):
+        for i in range(min(self.validation.num_samples, len(hypotheses))):
             samples.append(
                 f"**source:** {self.src_lines[i]}  \n**reference:** {self.ref_lines[i]}  \n**hypothesis:** {hypotheses[i]}"
             )
@@ -147,7 +173,7 @@ class Validator:
         w.flush()
 
     def write_attention_images(self, step: int, best) -> None:
-        count = min(self.cfg.trainer.num_attention_plots, len(best))
+        count = min(self.validation.num_attention_plots, len(best))
         if count == 0:
             return
         from nmt.plotting import attention_figure  # matplotlib only when there is a plot to draw

@@ -13,8 +13,9 @@ from conftest import TINY_MODEL, quote, run_main
 from nmt import checkpoint
 from nmt.average import average_checkpoints, newest_step_checkpoints
 from nmt.checkpoint_keeper import keep_newest
+from nmt.config_schema import TrainerSettings, load_settings
 from nmt.errors import NMTError
-from nmt.trainer import Trainer, build_trainer, check_trainer_cfg
+from nmt.trainer import Trainer, build_trainer
 
 TINY_RUN = [
     *TINY_MODEL,
@@ -141,8 +142,8 @@ def test_ckpts_and_out(tmp_path):
         (["ckpts=[a.pt]", "out=x.pt", "last=2"], "last: goes with run_dir=RUN"),
         (["ckpts=[]", "out=x.pt"], "ckpts: expected a file name or a non-empty list [a,b], got []"),
         (["run_dir=."], "run_dir: needs last=K (K >= 1)"),
-        (["run_dir=.", "last=0"], "last: expected an integer >= 1 (or null), got 0"),
-        (["run_dir=.", "last=five"], "last: expected an integer >= 1 (or null), got 'five'"),
+        (["run_dir=.", "last=0"], "last: expected an integer >= 1 or null; got 0"),
+        (["run_dir=.", "last=five"], "last: expected an integer >= 1 or null; got 'five'"),
         (["run_dir=no/such/run", "last=2"], "run_dir: no/such/run/checkpoints: no such directory"),
     ],
 )
@@ -169,10 +170,10 @@ def test_average_last_needs_its_checkpoints_on_disk(tiny_prepared):
     with pytest.raises(
         NMTError, match="trainer.keep_last >= 3 .now 2. or trainer.keep_every_validation"
     ):
-        check_trainer_cfg(cfg.trainer)
+        load_settings(TrainerSettings, cfg.trainer, "trainer")
     cfg = tiny_prepared.corpus.cfg("trainer.max_steps=1", "trainer.keep_last=-1")
     with pytest.raises(NMTError, match="trainer.keep_last: expected an integer >= 0"):
-        check_trainer_cfg(cfg.trainer)
+        load_settings(TrainerSettings, cfg.trainer, "trainer")
 
 
 def trainer(tiny_prepared, run_dir: Path, *overrides: str) -> Trainer:

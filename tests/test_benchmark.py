@@ -197,7 +197,10 @@ def test_reference_model_flops_are_about_23_mflop(compose_config):
     [
         ("benchmark.windows=0", "benchmark.windows: expected an integer >= 1; got 0"),
         ("benchmark.decode_sentences=-1", "expected an integer >= 0 or null; got -1"),
-        ("benchmark.gemm_sizes=[]", "benchmark.gemm_sizes: expected a list of positive integers"),
+        (
+            "benchmark.gemm_sizes=[]",
+            "benchmark.gemm_sizes: expected a non-empty list of integers >= 1",
+        ),
         ("benchmark.ckpt=/no/such.pt", "benchmark.ckpt: no checkpoint at /no/such.pt"),
     ],
 )

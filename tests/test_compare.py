@@ -240,7 +240,7 @@ def test_no_runs_is_an_error(tmp_path, make):
     ("args", "message"),
     [
         ([], "sweep: no value; give the sweep's folder (its hydra.sweep.dir), sweep=DIR"),
-        (["sweep=.", "evaluate_test=yes"], "evaluate_test: expected true or false, got 'yes'"),
+        (["sweep=.", "evaluate_test=yes"], "evaluate_test: expected true or false; got 'yes'"),
         (["sweep=.", "device=gpu"], "device: expected auto, cpu or cuda; got 'gpu'"),
     ],
 )
@@ -419,8 +419,8 @@ def test_baseline_and_test_type_can_be_chosen(seed_sweep, tmp_path):
         (["baseline=nope"], "error: baseline: no variant or run 'nope'; the variants are "
          "general/gru/luong, local_m-general-D10/gru/luong, local_p-general-D10/gru/luong"),
         (["significance=t"], "error: significance: expected one of bs, ar; got 't'"),
-        (["samples=0"], "error: samples: expected an integer >= 1 (or null), got 0"),
-        (["max_sentences=0"], "error: max_sentences: expected an integer >= 1 (or null), got 0"),
+        (["samples=0"], "error: samples: expected an integer >= 1 or null; got 0"),
+        (["max_sentences=0"], "error: max_sentences: expected an integer >= 1 or null; got 0"),
     ],
 )  # fmt: skip
 def test_bad_baseline_or_test_is_one_line(seed_sweep, tmp_path, args, message):

@@ -465,7 +465,7 @@ def test_a_corrupt_gz_corpus_is_one_line(tiny_prepared, tmp_path):
         ("data.batching.max_tokens=0", "data.batching.max_tokens: expected an integer >= 1; got 0"),
         (
             "trainer.save_every_minutes=0",
-            "trainer.save_every_minutes: expected null or a number > 0; got 0",
+            "trainer.save_every_minutes: expected a number > 0 or null; got 0",
         ),
         (
             "trainer.preempt_signals=[SIGKILL]",

@@ -499,15 +499,15 @@ def test_every_config_file_builds_a_model():
         (("encoder", "rnn_type", "rnn"), "model.encoder.rnn_type: expected one of gru, lstm; got 'rnn'"),
         (("decoder", "rnn_type", "GRU"), "model.decoder.rnn_type: expected one of gru, lstm; got 'GRU'"),
         (("decoder", "style", "joey"), "model.decoder.style: expected one of luong, bahdanau; got 'joey'"),
-        (("decoder", "num_layers", 0), "model.decoder.num_layers: expected a positive integer; got 0"),
+        (("decoder", "num_layers", 0), "model.decoder.num_layers: expected an integer >= 1; got 0"),
         (("encoder", "dropout", 1.5), "model.encoder.dropout: expected a number in [0, 1); got 1.5"),
         (("encoder", "bidirectional", "yes"), "model.encoder.bidirectional: expected true or false"),
-        (("attention", "hidden_size", 8), "model.attention.hidden_size: unknown option"),
-        (("decoder", "input_feed", True), "model.decoder.input_feed: unknown option"),
+        (("attention", "hidden_size", 8), "model.attention.hidden_size: unknown setting for score 'dot'"),
+        (("decoder", "input_feed", True), "model.decoder.input_feed: unknown setting; expected one of style"),
         (("attention", "type", "local"), "model.attention.type: expected one of global, local_m, "
          "local_p; got 'local'"),
-        (("attention", "window", 0), "model.attention.window: expected a positive integer; got 0"),
-        (("attention", "window", 2.5), "model.attention.window: expected a positive integer; "
+        (("attention", "window", 0), "model.attention.window: expected an integer >= 1 or null; got 0"),
+        (("attention", "window", 2.5), "model.attention.window: expected an integer >= 1 or null; "
          "got 2.5"),
         ((None, "tie_embeddings", 1), "model.tie_embeddings: expected true or false; got 1"),
     ],

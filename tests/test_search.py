@@ -640,8 +640,8 @@ def test_bad_no_repeat_ngram_size_in_the_config_is_rejected_first():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"beam_size": 0}, "search.beam_size: expected an integer >= 1, got 0"),
-        ({"beam_size": "5"}, "search.beam_size: expected an integer >= 1, got '5'"),
+        ({"beam_size": 0}, "search.beam_size: expected an integer >= 1; got 0"),
+        ({"beam_size": "5"}, "search.beam_size: expected an integer >= 1; got '5'"),
         ({"n_best": 4}, r"search.n_best: expected 1 <= n_best <= 3"),
         ({"name": "greedy", "n_best": 2}, "greedy search keeps one hypothesis"),
         ({"batch_size": 0}, "search.batch_size: expected an integer >= 1"),

@@ -295,34 +295,34 @@ def test_health_answers_while_the_worker_decodes(translator):
 BAD_REQUESTS = [
     # (raw body or JSON, field, the start of the one-line detail)
     (b'{"text": "Open', "body", "body: malformed JSON at character 9 (unterminated string)"),
-    (b"[1, 2]", "body", "body: expected a JSON object with a 'text' field, got list"),
+    (b"[1, 2]", "body", "body: expected a JSON object with a 'text' field; got list"),
     ({}, "text", "text: required field missing (a string or a list of strings)"),
-    ({"text": 12}, "text", "text: expected a string or a list of strings, got 12"),
-    ({"text": None}, "text", "text: expected a string or a list of strings, got None"),
-    ({"text": ["a", 3]}, "text", "text[1]: expected a string, got 3"),
-    ({"text": []}, "text", "text: expected at least one sentence, got []"),
-    ({"text": "a", "beam_size": "3"}, "beam_size", "beam_size: expected an integer >= 1, got '3'"),
-    ({"text": "a", "beam_size": 0}, "beam_size", "beam_size: expected an integer >= 1, got 0"),
-    ({"text": "a", "beam_size": 2.5}, "beam_size", "beam_size: expected an integer >= 1, got 2.5"),
+    ({"text": 12}, "text", "text: expected a string or a list of strings; got 12"),
+    ({"text": None}, "text", "text: expected a string or a list of strings; got None"),
+    ({"text": ["a", 3]}, "text", "text[1]: expected a string; got 3"),
+    ({"text": []}, "text", "text: expected at least one sentence; got []"),
+    ({"text": "a", "beam_size": "3"}, "beam_size", "beam_size: expected an integer >= 1; got '3'"),
+    ({"text": "a", "beam_size": 0}, "beam_size", "beam_size: expected an integer >= 1; got 0"),
+    ({"text": "a", "beam_size": 2.5}, "beam_size", "beam_size: expected an integer >= 1; got 2.5"),
     (
         {"text": "a", "beam_size": 17},
         "beam_size",
-        "beam_size: expected an integer in 1..16 (serve.max_beam_size), got 17",
+        "beam_size: expected an integer in 1..16 (serve.max_beam_size); got 17",
     ),
     (
         {"text": "a", "beam_size": 3, "n_best": 4},
         "n_best",
-        "n_best: expected 1 <= n_best <= 3 (beam_size), got 4",
+        "n_best: expected 1 <= n_best <= 3 (beam_size); got 4",
     ),
     (
         {"text": "a", "n_best": 2},
         "n_best",
-        "n_best: expected 1 <= n_best <= 1 (greedy search keeps one hypothesis), got 2",
+        "n_best: expected 1 <= n_best <= 1 (greedy search keeps one hypothesis); got 2",
     ),
     (
         {"text": "a", "return_attention": "yes"},
         "return_attention",
-        "return_attention: expected true or false, got 'yes'",
+        "return_attention: expected true or false; got 'yes'",
     ),
     ({"text": "a", "beam": 3}, "beam", "beam: unknown field; expected one of text, beam_size"),
 ]
@@ -493,11 +493,11 @@ def test_no_cors_headers_unless_configured(translator):
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"max_batch_sentences": 0}, "serve.max_batch_sentences: expected an integer >= 1, got 0"),
-        ({"max_wait_ms": -1}, "serve.max_wait_ms: expected a number >= 0, got -1"),
-        ({"timeout_s": 0}, "serve.timeout_s: expected a number > 0, got 0"),
-        ({"api_key": ""}, "serve.api_key: expected a non-empty string or null, got ''"),
-        ({"log_level": "loud"}, "serve.log_level: expected critical, error, warning, info"),
+        ({"max_batch_sentences": 0}, "serve.max_batch_sentences: expected an integer >= 1; got 0"),
+        ({"max_wait_ms": -1}, "serve.max_wait_ms: expected a number >= 0; got -1"),
+        ({"timeout_s": 0}, "serve.timeout_s: expected a number > 0; got 0"),
+        ({"api_key": ""}, "serve.api_key: expected a non-empty string or null; got ''"),
+        ({"log_level": "loud"}, "serve.log_level: expected one of critical, error, warning, info"),
         ({"batch": 3}, "serve.batch: unknown setting; expected one of max_batch_sentences"),
     ],
 )
@@ -517,7 +517,7 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert "Could not override 'serve.batch'" in unknown.stderr
     bad = run_main("nmt.serve", f"ckpt={quote(missing)}", "serve.max_wait_ms=-5")
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "error: serve.max_wait_ms: expected a number >= 0, got -5"
+    assert bad.stderr.strip() == "error: serve.max_wait_ms: expected a number >= 0; got -5"
     taken = listen("127.0.0.1", 0)
     try:
         with pytest.raises(NMTError, match=r"^host=127.0.0.1 port=\d+: cannot listen"):

@@ -444,10 +444,21 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
-def test_a_bad_value_is_written_to_train_log_too(tiny_prepared, tmp_path):
-    result = train_main(tiny_prepared, tmp_path, "trainer.max_steps=1", "trainer.accum_steps=0")
+def test_a_bad_value_stops_the_run_before_its_folder_exists(tiny_prepared, tmp_path):
+    run_dir = tmp_path / "run"
+    result = train_main(tiny_prepared, run_dir, "trainer.max_steps=1", "trainer.accum_steps=0")
     assert result.returncode == 2
-    message = "error: trainer.accum_steps: expected an integer >= 1; got 0"
+    assert result.stderr.strip() == "error: trainer.accum_steps: expected an integer >= 1; got 0"
+    assert not run_dir.exists()  # no .hydra/, no train.log: the schema runs before Hydra's job
+
+
+def test_an_error_during_the_run_is_written_to_train_log_too(tiny_prepared, tmp_path):
+    missing = tmp_path / "no_such.pt"
+    result = train_main(
+        tiny_prepared, tmp_path, "trainer.max_steps=1", f"trainer.resume={quote(missing)}"
+    )
+    assert result.returncode == 2
+    message = f"error: trainer.resume: no checkpoint at {missing}"
     assert result.stderr.strip() == message
     assert message in (tmp_path / "train.log").read_text(encoding="utf-8")
 
@@ -474,7 +485,7 @@ def test_a_run_limited_by_minutes_only_has_a_bar_with_a_total(tiny_prepared, tmp
         (["model.attention.type=local"], "error: model.attention.type: expected one of global, "
          "local_m, local_p; got 'local'"),
         (["model.attention.type=local_p", "model.attention.window=0"],
-         "error: model.attention.window: expected a positive integer; got 0"),
+         "error: model.attention.window: expected an integer >= 1 or null; got 0"),
         # local_p's p_t = S·sigmoid(…) uses each sentence's length; location needs its maximum
         (["model/attention=location", "model.attention.type=local_p",
           "~model.attention.max_src_len"], "error: model.attention.max_src_len: missing"),

@@ -24,11 +24,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nmt import REPO_ROOT
+from nmt.config_schema import BatchingSettings, load_settings
 from nmt.data.batching import TokenBatcher
 from nmt.data.corpus import (
     CleanReport,
@@ -308,12 +310,9 @@ def prepare(
         return _prepare_locked(data_cfg, out_dir, seed, log)
 
 
-def check_batching(batching: DictConfig) -> None:
-    """Reject ``data.batching`` settings that cannot form batches, before any work is done."""
-    for key in ("max_tokens", "bucket_width"):
-        value = batching.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise NMTError(f"data.batching.{key}: expected an integer >= 1; got {value!r}")
+def check_batching(batching: Any) -> BatchingSettings:
+    """``data.batching`` typed and checked (:class:`nmt.config_schema.BatchingSettings`)."""
+    return load_settings(BatchingSettings, batching, "data.batching")
 
 
 @contextlib.contextmanager

@@ -18,20 +18,16 @@ N(0, 1/embed_dim) so that the initial logits stay small.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
+from nmt.config_schema import ModelSettings, load_settings
 from nmt.data.vocab import PAD_ID
-from nmt.errors import NMTError
-from nmt.models.attention import ATTENTION_TYPES, SCORES, build_attention
+from nmt.models.attention import build_attention
 from nmt.models.decoder import DECODER_STYLES, Decoder, DecoderSizes, DecoderState, Memory
-from nmt.models.encoder import RNN_TYPES, Encoder
-from nmt.models.registry import Declared
+from nmt.models.encoder import Encoder
 
 # the keys of model.decoder every style reads (DecoderSizes); a style declares its own others
 DECODER_KEYS = ("style", "rnn_type", "embed_dim", "hidden_size", "num_layers", "dropout", "bridge")
@@ -169,139 +165,38 @@ def cast_for_decoding(memory: Tensor) -> Tensor:
 def build_model(model_cfg: Any, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
     """A :class:`Seq2Seq` from ``model_cfg`` (an OmegaConf node or a plain dict).
 
-    Every key is required and checked; unknown keys and bad values raise :class:`NMTError`
-    naming the key and the valid choices.
+    The keys, types and ranges are checked by the schema (:class:`nmt.config_schema.ModelSettings`),
+    the score's and the decoder style's own keys by what their classes declare; unknown keys and
+    bad values raise :class:`NMTError` naming the key and the valid choices.
     """
-    cfg = to_plain_dict(model_cfg)
-    check_keys(cfg, "model", required=("encoder", "attention", "decoder", "tie_embeddings"))
-    enc = section(cfg, "encoder")
-    att = section(cfg, "attention")
-    dec = section(cfg, "decoder")
-    tie = boolean(cfg, "model", "tie_embeddings")
-
-    check_keys(
-        enc,
-        "model.encoder",
-        required=("rnn_type", "embed_dim", "hidden_size", "num_layers", "bidirectional", "dropout"),
-    )
+    m = load_settings(ModelSettings, model_cfg, "model")
+    enc, att, dec = m.encoder, m.attention, m.decoder
     encoder = Encoder(
         vocab_size=src_vocab_size,
-        rnn_type=choice(enc, "model.encoder", "rnn_type", RNN_TYPES),
-        embed_dim=positive_int(enc, "model.encoder", "embed_dim"),
-        hidden_size=positive_int(enc, "model.encoder", "hidden_size"),
-        num_layers=positive_int(enc, "model.encoder", "num_layers"),
-        bidirectional=boolean(enc, "model.encoder", "bidirectional"),
-        dropout=probability(enc, "model.encoder", "dropout"),
+        rnn_type=enc.rnn_type,
+        embed_dim=enc.embed_dim,
+        hidden_size=enc.hidden_size,
+        num_layers=enc.num_layers,
+        bidirectional=enc.bidirectional,
+        dropout=enc.dropout,
     )
-
-    score = SCORES[choice(att, "model.attention", "score", tuple(SCORES))]
-    # type and window may be absent (checkpoints from before local attention): global
-    check_keys(
-        att,
-        "model.attention",
-        required=("score", *score.config_keys),
-        optional=("type", "window", *score.optional_keys),
-    )
-    attention_type = (
-        choice(att, "model.attention", "type", ATTENTION_TYPES) if "type" in att else "global"
-    )
-    if "style" not in dec:
-        raise NMTError("model.decoder.style: missing")
-    style = DECODER_STYLES[choice(dec, "model.decoder", "style", tuple(DECODER_STYLES))]
-    check_keys(
-        dec,
-        "model.decoder",
-        required=(*DECODER_KEYS, *style.config_keys),
-        optional=tuple(style.optional_keys),
-    )
-    hidden = positive_int(dec, "model.decoder", "hidden_size")
-    embed_dim = positive_int(dec, "model.decoder", "embed_dim")
-    dropout = probability(dec, "model.decoder", "dropout")
     attention = build_attention(
-        score.name,
-        query_size=hidden,
+        att.score,
+        query_size=dec.hidden_size,
         value_size=encoder.output_size,
-        attention_type=attention_type,
-        **declared_options(att, "model.attention", score),
-        window=positive_int(att, "model.attention", "window") if "window" in att else None,
+        attention_type=att.type,
+        window=att.window,
+        **att.options,
     )
     sizes = DecoderSizes(
-        rnn_type=choice(dec, "model.decoder", "rnn_type", RNN_TYPES),
-        embed_dim=embed_dim,
-        hidden_size=hidden,
-        num_layers=positive_int(dec, "model.decoder", "num_layers"),
-        dropout=dropout,
+        rnn_type=dec.rnn_type,
+        embed_dim=dec.embed_dim,
+        hidden_size=dec.hidden_size,
+        num_layers=dec.num_layers,
+        dropout=dec.dropout,
         value_size=encoder.output_size,
         encoder_final_size=encoder.output_size,
-        bridge=boolean(dec, "model.decoder", "bridge"),
+        bridge=dec.bridge,
     )
-    decoder = style(attention, sizes, **declared_options(dec, "model.decoder", style))
-    return Seq2Seq(encoder, decoder, tgt_vocab_size, embed_dim, tie, dropout)
-
-
-def declared_options(cfg: Mapping, where: str, part: type[Declared]) -> dict[str, Any]:
-    """The keys ``part`` (a registered score or decoder style) declares that ``cfg`` holds,
-    each checked by its declared type: int a positive integer, bool true or false."""
-    check = {int: positive_int, bool: boolean}
-    keys = {**part.config_keys, **part.optional_keys}
-    return {key: check[kind](cfg, where, key) for key, kind in keys.items() if key in cfg}
-
-
-def to_plain_dict(cfg: Any) -> dict:
-    """An OmegaConf node (interpolations resolved) or a mapping → a plain dict."""
-    if isinstance(cfg, DictConfig):
-        try:
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-        except OmegaConfBaseException as err:
-            raise NMTError(f"model: {str(err).splitlines()[0]}") from None
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    raise NMTError(f"model: expected a mapping of options; got {type(cfg).__name__}")
-
-
-def section(cfg: Mapping, name: str) -> Mapping:
-    value = cfg[name]
-    if not isinstance(value, Mapping):
-        raise NMTError(f"model.{name}: expected a mapping of options; got {value!r}")
-    return value
-
-
-def check_keys(
-    cfg: Mapping, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
-) -> None:
-    """Every required key present, no key that is neither required nor optional."""
-    for key in required:
-        if key not in cfg:
-            raise NMTError(f"{where}.{key}: missing")
-    known = (*required, *optional)
-    for key in cfg:
-        if key not in known:
-            raise NMTError(f"{where}.{key}: unknown option; expected only {', '.join(known)}")
-
-
-def choice(cfg: Mapping, where: str, key: str, valid: tuple[str, ...]) -> str:
-    value = cfg.get(key)
-    if value not in valid:
-        raise NMTError(f"{where}.{key}: expected one of {', '.join(valid)}; got {value!r}")
-    return value
-
-
-def positive_int(cfg: Mapping, where: str, key: str) -> int:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise NMTError(f"{where}.{key}: expected a positive integer; got {value!r}")
-    return value
-
-
-def boolean(cfg: Mapping, where: str, key: str) -> bool:
-    value = cfg.get(key)
-    if not isinstance(value, bool):
-        raise NMTError(f"{where}.{key}: expected true or false; got {value!r}")
-    return value
-
-
-def probability(cfg: Mapping, where: str, key: str) -> float:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise NMTError(f"{where}.{key}: expected a number in [0, 1); got {value!r}")
-    return float(value)
+    decoder = DECODER_STYLES[dec.style](attention, sizes, **dec.options)
+    return Seq2Seq(encoder, decoder, tgt_vocab_size, dec.embed_dim, m.tie_embeddings, dec.dropout)

@@ -90,7 +90,7 @@ class ServeSettings:
 
     max_batch_sentences: int = 64
     max_batch_tokens: int = 6000
-    decode_tokens: int = 1024
+    decode_tokens: int = 2048
     max_wait_ms: float = 10.0
     max_sentences_per_request: int = 64
     max_sentence_tokens: int = 256

@@ -886,6 +886,18 @@ class _Server:
         self.server.run(sockets=[sock])
 
 
+def http_stack() -> str:
+    """The HTTP parser and event loop uvicorn picks (``auto``: httptools and uvloop when
+    installed, else h11 and asyncio). Installed, they took the server's CPU a request from 0.70
+    to 0.47 ms (no model, 64 clients, 2 shared cores); in the load benchmark the difference was
+    within the run-to-run noise (+16% and -11% in two rounds), so they are not required."""
+    import importlib.util
+
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"{http} on {loop}"
+
+
 def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (``port=0``: a free one); NMTError if taken."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
@@ -914,7 +926,10 @@ def main(cfg: DictConfig) -> None:
     sock = listen(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     app = create_app(translator, limits)
-    print(f"nmt-serve: listening on http://{host}:{port} ({translator.device})", file=sys.stderr)
+    print(
+        f"nmt-serve: listening on http://{host}:{port} ({translator.device}, {http_stack()})",
+        file=sys.stderr,
+    )
     sys.stderr.flush()
     _Server(app, limits).run(sock)
     print("nmt-serve: stopped", file=sys.stderr)

@@ -359,6 +359,7 @@ class Offline:
     chunked_per_s: float  # the server's decode: length-sorted, in serve.decode_tokens chunks
     per_cpu_s: float  # the ceiling's sentences per CPU second of this process
     single_per_s: float  # the first SINGLE sentences, each decoded alone
+    single_per_cpu_s: float  # the same per CPU second
     texts: list[str]
     settings: dict
 
@@ -404,7 +405,9 @@ def offline(
     if [t.text for t in chunked] != texts:
         raise NMTError("offline: the chunked decode gave other texts than translate()")
     single = sentences[:SINGLE]
-    alone, single_s, _ = _timed(lambda: [translator.translate_text([s])[0] for s in single])
+    alone, single_s, single_cpu = _timed(
+        lambda: [translator.translate_text([s])[0] for s in single]
+    )
     if alone != texts[: len(single)]:
         raise NMTError("offline: sentences decoded alone gave other texts than in batches")
     n = len(sentences)
@@ -413,6 +416,7 @@ def offline(
         chunked_per_s=n / chunked_s,
         per_cpu_s=n / (translate_cpu if translate_s <= chunked_s else chunked_cpu),
         single_per_s=len(single) / single_s,
+        single_per_cpu_s=len(single) / single_cpu,
         texts=texts,
         settings=asdict(translator.settings),
     )
@@ -481,8 +485,9 @@ def main(cfg: DictConfig) -> None:
         f"decode (chunks of <= {cfg.decode_tokens} padded subwords) {base.chunked_per_s:.2f} "
         f"sentences/s; the ceiling: {ceiling:.2f} ({base.per_cpu_s:.1f} per CPU second)\n"
         f"offline, the first {min(SINGLE, len(sentences))} one at a time: "
-        f"{base.single_per_s:.2f} sentences/s, so batching can make decoding at most "
-        f"{ceiling / base.single_per_s:.2f}x faster here"
+        f"{base.single_per_s:.2f} sentences/s ({base.single_per_cpu_s:.1f} per CPU second), so "
+        f"batching can make decoding at most {ceiling / base.single_per_s:.2f}x faster here "
+        f"({base.per_cpu_s / base.single_per_cpu_s:.2f}x per CPU second): the bound on 'x off'"
     )
     sys.stdout.flush()
 
@@ -510,6 +515,8 @@ def main(cfg: DictConfig) -> None:
     try:
         for server in servers.values():
             server.wait_ready(cfg.startup_timeout_s)
+        listening = [line for line in servers["on"].lines if "listening on" in line]
+        print(f"server: {listening[0].strip() if listening else '?'}", flush=True)
         for c in clients:
             for batching, server in servers.items():
                 run = run_clients(
@@ -545,6 +552,7 @@ def main(cfg: DictConfig) -> None:
             "ceiling_sentences_per_s": ceiling,
             "ceiling_sentences_per_cpu_s": base.per_cpu_s,
             "offline_single_sentences_per_s": base.single_per_s,
+            "offline_single_sentences_per_cpu_s": base.single_per_cpu_s,
             "runs": [asdict(r) for r in runs],
             "exit_status": exits,
         }

@@ -5,19 +5,22 @@ the HTTP API under load, with dynamic batching on and off, beside offline batche
    :meth:`Translator.translate` (length-sorted batches of ``batch_sentences``, as
    ``nmt-translate`` does), and the server's own decode (length-sorted chunks of at most
    ``decode_tokens`` padded subwords); the faster is the ceiling. Their texts, which must agree,
-   are the reference for the server's answers.
+   are the reference for the server's answers. Then the first ``SINGLE`` sentences decoded one
+   at a time: the ceiling over that rate bounds what batching can gain (``x off``).
 2. **The server**, a real ``python -m nmt.serve`` process on 127.0.0.1 (a free port), once with
    ``serve.max_batch_sentences=batch_sentences`` (batching on) and once with ``=1`` (off). For
-   each client count C, C httpx clients each send one sentence per request, the next as soon as
-   the last is answered, until ``requests`` are answered or ``max_seconds`` have passed.
+   each client count C, C clients (:class:`RawConnection` each, or one shared
+   ``httpx.AsyncClient`` with ``client=httpx``) each send one sentence per request, the next as
+   soon as the last is answered, until ``requests`` are answered or ``max_seconds`` have passed.
    Throughput is answered sentences over the time from the first request to the last answer;
-   latency is per request, as the client sees it; the mean batch size comes from the server's
-   ``/v1/stats`` before and after the run. Each answer is checked against the offline text.
+   latency is per request, as the client sees it; the mean batch size (sentences per decoder
+   call) and the server's CPU seconds come from its ``/v1/stats`` before and after the run, the
+   clients' from this process.
 3. The server gets SIGTERM and must exit 0.
 
 Traffic goes to 127.0.0.1 only, and every run is bounded by ``requests`` and ``max_seconds``.
 The clients, the server and the offline run share the machine's cores: run it on an otherwise
-idle machine for figures to compare.
+idle machine for figures to compare (the load average is printed with each run).
 """
 
 from __future__ import annotations

@@ -107,12 +107,14 @@ def _build(schema: type[T], values: Any, prefix: str) -> T:
         raise NMTError(f"{prefix or 'config'}: expected a mapping of settings; got {values!r}")
     hints, kwargs = _hints(schema), {}
     own = {f.name: f for f in fields(schema) if f.name != PART_OPTIONS}  # type: ignore[arg-type]
+    # a registered part's own keys (declared: None for a plain group)
     declared = _declared_keys(schema, values, own, hints, prefix)
-    known = [*own, *declared]
+    known = [*own, *(declared or ())]
+    part = f" for {schema.PART_FIELD} {values[schema.PART_FIELD]!r}" if declared is not None else ""
     for name in values:
         if name not in known:
             raise NMTError(
-                f"{_key(prefix, name)}: unknown setting; expected one of {', '.join(known)}"
+                f"{_key(prefix, name)}: unknown setting{part}; expected one of {', '.join(known)}"
             )
     for f in own.values():
         key = _key(prefix, f.name)
@@ -120,7 +122,7 @@ def _build(schema: type[T], values: Any, prefix: str) -> T:
             kwargs[f.name] = check_value(values[f.name], hints[f.name], f.metadata, key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise NMTError(f"{key}: missing")
-    if declared:
+    if declared is not None:
         kwargs[PART_OPTIONS] = _part_options(values, declared, prefix)
     return schema(**kwargs)
 
@@ -134,12 +136,12 @@ PART_RULES = {int: {"ge": 1}, bool: {}}  # what a part may declare: a positive s
 
 def _declared_keys(
     schema: type, values: Mapping, own: Mapping[str, Any], hints: Mapping, prefix: str
-) -> dict[str, tuple[type, bool]]:
-    """key → (type, required) of the registered part that ``values`` names; {} for a plain
+) -> dict[str, tuple[type, bool]] | None:
+    """key → (type, required) of the registered part that ``values`` names; None for a plain
     group. The part's name is checked first, so an unknown one lists the registered names."""
     registry = getattr(schema, "REGISTRY", None)
     if registry is None:
-        return {}
+        return None
     name_field = own[schema.PART_FIELD]
     if schema.PART_FIELD not in values:
         raise NMTError(f"{_key(prefix, schema.PART_FIELD)}: missing")
@@ -604,7 +606,7 @@ class ServeSettings:
 
     max_batch_sentences: int = setting(ge=1, default=64)
     max_batch_tokens: int = setting(ge=1, default=6000)
-    decode_tokens: int = setting(ge=1, default=1024)
+    decode_tokens: int = setting(ge=1, default=2048)
     max_wait_ms: float = setting(ge=0, default=10.0)
     max_sentences_per_request: int = setting(ge=1, default=64)
     max_sentence_tokens: int = setting(ge=1, default=256)
@@ -744,6 +746,7 @@ class ServeBenchConfig(DecodeCommand):
     max_wait_ms: float = setting(ge=0)
     decode_tokens: int = setting(ge=1)
     threads: int | None = setting(ge=1)
+    client: str = setting(choices=("raw", "httpx"))
     server_args: list[str] = setting()
     startup_timeout_s: float = setting(gt=0)
     output: str | None = setting()

@@ -5,25 +5,30 @@ the HTTP API under load, with dynamic batching on and off, beside offline batche
    :meth:`Translator.translate` (length-sorted batches of ``batch_sentences``, as
    ``nmt-translate`` does), and the server's own decode (length-sorted chunks of at most
    ``decode_tokens`` padded subwords); the faster is the ceiling. Their texts, which must agree,
-   are the reference for the server's answers.
+   are the reference for the server's answers. Then the first ``SINGLE`` sentences decoded one
+   at a time: the ceiling over that rate bounds what batching can gain (``x off``).
 2. **The server**, a real ``python -m nmt.serve`` process on 127.0.0.1 (a free port), once with
    ``serve.max_batch_sentences=batch_sentences`` (batching on) and once with ``=1`` (off). For
-   each client count C, C httpx clients each send one sentence per request, the next as soon as
-   the last is answered, until ``requests`` are answered or ``max_seconds`` have passed.
+   each client count C, C clients (:class:`RawConnection` each, or one shared
+   ``httpx.AsyncClient`` with ``client=httpx``) each send one sentence per request, the next as
+   soon as the last is answered, until ``requests`` are answered or ``max_seconds`` have passed.
    Throughput is answered sentences over the time from the first request to the last answer;
-   latency is per request, as the client sees it; the mean batch size comes from the server's
-   ``/v1/stats`` before and after the run. Each answer is checked against the offline text.
+   latency is per request, as the client sees it; the mean batch size (sentences per decoder
+   call) and the server's CPU seconds come from its ``/v1/stats`` before and after the run, the
+   clients' from this process.
 3. The server gets SIGTERM and must exit 0.
 
 Traffic goes to 127.0.0.1 only, and every run is bounded by ``requests`` and ``max_seconds``.
 The clients, the server and the offline run share the machine's cores: run it on an otherwise
-idle machine for figures to compare.
+idle machine for figures to compare (the load average is printed with each run).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import math
 import os
@@ -33,9 +38,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -130,6 +137,9 @@ class RunResult:
     p99_ms: float
     mean_batch: float
     busy: float  # the share of the run the server's decoding thread was decoding
+    server_cpu: float  # the server process's CPU seconds per second of the run (cores used)
+    decode_cpu: float  # of which its decoding thread's
+    client_cpu: float  # the clients' (this process's) CPU seconds per second of the run
     mismatches: int  # answers whose text differs from the offline translation
     first_error: str | None  # the first failed request's status and body, or exception
 
@@ -142,13 +152,64 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection on asyncio streams: the benchmark's light client.
+
+    The clients share the machine's cores with the server they measure, so their own cost
+    counts: 64 concurrent clients posting to a FastAPI app with this schema and no model took
+    0.2 ms of CPU a request with this, 3.5 ms with one ``httpx.AsyncClient`` per client and
+    6.4 ms with one shared ``httpx.AsyncClient`` pool of 64 connections (2 shared cores), which
+    at 80 requests/s is a quarter of a core taken from the server. ``client=httpx`` uses the
+    latter, as the benchmark first did.
+    """
+
+    def __init__(self, url: str):
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """POST a JSON ``body``; the status and the response body. Raises OSError or EOFError
+        on a broken connection (the next post opens a new one), ValueError on a bad answer."""
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.streams
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        try:
+            writer.write(head.encode("ascii") + body)
+            status_line, *lines = (
+                (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            )
+            headers = dict(
+                (k.strip().lower(), v.strip()) for k, _, v in (h.partition(":") for h in lines if h)
+            )
+            if "content-length" not in headers:
+                raise ValueError(f"an answer without Content-Length: {status_line}")
+            data = await reader.readexactly(int(headers["content-length"]))
+        except BaseException:
+            self.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return int(status_line.split()[1]), data
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
 async def drive(
-    url: str, sentences: Sequence[str], clients: int, max_seconds: float
+    url: str, sentences: Sequence[str], clients: int, max_seconds: float, client: str = "raw"
 ) -> tuple[list[float], list[str | None], float, list[str]]:
     """``clients`` concurrent clients send ``sentences`` one per request, in order, until all
-    are answered or ``max_seconds`` pass. Returns each answered request's latency (s), each
-    sentence's answer text (None if unanswered), the seconds from the first request to the last
-    answer, and what each failed request got."""
+    are answered or ``max_seconds`` pass; each client is one keep-alive connection
+    (:class:`RawConnection`, or ``client="httpx"``: one shared ``httpx.AsyncClient``). Returns
+    each answered request's latency (s), each sentence's answer text (None if unanswered), the
+    seconds from the first request to the last answer, and what each failed request got."""
     import httpx
 
     latencies: list[float] = []
@@ -159,28 +220,46 @@ async def drive(
     deadline = start + max_seconds
     last = start
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    async def client_loop(post: Callable[[bytes], Awaitable[tuple[int, bytes]]]) -> None:
         nonlocal next_index, last
         while next_index < len(sentences) and time.perf_counter() < deadline:
             i = next_index
             next_index += 1
             sent = time.perf_counter()
             try:
-                response = await client.post("/v1/translate", json={"text": sentences[i]})
-            except httpx.HTTPError as err:
+                request = post(json.dumps({"text": sentences[i]}).encode())
+                status, body = await asyncio.wait_for(request, max_seconds + 120)
+            except (OSError, EOFError, ValueError, httpx.HTTPError) as err:
                 errors.append(f"{type(err).__name__}: {err}")
                 continue
-            if response.status_code != 200:
-                errors.append(f"{response.status_code} {response.text[:300]}")
+            if status != 200:
+                errors.append(f"{status} {body[:300].decode(errors='replace')}")
                 continue
             last = time.perf_counter()
             latencies.append(last - sent)
-            texts[i] = response.json()["translations"][0]["text"]
+            texts[i] = json.loads(body)["translations"][0]["text"]
+
+    if client == "raw":
+        connections = [RawConnection(url) for _ in range(clients)]
+        try:
+            await asyncio.gather(
+                *(client_loop(functools.partial(c.post, "/v1/translate")) for c in connections)
+            )
+        finally:
+            for c in connections:
+                c.close()
+        return latencies, texts, last - start, errors
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     timeout = httpx.Timeout(max_seconds + 120)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as pool:
+
+        async def post(body: bytes) -> tuple[int, bytes]:
+            headers = {"Content-Type": "application/json"}
+            response = await pool.post("/v1/translate", content=body, headers=headers)
+            return response.status_code, response.content
+
+        await asyncio.gather(*(client_loop(post) for _ in range(clients)))
     return latencies, texts, last - start, errors
 
 
@@ -197,12 +276,19 @@ def run_clients(
     sentences: Sequence[str],
     reference: Sequence[str],
     max_seconds: float,
+    client: str = "raw",
 ) -> RunResult:
     before = server_stats(server.url)
+    client_start = time.process_time()
     latencies, texts, seconds, errors = asyncio.run(
-        drive(server.url, sentences, clients, max_seconds)
+        drive(server.url, sentences, clients, max_seconds, client)
     )
+    client_s = time.process_time() - client_start
     after = server_stats(server.url)
+
+    def per_second(key: str) -> float:
+        return (after[key] - before[key]) / seconds if seconds > 0 else 0.0
+
     batches = after["batches"] - before["batches"]
     batch_sentences = after["batch_sentences"] - before["batch_sentences"]
     answered = len(latencies)
@@ -218,7 +304,10 @@ def run_clients(
         p95_ms=1000 * percentile(latencies, 95),
         p99_ms=1000 * percentile(latencies, 99),
         mean_batch=batch_sentences / batches if batches else 0.0,
-        busy=(after["decode_seconds"] - before["decode_seconds"]) / seconds if seconds else 0.0,
+        busy=per_second("decode_seconds"),
+        server_cpu=per_second("process_cpu_seconds"),
+        decode_cpu=per_second("decode_cpu_seconds"),
+        client_cpu=client_s / seconds if seconds > 0 else 0.0,
         mismatches=mismatches,
         first_error=errors[0] if errors else None,
     )
@@ -266,16 +355,30 @@ def default_input(ckpt: str) -> Path:
 
 @dataclass
 class Offline:
-    """Offline batched translation of all the sentences at once, in this process."""
+    """Offline translation of the same sentences in this process: the ceiling, and the bound
+    that decoding one sentence at a time puts on batching off."""
 
     translate_per_s: float  # Translator.translate (nmt-translate): length-sorted, by count
     chunked_per_s: float  # the server's decode: length-sorted, in serve.decode_tokens chunks
+    per_cpu_s: float  # the ceiling's sentences per CPU second of this process
+    single_per_s: float  # the first SINGLE sentences, each decoded alone
+    single_per_cpu_s: float  # the same per CPU second
     texts: list[str]
     settings: dict
 
     @property
     def ceiling(self) -> float:
         return max(self.translate_per_s, self.chunked_per_s)
+
+
+SINGLE = 64  # sentences decoded one at a time offline (the batching-off bound)
+
+
+def _timed(run: Callable[[], Any]) -> tuple[Any, float, float]:
+    """``run()``, its wall seconds and this process's CPU seconds."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def offline(
@@ -286,27 +389,40 @@ def offline(
     decode_tokens: int,
     sentences: Sequence[str],
 ) -> Offline:
-    """The ceiling, both ways the sentences can be batched offline (see :class:`Offline`)."""
+    """The ceiling, both ways the sentences can be batched offline, and the first ``SINGLE``
+    decoded one by one (see :class:`Offline`)."""
     from nmt.inference import Translator
     from nmt.serve import ServeSettings, TranslationService
 
     translator = Translator.from_checkpoint(ckpt, device, **search, batch_size=batch_sentences)
     translator.translate(sentences[:8])  # warm-up, as the server does
-    start = time.perf_counter()
-    texts = translator.translate_text(sentences)
-    translate_s = time.perf_counter() - start
+    texts, translate_s, translate_cpu = _timed(lambda: translator.translate_text(sentences))
 
     limits = ServeSettings(max_batch_sentences=batch_sentences, decode_tokens=decode_tokens)
     service = TranslationService(translator, limits)
     service.executor.shutdown()  # its decode runs here, in this thread
     lengths = service.count_tokens(sentences)
-    start = time.perf_counter()
-    chunked = service.decode(service.base.settings, list(sentences), lengths)
-    chunked_s = time.perf_counter() - start
+    chunked, chunked_s, chunked_cpu = _timed(
+        lambda: service.decode(service.base.settings, list(sentences), lengths)
+    )
     if [t.text for t in chunked] != texts:
         raise NMTError("offline: the chunked decode gave other texts than translate()")
+    single = sentences[:SINGLE]
+    alone, single_s, single_cpu = _timed(
+        lambda: [translator.translate_text([s])[0] for s in single]
+    )
+    if alone != texts[: len(single)]:
+        raise NMTError("offline: sentences decoded alone gave other texts than in batches")
     n = len(sentences)
-    return Offline(n / translate_s, n / chunked_s, texts, asdict(translator.settings))
+    return Offline(
+        translate_per_s=n / translate_s,
+        chunked_per_s=n / chunked_s,
+        per_cpu_s=n / (translate_cpu if translate_s <= chunked_s else chunked_cpu),
+        single_per_s=len(single) / single_s,
+        single_per_cpu_s=len(single) / single_cpu,
+        texts=texts,
+        settings=asdict(translator.settings),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,16 +434,18 @@ def format_table(runs: Sequence[RunResult], ceiling: float) -> str:
     off = {r.clients: r.sentences_per_s for r in runs if r.batching == "off"}
     header = (
         f"{'clients':>7} {'batching':>8} {'sent/s':>8} {'x off':>6} {'% ceil':>7} {'p50 ms':>8} "
-        f"{'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'busy':>5} {'answered':>8} {'errors':>6} "
-        f"{'differ':>6}"
+        f"{'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'busy':>5} {'srv cpu':>7} {'dec cpu':>7} "
+        f"{'cli cpu':>7} {'sent/cpu':>8} {'answered':>8} {'errors':>6} {'differ':>6}"
     )
     rows = [header]
     for r in runs:
         speedup = r.sentences_per_s / off[r.clients] if off.get(r.clients) else math.nan
+        per_cpu = r.sentences_per_s / r.server_cpu if r.server_cpu > 0 else math.nan
         rows.append(
             f"{r.clients:>7} {r.batching:>8} {r.sentences_per_s:>8.2f} {speedup:>6.2f} "
             f"{100 * r.sentences_per_s / ceiling:>6.1f}% {r.p50_ms:>8.0f} {r.p95_ms:>8.0f} "
-            f"{r.p99_ms:>8.0f} {r.mean_batch:>6.1f} {100 * r.busy:>4.0f}% {r.answered:>8} {r.errors:>6} "
+            f"{r.p99_ms:>8.0f} {r.mean_batch:>6.1f} {100 * r.busy:>4.0f}% {r.server_cpu:>7.2f} "
+            f"{r.decode_cpu:>7.2f} {r.client_cpu:>7.2f} {per_cpu:>8.1f} {r.answered:>8} {r.errors:>6} "
             f"{r.mismatches:>6}"
         )
     return "\n".join(rows)
@@ -340,11 +458,7 @@ def main(cfg: DictConfig) -> None:
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     clients = [cfg.clients] if isinstance(cfg.clients, int) else list(cfg.clients)
-    if not clients or not all(isinstance(c, int) and c >= 1 for c in clients):
-        raise NMTError(f"clients: expected an integer >= 1 or a list of them, got {cfg.clients}")
-    for key in ("requests", "batch_sentences"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise NMTError(f"{key}: expected an integer >= 1, got {cfg[key]!r}")
+    # types and ranges: the schema (nmt.config_schema.ServeBenchConfig), before this runs
     if cfg.threads is not None:
         import torch
 
@@ -359,13 +473,18 @@ def main(cfg: DictConfig) -> None:
         f"serve benchmark: {cfg.ckpt}, {settings['name']} search (beam {settings['beam_size']}), "
         f"{len(sentences)} single-sentence requests from {path} (seed {cfg.seed}), at most "
         f"{cfg.max_seconds:g} s per run, device {cfg.device}, torch threads "
-        f"{cfg.threads or 'default'}"
+        f"{cfg.threads or 'default'}, {cfg.client} clients, load average "
+        f"{os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)"
     )
     print(
         f"offline, all {len(sentences)} at once: Translator.translate (nmt-translate, batches "
         f"of {cfg.batch_sentences}) {base.translate_per_s:.2f} sentences/s; the server's "
         f"decode (chunks of <= {cfg.decode_tokens} padded subwords) {base.chunked_per_s:.2f} "
-        f"sentences/s; the ceiling: {ceiling:.2f}"
+        f"sentences/s; the ceiling: {ceiling:.2f} ({base.per_cpu_s:.1f} per CPU second)\n"
+        f"offline, the first {min(SINGLE, len(sentences))} one at a time: "
+        f"{base.single_per_s:.2f} sentences/s ({base.single_per_cpu_s:.1f} per CPU second), so "
+        f"batching can make decoding at most {ceiling / base.single_per_s:.2f}x faster here "
+        f"({base.per_cpu_s / base.single_per_cpu_s:.2f}x per CPU second): the bound on 'x off'"
     )
     sys.stdout.flush()
 
@@ -393,14 +512,19 @@ def main(cfg: DictConfig) -> None:
     try:
         for server in servers.values():
             server.wait_ready(cfg.startup_timeout_s)
+        listening = [line for line in servers["on"].lines if "listening on" in line]
+        print(f"server: {listening[0].strip() if listening else '?'}", flush=True)
         for c in clients:
             for batching, server in servers.items():
-                run = run_clients(server, batching, c, sentences, reference, cfg.max_seconds)
+                run = run_clients(
+                    server, batching, c, sentences, reference, cfg.max_seconds, cfg.client
+                )
                 runs.append(run)
                 print(
                     f"  batching {batching}, {c} clients: {run.sentences_per_s:.2f} sent/s, "
                     f"p50 {run.p50_ms:.0f} ms, mean batch {run.mean_batch:.1f}, "
-                    f"decoding {100 * run.busy:.0f}% of the time",
+                    f"decoding {100 * run.busy:.0f}% of the time, load average "
+                    f"{os.getloadavg()[0]:.2f}",
                     flush=True,
                 )
                 if run.first_error:
@@ -414,7 +538,7 @@ def main(cfg: DictConfig) -> None:
 
     runs.sort(key=lambda r: (r.clients, r.batching != "on"))
     print(format_table(runs, ceiling))
-    print(f"server exit status after SIGTERM: {exits}")
+    print(f"server exit status after SIGTERM: {exits}; load average {os.getloadavg()[0]:.2f}")
     if cfg.output:
         report = {
             "config": OmegaConf.to_container(cfg, resolve=True),
@@ -423,6 +547,9 @@ def main(cfg: DictConfig) -> None:
             "offline_translate_sentences_per_s": base.translate_per_s,
             "offline_chunked_sentences_per_s": base.chunked_per_s,
             "ceiling_sentences_per_s": ceiling,
+            "ceiling_sentences_per_cpu_s": base.per_cpu_s,
+            "offline_single_sentences_per_s": base.single_per_s,
+            "offline_single_sentences_per_cpu_s": base.single_per_cpu_s,
             "runs": [asdict(r) for r in runs],
             "exit_status": exits,
         }

@@ -165,7 +165,7 @@ def test_the_settings_are_typed_objects():
     assert typed.trainer.max_steps == 7 and isinstance(typed.trainer, TrainerSettings)
     assert isinstance(typed.optim, OptimSettings) and typed.optim.momentum == 0.9
     assert isinstance(typed.search, SearchSettings) and typed.search.beam_size == 5
-    assert typed.model.attention.type == "global" and typed.model.attention.hidden_size is None
+    assert typed.model.attention.type == "global" and typed.model.attention.options == {}
 
 
 def test_strict_where_omegaconf_would_convert():

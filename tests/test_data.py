@@ -37,7 +37,7 @@ from nmt.data.corpus import (
 )
 from nmt.data.pipeline import fingerprint, prepare
 from nmt.data.recipes import RECIPES, run_recipe
-from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocab
+from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, SHORT_LIST, UNK_ID, Vocab
 from nmt.errors import NMTError
 
 HAN_DECOMPOSED = "\u1112\u1161\u11ab"  # ᄒ + ᅡ + ᆫ, the jamo of 한 (U+D55C)
@@ -373,6 +373,17 @@ def test_source_vocabulary_round_trips_training_text(tiny_prepared):
     data = tiny_prepared.data
     text = data.splits["train"].src_text[:50]  # English: character coverage 1.0, no <unk>
     assert data.src_vocab.decode(data.src_vocab.encode(text)) == text
+
+
+def test_short_and_long_lists_encode_alike(tiny_prepared):
+    """Up to SHORT_LIST lines are encoded (decoded) one by one, longer lists by sentencepiece's
+    threads."""
+    vocab, text = tiny_prepared.data.src_vocab, tiny_prepared.data.splits["train"].src_text
+    long = text[: SHORT_LIST + 1]
+    assert len(long) == SHORT_LIST + 1
+    ids = vocab.encode(long)
+    assert ids[:3] == vocab.encode(long[:3])
+    assert vocab.decode(ids)[:3] == vocab.decode(ids[:3]) == long[:3]
 
 
 def test_joint_bpe_vocabulary_is_one_shared_model(tiny_tsv_corpus, tmp_path):

@@ -503,7 +503,7 @@ def test_every_config_file_builds_a_model():
         (("encoder", "dropout", 1.5), "model.encoder.dropout: expected a number in [0, 1); got 1.5"),
         (("encoder", "bidirectional", "yes"), "model.encoder.bidirectional: expected true or false"),
         (("attention", "hidden_size", 8), "model.attention.hidden_size: unknown setting for score 'dot'"),
-        (("decoder", "input_feed", True), "model.decoder.input_feed: unknown setting; expected one of style"),
+        (("decoder", "input_feed", True), "model.decoder.input_feed: unknown setting for style 'luong'; expected one of style"),
         (("attention", "type", "local"), "model.attention.type: expected one of global, local_m, "
          "local_p; got 'local'"),
         (("attention", "window", 0), "model.attention.window: expected an integer >= 1 or null; got 0"),

@@ -23,7 +23,8 @@ from conftest import quote, run_main
 
 from nmt.errors import NMTError
 from nmt.inference import Translator
-from nmt.serve import API_KEY_ENV, ServeSettings, create_app, listen, padded_chunks
+from nmt.search import padded_chunks
+from nmt.serve import API_KEY_ENV, ServeSettings, create_app, listen
 from nmt.serve_bench import ServerProcess, percentile
 
 SENTENCES = [
@@ -233,6 +234,8 @@ def test_padded_chunks_sort_longest_first_within_the_budget():
     assert all(len(c) * lengths[c[0]] <= 40 for c in chunks if len(c) > 1)
     assert padded_chunks([5, 5, 5], budget=1000, max_sentences=1) == [[0], [1], [2]]
     assert padded_chunks([], budget=10, max_sentences=4) == []
+    # no budget (decode_ids): longest first, ties in input order, max_sentences at a time
+    assert padded_chunks([3, 9, 9, 1, 3], budget=None, max_sentences=2) == [[1, 2], [0, 4], [3]]
 
 
 def test_a_batch_decoded_in_chunks_answers_as_alone(translator):
@@ -248,6 +251,24 @@ def test_a_batch_decoded_in_chunks_answers_as_alone(translator):
     responses = run(go())
     texts = [r.json()["translations"][0]["text"] for r in responses]
     assert texts == [translator.translate_text([s])[0] for s in SENTENCES]
+
+
+def test_a_request_split_over_decoder_calls_answers_in_order(translator):
+    """Its sentences land in different chunks (decode_tokens=24), decoded with another
+    request's; it is answered once its last one is decoded, in its own order, as alone."""
+
+    async def go():
+        async with serving(translator, decode_tokens=24, max_wait_ms=200) as client:
+            many = client.post("/v1/translate", json={"text": SENTENCES})
+            one = client.post("/v1/translate", json={"text": SENTENCES[3]})
+            responses = await asyncio.gather(many, one)
+            return responses, (await client.get("/v1/stats")).json()
+
+    (many, one), stats = run(go())
+    assert [t["text"] for t in many.json()["translations"]] == translator.translate_text(SENTENCES)
+    assert one.json()["translations"][0]["text"] == translator.translate_text([SENTENCES[3]])[0]
+    assert stats["batches"] > 1 and stats["batch_sentences"] == len(SENTENCES) + 1
+    assert stats["decode_cpu_seconds"] > 0 and stats["process_cpu_seconds"] > 0
 
 
 def test_different_search_settings_are_not_mixed(translator):
@@ -515,6 +536,9 @@ def test_command_line_errors_are_one_line(tmp_path):
     unknown = run_main("nmt.serve", f"ckpt={quote(missing)}", "serve.batch=3")
     assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
     assert "Could not override 'serve.batch'" in unknown.stderr
+    client = run_main("nmt.serve_bench", f"ckpt={quote(missing)}", "client=curl")
+    assert client.returncode == 2
+    assert client.stderr.strip() == "error: client: expected one of raw, httpx; got 'curl'"
     bad = run_main("nmt.serve", f"ckpt={quote(missing)}", "serve.max_wait_ms=-5")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: serve.max_wait_ms: expected a number >= 0; got -5"
@@ -614,4 +638,6 @@ def test_load_benchmark_runs_and_prints_its_table(tiny_checkpoint, tiny_prepared
         r["answered"] == 4 and r["errors"] == 0 and r["mismatches"] == 0 for r in runs.values()
     )
     assert runs[(2, "off")]["mean_batch"] == 1.0
+    assert all(r["server_cpu"] > 0 and r["client_cpu"] >= 0 for r in runs.values())
+    assert "one at a time" in result.stdout and "load average" in result.stdout
     assert data["exit_status"] == {"on": 0, "off": 0}

@@ -28,6 +28,9 @@ from nmt.io import write_bytes_atomic
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
+SHORT_LIST = 64  # lines encoded or decoded one by one (see Vocab.encode)
+
+
 class Vocab:
     """A trained SentencePiece model: text ↔ subword ids (without <s> and </s>)."""
 
@@ -45,10 +48,21 @@ class Vocab:
         return self.sp.get_piece_size()
 
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
+        """Subword ids of each line. Up to ``SHORT_LIST`` lines are encoded one by one:
+        sentencepiece's list call sets up its thread pool each time, 0.3-1 ms for a list of one
+        sentence against 0.01 ms for the string (the server encodes each request as it comes,
+        on the event loop); a longer list gets the pool's threads."""
+        if len(lines) <= SHORT_LIST:
+            return [self.sp.encode(line, out_type=int) for line in lines]
         return self.sp.encode(list(lines), out_type=int)
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
-        return self.sp.decode([strip_specials(seq) for seq in ids])
+        """The text of each id sequence (specials dropped); a short list one by one, as in
+        :meth:`encode` (0.8 ms for a list of one sentence, 0.01 ms for the sequence)."""
+        seqs = [strip_specials(seq) for seq in ids]
+        if len(seqs) <= SHORT_LIST:
+            return [self.sp.decode(seq) for seq in seqs]
+        return self.sp.decode(seqs)
 
     def pieces(self, ids: Sequence[int]) -> list[str]:
         return [self.sp.id_to_piece(int(i)) for i in ids]

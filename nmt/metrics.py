@@ -95,9 +95,10 @@ class Headline:
 
     @classmethod
     def of(cls, scores: Mapping[str, Mapping[str, Any]]) -> Headline:
-        """Raises KeyError when ``scores`` has no ko-mecab BLEU or no chrF entry."""
+        """Raises KeyError when ``scores`` has no ko-mecab BLEU or no chrF score (a report
+        without signatures, e.g. written by hand, reads with an empty one)."""
         bleu = scores[HEADLINE_BLEU]
-        return cls(bleu["score"], scores["chrf"]["score"], bleu["signature"])
+        return cls(bleu["score"], scores["chrf"]["score"], bleu.get("signature", ""))
 
 
 class SentenceScorer:

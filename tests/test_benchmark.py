@@ -298,19 +298,24 @@ def test_decoding_can_be_skipped(tiny_prepared, tmp_path, monkeypatch):
     assert json.loads(Path(out).read_text())["decode"] is None
 
 
-def test_decoding_with_a_checkpoint(tiny_prepared, tmp_path, monkeypatch, compose_config):
-    data = tiny_prepared.data
-    cfg = compose_config(
-        *tiny_prepared.corpus.overrides(data.out_dir), *TINY_MODEL, "model/attention=dot"
-    )
+def untrained_checkpoint(path, cfg, data):
+    """A checkpoint of ``cfg``'s model with its initial weights, at ``path``."""
     model = build_model(cfg.model, len(data.src_vocab), len(data.tgt_vocab))
-    ckpt = tmp_path / "trained.pt"
     payload = {
         "model": model.state_dict(),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "vocab": vocab_payload(data.src_vocab, data.tgt_vocab),
     }
-    save_checkpoint(ckpt, payload)
+    save_checkpoint(path, payload)
+    return path
+
+
+def test_decoding_with_a_checkpoint(tiny_prepared, tmp_path, monkeypatch, compose_config):
+    data = tiny_prepared.data
+    cfg = compose_config(
+        *tiny_prepared.corpus.overrides(data.out_dir), *TINY_MODEL, "model/attention=dot"
+    )
+    ckpt = untrained_checkpoint(tmp_path / "trained.pt", cfg, data)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "bench.json"
     result = run_main(
@@ -338,14 +343,7 @@ def test_decoding_an_exported_folder_too(tiny_prepared, tmp_path, monkeypatch):
 
     data = tiny_prepared.data
     cfg = tiny_prepared.corpus.cfg(*TINY_MODEL, out_dir=data.out_dir)
-    model = build_model(cfg.model, len(data.src_vocab), len(data.tgt_vocab))
-    ckpt = tmp_path / "trained.pt"
-    payload = {
-        "model": model.state_dict(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "vocab": vocab_payload(data.src_vocab, data.tgt_vocab),
-    }
-    save_checkpoint(ckpt, payload)
+    ckpt = untrained_checkpoint(tmp_path / "trained.pt", cfg, data)
     export_checkpoint(ckpt, tmp_path / "onnx")
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "bench.json"

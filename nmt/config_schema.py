@@ -457,6 +457,12 @@ def _schedulers() -> Sequence[str]:
     return SCHEDULERS
 
 
+def _warmup_shapes() -> Sequence[str]:
+    from nmt.optim import WARMUP_SHAPES
+
+    return WARMUP_SHAPES
+
+
 def _precisions() -> Sequence[str]:
     from nmt.runtime import PRECISIONS
 
@@ -473,6 +479,7 @@ class OptimSettings:
     clip_grad_norm: float | None = setting(ge=0)
     scheduler: str = setting(choices=_schedulers)
     warmup_steps: int = setting(ge=0)
+    warmup_shape: str = setting(choices=_warmup_shapes)
     plateau_factor: float = setting(gt=0, le=1)
     plateau_patience: int = setting(ge=1)
     min_lr: float = setting(ge=0)

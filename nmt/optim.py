@@ -12,6 +12,7 @@ from nmt.errors import NMTError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "plateau", "inverse_sqrt")
+WARMUP_SHAPES = ("linear", "constant")
 
 
 def check_optim_cfg(cfg: Any) -> OptimSettings:
@@ -48,7 +49,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
 class LRSchedule:
     """lr(step) = optim.lr · warmup(step) · decay(step) · plateau_factor.
 
-    * warmup: linear from lr/warmup_steps to lr over the first ``warmup_steps`` steps.
+    * warmup: over the first ``warmup_steps`` steps, ``linear`` rises from lr/warmup_steps to lr;
+      ``constant`` holds lr from step 1 (OpenNMT-py's ``rsqrt``, T5's schedule: no ramp, the
+      warm-up steps only say when the decay starts).
     * decay: ``inverse_sqrt`` multiplies by √(warmup_steps / step) after warm-up; otherwise 1.
     * plateau_factor: ``plateau`` multiplies it by ``plateau_factor`` whenever the validation
       metric has not improved for ``plateau_patience`` validations, down to ``min_lr``.
@@ -63,7 +66,8 @@ class LRSchedule:
 
     def lr(self, step: int) -> float:
         warmup = self.cfg.warmup_steps
-        factor = min(1.0, step / warmup) if warmup > 0 else 1.0
+        ramps = warmup > 0 and self.cfg.warmup_shape == "linear"
+        factor = min(1.0, step / warmup) if ramps else 1.0
         if self.cfg.scheduler == "inverse_sqrt" and warmup > 0 and step > warmup:
             factor = math.sqrt(warmup / step)
         return max(self.cfg.lr * factor * self.plateau_factor, self.cfg.min_lr)

@@ -497,6 +497,7 @@ class TrainerSettings:
     max_minutes: float | None = setting(gt=0)
     accum_steps: int = setting(ge=1)
     label_smoothing: float = setting(ge=0, le=1)  # F.cross_entropy's range
+    param_init: float | None = setting(gt=0)
     teacher_forcing: float = setting(ge=0, le=1)
     val_every_steps: int = setting(ge=1)
     val_max_sentences: int | None = setting(ge=1)

@@ -438,6 +438,22 @@ def test_tied_embeddings_share_one_matrix():
     assert make_model().num_parameters() - projected.num_parameters() == 7 * TGT_VOCAB - 7 * 6
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_uniform_init_draws_every_parameter_within_the_bound(tie):
+    """trainer.param_init=r: every weight in U(−r, r), the padding rows zero, ties kept."""
+    from nmt.models import init_uniform_
+
+    model = make_model(tie=tie)
+    init_uniform_(model, 0.1)
+    for name, param in model.named_parameters():
+        assert param.abs().max() <= 0.1, name
+    weights = torch.cat([p.flatten() for p in model.parameters()])
+    assert weights.std().item() == pytest.approx(0.2 / 12**0.5, rel=0.1)  # U(−0.1, 0.1): 0.058
+    for embed in (model.encoder.embed, model.tgt_embed):
+        assert embed.weight[PAD_ID].abs().sum() == 0
+    assert (model.output_proj.weight is model.tgt_embed.weight) == tie
+
+
 def compose_model_cfg(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 

@@ -517,3 +517,22 @@ def test_local_p_trains_validates_and_decodes(tiny_prepared, tmp_path):
     ckpt = load(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["config"]["model"]["attention"]["type"] == "local_p"
     assert "decoder.attention.local.position_hidden.weight" in ckpt["model"]  # W_p
+
+
+def test_param_init_draws_a_fresh_run_from_the_uniform_and_leaves_the_default_alone(
+    tiny_prepared, tmp_path
+):
+    data = tiny_prepared.data
+
+    def built(name: str, *overrides: str) -> torch.Tensor:
+        cfg = tiny_prepared.corpus.cfg(
+            *TINY_CONCAT, "trainer.max_steps=1", *overrides, out_dir=data.out_dir
+        )
+        model = build_trainer(cfg, tmp_path / name, data).model
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    default = built("default", "trainer.param_init=null")
+    uniform = built("uniform", "trainer.param_init=0.05")
+    assert uniform.abs().max() <= 0.05
+    assert uniform.std().item() == pytest.approx(0.1 / 12**0.5, rel=0.1)  # U(−0.05, 0.05)
+    assert default.abs().max() > 0.05  # PyTorch's defaults (N(0, 1) source embeddings)

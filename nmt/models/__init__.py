@@ -19,7 +19,7 @@ from nmt.models.attention import (
 )
 from nmt.models.decoder import DECODER_STYLES, Decoder, DecoderState, Memory
 from nmt.models.encoder import Encoder, EncoderOutput
-from nmt.models.seq2seq import Seq2Seq, Seq2SeqOutput, StepOutput, build_model
+from nmt.models.seq2seq import Seq2Seq, Seq2SeqOutput, StepOutput, build_model, init_uniform_
 
 __all__ = [
     "ATTENTION_TYPES",
@@ -38,4 +38,5 @@ __all__ = [
     "StepOutput",
     "build_attention",
     "build_model",
+    "init_uniform_",
 ]

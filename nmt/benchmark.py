@@ -585,7 +585,8 @@ def run_benchmark(
     progress(f"precision: {precision.name} ({precision.reason})")
     data = data or prepare(cfg.data, seed=cfg.seed, log=progress)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(data.src_vocab), len(data.tgt_vocab)).to(device)
+    vocab_sizes = len(data.src_vocab), len(data.tgt_vocab)
+    model = build_model(cfg.model, *vocab_sizes, param_init=cfg.trainer.param_init).to(device)
 
     progress(
         f"training: {bench.warmup_steps} warm-up steps, then {bench.windows} windows of "

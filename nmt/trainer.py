@@ -50,7 +50,7 @@ from nmt.data.batching import Batch
 from nmt.data.pipeline import PreparedData, check_batching, prepare
 from nmt.errors import NMTError
 from nmt.io import check_writable, remove_stale_temporaries
-from nmt.models import Seq2Seq, build_model, init_uniform_
+from nmt.models import Seq2Seq, build_model
 from nmt.optim import check_optim_cfg, load_optimizer_state
 from nmt.preemption import (
     PREEMPTED_EXIT_STATUS,
@@ -634,9 +634,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, data: PreparedData | None = No
     if data is None:
         with ctx.main_first():  # rank 0 prepares, then the others read what it wrote
             data = prepare(cfg.data, seed=cfg.seed, log=report)
-    model = build_model(cfg.model, len(data.src_vocab), len(data.tgt_vocab))
-    if t.param_init is not None and not saved:
-        init_uniform_(model, t.param_init)
+    vocab_sizes = len(data.src_vocab), len(data.tgt_vocab)
+    model = build_model(cfg.model, *vocab_sizes, param_init=t.param_init)  # resume replaces it
     model = model.to(device)
     precision = resolve_precision(t.precision, device)  # auto → bf16 or fp32
     training_step = TrainingStep.from_config(cfg, ctx.wrap(model), device, precision, ctx)

@@ -64,7 +64,7 @@ BAD_VALUES = [
      "trainer: set at least one of max_steps, max_epochs, max_minutes"),
     ("nmt.train", ["+trainer.max_step=5"],
      "trainer.max_step: unknown setting; expected one of device, precision, max_steps, max_epochs, "
-     "max_minutes, accum_steps, label_smoothing, teacher_forcing, val_every_steps, "
+     "max_minutes, accum_steps, label_smoothing, param_init, teacher_forcing, val_every_steps, "
      "val_max_sentences, log_every_steps, early_stopping_metric, early_stopping_patience, "
      "keep_best, keep_last, keep_every_validation, average_last, resume, save_every_minutes, "
      "save_every_steps, preempt_signals, max_nonfinite_steps, num_samples, num_attention_plots, "

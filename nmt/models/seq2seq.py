@@ -162,8 +162,12 @@ def cast_for_decoding(memory: Tensor) -> Tensor:
 # Building from the config group ``model`` (configs/model/*)
 
 
-def build_model(model_cfg: Any, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
-    """A :class:`Seq2Seq` from ``model_cfg`` (an OmegaConf node or a plain dict).
+def build_model(
+    model_cfg: Any, src_vocab_size: int, tgt_vocab_size: int, param_init: float | None = None
+) -> Seq2Seq:
+    """A :class:`Seq2Seq` from ``model_cfg`` (an OmegaConf node or a plain dict); fresh weights
+    from U(−param_init, param_init) when it is given (``trainer.param_init``, :func:`init_uniform_`),
+    else PyTorch's per-layer defaults.
 
     The keys, types and ranges are checked by the schema (:class:`nmt.config_schema.ModelSettings`),
     the score's and the decoder style's own keys by what their classes declare; unknown keys and
@@ -199,7 +203,10 @@ def build_model(model_cfg: Any, src_vocab_size: int, tgt_vocab_size: int) -> Seq
         bridge=dec.bridge,
     )
     decoder = DECODER_STYLES[dec.style](attention, sizes, **dec.options)
-    return Seq2Seq(encoder, decoder, tgt_vocab_size, dec.embed_dim, m.tie_embeddings, dec.dropout)
+    model = Seq2Seq(encoder, decoder, tgt_vocab_size, dec.embed_dim, m.tie_embeddings, dec.dropout)
+    if param_init is not None:
+        init_uniform_(model, param_init)
+    return model
 
 
 def init_uniform_(model: nn.Module, bound: float) -> None:

@@ -519,7 +519,7 @@ def test_local_p_trains_validates_and_decodes(tiny_prepared, tmp_path):
     assert "decoder.attention.local.position_hidden.weight" in ckpt["model"]  # W_p
 
 
-def test_param_init_draws_a_fresh_run_from_the_uniform_and_leaves_the_default_alone(
+def test_param_init_draws_a_fresh_run_from_the_uniform_and_null_keeps_pytorch_defaults(
     tiny_prepared, tmp_path
 ):
     data = tiny_prepared.data

@@ -365,7 +365,8 @@ class Offline:
     single_per_cpu_s: float  # the same per CPU second
     texts: list[str]
     settings: dict
-    retime: Callable[[], float] = field(repr=False)  # the faster way again: sentences/s now
+    # both ways timed again: (translate, chunked) sentences/s now
+    retime: Callable[[], tuple[float, float]] = field(repr=False)
 
     @property
     def ceiling(self) -> float:
@@ -416,18 +417,15 @@ def offline(
         raise NMTError("offline: sentences decoded alone gave other texts than in batches")
     n = len(sentences)
 
-    def retime() -> float:
-        """The ceiling's way of decoding, timed again (its texts checked again)."""
-        if translate_s <= chunked_s:
-            again, seconds, _ = _timed(lambda: translator.translate_text(sentences))
-        else:
-            decoded, seconds, _ = _timed(
-                lambda: service.decode(service.base.settings, list(sentences), lengths)
-            )
-            again = [t.text for t in decoded]
-        if again != texts:
-            raise NMTError("offline: the ceiling's decode gave other texts the second time")
-        return n / seconds
+    def retime() -> tuple[float, float]:
+        """Both ways timed again (their texts checked again): sentences/s of each."""
+        again, seconds, _ = _timed(lambda: translator.translate_text(sentences))
+        decoded, chunked_seconds, _ = _timed(
+            lambda: service.decode(service.base.settings, list(sentences), lengths)
+        )
+        if again != texts or [t.text for t in decoded] != texts:
+            raise NMTError("offline: a decode gave other texts the second time")
+        return n / seconds, n / chunked_seconds
 
     return Offline(
         translate_per_s=n / translate_s,
@@ -446,14 +444,17 @@ def offline(
 # --------------------------------------------------------------------------------------------
 
 
-def format_table(runs: Sequence[RunResult], ceilings: dict[int, float]) -> str:
+def format_table(
+    runs: Sequence[RunResult], ceilings: dict[int, float], translate: dict[int, float]
+) -> str:
     """One row per run; ``% ceil`` against the ceiling measured around that client count's
-    runs (``ceilings[clients]``)."""
+    runs (``ceilings[clients]``), ``% transl`` against ``nmt-translate`` alone then."""
     off = {r.clients: r.sentences_per_s for r in runs if r.batching == "off"}
     header = (
-        f"{'clients':>7} {'batching':>8} {'sent/s':>8} {'x off':>6} {'% ceil':>7} {'p50 ms':>8} "
-        f"{'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'busy':>5} {'srv cpu':>7} {'dec cpu':>7} "
-        f"{'cli cpu':>7} {'sent/cpu':>8} {'answered':>8} {'errors':>6} {'differ':>6}"
+        f"{'clients':>7} {'batching':>8} {'sent/s':>8} {'x off':>6} {'% ceil':>7} "
+        f"{'% transl':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'busy':>5} "
+        f"{'srv cpu':>7} {'dec cpu':>7} {'cli cpu':>7} {'sent/cpu':>8} {'answered':>8} "
+        f"{'errors':>6} {'differ':>6}"
     )
     rows = [header]
     for r in runs:
@@ -461,10 +462,11 @@ def format_table(runs: Sequence[RunResult], ceilings: dict[int, float]) -> str:
         per_cpu = r.sentences_per_s / r.server_cpu if r.server_cpu > 0 else math.nan
         rows.append(
             f"{r.clients:>7} {r.batching:>8} {r.sentences_per_s:>8.2f} {speedup:>6.2f} "
-            f"{100 * r.sentences_per_s / ceilings[r.clients]:>6.1f}% {r.p50_ms:>8.0f} {r.p95_ms:>8.0f} "
-            f"{r.p99_ms:>8.0f} {r.mean_batch:>6.1f} {100 * r.busy:>4.0f}% {r.server_cpu:>7.2f} "
-            f"{r.decode_cpu:>7.2f} {r.client_cpu:>7.2f} {per_cpu:>8.1f} {r.answered:>8} {r.errors:>6} "
-            f"{r.mismatches:>6}"
+            f"{100 * r.sentences_per_s / ceilings[r.clients]:>6.1f}% "
+            f"{100 * r.sentences_per_s / translate[r.clients]:>7.1f}% {r.p50_ms:>8.0f} "
+            f"{r.p95_ms:>8.0f} {r.p99_ms:>8.0f} {r.mean_batch:>6.1f} {100 * r.busy:>4.0f}% "
+            f"{r.server_cpu:>7.2f} {r.decode_cpu:>7.2f} {r.client_cpu:>7.2f} {per_cpu:>8.1f} "
+            f"{r.answered:>8} {r.errors:>6} {r.mismatches:>6}"
         )
     return "\n".join(rows)
 
@@ -532,7 +534,7 @@ def main(cfg: DictConfig) -> None:
     # percent within minutes (the ceiling ranged 89-122 sentences/s in four runs of this
     # benchmark on an otherwise idle 2-core VM), so each count's '% ceil' is against the mean
     # of the two timings around its runs, not one taken minutes before.
-    timings: list[float] = []
+    timings: list[tuple[float, float]] = []  # (translate, chunked) sentences/s
     try:
         for server in servers.values():
             server.wait_ready(cfg.startup_timeout_s)
@@ -562,14 +564,17 @@ def main(cfg: DictConfig) -> None:
         if exits[batching] != 0:
             raise NMTError(f"the server exited with status {exits[batching]}:\n{server.output()}")
 
-    ceilings = {c: (timings[k] + timings[k + 1]) / 2 for k, c in enumerate(clients)}
+    def around(k: int, way: int) -> float:  # the mean of the timings before and after count k
+        return (timings[k][way] + timings[k + 1][way]) / 2
+
+    translate = {c: around(k, 0) for k, c in enumerate(clients)}
+    ceilings = {c: max(translate[c], around(k, 1)) for k, c in enumerate(clients)}
     print(
-        "the ceiling timed again before each client count and after the last: "
-        + ", ".join(f"{t:.2f}" for t in timings)
-        + " sentences/s"
+        "offline timed again before each client count and after the last (translate / "
+        "chunked sentences/s): " + ", ".join(f"{t:.2f} / {c:.2f}" for t, c in timings)
     )
     runs.sort(key=lambda r: (r.clients, r.batching != "on"))
-    print(format_table(runs, ceilings))
+    print(format_table(runs, ceilings, translate))
     print(f"server exit status after SIGTERM: {exits}; load average {os.getloadavg()[0]:.2f}")
     if cfg.output:
         report = {
@@ -582,6 +587,7 @@ def main(cfg: DictConfig) -> None:
             "ceiling_sentences_per_cpu_s": base.per_cpu_s,
             "ceiling_timings_sentences_per_s": timings,
             "ceiling_per_clients": ceilings,
+            "translate_per_clients": translate,
             "offline_single_sentences_per_s": base.single_per_s,
             "offline_single_sentences_per_cpu_s": base.single_per_cpu_s,
             "runs": [asdict(r) for r in runs],

@@ -649,12 +649,13 @@ def padded_chunks(
     at most ``max_sentences`` whose padded size ``len(chunk) * longest`` stays within ``budget``
     (a longer sentence alone is one chunk; ``None``: no budget, chunks of ``max_sentences``).
 
-    The one way sentences are batched for decoding (:func:`decode_ids`, and ``nmt.serve``'s
-    token-budget chunks). A decoder call costs about (sentences × beam) rows × the longest
-    source (attention, and the copies of the encoder memory as sentences finish) for as many
-    steps as its longest output, so one long sentence among short ones makes them all pay for
-    its length: 64 sentences of enko/test (2–129 subwords) decoded in one call took 6.6 s, in
-    chunks of ≤ 1,024 padded subwords 3.1 s (base8.pt, beam 5, one thread).
+    The one way sentences are batched for decoding (:func:`decode_ids` with
+    ``search.batch_tokens``, and ``nmt.serve``'s batcher). A decoder call costs about
+    (sentences × beam) rows × the longest source (attention, and the copies of the encoder
+    memory as sentences finish) for as many steps as its longest output, so one long sentence
+    among short ones makes them all pay for its length: 64 sentences of enko/test (2–129
+    subwords) decoded in one call took 6.6 s, in chunks of ≤ 1,024 padded subwords 3.1 s
+    (base8.pt, beam 5, one thread).
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     chunks: list[list[int]] = []
@@ -678,11 +679,12 @@ def decode_ids(
     """Decode encoded source sentences; return the n-best hypotheses of each, in input order.
 
     ``encoded[i]`` holds sentence i's subword ids without ``</s>``; each gets ``</s>`` appended
-    (as in training). Sentences are sorted by length and decoded ``settings.batch_size`` at a
-    time (:func:`padded_chunks`), so batches hold similar lengths; because the searches are batch independent, the
-    result does not depend on this order. A sentence with no subwords (empty or blank) gets one
-    empty hypothesis without running the model. ``on_batch(n)`` is called after each batch of
-    ``n`` sentences (a progress bar).
+    (as in training). Sentences are sorted by length and decoded at most
+    ``settings.batch_size`` and ``settings.padded_budget`` padded subwords at a time
+    (:func:`padded_chunks`), so batches hold similar lengths; because the searches are batch
+    independent, the result does not depend on this order. A sentence with no subwords (empty
+    or blank) gets one empty hypothesis without running the model. ``on_batch(n)`` is called
+    after each batch of ``n`` sentences (a progress bar).
 
     The model is put in eval mode for the call and its mode restored afterwards. ``device``
     defaults to the model's. ``search.precision`` (fp32, bf16 or auto) sets the autocast the
@@ -696,7 +698,7 @@ def decode_ids(
     was_training = model.training
     model.eval()
     try:
-        for chunk in padded_chunks(lengths, None, settings.batch_size):
+        for chunk in padded_chunks(lengths, settings.padded_budget, settings.batch_size):
             batch_idx = [nonempty[k] for k in chunk]
             seqs = [list(encoded[i]) + [EOS_ID] for i in batch_idx]
             src = pad(seqs).to(device)  # (batch, src_len)

@@ -15,15 +15,15 @@ FastAPI on uvicorn, on top of :class:`~nmt.inference.Translator` (the one decodi
 **Dynamic batching.** Each request becomes a *job* in a queue. One batcher task groups the
 oldest job with every later job of the same search settings, oldest first, up to
 ``serve.max_batch_sentences`` sentences or ``serve.max_batch_tokens`` source subwords, sorts
-their undecoded sentences longest first, cuts them into chunks of at most ``serve.decode_tokens``
-padded source subwords (:func:`nmt.search.padded_chunks`, the one batching rule, shared with
-``nmt-translate``), and gives the one decoding thread the chunk that holds the oldest job's
-first sentence: one :meth:`Translator.translate` call. It goes at once when the group is full
-or the chunk cannot grow, else ``serve.max_wait_ms`` after the oldest job arrived or, if later,
-after the decoding thread became free. A job is answered as soon as its last sentence is
-decoded; the sentences not taken stay queued and are grouped again, with the jobs that arrived
-meanwhile, for the next call. While the thread decodes, the event loop keeps answering
-(``/health`` during a long batch) and new jobs queue up. Jobs with other settings
+their undecoded sentences longest first, cuts them into chunks of at most
+``search.batch_tokens`` padded source subwords (:func:`nmt.search.padded_chunks`, the one
+batching rule, shared with ``nmt-translate``), and gives the one decoding thread the chunk that
+holds the oldest job's first sentence: one :meth:`Translator.translate` call. It goes at once
+when the group is full or the chunk cannot grow, else ``serve.max_wait_ms`` after the oldest job
+arrived or, if later, after the decoding thread became free. A job is answered as soon as its
+last sentence is decoded; the sentences not taken stay queued and are grouped again, with the
+jobs that arrived meanwhile, for the next call. While the thread decodes, the event loop keeps
+answering (``/health`` during a long batch) and new jobs queue up. Jobs with other settings
 (``beam_size``, ``n_best``) wait for a group of their own. Because the searches are batch
 independent (a sentence's hypotheses do not depend on its batch mates, :mod:`nmt.search`), a
 request's answer is the one it gets decoded alone, and the one ``nmt-translate`` prints for the
@@ -429,12 +429,13 @@ class TranslationService:
 
         The group (:meth:`_group`: the oldest job and the later ones with its settings, up to
         ``max_batch_sentences`` sentences or ``max_batch_tokens`` subwords) is sorted longest
-        first and cut into chunks of at most ``decode_tokens`` padded subwords
-        (:func:`~nmt.search.padded_chunks`); the call takes the chunk that holds the oldest
-        job's first undecoded sentence, so every sentence is taken in bounded time. It goes at
-        once when the group is full or that chunk is closed (a later, shorter chunk exists: no
-        newcomer can make it fuller), else once ``max_wait_ms`` have passed since the oldest
-        job arrived or, if later, since the decoding thread became free.
+        first and cut into chunks within the settings' ``batch_size`` and ``padded_budget``
+        (:func:`~nmt.search.padded_chunks`, as ``nmt-translate`` cuts its batches); the call
+        takes the chunk that holds the oldest job's first undecoded sentence, so every sentence
+        is taken in bounded time. It goes at once when the group is full or that chunk is
+        closed (a later, shorter chunk exists: no newcomer can make it fuller), else once
+        ``max_wait_ms`` have passed since the oldest job arrived or, if later, since the
+        decoding thread became free.
 
         The second clock matters under load: while a chunk decodes, the clients it answers
         cannot send; waiting ``max_wait_ms`` after it lets their next requests join the group.
@@ -451,10 +452,11 @@ class TranslationService:
                 continue
             group, full = self._group()
             items = [(job, i) for job in group for i in job.todo]
+            settings = group[0].settings
             chunks = padded_chunks(
                 [job.lengths[i] for job, i in items],
-                self.limits.decode_tokens,
-                self.limits.max_batch_sentences,
+                settings.padded_budget,
+                settings.batch_size,
             )
             chunk = next(c for c in chunks if 0 in c)  # item 0: the oldest job's first
             since = max(group[0].arrived, self.free_since)
@@ -485,28 +487,17 @@ class TranslationService:
             self.translators[settings] = self.base.with_settings(**asdict(settings))
         return self.translators[settings]
 
-    def decode(
-        self, settings: SearchSettings, sentences: list[str], lengths: list[int]
-    ) -> list[Translation]:
-        """Runs in the decoding thread: the sentences sorted by length and cut into chunks of
-        at most ``serve.decode_tokens`` padded source subwords, one :meth:`Translator.translate`
-        call each (:func:`~nmt.search.padded_chunks`; a chunk the batcher took is one call)."""
-        translator = self._translator(settings)
-        results: list[Translation | None] = [None] * len(sentences)
-        budget, most = self.limits.decode_tokens, self.limits.max_batch_sentences
-        for chunk in padded_chunks(lengths, budget, most):
-            for i, t in zip(
-                chunk, translator.translate([sentences[i] for i in chunk]), strict=True
-            ):
-                results[i] = t
-        return results  # type: ignore[return-value]
+    def decode(self, settings: SearchSettings, sentences: list[str]) -> list[Translation]:
+        """Runs in the decoding thread: :meth:`Translator.translate` under ``settings`` (a
+        chunk the batcher took is within its batch limits: one decoder call)."""
+        return self._translator(settings).translate(sentences)
 
     def _timed_decode(
-        self, settings: SearchSettings, sentences: list[str], lengths: list[int]
+        self, settings: SearchSettings, sentences: list[str]
     ) -> tuple[list[Translation], float]:
         """:meth:`decode`, and the CPU seconds the decoding thread spent on it."""
         start = time.thread_time()
-        results = self.decode(settings, sentences, lengths)
+        results = self.decode(settings, sentences)
         return results, time.thread_time() - start
 
     async def _decode(self, chunk: list[tuple[Job, int]]) -> None:
@@ -522,7 +513,6 @@ class TranslationService:
                 self._timed_decode,
                 jobs[0].settings,
                 [job.sentences[i] for job, i in chunk],
-                [job.lengths[i] for job, i in chunk],
             )
         except Exception as err:  # the requests get 500; the server goes on
             self.stats.decode_errors += 1

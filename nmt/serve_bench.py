@@ -1,12 +1,12 @@
 """``python -m nmt.serve_bench ckpt=… [clients=[1,8,64]] [requests=256] [max_seconds=60]``:
 the HTTP API under load, with dynamic batching on and off, beside offline batched translation.
 
-1. **The ceiling.** All the sentences translated offline at once in this process, two ways:
-   :meth:`Translator.translate` (length-sorted batches of ``batch_sentences``, as
-   ``nmt-translate`` does), and the server's own decode (length-sorted chunks of at most
-   ``decode_tokens`` padded subwords); the faster is the ceiling. Their texts, which must agree,
-   are the reference for the server's answers. Then the first ``SINGLE`` sentences decoded one
-   at a time: the ceiling over that rate bounds what batching can gain (``x off``).
+1. **The ceiling.** All the sentences translated offline at once in this process by
+   :meth:`Translator.translate`, as ``nmt-translate`` does (length-sorted batches of at most
+   ``batch_sentences`` and ``search.batch_tokens`` padded subwords, the limits the server's
+   batcher cuts its chunks by). Its texts are the reference for the server's answers. Then
+   the first ``SINGLE`` sentences decoded one at a time: the ceiling over that rate bounds
+   what batching can gain (``x off``).
 2. **The server**, a real ``python -m nmt.serve`` process on 127.0.0.1 (a free port), once with
    ``serve.max_batch_sentences=batch_sentences`` (batching on) and once with ``=1`` (off). For
    each client count C, C clients (:class:`RawConnection` each, or one shared
@@ -358,19 +358,13 @@ class Offline:
     """Offline translation of the same sentences in this process: the ceiling, and the bound
     that decoding one sentence at a time puts on batching off."""
 
-    translate_per_s: float  # Translator.translate (nmt-translate): length-sorted, by count
-    chunked_per_s: float  # the server's decode: length-sorted, in serve.decode_tokens chunks
-    per_cpu_s: float  # the ceiling's sentences per CPU second of this process
+    ceiling: float  # Translator.translate (nmt-translate) of all the sentences: sentences/s
+    per_cpu_s: float  # the same per CPU second of this process
     single_per_s: float  # the first SINGLE sentences, each decoded alone
     single_per_cpu_s: float  # the same per CPU second
     texts: list[str]
     settings: dict
-    # both ways timed again: (translate, chunked) sentences/s now
-    retime: Callable[[], tuple[float, float]] = field(repr=False)
-
-    @property
-    def ceiling(self) -> float:
-        return max(self.translate_per_s, self.chunked_per_s)
+    retime: Callable[[], float] = field(repr=False)  # the ceiling timed again: sentences/s now
 
 
 SINGLE = 64  # sentences decoded one at a time offline (the batching-off bound)
@@ -384,31 +378,14 @@ def _timed(run: Callable[[], Any]) -> tuple[Any, float, float]:
 
 
 def offline(
-    ckpt: str,
-    device: str,
-    search: dict,
-    batch_sentences: int,
-    decode_tokens: int,
-    sentences: Sequence[str],
+    ckpt: str, device: str, search: dict, batch_sentences: int, sentences: Sequence[str]
 ) -> Offline:
-    """The ceiling, both ways the sentences can be batched offline, and the first ``SINGLE``
-    decoded one by one (see :class:`Offline`)."""
+    """The ceiling, and the first ``SINGLE`` decoded one by one (see :class:`Offline`)."""
     from nmt.inference import Translator
-    from nmt.serve import ServeSettings, TranslationService
 
     translator = Translator.from_checkpoint(ckpt, device, **search, batch_size=batch_sentences)
     translator.translate(sentences[:8])  # warm-up, as the server does
-    texts, translate_s, translate_cpu = _timed(lambda: translator.translate_text(sentences))
-
-    limits = ServeSettings(max_batch_sentences=batch_sentences, decode_tokens=decode_tokens)
-    service = TranslationService(translator, limits)
-    service.executor.shutdown()  # its decode runs here, in this thread
-    lengths = service.count_tokens(sentences)
-    chunked, chunked_s, chunked_cpu = _timed(
-        lambda: service.decode(service.base.settings, list(sentences), lengths)
-    )
-    if [t.text for t in chunked] != texts:
-        raise NMTError("offline: the chunked decode gave other texts than translate()")
+    texts, seconds, cpu = _timed(lambda: translator.translate_text(sentences))
     single = sentences[:SINGLE]
     alone, single_s, single_cpu = _timed(
         lambda: [translator.translate_text([s])[0] for s in single]
@@ -417,20 +394,16 @@ def offline(
         raise NMTError("offline: sentences decoded alone gave other texts than in batches")
     n = len(sentences)
 
-    def retime() -> tuple[float, float]:
-        """Both ways timed again (their texts checked again): sentences/s of each."""
+    def retime() -> float:
+        """All the sentences translated again (their texts checked again): sentences/s."""
         again, seconds, _ = _timed(lambda: translator.translate_text(sentences))
-        decoded, chunked_seconds, _ = _timed(
-            lambda: service.decode(service.base.settings, list(sentences), lengths)
-        )
-        if again != texts or [t.text for t in decoded] != texts:
-            raise NMTError("offline: a decode gave other texts the second time")
-        return n / seconds, n / chunked_seconds
+        if again != texts:
+            raise NMTError("offline: translating again gave other texts")
+        return n / seconds
 
     return Offline(
-        translate_per_s=n / translate_s,
-        chunked_per_s=n / chunked_s,
-        per_cpu_s=n / (translate_cpu if translate_s <= chunked_s else chunked_cpu),
+        ceiling=n / seconds,
+        per_cpu_s=n / cpu,
         single_per_s=len(single) / single_s,
         single_per_cpu_s=len(single) / single_cpu,
         texts=texts,
@@ -444,15 +417,13 @@ def offline(
 # --------------------------------------------------------------------------------------------
 
 
-def format_table(
-    runs: Sequence[RunResult], ceilings: dict[int, float], translate: dict[int, float]
-) -> str:
+def format_table(runs: Sequence[RunResult], ceilings: dict[int, float]) -> str:
     """One row per run; ``% ceil`` against the ceiling measured around that client count's
-    runs (``ceilings[clients]``), ``% transl`` against ``nmt-translate`` alone then."""
+    runs (``ceilings[clients]``)."""
     off = {r.clients: r.sentences_per_s for r in runs if r.batching == "off"}
     header = (
         f"{'clients':>7} {'batching':>8} {'sent/s':>8} {'x off':>6} {'% ceil':>7} "
-        f"{'% transl':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'busy':>5} "
+        f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'busy':>5} "
         f"{'srv cpu':>7} {'dec cpu':>7} {'cli cpu':>7} {'sent/cpu':>8} {'answered':>8} "
         f"{'errors':>6} {'differ':>6}"
     )
@@ -462,8 +433,7 @@ def format_table(
         per_cpu = r.sentences_per_s / r.server_cpu if r.server_cpu > 0 else math.nan
         rows.append(
             f"{r.clients:>7} {r.batching:>8} {r.sentences_per_s:>8.2f} {speedup:>6.2f} "
-            f"{100 * r.sentences_per_s / ceilings[r.clients]:>6.1f}% "
-            f"{100 * r.sentences_per_s / translate[r.clients]:>7.1f}% {r.p50_ms:>8.0f} "
+            f"{100 * r.sentences_per_s / ceilings[r.clients]:>6.1f}% {r.p50_ms:>8.0f} "
             f"{r.p95_ms:>8.0f} {r.p99_ms:>8.0f} {r.mean_batch:>6.1f} {100 * r.busy:>4.0f}% "
             f"{r.server_cpu:>7.2f} {r.decode_cpu:>7.2f} {r.client_cpu:>7.2f} {per_cpu:>8.1f} "
             f"{r.answered:>8} {r.errors:>6} {r.mismatches:>6}"
@@ -487,7 +457,7 @@ def main(cfg: DictConfig) -> None:
     sentences = read_sentences(path, cfg.requests, cfg.seed)
     search = explicit_settings(cfg.search)
 
-    base = offline(cfg.ckpt, cfg.device, search, cfg.batch_sentences, cfg.decode_tokens, sentences)
+    base = offline(cfg.ckpt, cfg.device, search, cfg.batch_sentences, sentences)
     ceiling, reference, settings = base.ceiling, base.texts, base.settings
     print(
         f"serve benchmark: {cfg.ckpt}, {settings['name']} search (beam {settings['beam_size']}), "
@@ -497,10 +467,10 @@ def main(cfg: DictConfig) -> None:
         f"{os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)"
     )
     print(
-        f"offline, all {len(sentences)} at once: Translator.translate (nmt-translate, batches "
-        f"of {cfg.batch_sentences}) {base.translate_per_s:.2f} sentences/s; the server's "
-        f"decode (chunks of <= {cfg.decode_tokens} padded subwords) {base.chunked_per_s:.2f} "
-        f"sentences/s; the ceiling: {ceiling:.2f} ({base.per_cpu_s:.1f} per CPU second)\n"
+        f"offline, all {len(sentences)} at once (Translator.translate, as nmt-translate: "
+        f"batches of <= {cfg.batch_sentences} sentences and {settings['batch_tokens']} padded "
+        f"subwords): the ceiling, {ceiling:.2f} sentences/s ({base.per_cpu_s:.1f} per CPU "
+        "second)\n"
         f"offline, the first {min(SINGLE, len(sentences))} one at a time: "
         f"{base.single_per_s:.2f} sentences/s ({base.single_per_cpu_s:.1f} per CPU second), so "
         f"batching can make decoding at most {ceiling / base.single_per_s:.2f}x faster here "
@@ -512,7 +482,6 @@ def main(cfg: DictConfig) -> None:
         f"ckpt={cfg.ckpt}",
         f"device={cfg.device}",
         f"serve.max_wait_ms={cfg.max_wait_ms}",
-        f"serve.decode_tokens={cfg.decode_tokens}",
         "serve.timeout_s=3600",
         "serve.max_queue_sentences=1000000",
         "serve.max_sentence_tokens=100000",  # the offline run translates every sentence too
@@ -534,7 +503,7 @@ def main(cfg: DictConfig) -> None:
     # percent within minutes (the ceiling ranged 89-122 sentences/s in four runs of this
     # benchmark on an otherwise idle 2-core VM), so each count's '% ceil' is against the mean
     # of the two timings around its runs, not one taken minutes before.
-    timings: list[tuple[float, float]] = []  # (translate, chunked) sentences/s
+    timings: list[float] = []
     try:
         for server in servers.values():
             server.wait_ready(cfg.startup_timeout_s)
@@ -564,30 +533,24 @@ def main(cfg: DictConfig) -> None:
         if exits[batching] != 0:
             raise NMTError(f"the server exited with status {exits[batching]}:\n{server.output()}")
 
-    def around(k: int, way: int) -> float:  # the mean of the timings before and after count k
-        return (timings[k][way] + timings[k + 1][way]) / 2
-
-    translate = {c: around(k, 0) for k, c in enumerate(clients)}
-    ceilings = {c: max(translate[c], around(k, 1)) for k, c in enumerate(clients)}
+    ceilings = {c: (timings[k] + timings[k + 1]) / 2 for k, c in enumerate(clients)}
     print(
-        "offline timed again before each client count and after the last (translate / "
-        "chunked sentences/s): " + ", ".join(f"{t:.2f} / {c:.2f}" for t, c in timings)
+        "the ceiling timed again before each client count and after the last: "
+        + ", ".join(f"{t:.2f}" for t in timings)
+        + " sentences/s"
     )
     runs.sort(key=lambda r: (r.clients, r.batching != "on"))
-    print(format_table(runs, ceilings, translate))
+    print(format_table(runs, ceilings))
     print(f"server exit status after SIGTERM: {exits}; load average {os.getloadavg()[0]:.2f}")
     if cfg.output:
         report = {
             "config": OmegaConf.to_container(cfg, resolve=True),
             "search": settings,
             "input": str(path),
-            "offline_translate_sentences_per_s": base.translate_per_s,
-            "offline_chunked_sentences_per_s": base.chunked_per_s,
             "ceiling_sentences_per_s": ceiling,
             "ceiling_sentences_per_cpu_s": base.per_cpu_s,
             "ceiling_timings_sentences_per_s": timings,
             "ceiling_per_clients": ceilings,
-            "translate_per_clients": translate,
             "offline_single_sentences_per_s": base.single_per_s,
             "offline_single_sentences_per_cpu_s": base.single_per_cpu_s,
             "runs": [asdict(r) for r in runs],

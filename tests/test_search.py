@@ -28,6 +28,7 @@ from nmt.search import (
     SearchSettings,
     beam_search,
     block_repeated_ngrams,
+    decode_ids,
     gnmt_length_penalty,
     greedy_search,
     max_lengths,
@@ -618,6 +619,32 @@ def test_translations_match_beam_search(model, vocabs, no_repeat):
         assert result.tokens == tgt_vocab.pieces(direct[0].tokens)
 
 
+def test_batch_tokens_cut_the_batches_and_keep_the_hypotheses(model, vocabs):
+    """search.batch_tokens limits a decoder call to that many source subwords over its
+    hypotheses (sentences × beam_size × the longest, </s> included); what each sentence gets
+    does not change."""
+    lines = [line for line in LINES if line.strip()] * 2
+    encoded = vocabs[0].encode(lines)
+    settings = SearchSettings.from_config(search_cfg("beam", batch_size=8, n_best=2))  # beam 3
+    assert settings.replace(batch_tokens=36).padded_budget == 12  # sentences × longest
+    assert settings.replace(name="greedy", n_best=1, batch_tokens=36).padded_budget == 36
+    assert settings.replace(batch_tokens=0).padded_budget is None
+
+    def decode(batch_tokens: int) -> tuple[list[list[list[int]]], list[int]]:
+        sizes: list[int] = []
+        found = decode_ids(
+            model, encoded, settings.replace(batch_tokens=batch_tokens), on_batch=sizes.append
+        )
+        return [[h.tokens for h in nbest] for nbest in found], sizes
+
+    whole, whole_sizes = decode(0)  # 0: no limit
+    cut, cut_sizes = decode(36)
+    longest = max(len(ids) + 1 for ids in encoded)
+    assert whole_sizes == [8] and 8 * longest > 12
+    assert len(cut_sizes) > 1 and sum(cut_sizes) == 8
+    assert cut == whole
+
+
 def test_translate_restores_training_mode(model, vocabs):
     model.train()
     try:
@@ -645,6 +672,7 @@ def test_bad_no_repeat_ngram_size_in_the_config_is_rejected_first():
         ({"n_best": 4}, r"search.n_best: expected 1 <= n_best <= 3"),
         ({"name": "greedy", "n_best": 2}, "greedy search keeps one hypothesis"),
         ({"batch_size": 0}, "search.batch_size: expected an integer >= 1"),
+        ({"batch_tokens": -1}, "search.batch_tokens: expected an integer >= 0"),
         ({"length_penalty": -1.0}, "search.length_penalty: expected a number >= 0"),
         ({"beam_width": 3}, "search.beam_width: unknown setting; expected one of name, "),
     ],

@@ -549,8 +549,8 @@ class SearchSettings:
     ``max_len_ratio`` / ``max_len_offset`` the per-sentence length limit; ``no_repeat_ngram_size``
     n > 0 blocks repeated n-grams; ``batch_size`` sentences decoded together, and at most
     ``batch_tokens`` source subwords, padding included, in one decoder call's hypotheses
-    (sentences × ``beam_size`` × the longest source, ``</s>`` included; 0: no such limit;
-    :attr:`padded_budget`); ``precision`` the autocast the search runs under (fp32, bf16, or
+    (sentences × ``beam_size`` × the longest source, ``</s>`` included; 0: no such limit; CPU
+    only: :meth:`padded_budget`); ``precision`` the autocast the search runs under (fp32, bf16, or
     auto: :func:`nmt.search.search_precision`).
     """
 
@@ -567,7 +567,7 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         check_fields(self, "search")
-        limit = 1 if self.name == "greedy" else self.beam_size
+        limit = self.hypotheses
         if self.n_best > limit:
             raise NMTError(
                 f"search.n_best: expected 1 <= n_best <= {limit} "
@@ -602,13 +602,21 @@ class SearchSettings:
         return SearchSettings.from_config(asdict(self), **overrides)
 
     @property
-    def padded_budget(self) -> int | None:
-        """``batch_tokens`` per sentence's worth of hypotheses: the most sentences × longest
-        source of one batch (:func:`nmt.search.padded_chunks`); None: no limit. Counted over the
-        hypotheses because a step's cost grows with its rows (sentences × beam): with one
-        budget in sentences × longest, beam 5 was fastest at 2,048 but greedy 14–18% slower
-        than with no limit (enko/test, 2-core EPYC)."""
-        return self.batch_tokens // self.beam_size if self.batch_tokens else None
+    def hypotheses(self) -> int:
+        """Hypotheses kept per sentence: 1 for greedy (which ignores ``beam_size``)."""
+        return 1 if self.name == "greedy" else self.beam_size
+
+    def padded_budget(self, device_type: str) -> int | None:
+        """``batch_tokens`` per sentence's worth of hypotheses, on the CPU: the most
+        sentences × longest source of one batch (:func:`nmt.search.padded_chunks`); None: no
+        limit. Counted over the hypotheses because a step's cost grows with its rows (sentences ×
+        beam): with one budget in sentences × longest, beam 5 was fastest at 2,048 but greedy
+        14–18% slower than with no limit (enko/test, 2-core EPYC). Not on a GPU, where a step is
+        bound by kernel launches, not arithmetic, and larger batches win (docs/benchmarks.md:
+        batches of 512 on the H200)."""
+        if not self.batch_tokens or device_type != "cpu":
+            return None
+        return self.batch_tokens // self.hypotheses
 
 
 def explicit_settings(search_cfg: Any) -> dict[str, Any]:

@@ -212,8 +212,9 @@ class Translator:
         """Translate English sentences; one :class:`Translation` each, in input order.
 
         Each sentence is normalised as the corpus is (NFC, whitespace folded), encoded, and
-        decoded in length-sorted batches of ``settings.batch_size``. ``progress`` shows a tqdm
-        bar on stderr.
+        decoded in length-sorted batches within ``settings.batch_size`` and, on the CPU,
+        ``settings.batch_tokens`` (:func:`nmt.search.decode_ids`). ``progress`` shows a tqdm bar
+        on stderr.
         """
         if isinstance(sentences, str):
             raise TypeError("translate() takes a sequence of sentences; wrap one in a list")

@@ -680,7 +680,7 @@ def decode_ids(
 
     ``encoded[i]`` holds sentence i's subword ids without ``</s>``; each gets ``</s>`` appended
     (as in training). Sentences are sorted by length and decoded at most
-    ``settings.batch_size`` and ``settings.padded_budget`` padded subwords at a time
+    ``settings.batch_size`` and ``settings.padded_budget(device.type)`` padded subwords at a time
     (:func:`padded_chunks`), so batches hold similar lengths; because the searches are batch
     independent, the result does not depend on this order. A sentence with no subwords (empty
     or blank) gets one empty hypothesis without running the model. ``on_batch(n)`` is called
@@ -698,7 +698,9 @@ def decode_ids(
     was_training = model.training
     model.eval()
     try:
-        for chunk in padded_chunks(lengths, settings.padded_budget, settings.batch_size):
+        for chunk in padded_chunks(
+            lengths, settings.padded_budget(device.type), settings.batch_size
+        ):
             batch_idx = [nonempty[k] for k in chunk]
             seqs = [list(encoded[i]) + [EOS_ID] for i in batch_idx]
             src = pad(seqs).to(device)  # (batch, src_len)

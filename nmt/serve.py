@@ -15,19 +15,19 @@ FastAPI on uvicorn, on top of :class:`~nmt.inference.Translator` (the one decodi
 **Dynamic batching.** Each request becomes a *job* in a queue. One batcher task groups the
 oldest job with every later job of the same search settings, oldest first, up to
 ``serve.max_batch_sentences`` sentences or ``serve.max_batch_tokens`` source subwords, sorts
-their undecoded sentences longest first, cuts them into chunks of at most
-``search.batch_tokens`` padded source subwords (:func:`nmt.search.padded_chunks`, the one
-batching rule, shared with ``nmt-translate``), and gives the one decoding thread the chunk that
-holds the oldest job's first sentence: one :meth:`Translator.translate` call. It goes at once
-when the group is full or the chunk cannot grow, else ``serve.max_wait_ms`` after the oldest job
-arrived or, if later, after the decoding thread became free. A job is answered as soon as its
-last sentence is decoded; the sentences not taken stay queued and are grouped again, with the
-jobs that arrived meanwhile, for the next call. While the thread decodes, the event loop keeps
-answering (``/health`` during a long batch) and new jobs queue up. Jobs with other settings
-(``beam_size``, ``n_best``) wait for a group of their own. Because the searches are batch
-independent (a sentence's hypotheses do not depend on its batch mates, :mod:`nmt.search`), a
-request's answer is the one it gets decoded alone, and the one ``nmt-translate`` prints for the
-same text and settings.
+their undecoded sentences longest first, cuts them into chunks within the search's batch limits
+(``search.batch_size``, and on the CPU ``search.batch_tokens`` over the hypotheses:
+:func:`nmt.search.padded_chunks`, the one batching rule, shared with ``nmt-translate``), and
+gives the one decoding thread the chunk that holds the oldest job's first sentence: one
+:meth:`Translator.translate` call. It goes at once when the group is full or the chunk cannot
+grow, else ``serve.max_wait_ms`` after the oldest job arrived or, if later, after the decoding
+thread became free. A job is answered as soon as its last sentence is decoded; the sentences not
+taken stay queued and are grouped again, with the jobs that arrived meanwhile, for the next
+call. While the thread decodes, the event loop keeps answering (``/health`` during a long batch)
+and new jobs queue up. Jobs with other settings (``beam_size``, ``n_best``) wait for a group of
+their own. Because the searches are batch independent (a sentence's hypotheses do not depend on
+its batch mates, :mod:`nmt.search`), a request's answer is the one it gets decoded alone, and
+the one ``nmt-translate`` prints for the same text and settings.
 
 **Limits** (``serve.*``, see ``configs/serve.yaml``): a body over ``max_request_bytes`` or more
 than ``max_sentences_per_request`` sentences or a sentence over ``max_sentence_tokens`` subwords
@@ -269,6 +269,22 @@ class Stats:
         }
 
 
+def decoding_thread(threads: int | None) -> ThreadPoolExecutor:
+    """The one thread that runs torch (and onnxruntime) while serving, with ``threads``
+    intra-op threads (None: torch's default). ``nmt-serve`` loads the model in it too, so that
+    no other thread enters a parallel region: libgomp gives each thread that does its own team
+    of workers, and with two teams (one from loading the model in the main thread) it counts
+    more threads than cores, stops spinning between regions, and each of a beam step's small
+    ops sleeps and wakes its workers. One sentence at a time, a decoding thread ran at 10.0–12.8
+    sentences/s on one core's worth of CPU that way, 17.1–18.4 on two (2-core EPYC)."""
+    return ThreadPoolExecutor(
+        max_workers=1,
+        thread_name_prefix="nmt-decode",
+        initializer=torch.set_num_threads if threads else None,
+        initargs=(threads,),
+    )
+
+
 class TranslationService:
     """A loaded :class:`Translator`, the job queue, the batcher task and the one decoding thread.
 
@@ -276,16 +292,16 @@ class TranslationService:
     settings' translator (the model shared, one per settings seen).
     """
 
-    def __init__(self, translator: Translator, limits: ServeSettings):
+    def __init__(
+        self,
+        translator: Translator,
+        limits: ServeSettings,
+        executor: ThreadPoolExecutor | None = None,
+    ):
         self.limits = limits
         self.base = translator.with_settings(batch_size=limits.max_batch_sentences)
         self.translators: dict[SearchSettings, Translator] = {self.base.settings: self.base}
-        self.executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="nmt-decode",
-            initializer=torch.set_num_threads if limits.threads else None,
-            initargs=(limits.threads,),
-        )
+        self.executor = executor or decoding_thread(limits.threads)
         self.pending: deque[Job] = deque()
         self.pending_sentences = 0
         self.stats = Stats()
@@ -455,7 +471,7 @@ class TranslationService:
             settings = group[0].settings
             chunks = padded_chunks(
                 [job.lengths[i] for job, i in items],
-                settings.padded_budget,
+                settings.padded_budget(torch.device(self.base.device).type),
                 settings.batch_size,
             )
             chunk = next(c for c in chunks if 0 in c)  # item 0: the oldest job's first
@@ -600,11 +616,15 @@ class BodyLimit:
 
 
 def create_app(
-    translator: Translator, limits: ServeSettings, model_name: str | None = None
+    translator: Translator,
+    limits: ServeSettings,
+    model_name: str | None = None,
+    executor: ThreadPoolExecutor | None = None,
 ) -> FastAPI:
     """The FastAPI app around ``translator``; ``app.state.service`` is its
-    :class:`TranslationService`. The lifespan starts the batcher and warms the model up."""
-    service = TranslationService(translator, limits)
+    :class:`TranslationService`, decoding in ``executor`` (default: a new
+    :func:`decoding_thread`). The lifespan starts the batcher and warms the model up."""
+    service = TranslationService(translator, limits, executor)
     name = model_name or limits.model_name or _default_name(translator)
 
     @contextlib.asynccontextmanager
@@ -842,19 +862,16 @@ def main(cfg: DictConfig) -> None:
     # each take-back could wait Python's default 5 ms switch interval. At 0.5 ms, 64 clients
     # got 69.8 sentences/s against 67.6 (means of six alternating runs, more in every pair).
     sys.setswitchinterval(0.0005)
-    # Only the decoding thread runs torch ops while serving, with serve.threads (default:
-    # torch's); this thread loads the model with one. libgomp gives each thread that enters a
-    # parallel region its own team of workers; with two teams (one from loading here, one in
-    # the decoding thread) it counts more threads than cores, stops spinning between regions,
-    # and every one of a beam step's small ops then sleeps and wakes its workers: one sentence
-    # at a time, the decoding thread ran at 11 sentences/s on 1 core's worth of CPU instead of
-    # 18 on 2 (2-core EPYC).
+    # the model is loaded in the decoding thread, the only one that runs torch (decoding_thread)
     limits = replace(limits, threads=limits.threads or torch.get_num_threads())
-    torch.set_num_threads(1)
-    translator = Translator.from_checkpoint(cfg.ckpt, cfg.device, **explicit_settings(cfg.search))
+    decoding = decoding_thread(limits.threads)
+    search = explicit_settings(cfg.search)
+    translator = decoding.submit(
+        Translator.from_checkpoint, cfg.ckpt, cfg.device, **search
+    ).result()
     sock = listen(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
-    app = create_app(translator, limits)
+    app = create_app(translator, limits, executor=decoding)
     print(
         f"nmt-serve: listening on http://{host}:{port} ({translator.device}, {http_stack()})",
         file=sys.stderr,

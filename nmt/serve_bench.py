@@ -2,8 +2,8 @@
 the HTTP API under load, with dynamic batching on and off, beside offline batched translation.
 
 1. **The ceiling.** All the sentences translated offline at once in this process by
-   :meth:`Translator.translate`, as ``nmt-translate`` does (length-sorted batches of at most
-   ``batch_sentences`` and ``search.batch_tokens`` padded subwords, the limits the server's
+   :meth:`Translator.translate`, as ``nmt-translate`` does (length-sorted batches within
+   ``batch_sentences`` and, on the CPU, ``search.batch_tokens``: the limits the server's
    batcher cuts its chunks by). Its texts are the reference for the server's answers. Then
    the first ``SINGLE`` sentences decoded one at a time: the ceiling over that rate bounds
    what batching can gain (``x off``).
@@ -468,9 +468,9 @@ def main(cfg: DictConfig) -> None:
     )
     print(
         f"offline, all {len(sentences)} at once (Translator.translate, as nmt-translate: "
-        f"batches of <= {cfg.batch_sentences} sentences and {settings['batch_tokens']} padded "
-        f"subwords): the ceiling, {ceiling:.2f} sentences/s ({base.per_cpu_s:.1f} per CPU "
-        "second)\n"
+        f"batches of <= {cfg.batch_sentences} sentences and {settings['batch_tokens']} source "
+        f"subwords over the hypotheses on the CPU): the ceiling, {ceiling:.2f} sentences/s "
+        f"({base.per_cpu_s:.1f} per CPU second)\n"
         f"offline, the first {min(SINGLE, len(sentences))} one at a time: "
         f"{base.single_per_s:.2f} sentences/s ({base.single_per_cpu_s:.1f} per CPU second), so "
         f"batching can make decoding at most {ceiling / base.single_per_s:.2f}x faster here "

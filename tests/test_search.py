@@ -626,9 +626,11 @@ def test_batch_tokens_cut_the_batches_and_keep_the_hypotheses(model, vocabs):
     lines = [line for line in LINES if line.strip()] * 2
     encoded = vocabs[0].encode(lines)
     settings = SearchSettings.from_config(search_cfg("beam", batch_size=8, n_best=2))  # beam 3
-    assert settings.replace(batch_tokens=36).padded_budget == 12  # sentences × longest
-    assert settings.replace(name="greedy", n_best=1, batch_tokens=36).padded_budget == 36
-    assert settings.replace(batch_tokens=0).padded_budget is None
+    assert settings.replace(batch_tokens=36).padded_budget("cpu") == 12  # sentences × longest
+    greedy = SearchSettings(name="greedy", beam_size=5, batch_tokens=36)  # beam_size unused
+    assert greedy.hypotheses == 1 and greedy.padded_budget("cpu") == 36
+    assert settings.replace(batch_tokens=0).padded_budget("cpu") is None
+    assert settings.replace(batch_tokens=36).padded_budget("cuda") is None  # GPUs: batch_size
 
     def decode(batch_tokens: int) -> tuple[list[list[list[int]]], list[int]]:
         sizes: list[int] = []

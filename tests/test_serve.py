@@ -605,7 +605,7 @@ def test_real_server_process_answers_as_the_cli_and_drains_on_sigterm(tiny_check
         f"ckpt={quote(tiny_checkpoint)}",
         "search.beam_size=3",
         "serve.max_wait_ms=3000",  # the 32 requests wait together for their batch…
-        "serve.threads=1",
+        "serve.threads=2",  # the decoding thread's (the main thread runs no torch)
     )
     try:
         server.wait_ready(timeout=90)
@@ -618,7 +618,7 @@ def test_real_server_process_answers_as_the_cli_and_drains_on_sigterm(tiny_check
                     for line in lines
                 ]
                 async with httpx.AsyncClient(base_url=server.url, timeout=10) as probe:
-                    assert (await probe.get("/v1/stats")).json()["decode_threads"] == 1
+                    assert (await probe.get("/v1/stats")).json()["decode_threads"] == 2
                     deadline = time.monotonic() + 30
                     while (await probe.get("/v1/stats")).json()["requests"] < len(lines):
                         assert time.monotonic() < deadline

@@ -673,3 +673,6 @@ def test_load_benchmark_runs_and_prints_its_table(tiny_checkpoint, tiny_prepared
     timings = data["ceiling_timings_sentences_per_s"]  # before the one client count, and after
     assert len(timings) == 2 and all(t > 0 for t in timings)
     assert data["ceiling_per_clients"] == {"2": pytest.approx(sum(timings) / 2)}
+    single = data["offline_single_sentences_per_s"]
+    assert data["x_off_bound"] == pytest.approx(sum(timings) / 2 / single)
+    assert "the bound on 'x off' is" in result.stdout

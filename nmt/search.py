@@ -669,6 +669,15 @@ def padded_chunks(
     return chunks
 
 
+def search_batches(
+    lengths: Sequence[int], settings: SearchSettings, device_type: str
+) -> list[list[int]]:
+    """:func:`padded_chunks` under the search's batch limits (``batch_size``, and on the CPU
+    ``batch_tokens``): one decoder call each in :func:`decode_ids`. ``nmt.serve`` cuts its
+    chunks with this too, so a chunk it takes is one call there."""
+    return padded_chunks(lengths, settings.padded_budget(device_type), settings.batch_size)
+
+
 def decode_ids(
     model: Seq2Seq,
     encoded: Sequence[Sequence[int]],
@@ -679,9 +688,8 @@ def decode_ids(
     """Decode encoded source sentences; return the n-best hypotheses of each, in input order.
 
     ``encoded[i]`` holds sentence i's subword ids without ``</s>``; each gets ``</s>`` appended
-    (as in training). Sentences are sorted by length and decoded at most
-    ``settings.batch_size`` and ``settings.padded_budget(device.type)`` padded subwords at a time
-    (:func:`padded_chunks`), so batches hold similar lengths; because the searches are batch
+    (as in training). Sentences are sorted by length and decoded in the batches
+    :func:`search_batches` cuts, so batches hold similar lengths; because the searches are batch
     independent, the result does not depend on this order. A sentence with no subwords (empty
     or blank) gets one empty hypothesis without running the model. ``on_batch(n)`` is called
     after each batch of ``n`` sentences (a progress bar).
@@ -698,9 +706,7 @@ def decode_ids(
     was_training = model.training
     model.eval()
     try:
-        for chunk in padded_chunks(
-            lengths, settings.padded_budget(device.type), settings.batch_size
-        ):
+        for chunk in search_batches(lengths, settings, device.type):
             batch_idx = [nonempty[k] for k in chunk]
             seqs = [list(encoded[i]) + [EOS_ID] for i in batch_idx]
             src = pad(seqs).to(device)  # (batch, src_len)

@@ -17,7 +17,7 @@ oldest job with every later job of the same search settings, oldest first, up to
 ``serve.max_batch_sentences`` sentences or ``serve.max_batch_tokens`` source subwords, sorts
 their undecoded sentences longest first, cuts them into chunks within the search's batch limits
 (``search.batch_size``, and on the CPU ``search.batch_tokens`` over the hypotheses:
-:func:`nmt.search.padded_chunks`, the one batching rule, shared with ``nmt-translate``), and
+:func:`nmt.search.search_batches`, the one batching rule, shared with ``nmt-translate``), and
 gives the one decoding thread the chunk that holds the oldest job's first sentence: one
 :meth:`Translator.translate` call. It goes at once when the group is full or the chunk cannot
 grow, else ``serve.max_wait_ms`` after the oldest job arrived or, if later, after the decoding
@@ -73,7 +73,7 @@ from nmt.config_schema import API_KEY_ENV, ServeSettings  # noqa: F401  (typed i
 from nmt.data.corpus import normalize
 from nmt.errors import NMTError, exit_on_user_error
 from nmt.inference import Translation, Translator
-from nmt.search import SearchSettings, explicit_settings, padded_chunks
+from nmt.search import SearchSettings, explicit_settings, search_batches
 
 log = logging.getLogger("nmt.serve")
 
@@ -301,6 +301,7 @@ class TranslationService:
         self.limits = limits
         self.base = translator.with_settings(batch_size=limits.max_batch_sentences)
         self.translators: dict[SearchSettings, Translator] = {self.base.settings: self.base}
+        self.device_type = torch.device(translator.device).type  # cpu: batch_tokens applies
         self.executor = executor or decoding_thread(limits.threads)
         self.pending: deque[Job] = deque()
         self.pending_sentences = 0
@@ -445,8 +446,8 @@ class TranslationService:
 
         The group (:meth:`_group`: the oldest job and the later ones with its settings, up to
         ``max_batch_sentences`` sentences or ``max_batch_tokens`` subwords) is sorted longest
-        first and cut into chunks within the settings' ``batch_size`` and ``padded_budget``
-        (:func:`~nmt.search.padded_chunks`, as ``nmt-translate`` cuts its batches); the call
+        first and cut into chunks as ``nmt-translate`` cuts its batches
+        (:func:`~nmt.search.search_batches`: the settings' batch limits); the call
         takes the chunk that holds the oldest job's first undecoded sentence, so every sentence
         is taken in bounded time. It goes at once when the group is full or that chunk is
         closed (a later, shorter chunk exists: no newcomer can make it fuller), else once
@@ -468,11 +469,8 @@ class TranslationService:
                 continue
             group, full = self._group()
             items = [(job, i) for job in group for i in job.todo]
-            settings = group[0].settings
-            chunks = padded_chunks(
-                [job.lengths[i] for job, i in items],
-                settings.padded_budget(torch.device(self.base.device).type),
-                settings.batch_size,
+            chunks = search_batches(
+                [job.lengths[i] for job, i in items], group[0].settings, self.device_type
             )
             chunk = next(c for c in chunks if 0 in c)  # item 0: the oldest job's first
             since = max(group[0].arrived, self.free_since)

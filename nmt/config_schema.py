@@ -518,6 +518,7 @@ class TrainerSettings:
     distributed: bool = setting()
     dist_timeout_minutes: float = setting(gt=0)
     num_threads: int | None = setting(ge=1)
+    keep_freed_memory: bool = setting()
 
     def __post_init__(self) -> None:
         from nmt.preemption import parse_signals

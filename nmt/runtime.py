@@ -9,11 +9,17 @@ softmax, the scores' log-softmax and the loss in fp32, weights and optimiser sta
 ``auto`` resolves per device with :func:`resolve_precision`: bf16 on a CPU with bf16 matrix
 instructions (AMX-BF16 or AVX512-BF16) or on a CUDA device that supports bf16, else fp32.
 fp16 runs on CUDA only (it needs loss scaling; CPUs without fp16 matrix units gain nothing).
+
+Memory (``trainer.keep_freed_memory``): :func:`keep_freed_memory` has glibc's malloc reuse freed
+blocks instead of handing them back to the kernel, so a training step's large tensors do not
+page-fault afresh every step.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import platform
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,3 +147,38 @@ def autocast_context(
     if precision.name == "fp32":
         return nullcontext()
     return torch.autocast(device.type, dtype=precision.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Memory
+
+# mallopt(3) parameters, from glibc's malloc.h
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+TRIM_THRESHOLD = 2**31 - 1  # bytes: the largest an int holds; the heap is, in effect, never trimmed
+
+
+@functools.cache
+def keep_freed_memory() -> str:
+    """Have glibc's malloc keep freed memory for reuse; returns what was done, for the log.
+
+    glibc serves every block above its mmap threshold (32 MiB at most) with a fresh ``mmap``
+    and unmaps it again on ``free``.  A training step's logits and their gradient are such
+    blocks (4,000 target tokens × 8,000 subwords × 4 bytes = 122 MiB each), so every step
+    page-faults them in anew: 30,800 faults per tensor, 62–76 ms on this project's 2-core VMs
+    against 8–16 ms for the subtraction that fills it (the loss gradient).  With mmap off
+    (``M_MMAP_MAX=0``) and trimming off, large blocks come from the heap and the next step
+    reuses what the previous one freed: what PyTorch's CPU tuning guide gets by preloading
+    jemalloc or tcmalloc, without a preload.  The cost: the process keeps its peak heap until
+    it exits (the reference model's peak RSS did not grow: 1,740–1,809 MiB with, 1,747–1,765
+    without).
+    Process-wide and once per process; elsewhere than glibc nothing changes.
+    """
+    libc_name, _ = platform.libc_ver()
+    if libc_name != "glibc":
+        return f"unchanged (the C library is {libc_name or 'not glibc'}, no mallopt)"
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if not (mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
+        return "unchanged (glibc refused mallopt)"
+    return "freed blocks kept for reuse (glibc mallopt: M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)"

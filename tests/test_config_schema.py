@@ -68,7 +68,7 @@ BAD_VALUES = [
      "val_max_sentences, log_every_steps, early_stopping_metric, early_stopping_patience, "
      "keep_best, keep_last, keep_every_validation, average_last, resume, save_every_minutes, "
      "save_every_steps, preempt_signals, max_nonfinite_steps, num_samples, num_attention_plots, "
-     "distributed, dist_timeout_minutes, num_threads"),
+     "distributed, dist_timeout_minutes, num_threads, keep_freed_memory"),
     ("nmt.train", ["data=tsv", "trainer.max_steps=1"],
      "data.train: missing; give it on the command line (data.train=…)"),
     ("nmt.translate", ["input=-"], "ckpt: missing; give it on the command line (ckpt=…)"),

@@ -157,6 +157,7 @@ class TrainingStep:
             with ctx.no_sync(self.model) if not last else nullcontext(), self.autocast:
                 out = self.model(batch.src, batch.src_lengths, batch.tgt_in, s.teacher_forcing)
                 loss = sequence_loss(out.logits, batch.tgt_out, s.label_smoothing)
+                del out  # the loss keeps what its backward needs; the logits go now
             mark("forward")
             # normalised by the step's tokens on all ranks; DDP averages over the ranks
             self.scaler.scale(loss * ctx.world_size / global_tokens).backward()

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from nmt.data.vocab import PAD_ID  # noqa: E402
 from nmt.loss import sequence_loss  # noqa: E402
+from nmt.runtime import keep_freed_memory  # noqa: E402
 
 
 def reference(logits: torch.Tensor, tgt_out: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -29,6 +30,7 @@ def reference(logits: torch.Tensor, tgt_out: torch.Tensor, smoothing: float) -> 
 
 
 def main() -> None:
+    keep_freed_memory()  # as in training: the (N, V) tensors reuse freed memory
     # (batch, tgt_len) of a 4,096-token enko batch: ~119 sentences padded to ~33 targets
     for name, vocab, smoothing in (("joeynmt_ref", 8000, 0.0), ("default", 4000, 0.1)):
         logits = torch.randn(119, 33, vocab, requires_grad=True)

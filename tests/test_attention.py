@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -137,14 +138,19 @@ def test_dot_projects_keys_only_when_sizes_differ():
 def test_concat_is_v_tanh_W_of_query_and_key_concatenated():
     attention = make_attention("concat", 5, 8)
     score: ConcatScore = attention.score
-    query, values, _ = make_inputs(5, 8)
+    query, values, src_mask = make_inputs(5, 8)
     scores = score(query, attention.project_keys(values))
-    # the textbook form, one (query, value) pair at a time: vᵀ tanh(W [q; h] + b)
+    # the textbook form, one (query, value) pair at a time: vᵀ tanh(W [q; h] + b) ...
     W = torch.cat([score.query_proj.weight, score.key_proj.weight], dim=1)  # (7, 5 + 8)
     b, v = score.key_proj.bias, score.v.weight[0]
-    for i, t, j in [(0, 0, 0), (1, 1, 1), (2, 0, 5)]:
-        expected = v @ torch.tanh(W @ torch.cat([query[i, t], values[i, j]]) + b)
-        torch.testing.assert_close(scores[i, t, j], expected)
+    textbook = torch.empty_like(scores)
+    for i, t, j in itertools.product(*map(range, scores.shape)):
+        textbook[i, t, j] = v @ torch.tanh(W @ torch.cat([query[i, t], values[i, j]]) + b)
+    # ... plus Σv, the same at every source position (2 vᵀ σ(2x) = vᵀ tanh(x) + Σv) ...
+    torch.testing.assert_close(scores, textbook + v.sum())
+    # ... which the softmax removes: the textbook's weights
+    weights = attention(query, attention.project_keys(values), values, src_mask).attn_weights
+    torch.testing.assert_close(weights, masked_softmax(textbook, src_mask))
 
 
 def test_location_ignores_key_contents():

@@ -114,7 +114,8 @@ class Score(nn.Module, Declared, metaclass=ABCMeta):
     @abstractmethod
     def forward(self, query: Tensor, keys: Tensor) -> Tensor:
         """query (batch, tgt_len, query_size), keys from :meth:`project_keys` →
-        scores (batch, tgt_len, src_len)."""
+        scores (batch, tgt_len, src_len), up to a constant per query (the softmax removes it;
+        ``concat`` uses this)."""
 
     @classmethod
     @abstractmethod

@@ -383,7 +383,9 @@ def offline(
     """The ceiling, and the first ``SINGLE`` decoded one by one (see :class:`Offline`)."""
     from nmt.inference import Translator
 
-    translator = Translator.from_checkpoint(ckpt, device, **search, batch_size=batch_sentences)
+    # batch_sentences is the offline batch size, over a search group's own (search=greedy)
+    settings = {**search, "batch_size": batch_sentences}
+    translator = Translator.from_checkpoint(ckpt, device, **settings)
     translator.translate(sentences[:8])  # warm-up, as the server does
     texts, seconds, cpu = _timed(lambda: translator.translate_text(sentences))
     single = sentences[:SINGLE]

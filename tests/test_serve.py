@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ from nmt.errors import NMTError
 from nmt.inference import Translator
 from nmt.search import padded_chunks
 from nmt.serve import API_KEY_ENV, ServeSettings, create_app, listen
-from nmt.serve_bench import ServerProcess, percentile
+from nmt.serve_bench import ServerProcess, offline, percentile
 
 SENTENCES = [
     "Open the file.",
@@ -642,6 +643,18 @@ def test_percentile_is_nearest_rank():
     values = [float(v) for v in range(1, 101)]
     assert (percentile(values, 50), percentile(values, 95), percentile(values, 99)) == (50, 95, 99)
     assert percentile([7.0], 99) == 7.0
+
+
+def test_the_offline_ceiling_takes_a_search_group_with_its_own_batch_size(
+    tiny_checkpoint, tiny_prepared
+):
+    """``search=greedy`` brings ``batch_size``; the benchmark's ``batch_sentences`` wins."""
+    lines = Path(tiny_prepared.corpus.test).read_text(encoding="utf-8").splitlines()[:6]
+    sentences = [line.split("\t")[0] for line in lines]
+    settings = {"name": "greedy", "beam_size": 1, "batch_size": 64}
+    base = offline(tiny_checkpoint, "cpu", settings, 2, sentences)
+    assert (base.settings["name"], base.settings["batch_size"]) == ("greedy", 2)
+    assert len(base.texts) == 6
 
 
 @pytest.mark.slow

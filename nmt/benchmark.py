@@ -589,8 +589,11 @@ def run_benchmark(
     device = pick_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
     progress(f"precision: {precision.name} ({precision.reason})")
-    memory_mode = "unchanged (trainer.keep_freed_memory=false)"
-    if cfg.trainer.keep_freed_memory and device.type == "cpu":
+    if not cfg.trainer.keep_freed_memory:
+        memory_mode = "unchanged (trainer.keep_freed_memory=false)"
+    elif device.type != "cpu":
+        memory_mode = f"unchanged (trainer.keep_freed_memory is for the CPU; device {device})"
+    else:
         memory_mode = keep_freed_memory()
     progress(f"memory: {memory_mode}")
     data = data or prepare(cfg.data, seed=cfg.seed, log=progress)

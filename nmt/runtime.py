@@ -174,8 +174,7 @@ def keep_freed_memory() -> str:
     more than a tensor, so a block freed between live small ones does not hold the same size
     again, only smaller).  Measured: the reference model's peak RSS did not grow (benchmark:
     1,740–1,809 MiB with, 1,747–1,765 without), and over 200 training steps its RSS stayed at
-    1,513–1,516 MiB.
-    Process-wide and once per process; elsewhere than glibc nothing changes.
+    1,513–1,516 MiB.  Process-wide and once per process; elsewhere than glibc nothing changes.
     """
     libc_name, _ = platform.libc_ver()
     if libc_name != "glibc":

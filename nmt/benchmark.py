@@ -277,12 +277,12 @@ def gemm_peaks(device: torch.device, sizes: Sequence[int], repeats: int) -> dict
     On a CPU without bf16 matrix instructions bf16 products are emulated at about 1 GFLOP/s,
     where the three default sizes would take two minutes: its peak is then measured once, at
     the smallest size."""
-    peaks = {"fp32": gemm_peak(device, sizes, repeats)}
-    if device.type == "cpu" and not bf16_cpu_flags():
-        peaks["bf16"] = gemm_peak(device, [min(sizes)], 1, dtype=torch.bfloat16)
-    else:
-        peaks["bf16"] = gemm_peak(device, sizes, repeats, dtype=torch.bfloat16)
-    return peaks
+    emulated = device.type == "cpu" and not bf16_cpu_flags()
+    bf16_sizes, bf16_repeats = ([min(sizes)], 1) if emulated else (sizes, repeats)
+    return {
+        "fp32": gemm_peak(device, sizes, repeats),
+        "bf16": gemm_peak(device, bf16_sizes, bf16_repeats, dtype=torch.bfloat16),
+    }
 
 
 @dataclass
@@ -589,12 +589,9 @@ def run_benchmark(
     device = pick_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
     progress(f"precision: {precision.name} ({precision.reason})")
-    if not cfg.trainer.keep_freed_memory:
-        memory_mode = "unchanged (trainer.keep_freed_memory=false)"
-    elif device.type != "cpu":
-        memory_mode = f"unchanged (trainer.keep_freed_memory is for the CPU; device {device})"
-    else:
-        memory_mode = keep_freed_memory()
+    memory_mode = "unchanged (trainer.keep_freed_memory=false)"
+    if cfg.trainer.keep_freed_memory:
+        memory_mode = keep_freed_memory(device)
     progress(f"memory: {memory_mode}")
     data = data or prepare(cfg.data, seed=cfg.seed, log=progress)
     torch.manual_seed(cfg.seed)

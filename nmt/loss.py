@@ -60,7 +60,6 @@ class SmoothedCrossEntropy(torch.autograd.Function):
             row_loss = row_loss - smoothing * logits.mean(dim=-1)
         ctx.save_for_backward(exp, exp_sum, target, real)
         ctx.smoothing = smoothing
-        ctx.vocab_size = logits.size(1)
         return torch.where(real, row_loss, 0.0).sum()
 
     @staticmethod
@@ -71,5 +70,5 @@ class SmoothedCrossEntropy(torch.autograd.Function):
         grad = exp * (row_scale.unsqueeze(1) / exp_sum)  # softmax × row scale
         grad.scatter_add_(1, target.unsqueeze(1), (-(1.0 - smoothing) * row_scale).unsqueeze(1))
         if smoothing:
-            grad.sub_((smoothing / ctx.vocab_size) * row_scale.unsqueeze(1))
+            grad.sub_((smoothing / exp.size(1)) * row_scale.unsqueeze(1))
         return grad, None, None

@@ -158,9 +158,9 @@ M_MMAP_MAX = -4
 TRIM_THRESHOLD = 2**31 - 1  # bytes: the largest an int holds; the heap is, in effect, never trimmed
 
 
-@functools.cache
-def keep_freed_memory() -> str:
-    """Have glibc's malloc keep freed memory for reuse; returns what was done, for the log.
+def keep_freed_memory(device: torch.device) -> str:
+    """Have glibc's malloc keep freed memory for reuse when ``device`` is the CPU; returns
+    what was done, for the log (``trainer.keep_freed_memory``: the trainer and the benchmark).
 
     glibc serves every block above its mmap threshold (32 MiB at most) with a fresh ``mmap``
     and unmaps it again on ``free``.  A training step's logits and their gradient are such
@@ -176,6 +176,14 @@ def keep_freed_memory() -> str:
     1,740–1,809 MiB with, 1,747–1,765 without), and over 200 training steps its RSS stayed at
     1,513–1,516 MiB.  Process-wide and once per process; elsewhere than glibc nothing changes.
     """
+    if device.type != "cpu":
+        return f"unchanged (trainer.keep_freed_memory is for the CPU; device {device})"
+    return _malloc_keeps_freed_memory()
+
+
+@functools.cache
+def _malloc_keeps_freed_memory() -> str:
+    """The ``mallopt`` calls of :func:`keep_freed_memory`, once per process."""
     libc_name, _ = platform.libc_ver()
     if libc_name != "glibc":
         return f"unchanged (the C library is {libc_name or 'not glibc'}, no mallopt)"

@@ -630,8 +630,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, data: PreparedData | None = No
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     device = ctx.device if ctx.enabled else pick_device(t.device, "trainer.device")
-    if t.keep_freed_memory and device.type == "cpu":
-        report(f"memory: {keep_freed_memory()}")
+    if t.keep_freed_memory:
+        report(f"memory: {keep_freed_memory(device)}")
     seed_everything(cfg.seed)  # the same initial weights on every rank
     if data is None:
         with ctx.main_first():  # rank 0 prepares, then the others read what it wrote

@@ -30,7 +30,7 @@ def reference(logits: torch.Tensor, tgt_out: torch.Tensor, smoothing: float) -> 
 
 
 def main() -> None:
-    keep_freed_memory()  # as in training: the (N, V) tensors reuse freed memory
+    keep_freed_memory(torch.device("cpu"))  # as in training: the (N, V) tensors reuse freed memory
     # (batch, tgt_len) of a 4,096-token enko batch: ~119 sentences padded to ~33 targets
     for name, vocab, smoothing in (("joeynmt_ref", 8000, 0.0), ("default", 4000, 0.1)):
         logits = torch.randn(119, 33, vocab, requires_grad=True)

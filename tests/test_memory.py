@@ -34,7 +34,7 @@ def faults():
     return counts
 
 before = faults()
-mode = keep_freed_memory()
+mode = keep_freed_memory(torch.device("cpu"))
 print(json.dumps({"before": before, "mode": mode, "after": faults()}))
 """
 

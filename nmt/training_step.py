@@ -156,7 +156,9 @@ class TrainingStep:
             # the gradient all-reduce: only in the last batch's backward (DDP decides in forward)
             with ctx.no_sync(self.model) if not last else nullcontext(), self.autocast:
                 out = self.model(batch.src, batch.src_lengths, batch.tgt_in, s.teacher_forcing)
-                loss = sequence_loss(out.logits, batch.tgt_out, s.label_smoothing)
+                loss = sequence_loss(
+                    out.logits, batch.tgt_out, s.label_smoothing, reuse_logits=True
+                )
                 del out  # the loss keeps what its backward needs; the logits go now
             mark("forward")
             # normalised by the step's tokens on all ranks; DDP averages over the ranks

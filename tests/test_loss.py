@@ -40,6 +40,28 @@ def test_value_and_gradient_equal_cross_entropy(smoothing):
     assert grad_ours[0, 4:].abs().max() == 0  # <pad> targets get no gradient
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_reusing_the_logits_storage_gives_the_same_value_and_gradient(smoothing):
+    """reuse_logits=True (the training step): exp(z - m) and then the gradient are written over
+    the logits' own storage; the numbers are the same, and a second backward is refused (by
+    autograd's version check of the saved tensor) instead of giving a wrong gradient."""
+    logits, tgt_out = logits_and_targets()
+    expected = sequence_loss(logits, tgt_out, smoothing)
+    (expected_grad,) = torch.autograd.grad(2.0 * expected, logits)
+    hidden = logits.detach().clone().requires_grad_()
+    produced = hidden * 1.0  # a non-leaf, as the output projection's logits are
+    storage = produced.data_ptr()
+    loss = sequence_loss(produced, tgt_out, smoothing, reuse_logits=True)
+    assert not torch.equal(produced, logits)  # overwritten: the caller must not read it again
+    loss_copy = loss * 2.0
+    loss_copy.backward(retain_graph=True)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(hidden.grad, expected_grad)
+    assert produced.data_ptr() == storage
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss_copy.backward()
+
+
 def test_gradient_passes_gradcheck_in_float64():
     logits, tgt_out = logits_and_targets(batch=3, steps=5, vocab=6)
     logits = logits.detach().double().reshape(-1, 6).requires_grad_()

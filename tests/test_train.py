@@ -264,9 +264,9 @@ def nan_for_first(calls: int, monkeypatch) -> None:
     real = training_step.sequence_loss
     count = {"n": 0}
 
-    def loss(*args):
+    def loss(*args, **kwargs):
         count["n"] += 1
-        value = real(*args)
+        value = real(*args, **kwargs)
         return value * math.nan if count["n"] <= calls else value
 
     monkeypatch.setattr(training_step, "sequence_loss", loss)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from pathlib import Path
@@ -14,6 +15,7 @@ from torch import nn
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, train_sentencepiece
 from nmt.errors import NMTError
 from nmt.models import SCORES, Seq2Seq, build_model
+from nmt.models.attention import Attention
 
 SRC_VOCAB, TGT_VOCAB = 23, 19
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -719,3 +721,44 @@ def test_decoder_rnn_split_input_equals_the_full_cell(rnn_type):
     else:
         h = torch.gru_cell(x, hidden[0], *rnn.layer_weights(0))
     torch.testing.assert_close(new_hidden[0], h)
+
+
+# ---------------------------------------------------------------------------------------------
+# the attention values' gradient, formed once per loop (DeferredValueGrads)
+
+
+def _no_deferral(self, values):
+    yield values
+
+
+@pytest.mark.parametrize(
+    ("style", "score", "options"),
+    [
+        ("luong", "general", {}),
+        ("luong", "concat", {"rnn_type": "lstm", "dec_layers": 2}),
+        ("bahdanau", "dot", {}),
+        ("bahdanau", "location", {"rnn_type": "lstm"}),
+        # keys are the values themselves: the score's gradient reaches them too
+        ("luong", "dot", {"bidirectional": False, "enc_hidden": 7}),
+        ("luong", "general", {"attention_type": "local_p", "window": 1}),
+    ],
+)
+def test_deferred_value_gradients_equal_the_step_by_step_ones(style, score, options, monkeypatch):
+    """Every parameter's gradient is the same when each step's ∂L/∂values is added in turn
+    (autograd's own way, forced here) and when one product forms it after the loop."""
+    src, src_lengths, tgt_in, tgt_out = tiny_batch()
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model = make_model(style=style, score=score, **options)
+        loss_of(model(src, src_lengths, tgt_in).logits, tgt_out).backward()
+        return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+    deferred = gradients()
+    with monkeypatch.context() as patch:
+        patch.setattr(Attention, "deferred_value_grads", contextlib.contextmanager(_no_deferral))
+        step_by_step = gradients()
+    assert deferred.keys() == step_by_step.keys()
+    for name, grad in deferred.items():
+        torch.testing.assert_close(grad, step_by_step[name], rtol=1e-5, atol=1e-8, msg=name)
+    encoder = [name for name in deferred if name.startswith("encoder.")]
+    assert encoder and all(deferred[name].abs().sum() > 0 for name in encoder)

@@ -40,8 +40,10 @@ It combines with every score function and keeps the weights' shape (batch, tgt_l
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABCMeta, abstractmethod
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -85,6 +87,61 @@ def attend(scores: Tensor, values: Tensor, src_mask: Tensor) -> AttentionOutput:
     """The path shared by every score function: masked softmax over the source, then context."""
     attn_weights = masked_softmax(scores, src_mask)  # (batch, tgt_len, src_len)
     return AttentionOutput(weighted_sum(attn_weights, values), attn_weights)
+
+
+class DeferredValueGrads:
+    """∂L/∂values of a decoder loop formed once, after the loop's backward, not once per step.
+
+    A loop that attends one step at a time makes autograd form ∂L/∂V = α_tᵀ ∂L/∂c_t at every
+    step t, an outer product (batch, src_len, 1) × (batch, 1, value_size), and add it into a
+    (batch, src_len, value_size) sum: two passes over that tensor per step. Here each step's
+    backward only keeps (α_t, ∂L/∂c_t), and one product over all steps forms the sum,
+    ∂L/∂V = Aᵀ G with A (batch, steps, src_len) and G (batch, steps, value_size). A loop of
+    softmax and context alone at the reference model's shapes (batch 49, source 82, 80 steps,
+    value size 512, fp32, 2-core EPYC): 253 → 67 ms forward and backward; the whole training
+    step of ``+experiment=joeynmt_ref``: 2,200 / 2,352 → 2,497 / 2,380 target tokens/s
+    (alternating benchmark runs; docs/benchmarks.md).
+    """
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[Tensor, Tensor]] = []  # (α_t, ∂L/∂c_t), filled in backward
+
+
+class _CollectValueGrads(torch.autograd.Function):
+    """values → the same values; its backward adds Aᵀ G from the steps' pairs. Autograd runs it
+    after every step's backward, because each step's context is computed from its output."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, deferred: DeferredValueGrads) -> Tensor:
+        ctx.deferred = deferred
+        ctx.set_materialize_grads(False)  # the steps pass no gradient here themselves
+        return values.view_as(values)
+
+    @staticmethod
+    def backward(ctx, grad_values: Tensor | None):
+        pairs, ctx.deferred.pairs = ctx.deferred.pairs, []  # a retained graph collects anew
+        if pairs:
+            weights = torch.cat([w for w, _ in pairs], dim=1)  # (batch, steps, src_len)
+            grads = torch.cat([g for _, g in pairs], dim=1)  # (batch, steps, value_size)
+            grad = torch.bmm(weights.transpose(1, 2), grads)  # (batch, src_len, value_size)
+            grad_values = grad if grad_values is None else grad_values + grad
+        return grad_values, None
+
+
+class _StepContext(torch.autograd.Function):
+    """context = α V for one step; the backward passes ∂L/∂α on and keeps (α, ∂L/∂c)."""
+
+    @staticmethod
+    def forward(ctx, attn_weights: Tensor, values: Tensor, deferred: DeferredValueGrads):
+        ctx.save_for_backward(attn_weights, values)
+        ctx.deferred = deferred
+        return torch.bmm(attn_weights, values)  # (batch, tgt_len, value_size)
+
+    @staticmethod
+    def backward(ctx, grad_context: Tensor):
+        attn_weights, values = ctx.saved_tensors
+        ctx.deferred.pairs.append((attn_weights, grad_context))
+        return torch.bmm(grad_context, values.transpose(1, 2)), None, None
 
 
 class ScoreFlops(NamedTuple):
@@ -347,6 +404,30 @@ class Attention(nn.Module):
         super().__init__()
         self.score = score
         self.local = local
+        self._deferred: tuple[Tensor, DeferredValueGrads] | None = None
+
+    @contextlib.contextmanager
+    def deferred_value_grads(self, values: Tensor) -> Iterator[Tensor]:
+        """For a loop that attends one step at a time: yields the values to attend over inside
+        the block, whose gradient is formed once after the loop's backward
+        (:class:`DeferredValueGrads`). Only where autograd records and autocast is off (fp32);
+        else it yields ``values`` themselves."""
+        recording = torch.is_grad_enabled() and values.requires_grad
+        if not recording or torch.is_autocast_enabled(values.device.type):
+            yield values
+            return
+        deferred = DeferredValueGrads()
+        collected = _CollectValueGrads.apply(values, deferred)
+        self._deferred = (collected, deferred)
+        try:
+            yield collected
+        finally:
+            self._deferred = None
+
+    def _context(self, attn_weights: Tensor, values: Tensor) -> Tensor:
+        if self._deferred is not None and values is self._deferred[0]:
+            return _StepContext.apply(attn_weights, values, self._deferred[1])
+        return weighted_sum(attn_weights, values)
 
     def project_keys(self, values: Tensor) -> Tensor:
         """Keys for this score function from the encoder states, once per batch.
@@ -373,9 +454,10 @@ class Attention(nn.Module):
         """
         scores = self.score(query, keys)  # (batch, tgt_len, src_len)
         if self.local is None:
-            return attend(scores, values, src_mask)
-        attn_weights = self.local(scores, src_mask, query, positions)
-        return AttentionOutput(weighted_sum(attn_weights, values), attn_weights)
+            attn_weights = masked_softmax(scores, src_mask)  # (batch, tgt_len, src_len)
+        else:
+            attn_weights = self.local(scores, src_mask, query, positions)
+        return AttentionOutput(self._context(attn_weights, values), attn_weights)
 
 
 def build_attention(

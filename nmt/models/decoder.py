@@ -40,6 +40,12 @@ class Memory(NamedTuple):
         return Memory(*(t.index_select(0, idx) for t in self))
 
 
+def with_values(memory: Memory, values: Tensor) -> Memory:
+    """``memory`` attending over ``values`` (the keys too where they are the values)."""
+    keys = values if memory.keys is memory.values else memory.keys
+    return memory._replace(values=values, keys=keys)
+
+
 class DecoderState(NamedTuple):
     """The recurrent state between two decoder steps."""
 
@@ -377,12 +383,14 @@ class LuongDecoder(Decoder):
             return DecoderOutput(attn_vectors, attn_weights, end)
         attn_vectors, attn_weights = [], []
         known = self.rnn.project_known(embedded)  # (batch, tgt_len, gates*hidden), once
-        # unbind, not known[:, t]: its backward is one stack, not a zeroed copy per step
-        for known_t in known.unbind(1):  # (batch, gates*hidden)
-            out = self.step_projected(known_t, state, memory)
-            attn_vectors.append(out.attn_vector)
-            attn_weights.append(out.attn_weights)
-            state = out.state
+        with self.attention.deferred_value_grads(memory.values) as values:
+            memory = with_values(memory, values)
+            # unbind, not known[:, t]: its backward is one stack, not a zeroed copy per step
+            for known_t in known.unbind(1):  # (batch, gates*hidden)
+                out = self.step_projected(known_t, state, memory)
+                attn_vectors.append(out.attn_vector)
+                attn_weights.append(out.attn_weights)
+                state = out.state
         # stacked: (batch, tgt_len, hidden), (batch, tgt_len, src_len)
         return DecoderOutput(torch.stack(attn_vectors, 1), torch.stack(attn_weights, 1), state)
 
@@ -465,11 +473,13 @@ class BahdanauDecoder(Decoder):
         embedded = self.dropout(embedded)
         tops, contexts, attn_weights = [], [], []
         known = self.rnn.project_known(embedded)  # (batch, tgt_len, gates*hidden), once
-        for known_t in known.unbind(1):  # (batch, gates*hidden)
-            context, weights, state = self.recur(known_t, state, memory)
-            tops.append(state.hidden[-1])
-            contexts.append(context)
-            attn_weights.append(weights)
+        with self.attention.deferred_value_grads(memory.values) as values:
+            memory = with_values(memory, values)
+            for known_t in known.unbind(1):  # (batch, gates*hidden)
+                context, weights, state = self.recur(known_t, state, memory)
+                tops.append(state.hidden[-1])
+                contexts.append(context)
+                attn_weights.append(weights)
         tops = torch.stack(tops, 1)  # (batch, tgt_len, hidden)
         contexts = torch.stack(contexts, 1)  # (batch, tgt_len, value_size)
         attn_vectors = self.output(tops, contexts, embedded)  # (batch, tgt_len, hidden)

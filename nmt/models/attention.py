@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABCMeta, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -83,10 +83,17 @@ def weighted_sum(attn_weights: Tensor, values: Tensor) -> Tensor:
     return torch.bmm(attn_weights, values)
 
 
-def attend(scores: Tensor, values: Tensor, src_mask: Tensor) -> AttentionOutput:
-    """The path shared by every score function: masked softmax over the source, then context."""
+def attend(
+    scores: Tensor,
+    values: Tensor,
+    src_mask: Tensor,
+    context: Callable[[Tensor, Tensor], Tensor] = weighted_sum,
+) -> AttentionOutput:
+    """The path shared by every score function: masked softmax over the source, then context
+    (``context(attn_weights, values)``; :class:`Attention` passes its own, which may defer the
+    values' gradient)."""
     attn_weights = masked_softmax(scores, src_mask)  # (batch, tgt_len, src_len)
-    return AttentionOutput(weighted_sum(attn_weights, values), attn_weights)
+    return AttentionOutput(context(attn_weights, values), attn_weights)
 
 
 class DeferredValueGrads:
@@ -454,9 +461,8 @@ class Attention(nn.Module):
         """
         scores = self.score(query, keys)  # (batch, tgt_len, src_len)
         if self.local is None:
-            attn_weights = masked_softmax(scores, src_mask)  # (batch, tgt_len, src_len)
-        else:
-            attn_weights = self.local(scores, src_mask, query, positions)
+            return attend(scores, values, src_mask, self._context)
+        attn_weights = self.local(scores, src_mask, query, positions)
         return AttentionOutput(self._context(attn_weights, values), attn_weights)
 
 

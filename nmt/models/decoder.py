@@ -13,7 +13,9 @@ for beam search.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABCMeta, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -38,12 +40,6 @@ class Memory(NamedTuple):
     def index_select(self, idx: Tensor) -> Memory:
         """Reorder/repeat along the batch dimension; idx: LongTensor (new_batch,)."""
         return Memory(*(t.index_select(0, idx) for t in self))
-
-
-def with_values(memory: Memory, values: Tensor) -> Memory:
-    """``memory`` attending over ``values`` (the keys too where they are the values)."""
-    keys = values if memory.keys is memory.values else memory.keys
-    return memory._replace(values=values, keys=keys)
 
 
 class DecoderState(NamedTuple):
@@ -282,6 +278,15 @@ class Decoder(nn.Module, Declared, metaclass=ABCMeta):
             hidden = hidden.contiguous()  # (num_layers, batch, hidden)
         return hidden, (hidden if self.is_lstm else None)
 
+    @contextlib.contextmanager
+    def deferred_value_grads(self, memory: Memory) -> Iterator[Memory]:
+        """``memory`` for a teacher-forced loop of steps, whose values' gradient is formed once
+        after the loop (:meth:`Attention.deferred_value_grads`; the keys too where they are the
+        values)."""
+        with self.attention.deferred_value_grads(memory.values) as values:
+            keys = values if memory.keys is memory.values else memory.keys
+            yield memory._replace(values=values, keys=keys)
+
     def step(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderStep:
         """One target step.  embedded: (batch, embed_dim), the embedding of y_{t-1}."""
         return self.step_after_dropout(self.dropout(embedded), state, memory)
@@ -383,8 +388,7 @@ class LuongDecoder(Decoder):
             return DecoderOutput(attn_vectors, attn_weights, end)
         attn_vectors, attn_weights = [], []
         known = self.rnn.project_known(embedded)  # (batch, tgt_len, gates*hidden), once
-        with self.attention.deferred_value_grads(memory.values) as values:
-            memory = with_values(memory, values)
+        with self.deferred_value_grads(memory) as memory:
             # unbind, not known[:, t]: its backward is one stack, not a zeroed copy per step
             for known_t in known.unbind(1):  # (batch, gates*hidden)
                 out = self.step_projected(known_t, state, memory)
@@ -473,8 +477,7 @@ class BahdanauDecoder(Decoder):
         embedded = self.dropout(embedded)
         tops, contexts, attn_weights = [], [], []
         known = self.rnn.project_known(embedded)  # (batch, tgt_len, gates*hidden), once
-        with self.attention.deferred_value_grads(memory.values) as values:
-            memory = with_values(memory, values)
+        with self.deferred_value_grads(memory) as memory:
             for known_t in known.unbind(1):  # (batch, gates*hidden)
                 context, weights, state = self.recur(known_t, state, memory)
                 tops.append(state.hidden[-1])

@@ -64,14 +64,17 @@ from nmt.models.decoder import DECODER_STYLES, DecoderSizes
 from nmt.models.encoder import rnn_flops
 from nmt.runtime import (
     BF16_CPU_FLAGS,
+    CPU_FLAGS_ENV,
     Precision,
     bf16_cpu_flags,
     cpu_flags,
+    cpu_model,
     keep_freed_memory,
     pick_device,
+    real_cpu_flags,
     resolve_precision,
 )
-from nmt.search import SearchSettings, search_precision
+from nmt.search import SearchSettings
 from nmt.training_step import StepResult, TrainingStep
 
 log = logging.getLogger("nmt")
@@ -276,8 +279,9 @@ def gemm_peaks(device: torch.device, sizes: Sequence[int], repeats: int) -> dict
 
     On a CPU without bf16 matrix instructions bf16 products are emulated at about 1 GFLOP/s,
     where the three default sizes would take two minutes: its peak is then measured once, at
-    the smallest size."""
-    emulated = device.type == "cpu" and not bf16_cpu_flags()
+    the smallest size. (This CPU's real flags decide that, not ``NMT_CPU_FLAGS``: a simulated
+    kind changes what the project chooses, not how fast this CPU multiplies.)"""
+    emulated = device.type == "cpu" and not bf16_cpu_flags(real_cpu_flags())
     bf16_sizes, bf16_repeats = ([min(sizes)], 1) if emulated else (sizes, repeats)
     return {
         "fp32": gemm_peak(device, sizes, repeats),
@@ -473,7 +477,8 @@ def time_decoding(
     seconds = clock.now() - start
     tokens = sum(t.num_predicted for t in best)
     return {
-        "precision": search_precision(translator.settings, device).name,
+        "precision": translator.precision.name,
+        "precision_reason": translator.precision.reason,
         "beam_size": translator.settings.beam_size,
         "length_penalty": translator.settings.length_penalty,
         "sentences": len(lines),
@@ -553,26 +558,17 @@ CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", *BF16_CPU_FLAGS, "amx_t
 
 
 def device_report(device: torch.device) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return {
         "type": device.type,
         "name": name,
         "cpu_features": [flag for flag in CPU_FEATURES if flag in cpu_flags()],
+        "cpu_flags_simulated": os.environ.get(CPU_FLAGS_ENV),  # NMT_CPU_FLAGS, when set
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_benchmark(
@@ -657,6 +653,12 @@ def overrides() -> list[str]:
     return []
 
 
+def cpu_features_line(dev: dict[str, Any]) -> str:
+    features = ", ".join(dev["cpu_features"]) or "none of " + ", ".join(CPU_FEATURES)
+    simulated = dev.get("cpu_flags_simulated")
+    return f"{features} (simulated: {CPU_FLAGS_ENV}={simulated})" if simulated else features
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The printed form of the report: one aligned table."""
     dev, train, mem, flops = report["device"], report["train"], report["memory"], report["flops"]
@@ -666,7 +668,7 @@ def format_report(report: dict[str, Any]) -> str:
             "device",
             f"{dev['type']} ({dev['name']}), {dev['threads']} threads, torch {dev['torch']}",
         ),
-        ("CPU features", ", ".join(dev["cpu_features"]) or "none of " + ", ".join(CPU_FEATURES)),
+        ("CPU features", cpu_features_line(dev)),
         ("precision", f"{report['config']['precision']} ({report['config']['precision_reason']})"),
         ("memory", report["config"]["memory"]),
         ("parameters", f"{report['model']['parameters']:,}"),

@@ -14,7 +14,12 @@ length limit). The report is printed as a table and, with ``json=``, written as 
      "systems": [{"system": "a.ko", "lines": 1080,
                   "scores": {"bleu_ko-mecab": {"score": 12.3, "signature": "nrefs:1|...", ...},
                              ...},
-                  "degeneracy": {"repetition_rate": 0.01, ...}}]}
+                  "degeneracy": {"repetition_rate": 0.01, ...},
+                  "decoding": {"precision": "fp32", "precision_reason": "...", "backend": "torch",
+                               "device": "cpu", "cpu": {"model": "...", "bf16_flags": [...]}}}]}
+
+``decoding`` (ckpt mode only) says what produced the hypotheses: the search's precision and why,
+the backend and the device, the CPU (:meth:`nmt.inference.Translator.decoding_summary`).
 """
 
 from __future__ import annotations
@@ -171,6 +176,7 @@ def evaluate_translator(
     max_len_hits = [t.hit_max_len for t in translations]
     name = translator.info.source
     system = score_system(name, hypotheses, references, tokenizers, max_len_hits)
+    system["decoding"] = translator.decoding_summary()  # the precision beside the signatures
     return {"ref": ref_name, "src": src_name, "ckpt": name, "split": split, "systems": [system]}
 
 
@@ -180,6 +186,12 @@ def format_report(report: dict[str, Any]) -> str:
     for system in report["systems"]:
         source = f", src {report['src']}" if report["src"] else ""
         heading = f"== {system['system']} vs {report['ref']}{source} ({system['lines']} lines)"
+        decoding = system.get("decoding")
+        if decoding:  # decoded here (ckpt mode): say what produced the text
+            heading += (
+                f"\ndecoded in {decoding['precision']} ({decoding['precision_reason']}), "
+                f"{decoding['backend']} on {decoding['device']}, CPU {decoding['cpu']['model']}"
+            )
         blocks.append(heading + "\n" + format_table(system["scores"], system["degeneracy"]))
     return "\n\n".join(blocks)
 

@@ -35,8 +35,8 @@ from nmt.data.corpus import normalize
 from nmt.data.vocab import Vocab
 from nmt.errors import NMTError
 from nmt.models import Seq2Seq
-from nmt.runtime import pick_device
-from nmt.search import Hypothesis, SearchSettings, decode_ids
+from nmt.runtime import Precision, cpu_summary, pick_device
+from nmt.search import Hypothesis, SearchSettings, decode_ids, search_precision
 
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -121,6 +121,8 @@ class ModelInfo:
     best_score: float | None = None  # its best validation score, by its early-stopping metric
     minutes: float | None = None  # its training run's wall-clock minutes
     validation: dict[str, float] | None = None  # its validation: step, loss, perplexity, bleu, chrf
+    # how it was trained: precision and its reason, device, CPU (checkpoints since 2026-12-07)
+    training: dict[str, Any] | None = None
 
 
 class Translator:
@@ -176,6 +178,7 @@ class Translator:
             best_score=progress.get("best_score"),
             minutes=progress.get("minutes"),
             validation=checkpoint.get("validation"),
+            training=checkpoint.get("runtime"),
         )
         return cls(model, src_vocab, tgt_vocab, settings, device, info)
 
@@ -198,8 +201,36 @@ class Translator:
             step=source.get("step"),
             best_score=source.get("best_score"),
             minutes=source.get("minutes"),
+            training=source.get("training"),
         )
         return cls(model, src_vocab, tgt_vocab, settings, torch.device("cpu"), info)  # type: ignore[arg-type]
+
+    @property
+    def backend(self) -> str:
+        """``torch`` (a model in memory or a checkpoint) or ``onnx`` (an exported folder)."""
+        return "torch" if isinstance(self.model, Seq2Seq) else "onnx"
+
+    @property
+    def precision(self) -> Precision:
+        """What the searches run in: ``search.precision`` resolved on the device; an exported
+        folder runs its fp32 graphs in onnxruntime whatever ``search.precision`` says."""
+        if self.backend == "onnx":
+            ignored = f"; search.precision={self.settings.precision} does not apply"
+            note = ignored if self.settings.precision == "bf16" else ""
+            return Precision("fp32", f"onnxruntime runs the exported fp32 graphs{note}")
+        return search_precision(self.settings, self.device)
+
+    def decoding_summary(self) -> dict[str, Any]:
+        """What produced this translator's outputs, for reports: the precision and its reason,
+        the backend, the device and the CPU (:func:`nmt.runtime.cpu_summary`)."""
+        precision = self.precision
+        return {
+            "precision": precision.name,
+            "precision_reason": precision.reason,
+            "backend": self.backend,
+            "device": str(self.device),
+            "cpu": cpu_summary(),
+        }
 
     def with_settings(self, **search: Any) -> Translator:
         """The same model (shared, not copied) with other search settings."""
@@ -226,7 +257,12 @@ class Translator:
             bar = tqdm(total=len(encoded), unit="sent", desc="translating", leave=False, delay=1.0)
         try:
             nbest_lists = decode_ids(
-                self.model, encoded, self.settings, self.device, bar.update if bar else None
+                self.model,
+                encoded,
+                self.settings,
+                self.device,
+                bar.update if bar else None,
+                self.precision,
             )
         finally:
             if bar is not None:

@@ -1,4 +1,4 @@
-"""Where and how tensors are computed: the device and the autocast precision.
+"""Where and how tensors are computed: the device, the CPU and the autocast precision.
 
 Shared by training and inference, so it imports neither: ``import nmt.inference`` must not pull
 in the trainer (and TensorBoard) just to choose a device.
@@ -6,9 +6,14 @@ in the trainer (and TensorBoard) just to choose a device.
 Precision (``trainer.precision``, ``search.precision``): ``fp32``; ``bf16`` or ``fp16``, mixed
 precision through ``torch.autocast`` (matrix products in the low precision, the attention
 softmax, the scores' log-softmax and the loss in fp32, weights and optimiser state in fp32);
-``auto`` resolves per device with :func:`resolve_precision`: bf16 on a CPU with bf16 matrix
-instructions (AMX-BF16 or AVX512-BF16) or on a CUDA device that supports bf16, else fp32.
+``auto`` is fp32 on every device (:func:`resolve_precision`): bf16 changes the numbers, so it is
+a choice a user makes, never one the CPU makes for them (docs/precision.md has the measurements).
 fp16 runs on CUDA only (it needs loss scaling; CPUs without fp16 matrix units gain nothing).
+
+The CPU (:func:`cpu_flags`, :func:`cpu_summary`): its flags decide whether bf16 is native or
+emulated (a reason in the log, the benchmark's bf16 peak); ``NMT_CPU_FLAGS`` replaces them, so
+that one machine can run the suite as another kind of CPU would (``NMT_CPU_FLAGS=avx512_bf16``
+on an AVX2 runner, ``NMT_CPU_FLAGS=avx2`` on a Zen 4; :data:`CPU_KINDS`).
 
 Memory (``trainer.keep_freed_memory``): :func:`keep_freed_memory` has glibc's malloc reuse freed
 blocks instead of handing them back to the kernel, so a training step's large tensors do not
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import platform
+import re
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +40,22 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # CPU flags (as /proc/cpuinfo spells them) whose bf16 matrix units make bf16 autocast faster
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 CPUINFO = Path("/proc/cpuinfo")
+# NMT_CPU_FLAGS=<a kind below, or flags separated by spaces or commas>: the CPU flags the project
+# sees instead of this CPU's (tests and CI run one machine as the other kinds; see cpu_flags)
+CPU_FLAGS_ENV = "NMT_CPU_FLAGS"
+CPU_KINDS = {
+    # AMD Zen 3, Intel before Cooper Lake: bf16 is emulated
+    "avx2": frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"}),
+    # AMD Zen 4 and later, Intel Cooper Lake: bf16 dot products in AVX-512
+    "avx512_bf16": frozenset(
+        {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16"}
+    ),
+    # Intel Sapphire Rapids and later: bf16 matrix tiles
+    "amx": frozenset(
+        {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16"}
+        | {"amx_bf16", "amx_tile", "amx_int8"}
+    ),
+}
 
 
 def pick_device(name: str | torch.device, key: str = "device") -> torch.device:
@@ -64,8 +87,28 @@ def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
     return frozenset()
 
 
-@functools.cache
 def cpu_flags() -> frozenset[str]:
+    """The CPU flags the project decides by: ``$NMT_CPU_FLAGS`` when set (a name of
+    :data:`CPU_KINDS`, or the flags themselves), else this CPU's (:func:`real_cpu_flags`).
+
+    Read afresh on every call, so a test can set the variable and a subprocess inherits it.
+    """
+    simulated = os.environ.get(CPU_FLAGS_ENV)
+    if simulated is None:
+        return real_cpu_flags()
+    return simulated_cpu_flags(simulated)
+
+
+def simulated_cpu_flags(value: str) -> frozenset[str]:
+    """The flags ``NMT_CPU_FLAGS=value`` stands for: a kind of :data:`CPU_KINDS`, or a list."""
+    value = value.strip()
+    if value in CPU_KINDS:
+        return CPU_KINDS[value]
+    return frozenset(flag for flag in re.split(r"[\s,]+", value) if flag)
+
+
+@functools.cache
+def real_cpu_flags() -> frozenset[str]:
     """This CPU's feature flags: ``/proc/cpuinfo`` on Linux, else torch's own CPU probe
     (``torch.cpu.get_capabilities()``, the same names for the bf16 flags)."""
     try:
@@ -76,6 +119,29 @@ def cpu_flags() -> frozenset[str]:
         return flags
     capabilities = getattr(torch.cpu, "get_capabilities", dict)()
     return frozenset(name for name, value in capabilities.items() if value is True)
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's name (``model name`` in ``/proc/cpuinfo``, else ``platform.processor()``)."""
+    try:
+        for line in CPUINFO.read_text().splitlines():
+            name, sep, value = line.partition(":")
+            if sep and name.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_summary() -> dict[str, object]:
+    """What a report records about the CPU: its name, the bf16 flags the project sees, and
+    whether ``$NMT_CPU_FLAGS`` simulated them (``simulated``: the variable's value, or None)."""
+    return {
+        "model": cpu_model(),
+        "bf16_flags": bf16_cpu_flags(),
+        "simulated": os.environ.get(CPU_FLAGS_ENV),
+    }
 
 
 def bf16_cpu_flags(flags: frozenset[str] | None = None) -> list[str]:
@@ -106,31 +172,41 @@ def resolve_precision(
     key: str = "trainer.precision",
     flags: frozenset[str] | None = None,
 ) -> Precision:
-    """``auto`` → bf16 where the device computes bf16 products fast, else fp32; the others
-    checked against the device.  ``flags`` (tests): CPU flags instead of this CPU's."""
+    """``auto`` → fp32 on every device; ``fp32``, ``bf16`` and ``fp16`` checked against the
+    device. The reason, for the log and the reports, names the CPU's bf16 units (or their
+    absence: bf16 then runs emulated, far slower). ``flags`` (tests): instead of :func:`cpu_flags`.
+
+    Why ``auto`` is not bf16 where the CPU has bf16 units (docs/precision.md): bf16 changes the
+    numbers, so with it the same checkpoint and command gave other translations on a Zen 4 than
+    on a Zen 3, for no speed in decoding (beam 5: 0.99×, greedy: 0.84× of fp32) and 1.13–1.22×
+    in training at twice the peak memory. A result should not depend on which CPU a job landed on.
+    """
     if precision not in PRECISIONS:
         raise NMTError(f"{key}: expected one of {', '.join(PRECISIONS)}; got {precision!r}")
+    auto = f"{key}=auto: fp32 on every device, so results do not depend on it (bf16: {key}=bf16)"
     if device.type == "cuda":
-        if precision != "auto":
-            return Precision(precision, f"{key}={precision}")
-        # measured on an H200: the default model is latency-bound, and bf16 trained slower
-        # (25,732 vs 30,830 tokens/s, docs/benchmarks.md), so auto keeps fp32 on GPUs
-        return Precision("fp32", f"{key}=auto: fp32 on CUDA (bf16 is trainer.precision=bf16)")
+        return (
+            Precision("fp32", auto)
+            if precision == "auto"
+            else Precision(precision, f"{key}={precision}")
+        )
     if precision == "fp16":
         raise NMTError(f"{key}=fp16 needs CUDA; use bf16 or fp32 on {device.type}")
     if device.type != "cpu":
         if precision == "bf16":
             raise NMTError(f"{key}=bf16 runs on cpu or cuda; use fp32 on {device.type}")
         return Precision("fp32", f"{key}={precision} on {device.type}")
-    found = bf16_cpu_flags(flags)
-    have = f"the CPU has {', '.join(found)}" if found else f"no {' or '.join(BF16_CPU_FLAGS)}"
     if precision == "auto":
-        if found:
-            return Precision("bf16", f"{key}=auto: {have}")
-        return Precision("fp32", f"{key}=auto: {have} on this CPU (bf16 would be emulated)")
-    if precision == "bf16" and not found:
-        return Precision("bf16", f"{key}=bf16 ({have}: emulated bf16, slower than fp32)")
-    return Precision(precision, f"{key}={precision}")
+        return Precision("fp32", auto)
+    if precision == "fp32":
+        return Precision("fp32", f"{key}=fp32")
+    found = bf16_cpu_flags(flags)
+    if found:
+        return Precision("bf16", f"{key}=bf16 (native: the CPU has {', '.join(found)})")
+    return Precision(
+        "bf16",
+        f"{key}=bf16 (no {' or '.join(BF16_CPU_FLAGS)} on this CPU: emulated bf16, slower than fp32)",
+    )
 
 
 def autocast_context(

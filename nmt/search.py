@@ -604,8 +604,8 @@ def _hypotheses(
 
 
 def search_precision(settings: SearchSettings, device: torch.device) -> Precision:
-    """``search.precision`` resolved on ``device`` (fp32 or bf16; ``auto`` as in training,
-    :func:`nmt.runtime.resolve_precision`)."""
+    """``search.precision`` resolved on ``device`` (fp32 or bf16; ``auto`` is fp32, as in
+    training: :func:`nmt.runtime.resolve_precision`)."""
     return resolve_precision(settings.precision, device, "search.precision")
 
 
@@ -684,6 +684,7 @@ def decode_ids(
     settings: SearchSettings,
     device: torch.device | str | None = None,
     on_batch: Callable[[int], None] | None = None,
+    precision: Precision | None = None,
 ) -> list[list[Hypothesis]]:
     """Decode encoded source sentences; return the n-best hypotheses of each, in input order.
 
@@ -695,11 +696,12 @@ def decode_ids(
     after each batch of ``n`` sentences (a progress bar).
 
     The model is put in eval mode for the call and its mode restored afterwards. ``device``
-    defaults to the model's. ``search.precision`` (fp32, bf16 or auto) sets the autocast the
-    searches run under (:func:`search_precision`).
+    defaults to the model's. ``precision`` (default: ``search.precision`` resolved,
+    :func:`search_precision`) sets the autocast the searches run under.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    autocast = autocast_context(search_precision(settings, device), device)
+    precision = precision or search_precision(settings, device)
+    autocast = autocast_context(precision, device)
     results: list[list[Hypothesis]] = [[_empty_hypothesis()] for _ in encoded]
     nonempty = [i for i, ids in enumerate(encoded) if ids]
     lengths = [len(encoded[i]) + 1 for i in nonempty]

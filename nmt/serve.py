@@ -8,7 +8,8 @@ FastAPI on uvicorn, on top of :class:`~nmt.inference.Translator` (the one decodi
                            "source_tokens"?, "attention"?, "nbest"?}, …], "model", "timing_ms"}
     GET  /health        the process is alive (no API key needed)
     GET  /ready         the model is loaded and warmed (503 until then, and while draining)
-    GET  /v1/model      architecture, vocabulary sizes, checkpoint step and validation scores
+    GET  /v1/model      architecture, vocabularies, checkpoint (step, scores, training precision),
+                        decoding precision and CPU
     GET  /v1/stats      requests, batches, sentences decoded so far (mean batch size)
     GET  /docs          OpenAPI docs
 
@@ -579,8 +580,10 @@ def model_summary(translator: Translator, model_name: str, limits: ServeSettings
             "best_score": info.best_score,
             "early_stopping_metric": trainer.get("early_stopping_metric"),
             "validation": info.validation,
+            "training": info.training,  # its training precision, device and CPU
         },
         "search": asdict(translator.settings),
+        "decoding": translator.decoding_summary(),  # the search's precision and why
         "device": str(translator.device),
         "limits": limits.public(),
         "version": __version__,

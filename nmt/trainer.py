@@ -59,7 +59,13 @@ from nmt.preemption import (
     exit_preempted,
     parse_signals,
 )
-from nmt.runtime import Precision, keep_freed_memory, pick_device, resolve_precision
+from nmt.runtime import (
+    Precision,
+    cpu_summary,
+    keep_freed_memory,
+    pick_device,
+    resolve_precision,
+)
 from nmt.training_step import StepResult, TrainingStep
 from nmt.validation import Validator
 
@@ -319,6 +325,18 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "vocab": vocab_payload(self.data.src_vocab, self.data.tgt_vocab),
+            "runtime": self.runtime_summary(),
+        }
+
+    def runtime_summary(self) -> dict[str, Any]:
+        """What the weights were trained with, for the checkpoint and ``/v1/model``: the
+        precision and its reason, the device, the CPU, torch's version."""
+        return {
+            "precision": self.precision.name,
+            "precision_reason": self.precision.reason,
+            "device": str(self.device),
+            "cpu": cpu_summary(),
+            "torch": str(torch.__version__),  # a plain str: TorchVersion would not load weights-only
         }
 
     def save(self, score: float) -> None:
@@ -639,7 +657,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, data: PreparedData | None = No
     vocab_sizes = len(data.src_vocab), len(data.tgt_vocab)
     model = build_model(cfg.model, *vocab_sizes, param_init=t.param_init)  # resume replaces it
     model = model.to(device)
-    precision = resolve_precision(t.precision, device)  # auto → bf16 or fp32
+    precision = resolve_precision(t.precision, device)  # auto → fp32
     training_step = TrainingStep.from_config(cfg, ctx.wrap(model), device, precision, ctx)
     keeper = CheckpointKeeper(ckpt_dir, KeepPolicy.from_config(t))
     purge_step = saved["progress"]["step"] + 1 if saved else None

@@ -16,6 +16,9 @@ Output, one line per hypothesis, tab-separated columns (``n_best`` lines per inp
   ``--print-alignment``): target subword T's largest attention weight is on source subword S.
 
 ``attention_plot=DIR`` writes one heat map per sentence (``DIR/00001.png``…).
+
+Before translating, one line on stderr says what decodes, e.g.
+``precision: fp32 (search.precision=auto: fp32 on every device, …); backend torch on cpu``.
 """
 
 from __future__ import annotations
@@ -50,6 +53,15 @@ def format_translations(
                 columns.append(" ".join(f"{s}-{t}" for s, t in hyp.alignment()))
             lines.append("\t".join(columns) + "\n")
     return "".join(lines)
+
+
+def describe_decoding(translator: Translator) -> str:
+    """The stderr line that says what decodes: precision (and why), backend, device."""
+    precision = translator.precision
+    return (
+        f"precision: {precision.name} ({precision.reason}); "
+        f"backend {translator.backend} on {translator.device}"
+    )
 
 
 def read_input(source: str) -> list[str]:
@@ -110,11 +122,13 @@ def main(cfg: DictConfig) -> None:
     translator = Translator.from_checkpoint(cfg.ckpt, cfg.device, **explicit_settings(cfg.search))
     plot_dir = Path(cfg.attention_plot) if cfg.attention_plot else None
     if cfg.input is None and sys.stdin.isatty():
+        print(describe_decoding(translator), file=sys.stderr)
         interactive(translator, cfg, plot_dir)
         return
     lines = read_input("-" if cfg.input is None else cfg.input)
     if not lines:
         raise NMTError(f"input={cfg.input or '-'}: no lines to translate")
+    print(describe_decoding(translator), file=sys.stderr)  # once the input is known to be good
     result = translator.translate(lines, progress=cfg.progress)
     if plot_dir:
         plot_attention(plot_dir, 1, result)

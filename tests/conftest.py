@@ -9,6 +9,11 @@ The real Hydra config tree and the real command lines:
     ``run_main("nmt.prepare", *args)`` calls the same entry point in this process, with ``sys.argv``
     set as ``python -m`` sets it, and without paying seconds for a fresh interpreter to import torch.
 
+Other CPUs:
+    ``cpu_kind`` runs a test once under each kind of :data:`nmt.runtime.CPU_KINDS` (AVX2 only,
+    AVX512-BF16, AMX), simulated through ``NMT_CPU_FLAGS``; tests marked ``cpu_dependent`` are
+    run again by CI with the variable set for the whole run (``.ci/run``).
+
 A tiny English→Korean corpus (slices of ``enko/``):
     ``tiny_tsv_corpus`` writes train/valid/test.tsv into the test's ``tmp_path``;
     ``tiny_prepared`` is that corpus prepared once per session (SentencePiece models, encoded
@@ -72,6 +77,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["avx2", "avx512_bf16", "amx"])
+def cpu_kind(request, monkeypatch) -> str:
+    """The test runs as if the CPU were each kind in turn (``NMT_CPU_FLAGS``, read afresh by
+    :func:`nmt.runtime.cpu_flags`; subprocesses inherit it)."""
+    from nmt.runtime import CPU_FLAGS_ENV, CPU_KINDS
+
+    assert request.param in CPU_KINDS
+    monkeypatch.setenv(CPU_FLAGS_ENV, request.param)
+    return request.param
 
 
 def compose_config(*overrides: str, config_name: str = "train") -> DictConfig:

@@ -126,6 +126,12 @@ def test_checkpoint_mode_decodes_then_scores(tiny_prepared, tmp_path):
             texts = valid.tgt_text if lines == valid.src_text else [reference_of[x] for x in lines]
             return [types.SimpleNamespace(text=t, hit_max_len=i == 1) for i, t in enumerate(texts)]
 
+        def decoding_summary(self):
+            cpu = {"model": "a CPU", "bf16_flags": [], "simulated": None}
+            reason = "search.precision=fp32"
+            return {"precision": "fp32", "precision_reason": reason, "backend": "torch",
+                    "device": "cpu", "cpu": cpu}  # fmt: skip
+
     translator = StandIn()
     report = evaluate_translator(translator, split="valid", out_path=tmp_path / "hyp.ko")
     assert calls == [valid.src_text]
@@ -135,6 +141,10 @@ def test_checkpoint_mode_decodes_then_scores(tiny_prepared, tmp_path):
     assert report["systems"][0]["scores"]["bleu_ko-mecab"]["score"] == pytest.approx(100.0)
     assert report["systems"][0]["degeneracy"]["max_len_rate"] == pytest.approx(1 / len(calls[0]))
     assert "max_len_rate" in format_report(report)
+    assert report["systems"][0]["decoding"]["precision"] == "fp32"
+    assert "decoded in fp32 (search.precision=fp32), torch on cpu, CPU a CPU" in format_report(
+        report
+    )
     written = (tmp_path / "hyp.ko").read_text(encoding="utf-8")
     assert written == "".join(r + "\n" for r in valid.tgt_text)
 

@@ -1,8 +1,14 @@
 """ONNX export and the onnxruntime backend: parity with eager PyTorch, the same search code,
-the command lines on an exported folder, and bad input."""
+the command lines on an exported folder, and bad input.
+
+Every comparison here is in fp32: the exported graphs are fp32, and eager PyTorch decodes in
+fp32 both when told so (``precision="fp32"``) and by default (``auto`` is fp32 on every CPU
+kind, which ``test_defaults_decode_the_same_on_every_cpu_kind`` checks under each simulated
+kind). CI runs this file again under each simulated kind (marker ``cpu_dependent``)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -26,6 +32,8 @@ from nmt.export import (
 from nmt.inference import Translator
 from nmt.onnx_backend import ENCODER_GRAPH, STEP_GRAPH, OnnxSeq2Seq, StateLayout
 from nmt.search import SearchSettings, decode_ids
+
+pytestmark = pytest.mark.cpu_dependent
 
 LINES = ["Open the file.", "", "The station is closed on Sundays.", "Where is the station?"]
 
@@ -97,8 +105,12 @@ def test_a_frozen_source_length_is_caught(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "settings",
     [
-        SearchSettings(name="greedy", beam_size=1, no_repeat_ngram_size=0, batch_size=3),
-        SearchSettings(name="beam", beam_size=4, n_best=3, length_penalty=1.0, batch_size=2),
+        SearchSettings(
+            name="greedy", beam_size=1, no_repeat_ngram_size=0, batch_size=3, precision="fp32"
+        ),
+        SearchSettings(
+            name="beam", beam_size=4, n_best=3, length_penalty=1.0, batch_size=2, precision="fp32"
+        ),
     ],
     ids=["greedy", "beam-nbest-ngram"],
 )
@@ -140,13 +152,14 @@ def exported(ckpt, tmp_path_factory) -> Path:
 
 def test_export_writes_graphs_vocabularies_and_manifest(exported, ckpt):
     import hashlib
-    import json
 
     manifest = json.loads((exported / "manifest.json").read_text())
     assert manifest["source"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert manifest["exporter"]["name"] == "legacy" and manifest["exporter"]["opset"] >= 17
     assert manifest["config"]["model"]["encoder"]["rnn_type"] == "lstm"
     assert manifest["parity"]["log_prob"] <= TOLERANCE
+    assert manifest["parity"]["eager_precision"] == "fp32"  # what the graphs were held to
+    assert manifest["source"]["training"]["precision"] == "fp32"  # how the weights were trained
     for name in ("encoder.onnx", "decoder_step.onnx", "src.model", "tgt.model"):
         assert (exported / name).stat().st_size == manifest["files"][name]["bytes"]
     saved = torch.load(ckpt, weights_only=True)
@@ -155,30 +168,57 @@ def test_export_writes_graphs_vocabularies_and_manifest(exported, ckpt):
 
 @pytest.mark.parametrize("search", [{"name": "greedy"}, {"beam_size": 3, "n_best": 2}])
 def test_translator_on_the_folder_equals_the_checkpoint(exported, ckpt, search):
-    onnx_translator = Translator.from_checkpoint(exported, "cpu", **search)
-    eager = Translator.from_checkpoint(ckpt, "cpu", **search)
-    assert isinstance(onnx_translator.model, OnnxSeq2Seq)
+    onnx_translator = Translator.from_checkpoint(exported, "cpu", **search, precision="fp32")
+    eager = Translator.from_checkpoint(ckpt, "cpu", **search, precision="fp32")
+    assert isinstance(onnx_translator.model, OnnxSeq2Seq) and onnx_translator.backend == "onnx"
     assert onnx_translator.settings == eager.settings
+    assert eager.precision.name == onnx_translator.precision.name == "fp32"
     for a, b in zip(eager.translate(LINES), onnx_translator.translate(LINES), strict=True):
         assert [h.text for h in a.nbest] == [h.text for h in b.nbest]
         assert a.score == pytest.approx(b.score, abs=1e-4)
     assert onnx_translator.info.step == eager.info.step
 
 
-def test_translate_and_evaluate_accept_the_folder(exported, ckpt, tmp_path):
+@pytest.mark.parametrize("search", [("search=greedy",), ()], ids=["greedy", "checkpoint-beam"])
+def test_defaults_decode_the_same_on_every_cpu_kind(exported, ckpt, tmp_path, cpu_kind, search):
+    """A user's check: the checkpoint and its exported folder through ``nmt-translate`` with
+    their defaults give the same text on every CPU kind, and stderr says both ran fp32. (Before
+    ``auto`` meant fp32 everywhere, a CPU with bf16 units decoded the checkpoint in bf16 and the
+    texts differed.)"""
     src = tmp_path / "in.en"
     src.write_text("\n".join(LINES) + "\n", encoding="utf-8")
     outputs = {}
     for name, model in (("onnx", exported), ("torch", ckpt)):
         out = tmp_path / f"{name}.ko"
-        args = (f"ckpt={quote(model)}", f"input={quote(src)}", f"output={quote(out)}")
-        assert run_main("nmt.translate", *args, "search=greedy").returncode == 0
-        outputs[name] = out.read_text(encoding="utf-8")
-    assert outputs["onnx"] == outputs["torch"]
-    assert len(outputs["onnx"].splitlines()) == len(LINES)
-    result = run_main("nmt.evaluate", f"ckpt={quote(exported)}", "split=test", "search=greedy")
+        args = (
+            f"ckpt={quote(model)}",
+            f"input={quote(src)}",
+            f"output={quote(out)}",
+            "scores=true",
+        )
+        result = run_main("nmt.translate", *args, *search)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.startswith("precision: fp32 (") and f"backend {name}" in result.stderr
+        outputs[name] = out.read_text(encoding="utf-8").splitlines()
+    assert len(outputs["onnx"]) == len(LINES)
+    for eager_line, onnx_line in zip(outputs["torch"], outputs["onnx"], strict=True):
+        eager_score, eager_text = eager_line.split("\t")
+        onnx_score, onnx_text = onnx_line.split("\t")
+        assert eager_text == onnx_text
+        assert float(eager_score) == pytest.approx(float(onnx_score), abs=1e-4)
+
+
+def test_evaluate_accepts_the_folder_and_reports_the_precision(exported, tmp_path):
+    report = tmp_path / "report.json"
+    args = (f"ckpt={quote(exported)}", "split=test", "search=greedy", f"json={quote(report)}")
+    result = run_main("nmt.evaluate", *args)
     assert result.returncode == 0, result.stderr
     assert "bleu" in result.stdout.lower()
+    assert (
+        "decoded in fp32 (onnxruntime runs the exported fp32 graphs), onnx on cpu" in result.stdout
+    )
+    decoding = json.loads(report.read_text())["systems"][0]["decoding"]
+    assert decoding["precision"] == "fp32" and decoding["backend"] == "onnx"
 
 
 def test_int8_export_translates(ckpt, tmp_path):

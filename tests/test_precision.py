@@ -1,6 +1,8 @@
-"""Mixed precision on the CPU: choosing it (``auto`` from the CPU's flags), training and decoding
-under bf16 autocast.  bf16 autocast runs on every x86 CPU (emulated, slower, without AMX or
-AVX512-BF16), so none of these tests needs special hardware."""
+"""Mixed precision on the CPU: choosing it (``auto`` is fp32 on every CPU kind; the CPU's flags
+only say whether an explicit bf16 is native), training and decoding under bf16 autocast.  bf16
+autocast runs on every x86 CPU (emulated, slower, without AMX or AVX512-BF16), so none of these
+tests needs special hardware; the CPU-dependent ones run under each simulated CPU kind
+(``cpu_kind``, ``NMT_CPU_FLAGS``) and, in CI, once more as a whole under each kind."""
 
 from __future__ import annotations
 
@@ -27,9 +29,20 @@ from test_search import (  # noqa: F401 (vocabs is a fixture)
 from nmt.errors import NMTError
 from nmt.loss import sequence_loss
 from nmt.models import build_model
-from nmt.runtime import autocast_context, parse_cpu_flags, resolve_precision
+from nmt.runtime import (
+    CPU_FLAGS_ENV,
+    CPU_KINDS,
+    autocast_context,
+    cpu_flags,
+    cpu_summary,
+    parse_cpu_flags,
+    real_cpu_flags,
+    resolve_precision,
+)
 from nmt.search import SearchSettings, beam_search, decode_ids, greedy_search
 from nmt.trainer import build_trainer
+
+pytestmark = pytest.mark.cpu_dependent
 
 CPU = torch.device("cpu")
 # /proc/cpuinfo excerpts: an AMD EPYC without AVX-512, a Sapphire Rapids, a Zen 4
@@ -48,28 +61,48 @@ def test_cpu_flags_are_read_from_the_flags_line():
     assert parse_cpu_flags("processor : 0\n") == frozenset()
 
 
-@pytest.mark.parametrize(
-    ("cpuinfo", "expected", "named"),
-    [
-        (ZEN3, "fp32", "no amx_bf16 or avx512_bf16"),
-        (SAPPHIRE_RAPIDS, "bf16", "amx_bf16, avx512_bf16"),
-        (ZEN4, "bf16", "avx512_bf16"),
-    ],
-)
-def test_auto_picks_bf16_only_where_the_cpu_has_bf16_units(cpuinfo, expected, named):
-    precision = resolve_precision("auto", CPU, flags=parse_cpu_flags(cpuinfo))
-    assert precision.name == expected
-    assert named in precision.reason and "trainer.precision=auto" in precision.reason
+@pytest.mark.parametrize("cpuinfo", [ZEN3, SAPPHIRE_RAPIDS, ZEN4], ids=["zen3", "spr", "zen4"])
+@pytest.mark.parametrize("key", ["trainer.precision", "search.precision"])
+def test_auto_is_fp32_on_every_cpu(cpuinfo, key):
+    precision = resolve_precision("auto", CPU, key, flags=parse_cpu_flags(cpuinfo))
+    assert precision.name == "fp32"
+    assert precision.reason.startswith(f"{key}=auto: fp32 on every device")
+    assert resolve_precision("auto", torch.device("cuda"), key).name == "fp32"
 
 
-def test_explicit_precisions_are_kept_and_bf16_without_the_flags_says_it_is_emulated():
+def test_explicit_precisions_are_kept_and_bf16_says_whether_it_is_native():
     flags = parse_cpu_flags(ZEN3)
     assert resolve_precision("fp32", CPU, flags=flags).name == "fp32"
     bf16 = resolve_precision("bf16", CPU, flags=flags)
     assert bf16.name == "bf16" and "emulated" in bf16.reason
     assert resolve_precision("bf16", CPU, flags=parse_cpu_flags(ZEN4)).reason == (
-        "trainer.precision=bf16"
+        "trainer.precision=bf16 (native: the CPU has avx512_bf16)"
     )
+    spr = resolve_precision("bf16", CPU, "search.precision", parse_cpu_flags(SAPPHIRE_RAPIDS))
+    assert spr.reason == "search.precision=bf16 (native: the CPU has amx_bf16, avx512_bf16)"
+
+
+def test_nmt_cpu_flags_stands_in_for_the_cpu(monkeypatch):
+    monkeypatch.delenv(CPU_FLAGS_ENV, raising=False)
+    assert cpu_flags() == real_cpu_flags() and cpu_summary()["simulated"] is None
+    monkeypatch.setenv(CPU_FLAGS_ENV, "avx512_bf16")
+    assert cpu_flags() == CPU_KINDS["avx512_bf16"]
+    assert cpu_summary()["bf16_flags"] == ["avx512_bf16"]
+    assert cpu_summary()["simulated"] == "avx512_bf16"
+    monkeypatch.setenv(CPU_FLAGS_ENV, "avx2, fma amx_bf16")  # a list, commas or spaces
+    assert cpu_flags() == {"avx2", "fma", "amx_bf16"}
+    assert "native" in resolve_precision("bf16", CPU).reason
+    monkeypatch.setenv(CPU_FLAGS_ENV, "avx2")
+    assert "emulated" in resolve_precision("bf16", CPU).reason
+
+
+def test_each_simulated_kind_is_what_the_runs_see(cpu_kind):
+    """The fixture itself: the kind's flags reach the project, bf16 is native exactly where the
+    kind has bf16 units, and auto stays fp32."""
+    assert cpu_flags() == CPU_KINDS[cpu_kind]
+    native = "native" in resolve_precision("bf16", CPU).reason
+    assert native == (cpu_kind != "avx2")
+    assert resolve_precision("auto", CPU).name == "fp32"
 
 
 @pytest.mark.parametrize(
@@ -153,14 +186,17 @@ def test_trainer_steps_under_bf16_on_the_cpu_and_logs_why(tiny_prepared, tmp_pat
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_auto_precision_is_logged_with_its_reason(tiny_prepared, tmp_path, caplog):
+def test_auto_precision_is_logged_with_its_reason(tiny_prepared, tmp_path, caplog, cpu_kind):
     cfg = tiny_prepared.corpus.cfg(*TINY_MODEL, "trainer.max_steps=1")
     assert cfg.trainer.precision == "auto"  # the default
     with caplog.at_level(logging.INFO, logger="nmt"):
         trainer = build_trainer(cfg, tmp_path, data=tiny_prepared.data)
-    expected = resolve_precision("auto", CPU)  # this CPU's answer, whichever it is
-    assert trainer.precision == expected
+    expected = resolve_precision("auto", CPU)
+    assert trainer.precision == expected and expected.name == "fp32"  # on every CPU kind
     assert f"precision: {expected.name} ({expected.reason})" in caplog.messages
+    runtime = trainer.checkpoint_payload()["runtime"]  # what the checkpoint records
+    assert runtime["precision"] == "fp32" and runtime["precision_reason"] == expected.reason
+    assert runtime["cpu"]["simulated"] == cpu_kind and runtime["device"] == "cpu"
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,3 +245,29 @@ def test_decoding_applies_search_precision(trained, vocabs):  # noqa: F811
             assert all(hyps and math.isfinite(hyps[0].log_prob) for hyps in nbest)
     finally:
         hook.remove()
+
+
+def test_evaluate_reports_the_precision_it_decoded_in(tiny_checkpoint, tmp_path, cpu_kind):
+    """``nmt-evaluate``'s table and JSON say what produced the text: fp32 by default on every
+    CPU kind, bf16 when asked (native or emulated as the kind says)."""
+    import json
+
+    from conftest import quote, run_main
+
+    for precision in ("auto", "bf16"):
+        report = tmp_path / f"{precision}.json"
+        result = run_main(
+            "nmt.evaluate",
+            f"ckpt={quote(tiny_checkpoint)}",
+            "split=test",
+            f"search.precision={precision}",
+            f"json={quote(report)}",
+        )
+        assert result.returncode == 0, result.stderr
+        decoding = json.loads(report.read_text())["systems"][0]["decoding"]
+        expected = "fp32" if precision == "auto" else "bf16"
+        assert decoding["precision"] == expected
+        assert f"decoded in {expected} ({decoding['precision_reason']})" in result.stdout
+        assert decoding["cpu"]["simulated"] == cpu_kind
+        if precision == "bf16":
+            assert ("emulated" in decoding["precision_reason"]) == (cpu_kind == "avx2")

@@ -147,6 +147,11 @@ def test_model_ready_health_and_docs(translator):
     assert info["architecture"]["attention"]["score"] == "concat"
     assert info["architecture"]["parameters"] > 0
     assert info["search"]["name"] == "greedy"
+    # what decodes here, and what the weights were trained in
+    assert info["decoding"]["precision"] == "fp32" and info["decoding"]["backend"] == "torch"
+    assert info["decoding"]["precision_reason"].startswith("search.precision=")
+    assert info["decoding"]["cpu"]["model"]
+    assert info["checkpoint"]["training"]["precision"] == "fp32"
     assert info["limits"]["api_key"] is None
     assert ready.json() == {"status": "ready", "model": "best@2"}
     assert health.json() == {"status": "ok"}

@@ -7,6 +7,7 @@ run's ``train.log`` — so a failed run's log says why it failed.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import sys
@@ -32,9 +33,39 @@ def log_to_files(message: str) -> None:
             handler.handle(record)
 
 
+def os_error_behind(err: BaseException | None) -> OSError | None:
+    """The OSError that ``err`` is, or was raised while handling (``__context__``) or from
+    (``__cause__``); None when there is none (an error raised ``from None`` has dealt with its
+    context already: an :class:`NMTError` that names the file). Writers of other libraries raise errors of their
+    own while unwinding from the system's: torch's zip writer answers a full disk with
+    ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos …``."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    return None
+
+
+# a write the disk refused: full, over quota, over a file-size limit, read-only
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def disk_error_line(err: BaseException) -> str | None:
+    """``cannot write …: <reason>`` when ``err`` comes from a write the disk refused (a writer
+    that does not report it itself, such as matplotlib's ``savefig``); else None."""
+    cause = os_error_behind(err)
+    if cause is None or cause.errno not in DISK_ERRNOS:
+        return None
+    where = f"{cause.filename}: " if cause.filename else ""
+    return f"{where}cannot write: {cause.strerror or cause}"
+
+
 def exit_on_user_error(main: F) -> F:
-    """Wrap an entry point so that an :class:`NMTError`, or a mandatory (``???``) config value
-    left unset, becomes one line on stderr and exit 2."""
+    """Wrap an entry point so that an :class:`NMTError`, a mandatory (``???``) config value left
+    unset, or a write the disk refused (:func:`disk_error_line`) becomes one line on stderr and
+    exit 2."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -50,7 +81,11 @@ def exit_on_user_error(main: F) -> F:
             print(message, file=sys.stderr)
             log_to_files(message)
             sys.exit(2)
-        except Exception:
+        except Exception as err:
+            line = disk_error_line(err)
+            if line is not None:
+                print(f"error: {line}", file=sys.stderr)
+                sys.exit(2)
             log_to_files(traceback.format_exc().rstrip())
             raise
 

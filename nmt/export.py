@@ -45,7 +45,8 @@ from nmt import CONFIG_DIR
 from nmt.checkpoint import load_checkpoint, model_from_checkpoint
 from nmt.data.pipeline import file_sha256
 from nmt.data.vocab import BOS_ID, PAD_ID
-from nmt.errors import NMTError, exit_on_user_error
+from nmt.errors import NMTError, exit_on_user_error, os_error_behind
+from nmt.io import write_error
 from nmt.metrics import write_json
 from nmt.models import SCORES, DecoderState, Memory, Seq2Seq, build_model
 from nmt.onnx_backend import (
@@ -362,6 +363,11 @@ def export_checkpoint(
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
+    except Exception as err:  # the graphs, the vocabularies: a full disk is one line
+        cause = os_error_behind(err)
+        if cause is None:
+            raise
+        raise write_error(out, cause) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return manifest

@@ -22,7 +22,7 @@ stays light for a server or a notebook.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -239,13 +239,19 @@ class Translator:
             self.model, self.src_vocab, self.tgt_vocab, settings, self.device, self.info
         )
 
-    def translate(self, sentences: Sequence[str], progress: bool = False) -> list[Translation]:
+    def translate(
+        self,
+        sentences: Sequence[str],
+        progress: bool = False,
+        interrupt: Callable[[], None] | None = None,
+    ) -> list[Translation]:
         """Translate English sentences; one :class:`Translation` each, in input order.
 
         Each sentence is normalised as the corpus is (NFC, whitespace folded), encoded, and
         decoded in length-sorted batches within ``settings.batch_size`` and, on the CPU,
         ``settings.batch_tokens`` (:func:`nmt.search.decode_ids`). ``progress`` shows a tqdm bar
-        on stderr.
+        on stderr. ``interrupt()`` is called after each batch; what it raises ends the call
+        (the trainer's validation stops so on a preemption signal).
         """
         if isinstance(sentences, str):
             raise TypeError("translate() takes a sequence of sentences; wrap one in a list")
@@ -255,14 +261,16 @@ class Translator:
             from tqdm import tqdm
 
             bar = tqdm(total=len(encoded), unit="sent", desc="translating", leave=False, delay=1.0)
+
+        def after_batch(sentences_done: int) -> None:
+            if bar is not None:
+                bar.update(sentences_done)
+            if interrupt is not None:
+                interrupt()
+
         try:
             nbest_lists = decode_ids(
-                self.model,
-                encoded,
-                self.settings,
-                self.device,
-                bar.update if bar else None,
-                self.precision,
+                self.model, encoded, self.settings, self.device, after_batch, self.precision
             )
         finally:
             if bar is not None:

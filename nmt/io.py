@@ -9,20 +9,24 @@ old file or the new one, never half of one; a crash or ``kill -9`` at any moment
 The temporary file is created with mode ``0o666`` minus the umask, as ``open()`` would create the
 target (``tempfile.mkstemp`` would give ``0o600``), and the rename keeps that mode.
 
-A failure to write — a full disk, a read-only or unwritable folder — becomes one
-:class:`~nmt.errors.NMTError` line naming the file and the system's reason
-(``…/last.pt: cannot write: No space left on device``); the old file is left as it was.
+A failure to write — a full disk, a file-size limit, a read-only or unwritable folder — becomes
+one :class:`~nmt.errors.NMTError` line naming the file and the system's reason
+(``…/last.pt: cannot write: No space left on device``); the temporary file is removed and the
+old file is left as it was. That holds also where the writer raises an error of its own while
+unwinding from the system's (:func:`nmt.errors.os_error_behind`: torch's zip writer answers a full disk
+with ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos …``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from nmt.errors import NMTError
+from nmt.errors import NMTError, os_error_behind
 
 TMP_SUFFIX = ".tmp"
 
@@ -44,8 +48,9 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         fsync_dir(path.parent)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise write_error(path, err) from None
+        cause = os_error_behind(err)
+        if cause is not None:
+            raise write_error(path, cause) from None
         raise
 
 
@@ -56,6 +61,32 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` as UTF-8 (see :func:`write_atomic`)."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append ``line`` (a newline is added) to ``path`` durably; a failed write — a full disk —
+    is cut off again, so the file never ends in half a line, and raised as one
+    :class:`~nmt.errors.NMTError` line naming the file (``validations.jsonl``)."""
+    path = Path(path)
+    data = memoryview((line + "\n").encode("utf-8"))
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666
+        )
+    except OSError as err:
+        raise write_error(path, err) from None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):  # else the partial line stays; still one error
+                os.ftruncate(fd, size)
+            raise write_error(path, err) from None
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -1,12 +1,18 @@
-"""Preemption: a signal ends a training run after the current step, with ``last.pt`` written.
+"""Preemption: a signal ends a training run within one training step or one decoding batch,
+with ``last.pt`` written.
 
-SLURM, Kubernetes and spot instances send SIGTERM some seconds before they kill a job (SLURM
-can also send SIGUSR1 ahead of time: ``sbatch --signal=USR1@120``). While
+SLURM, Kubernetes and spot instances send SIGTERM some seconds before they kill a job (SLURM's
+KillWait and Kubernetes' ``terminationGracePeriodSeconds`` are 30 s by default; SLURM can also
+send SIGUSR1 ahead of time: ``sbatch --signal=USR1@120``). While
 :meth:`nmt.trainer.Trainer.fit` runs, the signals named in ``trainer.preempt_signals`` only set a
-flag (:class:`SignalFlag`); the loop looks at it after each optimiser step — under DDP all ranks
-agree on it in one all-reduce, so they stop at the same step — writes ``last.pt`` (rank 0), logs
-how to continue and raises :class:`Preempted`; ``nmt.train`` then exits with
-:data:`PREEMPTED_EXIT_STATUS`, which a requeue script can act on (docs/faults.md).
+flag (:class:`SignalFlag`). The training loop looks at it after each optimiser step — under DDP
+all ranks agree on it in one all-reduce, so they stop at the same step. The long phases between
+steps — validation (the loss batches and the decoding batches), checkpoint averaging, the
+end-of-run validation — look at it between their batches through :meth:`SignalFlag.check`,
+which raises :class:`PhaseInterrupted`: the phase's partial work is dropped. Either way the
+trainer writes ``last.pt`` (rank 0), logs how to continue and raises :class:`Preempted`;
+``nmt.train`` then exits with :data:`PREEMPTED_EXIT_STATUS`, which a requeue script can act on
+(docs/faults.md). A validation dropped so runs again first thing after the resume.
 
 A second signal while the step finishes or the checkpoint is written is logged and ignored; the
 write is atomic (:mod:`nmt.io`), so even SIGKILL at that moment leaves the previous ``last.pt``.
@@ -28,6 +34,11 @@ from nmt.errors import NMTError
 PREEMPTED_EXIT_STATUS = 75
 
 UNCATCHABLE = ("SIGKILL", "SIGSTOP")
+
+
+class PhaseInterrupted(Exception):
+    """A preemption signal arrived during a long phase (validation, averaging); raised between
+    two of its batches, so that the run saves now instead of after the whole phase."""
 
 
 class Preempted(Exception):
@@ -104,12 +115,18 @@ class SignalFlag:
             signal.signal(number, handler)
         self.previous.clear()
 
+    def check(self) -> None:
+        """Raise :class:`PhaseInterrupted` when a signal has arrived: called between the batches
+        of a long phase."""
+        if self.received is not None:
+            raise PhaseInterrupted(self.received)
+
     def _handle(self, number: int, frame: FrameType | None) -> None:
         name = signal.Signals(number).name
         if self.immediate:
             raise Preempted(name, None)
         if self.received is None:
             self.received = name
-            self.warn(f"{name} received: finishing this step, then writing last.pt")
+            self.warn(f"{name} received: finishing this step or batch, then writing last.pt")
         else:
             self.warn(f"{name} received again: ignored while the run saves ({self.received} first)")

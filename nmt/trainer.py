@@ -54,6 +54,7 @@ from nmt.models import Seq2Seq, build_model
 from nmt.optim import check_optim_cfg, load_optimizer_state
 from nmt.preemption import (
     PREEMPTED_EXIT_STATUS,
+    PhaseInterrupted,
     Preempted,
     SignalFlag,
     exit_preempted,
@@ -336,7 +337,9 @@ class Trainer:
             "precision_reason": self.precision.reason,
             "device": str(self.device),
             "cpu": cpu_summary(),
-            "torch": str(torch.__version__),  # a plain str: TorchVersion would not load weights-only
+            "torch": str(
+                torch.__version__
+            ),  # a plain str: TorchVersion would not load weights-only
         }
 
     def save(self, score: float) -> None:
@@ -415,10 +418,11 @@ class Trainer:
         )
 
     def score_checkpoint(self, path: Path) -> dict[str, float]:
-        """Validation metrics of the weights in ``path`` (written nowhere but the return value)."""
+        """Validation metrics of the weights in ``path`` (written nowhere but the return value);
+        a preemption signal stops it between batches (:class:`PhaseInterrupted`)."""
         model = build_model(self.cfg.model, len(self.data.src_vocab), len(self.data.tgt_vocab))
         load_model_state(model, load_checkpoint(path)["model"], path)
-        return self.validator.score(model.to(self.device)).metrics
+        return self.validator.score(model.to(self.device), self.signals.check).metrics
 
     @property
     def higher_is_better(self) -> bool:
@@ -507,21 +511,34 @@ class Trainer:
         return None
 
     def fit(self) -> dict[str, float]:
-        """Train until :meth:`stop_reason`; return the last validation's metrics."""
+        """Train until :meth:`stop_reason`; return the last validation's metrics.
+
+        A preemption signal stops the run within one training step or one batch of a long phase
+        (validation, averaging): :meth:`preempt` writes last.pt and raises :class:`Preempted`.
+        """
         self.fit_start, self.minutes_at_start = time.perf_counter(), self.progress.minutes
         self.steps_at_start, self.saved_time = self.progress.step, self.fit_start
         with SignalFlag(self.preempt_signals) as self.signals:  # a signal sets a flag
-            # log lines go through tqdm.write, so they never overwrite the bar or it them
-            with logging_redirect_tqdm(), self.progress_bar() as bar:
-                reason = self.run_steps(bar)
-            if self.last_validated_step != self.progress.step:  # a fresh run stopped before step 1
-                self.validate_and_save()
-            self.info(f"stopped at step {self.progress.step}: {reason}")
-            if self.validator and self.cfg.trainer.average_last:
-                self.average_last_checkpoints()
-            if self.validator:
-                self.validator.finish(self.metrics)
+            try:
+                # log lines go through tqdm.write, so they never overwrite the bar or it them
+                with logging_redirect_tqdm(), self.progress_bar() as bar:
+                    reason = self.run_steps(bar)
+                self.finish_run(reason)
+            except PhaseInterrupted:
+                self.preempt()
         return self.metrics
+
+    def finish_run(self, reason: str | None) -> None:
+        """After the last step: the validation of that step if it has none yet (a fresh run
+        stopped before step 1, or one whose last validation a signal dropped), the averaged
+        checkpoint, the hyper-parameters in TensorBoard."""
+        if self.last_validated_step != self.progress.step:
+            self.validate_and_save()
+        self.info(f"stopped at step {self.progress.step}: {reason}")
+        if self.validator and self.cfg.trainer.average_last:
+            self.average_last_checkpoints()
+        if self.validator:
+            self.validator.finish(self.metrics)
 
     def progress_bar(self) -> tqdm:
         """A bar over steps; over minutes (with a total and an ETA) when only
@@ -552,6 +569,12 @@ class Trainer:
         window = TrainWindow()
         groups = self.batch_groups()
         reason = self.stop_reason()
+        if reason is None and self.validation_dropped():
+            self.info(
+                f"resume: the validation at step {self.progress.step} was dropped; running it"
+            )
+            window.exclude(self.validate_and_save())
+            reason = self.stop_reason()
         while reason is None:
             result = self.train_step(next(groups))
             if result.skipped:
@@ -598,12 +621,34 @@ class Trainer:
             }
             self.validator.log_train(self.progress.step, scalars)
 
+    def validation_dropped(self) -> bool:
+        """Whether this step is a validation step whose validation a signal interrupted (the
+        run was preempted during it and resumed from the last.pt written then)."""
+        step = self.progress.step
+        every = self.cfg.trainer.val_every_steps
+        return step > 0 and step % every == 0 and self.last_validated_step != step
+
     def validate_and_save(self) -> float:
         """Validate on rank 0 (the other ranks wait for its metrics), update the schedule and
-        early stopping, write the checkpoints. Returns the seconds it took."""
+        early stopping, write the checkpoints. Returns the seconds it took.
+
+        A preemption signal to rank 0 during the validation drops it between two batches:
+        :class:`PhaseInterrupted` on every rank, nothing written (``last_validated_step`` keeps
+        the previous step, so the resumed run validates this step first)."""
         start = time.perf_counter()
-        metrics = self.validator.validate(self.model, self.progress.step) if self.validator else {}
-        self.metrics = self.ctx.broadcast(metrics)
+        metrics: dict[str, float] | None = {}
+        if self.validator:
+            try:
+                metrics = self.validator.validate(
+                    self.model, self.progress.step, self.signals.check
+                )
+            except PhaseInterrupted:
+                metrics = None  # tells the other ranks
+        metrics = self.ctx.broadcast(metrics)
+        if metrics is None:
+            self.info(f"validation at step {self.progress.step} dropped: it runs again on resume")
+            raise PhaseInterrupted(self.signals.received or "a signal to rank 0")
+        self.metrics = metrics
         score = self.metrics[self.cfg.trainer.early_stopping_metric]
         if self.training_step.schedule.after_validation(score, self.higher_is_better):
             self.info(f"plateau: learning rate × {self.cfg.optim.plateau_factor}")

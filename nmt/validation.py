@@ -8,9 +8,12 @@ attention diagnostics go to TensorBoard and to ``validations.jsonl`` in the run 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +26,15 @@ from nmt.attention_stats import attention_statistics
 from nmt.config_schema import BatchingSettings, TrainerSettings, load_settings
 from nmt.data.batching import TokenBatcher
 from nmt.data.pipeline import PreparedData
+from nmt.errors import os_error_behind
 from nmt.inference import Translation, Translator
+from nmt.io import append_line, write_error
 from nmt.loss import sequence_loss
 from nmt.metrics import Headline, degeneracy, score_corpus, write_text_atomic
 from nmt.search import SearchSettings
+
+# called between the batches of a validation; raises to stop it (a preemption signal)
+Interrupt = Callable[[], None]
 
 log = logging.getLogger("nmt")
 
@@ -65,6 +73,53 @@ class ValidationSettings:
         )
 
 
+class EventsWriter:
+    """TensorBoard's ``SummaryWriter`` whose failures to write — a full disk — are one
+    :class:`~nmt.errors.NMTError` line naming the events folder, like every other writer's.
+
+    ``SummaryWriter`` writes from a background thread and raises that thread's error at a later
+    call in the main thread; the thread's own traceback is kept off the console
+    (:func:`_quiet_event_writer_threads`), so the user sees the one line."""
+
+    def __init__(self, folder: Path, purge_step: int | None = None):
+        _quiet_event_writer_threads()
+        self.folder = folder
+        self.writer = self._guard(SummaryWriter)(str(folder), purge_step=purge_step)
+
+    def __getattr__(self, name: str) -> Any:
+        return self._guard(getattr(self.writer, name))
+
+    def _guard(self, method: Callable) -> Callable:
+        @functools.wraps(method)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except Exception as err:
+                cause = os_error_behind(err)
+                if cause is None:
+                    raise
+                raise write_error(self.folder, cause) from None
+
+        return guarded
+
+
+@functools.cache
+def _quiet_event_writer_threads() -> None:
+    """Keep the traceback of TensorBoard's writer thread (``_AsyncWriterThread``) off stderr when
+    it fails on an OSError: the writer raises the same error again in the main thread, where
+    :class:`EventsWriter` makes it one line. Installed once per process."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(
+            args.exc_value, OSError
+        ):
+            return
+        previous(args)
+
+    threading.excepthook = hook
+
+
 class Validator:
     """Scores the model on the valid split and writes TensorBoard events (rank 0 only)."""
 
@@ -85,7 +140,7 @@ class Validator:
         self.loss_batcher = TokenBatcher(
             valid.src_ids[:n], valid.tgt_ids[:n], b.max_tokens, b.bucket_width, 0, shuffle=False
         )
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+        self.writer = EventsWriter(run_dir / "tensorboard", purge_step)
         self.history_path = run_dir / "validations.jsonl"
         self.settings = self.validation.search
 
@@ -97,8 +152,9 @@ class Validator:
 
     # ------------------------------------------------------------------ validation
     @torch.inference_mode()
-    def valid_loss(self, model: torch.nn.Module) -> float:
-        """Per-token cross-entropy (no label smoothing) on the valid split, teacher forced."""
+    def valid_loss(self, model: torch.nn.Module, interrupt: Interrupt | None = None) -> float:
+        """Per-token cross-entropy (no label smoothing) on the valid split, teacher forced.
+        ``interrupt()`` is called after each batch; it may raise to stop (a preemption signal)."""
         device = next(model.parameters()).device
         total, tokens = 0.0, 0
         for batch in self.loss_batcher.epoch(0):
@@ -106,20 +162,27 @@ class Validator:
             out = model(batch.src, batch.src_lengths, batch.tgt_in)
             total += float(sequence_loss(out.logits, batch.tgt_out, 0.0))
             tokens += batch.num_tgt_tokens
+            if interrupt is not None:
+                interrupt()
         return total / max(tokens, 1)
 
-    def score(self, model: torch.nn.Module) -> ValidationResult:
-        """Loss, scores and diagnostics of ``model`` on the valid sentences; writes nothing."""
+    def score(self, model: torch.nn.Module, interrupt: Interrupt | None = None) -> ValidationResult:
+        """Loss, scores and diagnostics of ``model`` on the valid sentences; writes nothing.
+        ``interrupt()`` is called after each loss batch and each decoding batch and may raise
+        (:meth:`nmt.preemption.SignalFlag.check`): a preempted run does not wait for the rest."""
         was_training = model.training
         model.eval()
-        loss = self.valid_loss(model)
-        translator = Translator(model, self.data.src_vocab, self.data.tgt_vocab, self.settings)
-        best = translator.translate(self.src_lines, progress=True)  # a second bar, while it runs
+        try:
+            loss = self.valid_loss(model, interrupt)
+            translator = Translator(model, self.data.src_vocab, self.data.tgt_vocab, self.settings)
+            # a second bar, while it runs
+            best = translator.translate(self.src_lines, progress=True, interrupt=interrupt)
+        finally:
+            model.train(was_training)
         hypotheses = [t.text for t in best]
         scores = score_corpus(hypotheses, self.ref_lines)
         diagnostics = degeneracy(hypotheses, self.ref_lines, [t.hit_max_len for t in best])
         diagnostics.update(attention_statistics([t.attention for t in best]))
-        model.train(was_training)
         headline = Headline.of(scores)
         metrics = {
             "loss": loss,
@@ -129,16 +192,17 @@ class Validator:
         }
         return ValidationResult(metrics, scores, diagnostics, best, hypotheses)
 
-    def validate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+    def validate(
+        self, model: torch.nn.Module, step: int, interrupt: Interrupt | None = None
+    ) -> dict[str, float]:
         """:meth:`score`, written to TensorBoard, ``validations.jsonl``, ``valid_hypotheses.txt``
-        and the log; returns the metrics."""
-        result = self.score(model)
+        and the log; returns the metrics. Interrupted (``interrupt`` raising), it writes nothing."""
+        result = self.score(model, interrupt)
         metrics, scores, diagnostics = result.metrics, result.scores, result.diagnostics
         hypotheses = result.hypotheses
         self.write_events(step, metrics, scores, diagnostics, result.best, hypotheses)
         record = {"step": step, **metrics, "scores": scores, "diagnostics": diagnostics}
-        with open(self.history_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        append_line(self.history_path, json.dumps(record, ensure_ascii=False))
         write_text_atomic(
             self.run_dir / "valid_hypotheses.txt", "".join(h + "\n" for h in hypotheses)
         )

@@ -178,8 +178,9 @@ def resolve_precision(
 
     Why ``auto`` is not bf16 where the CPU has bf16 units (docs/precision.md): bf16 changes the
     numbers, so with it the same checkpoint and command gave other translations on a Zen 4 than
-    on a Zen 3, for no speed in decoding (beam 5: 0.99×, greedy: 0.84× of fp32) and 1.13–1.22×
-    in training at twice the peak memory. A result should not depend on which CPU a job landed on.
+    on a Zen 3, for no speed in decoding (beam 5 0.99× / 0.71× fp32's on a Zen 4 / an AMX Xeon)
+    and 1.13–1.22× / 0.78–1.10× in training at twice the peak memory; a 30-minute bf16 run on
+    the Xeon scored 0.92 BLEU below fp32's. A result should not depend on the CPU it ran on.
     """
     if precision not in PRECISIONS:
         raise NMTError(f"{key}: expected one of {', '.join(PRECISIONS)}; got {precision!r}")

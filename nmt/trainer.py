@@ -331,15 +331,14 @@ class Trainer:
 
     def runtime_summary(self) -> dict[str, Any]:
         """What the weights were trained with, for the checkpoint and ``/v1/model``: the
-        precision and its reason, the device, the CPU, torch's version."""
+        precision and its reason, the device, the CPU, torch's version (a plain ``str``: a
+        ``TorchVersion`` would not load weights-only)."""
         return {
             "precision": self.precision.name,
             "precision_reason": self.precision.reason,
             "device": str(self.device),
             "cpu": cpu_summary(),
-            "torch": str(
-                torch.__version__
-            ),  # a plain str: TorchVersion would not load weights-only
+            "torch": str(torch.__version__),
         }
 
     def save(self, score: float) -> None:

@@ -610,6 +610,37 @@ def test_an_error_a_writer_raises_while_unwinding_from_the_disk_is_one_line(tmp_
     assert list(tmp_path.iterdir()) == []  # no temporary file left by any of them
 
 
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "plot.png"), "plot.png: cannot write"),
+        (OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)), "cannot write"),
+        (OSError(errno.ENOENT, os.strerror(errno.ENOENT), "x"), None),  # not the disk's: a bug
+        (ValueError("a bug"), None),
+    ],
+)
+def test_a_write_the_disk_refuses_anywhere_in_a_command_is_one_line(raised, expected, capsys):
+    """The net under writers that do not report it themselves (matplotlib's savefig, …)."""
+    from nmt.errors import exit_on_user_error
+
+    @exit_on_user_error
+    def command():
+        try:
+            raise raised
+        except Exception as err:  # as a library unwinding from it would
+            raise RuntimeError("the library's own error while unwinding") from err
+
+    if expected is None:
+        with pytest.raises(RuntimeError):
+            command()
+        return
+    with pytest.raises(SystemExit) as exit_:
+        command()
+    assert exit_.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line == f"error: {expected}: {raised.strerror}"
+
+
 def test_a_read_only_run_folder_is_refused_before_training(tiny_prepared, tmp_path, monkeypatch):
     real_open = os.open
 

@@ -745,7 +745,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         log.info(f"{stop}: nothing to save (exit status {PREEMPTED_EXIT_STATUS})")
         exit_preempted(signals)
     try:
-        return trainer.fit()
+        metrics = trainer.fit()
+        # rank 0 may still be writing (averaged.pt, TensorBoard) when the others finish: a rank
+        # that left the process group then makes gloo abort the job mid-write
+        trainer.ctx.barrier()
+        return metrics
     except KeyboardInterrupt:
         trainer.info(
             f"interrupted at step {trainer.progress.step}; continue from the last checkpoint "

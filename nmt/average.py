@@ -11,7 +11,7 @@ them (Vaswani et al. 2017, §6.1; fairseq's ``average_checkpoints.py``):
 Floating-point tensors of the ``model`` state dicts are averaged (summed in float64, stored in
 their own dtype); integer buffers are taken from the last checkpoint. Everything else — config,
 vocabulary, progress, optimiser state — is the last checkpoint's, and ``averaged_from`` lists the
-inputs, so the result loads like any checkpoint (``nmt.checkpoint.load_for_inference``,
+inputs, so the result loads like any checkpoint (``nmt.models.checkpoint.load_for_inference``,
 ``python -m nmt.translate ckpt=…``). The trainer writes ``checkpoints/averaged.pt`` this way at
 the end of a run with ``trainer.average_last=k``.
 """
@@ -27,11 +27,12 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
-from nmt import CONFIG_DIR
-from nmt.checkpoint import load_checkpoint, save_checkpoint
-from nmt.config_schema import AverageConfig, load_settings
-from nmt.errors import NMTError, exit_on_user_error, str_list
+import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt.config.schema import AverageConfig
+from nmt.core.errors import NMTError, exit_on_user_error, str_list
+from nmt.core.paths import CONFIG_DIR
+from nmt.core.settings import load_settings
+from nmt.models.checkpoint import load_checkpoint, save_checkpoint
 
 STEP_CHECKPOINT = re.compile(r"step(\d+)\.pt")
 

@@ -4,8 +4,8 @@ The config is ``configs/benchmark.yaml``: the training config plus a ``benchmark
 every training override works (``+experiment=joeynmt_ref``, ``model/attention=dot``, …). It
 measures, on the device the trainer would pick (``trainer.device``):
 
-* **Training throughput**: the trainer's step, :class:`nmt.training_step.TrainingStep` (forward,
-  :func:`nmt.loss.sequence_loss`, backward over ``trainer.accum_steps`` batches, clipping,
+* **Training throughput**: the trainer's step, :class:`nmt.training.step.TrainingStep` (forward,
+  :func:`nmt.models.loss.sequence_loss`, backward over ``trainer.accum_steps`` batches, clipping,
   optimiser), on the training split's batches of epoch 0, in the trainer's order.
   ``warmup_steps`` untimed steps, then ``windows`` timed windows of ``steps_per_window`` steps;
   the throughput is the median over windows of target tokens/s and of source + target tokens/s.
@@ -15,7 +15,7 @@ measures, on the device the trainer would pick (``trainer.device``):
   from ``/proc/self/status``, reset before warm-up through ``/proc/self/clear_refs``; elsewhere
   ``resource.getrusage`` ``ru_maxrss``, the whole process's peak); on CUDA also
   ``torch.cuda.max_memory_allocated``.
-* **Decoding speed**: :class:`nmt.inference.Translator` on the first ``decode_sentences``
+* **Decoding speed**: :class:`nmt.inference.translator.Translator` on the first ``decode_sentences``
   sentences of the test split, greedy and beam (``beam_size``, ``search.length_penalty``),
   in sentences/s and predicted tokens/s (``</s>`` included), with the model the benchmark
   trained for its timed steps (atypical output lengths) or, with ``ckpt``, a trained checkpoint.
@@ -49,20 +49,11 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
-from nmt import CONFIG_DIR
-from nmt.config_schema import BenchmarkConfig, BenchmarkSettings, load_settings
-from nmt.data.batching import Batch, TokenBatcher
-from nmt.data.pipeline import PreparedData, prepare
-from nmt.data.vocab import PAD_ID
-from nmt.errors import NMTError, exit_on_user_error
-from nmt.inference import Translator
-from nmt.metrics import write_json
-from nmt.models import build_model
-from nmt.models.attention import SCORES, ScoreFlops
-from nmt.models.decoder import DECODER_STYLES, DecoderSizes
-from nmt.models.encoder import rnn_flops
-from nmt.runtime import (
+import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt.config.schema import BenchmarkConfig, BenchmarkSettings
+from nmt.core.errors import NMTError, exit_on_user_error
+from nmt.core.paths import CONFIG_DIR
+from nmt.core.runtime import (
     BF16_CPU_FLAGS,
     CPU_FLAGS_ENV,
     Precision,
@@ -74,8 +65,18 @@ from nmt.runtime import (
     real_cpu_flags,
     resolve_precision,
 )
-from nmt.search import SearchSettings
-from nmt.training_step import StepResult, TrainingStep
+from nmt.core.settings import load_settings
+from nmt.data.batching import Batch, TokenBatcher
+from nmt.data.pipeline import PreparedData, prepare
+from nmt.data.vocab import PAD_ID
+from nmt.evaluation.metrics import write_json
+from nmt.inference.search import SearchSettings
+from nmt.inference.translator import Translator
+from nmt.models import build_model
+from nmt.models.attention import SCORES, ScoreFlops
+from nmt.models.decoder import DECODER_STYLES, DecoderSizes
+from nmt.models.encoder import rnn_flops
+from nmt.training.step import StepResult, TrainingStep
 
 log = logging.getLogger("nmt")
 
@@ -325,7 +326,7 @@ def endless_batches(batcher: TokenBatcher) -> Iterator[Batch]:
 
 
 class StepRunner:
-    """The trainer's optimiser step (:class:`nmt.training_step.TrainingStep`: the config's
+    """The trainer's optimiser step (:class:`nmt.training.step.TrainingStep`: the config's
     ``trainer.accum_steps`` batches, normalisation, non-finite skipping, clipping, optimiser),
     with each phase timed. ``results`` holds every step's :class:`StepResult`."""
 
@@ -340,7 +341,7 @@ class StepRunner:
         self.last_mark = 0.0
 
     def mark(self, phase: str) -> None:
-        """Add the time since the last mark to ``phase`` (a :data:`nmt.training_step.PhaseMark`)."""
+        """Add the time since the last mark to ``phase`` (a :data:`nmt.training.step.PhaseMark`)."""
         now = self.clock.now()
         setattr(self.phases, phase, getattr(self.phases, phase) + now - self.last_mark)
         self.last_mark = now
@@ -539,7 +540,7 @@ def decoding_report(
 
 def check_benchmark_cfg(bench: DictConfig) -> None:
     """Reject files the benchmark cannot use (the types and ranges are the schema's:
-    :class:`nmt.config_schema.BenchmarkSettings`)."""
+    :class:`nmt.config.schema.BenchmarkSettings`)."""
     load_settings(BenchmarkSettings, bench, "benchmark")
     if bench.ckpt and not Path(bench.ckpt).is_file():
         raise NMTError(f"benchmark.ckpt: no checkpoint at {bench.ckpt}")

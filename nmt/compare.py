@@ -55,14 +55,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
-from nmt import CONFIG_DIR
-from nmt.config_schema import CompareConfig, load_settings
-from nmt.errors import NMTError, exit_on_user_error
+import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt.config.schema import CompareConfig
+from nmt.core.errors import NMTError, exit_on_user_error
+from nmt.core.paths import CONFIG_DIR
+from nmt.core.runtime import pick_device
+from nmt.core.settings import load_settings
 from nmt.evaluate import evaluate_checkpoint, read_text_lines
-from nmt.metrics import Headline, write_json, write_text_atomic
+from nmt.evaluation.metrics import Headline, write_json, write_text_atomic
 from nmt.models import ATTENTION_TYPES, SCORES
-from nmt.runtime import pick_device
 
 RUN_MARKER = Path(".hydra") / "config.yaml"
 TEST_SCORES = "test_scores.json"
@@ -577,7 +578,7 @@ def markdown_report(
   the window D (`local_p-general-D10`); with `model.encoder.rnn_type` and
   `model.decoder.style` from each run's `.hydra/config.yaml`.
 * **steps**, **attention statistics**: the last validation in `validations.jsonl` (entropy in
-  nats, diagonal mass and coverage deviation as `nmt/attention_stats.py` defines them);
+  nats, diagonal mass and coverage deviation as `nmt/models/attention_stats.py` defines them);
   **valid BLEU (best)**: the best validation BLEU (ko-mecab); **valid ppl**: the last
   validation's perplexity per target subword (no label smoothing; comparable only between runs
   with the same target vocabulary).

@@ -5,7 +5,7 @@
     python -m nmt.evaluate ckpt=best.pt split=test [search=greedy] [out=hyp.ko]
     python -m nmt.evaluate ckpt=best.pt src=test.en ref=test.ko
 
-Every system gets the same report from :mod:`nmt.metrics` that validation uses during training:
+Every system gets the same report from :mod:`nmt.evaluation.metrics` that validation uses during training:
 BLEU (ko-mecab, char, 13a), chrF and TER with their sacrebleu signatures, and the degeneracy
 diagnostics (in ckpt mode with ``max_len_rate``, the share of hypotheses the decoder cut at its
 length limit). The report is printed as a table and, with ``json=``, written as JSON::
@@ -19,7 +19,7 @@ length limit). The report is printed as a table and, with ``json=``, written as 
                                "device": "cpu", "cpu": {"model": "...", "bf16_flags": [...]}}}]}
 
 ``decoding`` (ckpt mode only) says what produced the hypotheses: the search's precision and why,
-the backend and the device, the CPU (:meth:`nmt.inference.Translator.decoding_summary`).
+the backend and the device, the CPU (:meth:`nmt.inference.translator.Translator.decoding_summary`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
-from nmt import CONFIG_DIR
-from nmt.errors import NMTError, exit_on_user_error, str_list
-from nmt.metrics import (
+import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt.core.errors import NMTError, exit_on_user_error, str_list
+from nmt.core.paths import CONFIG_DIR
+from nmt.evaluation.metrics import (
     DEFAULT_TOKENIZERS,
     degeneracy,
     format_table,
@@ -43,10 +43,10 @@ from nmt.metrics import (
     write_json,
     write_text_atomic,
 )
-from nmt.search import explicit_settings
+from nmt.inference.search import explicit_settings
 
 if TYPE_CHECKING:
-    from nmt.inference import Translator
+    from nmt.inference.translator import Translator
 
 SPLITS = ("train", "valid", "test")
 
@@ -126,7 +126,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Load ``ckpt_path`` (its search settings with the ``search`` overrides) and
     :func:`evaluate_translator` it; ``kwargs`` as there."""
-    from nmt.inference import Translator
+    from nmt.inference.translator import Translator
 
     translator = Translator.from_checkpoint(ckpt_path, device, **(search or {}))
     return evaluate_translator(translator, **kwargs)

@@ -1,7 +1,7 @@
 """``python -m nmt.explore ckpt=… input=FILE [ref=FILE] out=explorer.html``: an attention explorer.
 
 Translates the sentences of ``input`` with one or more checkpoints (through the inference layer's
-:class:`~nmt.inference.Translator`) and writes one self-contained HTML page: the data sits in a
+:class:`~nmt.inference.translator.Translator`) and writes one self-contained HTML page: the data sits in a
 ``<script type="application/json">`` block, the JavaScript and CSS are inline
 (``nmt/explorer/template.html``), and the page loads nothing from the network.
 
@@ -37,14 +37,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
-from nmt import CONFIG_DIR
+import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt.compare import checkpoint_of, find_run_dirs
-from nmt.errors import NMTError, exit_on_user_error
+from nmt.core.errors import NMTError, exit_on_user_error
+from nmt.core.paths import CONFIG_DIR
 from nmt.evaluate import read_text_lines
-from nmt.inference import Translation, Translator
-from nmt.metrics import SentenceScorer, score_corpus, write_text_atomic
-from nmt.search import explicit_settings
+from nmt.evaluation.metrics import SentenceScorer, score_corpus, write_text_atomic
+from nmt.inference.search import explicit_settings
+from nmt.inference.translator import Translation, Translator
 
 TEMPLATE = "explorer/template.html"  # inside the nmt package
 DATA_MARKER = "__EXPLORER_DATA__"

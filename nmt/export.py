@@ -9,8 +9,8 @@
 
 ``cell`` for an LSTM decoder, ``attn_vector`` (h̃_{t-1}) for Luong input feeding; an input a
 graph does not read (``keys`` of ``location``) is left out by the exporter. Batch and source
-length are dynamic axes. The search loop stays in Python: :mod:`nmt.onnx_backend` runs these
-graphs behind the model's step API, so :mod:`nmt.search` decodes exported and eager models with
+length are dynamic axes. The search loop stays in Python: :mod:`nmt.inference.onnx_backend` runs these
+graphs behind the model's step API, so :mod:`nmt.inference.search` decodes exported and eager models with
 the same code. Beside the graphs: ``src.model`` / ``tgt.model`` (SentencePiece) and
 ``manifest.json`` (the run's config, the SHA-256 of the source checkpoint and of every file,
 the exporter, torch and opset, the parity measured at export).
@@ -40,16 +40,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
-from nmt import CONFIG_DIR
-from nmt.checkpoint import load_checkpoint, model_from_checkpoint
+import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt.core.errors import NMTError, exit_on_user_error, os_error_behind
+from nmt.core.io import write_error
+from nmt.core.paths import CONFIG_DIR
 from nmt.data.pipeline import file_sha256
 from nmt.data.vocab import BOS_ID, PAD_ID
-from nmt.errors import NMTError, exit_on_user_error, os_error_behind
-from nmt.io import write_error
-from nmt.metrics import write_json
-from nmt.models import SCORES, DecoderState, Memory, Seq2Seq, build_model
-from nmt.onnx_backend import (
+from nmt.evaluation.metrics import write_json
+from nmt.inference.onnx_backend import (
     ENCODER_GRAPH,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -61,6 +59,8 @@ from nmt.onnx_backend import (
     StateLayout,
     is_exported_folder,
 )
+from nmt.models import SCORES, DecoderState, Memory, Seq2Seq, build_model
+from nmt.models.checkpoint import load_checkpoint, model_from_checkpoint
 
 FORMATS = ("onnx",)
 EXPORTERS = ("legacy", "dynamo")
@@ -531,8 +531,8 @@ def benchmark_backends(
     import time
 
     from nmt.evaluate import _read_split
-    from nmt.inference import Translator
-    from nmt.metrics import Headline, score_corpus
+    from nmt.evaluation.metrics import Headline, score_corpus
+    from nmt.inference.translator import Translator
 
     torch.set_num_threads(threads)
     # eager in fp32, as the exported graphs are: whatever the checkpoint's search.precision

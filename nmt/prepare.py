@@ -9,11 +9,11 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
-from nmt import CONFIG_DIR
-from nmt.config_schema import BatchingSettings
+import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt.core.errors import exit_on_user_error
+from nmt.core.paths import CONFIG_DIR
+from nmt.data.batching import BatchingSettings
 from nmt.data.pipeline import PreparedData, check_batching, prepare
-from nmt.errors import exit_on_user_error
 
 
 def report_batching(data: PreparedData, b: BatchingSettings) -> None:

@@ -28,16 +28,17 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
-from nmt import CONFIG_DIR
+import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt.average import step_checkpoints
-from nmt.checkpoint import load_checkpoint
-from nmt.config_schema import QualityCurveConfig, load_settings
-from nmt.errors import NMTError, exit_on_user_error, str_list
+from nmt.config.schema import QualityCurveConfig
+from nmt.core.errors import NMTError, exit_on_user_error, str_list
+from nmt.core.paths import CONFIG_DIR
+from nmt.core.runtime import pick_device
+from nmt.core.settings import load_settings
 from nmt.evaluate import evaluate_translator
-from nmt.inference import Translator
-from nmt.metrics import HEADLINE_BLEU, Headline, write_json, write_text_atomic
-from nmt.runtime import pick_device
+from nmt.evaluation.metrics import HEADLINE_BLEU, Headline, write_json, write_text_atomic
+from nmt.inference.translator import Translator
+from nmt.models.checkpoint import load_checkpoint
 
 SPLITS = ("valid", "test")
 OUTPUTS = ("quality_curve.md", "quality_curve.json", "quality_curve.png")

@@ -1,6 +1,6 @@
 """``python -m nmt.serve ckpt=… [host=127.0.0.1] [port=8000] [serve.key=value …]``: an HTTP API.
 
-FastAPI on uvicorn, on top of :class:`~nmt.inference.Translator` (the one decoding path)::
+FastAPI on uvicorn, on top of :class:`~nmt.inference.translator.Translator` (the one decoding path)::
 
     POST /v1/translate  {"text": "…" | ["…", …], "beam_size"?, "n_best"?, "return_attention"?,
                          "return_tokens"?}
@@ -18,7 +18,7 @@ oldest job with every later job of the same search settings, oldest first, up to
 ``serve.max_batch_sentences`` sentences or ``serve.max_batch_tokens`` source subwords, sorts
 their undecoded sentences longest first, cuts them into chunks within the search's batch limits
 (``search.batch_size``, and on the CPU ``search.batch_tokens`` over the hypotheses:
-:func:`nmt.search.search_batches`, the one batching rule, shared with ``nmt-translate``), and
+:func:`nmt.inference.search.search_batches`, the one batching rule, shared with ``nmt-translate``), and
 gives the one decoding thread the chunk that holds the oldest job's first sentence: one
 :meth:`Translator.translate` call. It goes at once when the group is full or the chunk cannot
 grow, else ``serve.max_wait_ms`` after the oldest job arrived or, if later, after the decoding
@@ -27,7 +27,7 @@ taken stay queued and are grouped again, with the jobs that arrived meanwhile, f
 call. While the thread decodes, the event loop keeps answering (``/health`` during a long batch)
 and new jobs queue up. Jobs with other settings (``beam_size``, ``n_best``) wait for a group of
 their own. Because the searches are batch independent (a sentence's hypotheses do not depend on
-its batch mates, :mod:`nmt.search`), a request's answer is the one it gets decoded alone, and
+its batch mates, :mod:`nmt.inference.search`), a request's answer is the one it gets decoded alone, and
 the one ``nmt-translate`` prints for the same text and settings.
 
 **Limits** (``serve.*``, see ``configs/serve.yaml``): a body over ``max_request_bytes`` or more
@@ -68,13 +68,13 @@ from fastapi.responses import JSONResponse
 from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, Field
 
-import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
-from nmt import CONFIG_DIR, __version__
-from nmt.config_schema import API_KEY_ENV, ServeSettings  # noqa: F401  (typed in the schema)
+import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt.core.errors import NMTError, exit_on_user_error
+from nmt.core.paths import CONFIG_DIR, VERSION
 from nmt.data.corpus import normalize
-from nmt.errors import NMTError, exit_on_user_error
-from nmt.inference import Translation, Translator
-from nmt.search import SearchSettings, explicit_settings, search_batches
+from nmt.inference.search import SearchSettings, explicit_settings, search_batches
+from nmt.inference.translator import Translation, Translator
+from nmt.serving.settings import ServeSettings
 
 log = logging.getLogger("nmt.serve")
 
@@ -448,7 +448,7 @@ class TranslationService:
         The group (:meth:`_group`: the oldest job and the later ones with its settings, up to
         ``max_batch_sentences`` sentences or ``max_batch_tokens`` subwords) is sorted longest
         first and cut into chunks as ``nmt-translate`` cuts its batches
-        (:func:`~nmt.search.search_batches`: the settings' batch limits); the call
+        (:func:`~nmt.inference.search.search_batches`: the settings' batch limits); the call
         takes the chunk that holds the oldest job's first undecoded sentence, so every sentence
         is taken in bounded time. It goes at once when the group is full or that chunk is
         closed (a later, shorter chunk exists: no newcomer can make it fuller), else once
@@ -586,7 +586,7 @@ def model_summary(translator: Translator, model_name: str, limits: ServeSettings
         "decoding": translator.decoding_summary(),  # the search's precision and why
         "device": str(translator.device),
         "limits": limits.public(),
-        "version": __version__,
+        "version": VERSION,
     }
 
 
@@ -639,7 +639,7 @@ def create_app(
 
     app = FastAPI(
         title="nmt",
-        version=__version__,
+        version=VERSION,
         description="English→Korean translation with dynamic batching",
         lifespan=lifespan,
     )

@@ -47,10 +47,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
-from nmt import CONFIG_DIR, REPO_ROOT
-from nmt.errors import NMTError, exit_on_user_error
-from nmt.metrics import write_json
+import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt.core.errors import NMTError, exit_on_user_error
+from nmt.core.paths import CONFIG_DIR, REPO_ROOT
+from nmt.evaluation.metrics import write_json
 
 
 class ServerProcess:
@@ -338,7 +338,7 @@ def read_sentences(path: Path, count: int, seed: int) -> list[str]:
 
 def default_input(ckpt: str) -> Path:
     """The checkpoint's prepared test split, ``{data.out_dir}/test.en``."""
-    from nmt.checkpoint import load_checkpoint
+    from nmt.models.checkpoint import load_checkpoint
 
     data = load_checkpoint(ckpt, map_location="cpu")["config"].get("data") or {}
     path = Path(data.get("out_dir", "data/enko")) / "test.en"
@@ -381,7 +381,7 @@ def offline(
     ckpt: str, device: str, search: dict, batch_sentences: int, sentences: Sequence[str]
 ) -> Offline:
     """The ceiling, and the first ``SINGLE`` decoded one by one (see :class:`Offline`)."""
-    from nmt.inference import Translator
+    from nmt.inference.translator import Translator
 
     # batch_sentences is the offline batch size, over a search group's own (search=greedy)
     settings = {**search, "batch_size": batch_sentences}
@@ -446,11 +446,11 @@ def format_table(runs: Sequence[RunResult], ceilings: dict[int, float]) -> str:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="serve_bench", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    from nmt.search import explicit_settings
+    from nmt.inference.search import explicit_settings
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     clients = [cfg.clients] if isinstance(cfg.clients, int) else list(cfg.clients)
-    # types and ranges: the schema (nmt.config_schema.ServeBenchConfig), before this runs
+    # types and ranges: the schema (nmt.config.schema.ServeBenchConfig), before this runs
     if cfg.threads is not None:
         import torch
 

@@ -16,10 +16,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
-from nmt import CONFIG_DIR
-from nmt.errors import exit_on_user_error
-from nmt.trainer import train
+import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt.core.errors import exit_on_user_error
+from nmt.core.paths import CONFIG_DIR
+from nmt.training.trainer import train
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
@@ -39,7 +39,7 @@ def worker_overrides() -> list[str]:
 
 def main() -> float | None:
     sys.argv += worker_overrides()
-    return hydra_main()  # the config and the run folder are checked first (nmt/config_hook.py)
+    return hydra_main()  # the config and the run folder are checked first (nmt/config/hook.py)
 
 
 if __name__ == "__main__":

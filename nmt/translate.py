@@ -30,12 +30,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-import nmt.config_resolvers  # noqa: F401  (the resolvers configs/ uses)
-from nmt import CONFIG_DIR
-from nmt.errors import NMTError, exit_on_user_error
-from nmt.inference import Translation, Translator
-from nmt.metrics import write_text_atomic
-from nmt.search import explicit_settings
+import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt.core.errors import NMTError, exit_on_user_error
+from nmt.core.paths import CONFIG_DIR
+from nmt.evaluation.metrics import write_text_atomic
+from nmt.inference.search import explicit_settings
+from nmt.inference.translator import Translation, Translator
 
 
 def format_translations(
@@ -83,7 +83,7 @@ def read_input(source: str) -> list[str]:
 
 
 def plot_attention(folder: Path, start: int, translations: Sequence[Translation]) -> None:
-    from nmt.plotting import save_attention_png
+    from nmt.evaluation.plotting import save_attention_png
 
     folder.mkdir(parents=True, exist_ok=True)
     for offset, t in enumerate(translations):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from nmt.errors import NMTError, exit_on_user_error  # noqa: E402
+from nmt.core.errors import NMTError, exit_on_user_error  # noqa: E402
+from nmt.evaluation.metrics import write_json  # noqa: E402
 from nmt.export import benchmark_backends, format_benchmark  # noqa: E402
-from nmt.metrics import write_json  # noqa: E402
 
 
 @exit_on_user_error

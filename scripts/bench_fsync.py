@@ -1,4 +1,4 @@
-"""What fsync costs per checkpoint: nmt.checkpoint.save_checkpoint of the default recipe's model
+"""What fsync costs per checkpoint: nmt.models.checkpoint.save_checkpoint of the default recipe's model
 (configs/train.yaml with enko's 4,000 + 4,000 subwords) with Adam's two moments, durable
 (fsync of the file and of its folder) against the same write without the fsyncs, interleaved,
 median of --repeats.
@@ -20,9 +20,9 @@ from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from nmt import REPO_ROOT  # noqa: E402
-from nmt.checkpoint import save_checkpoint  # noqa: E402
+from nmt.core.paths import REPO_ROOT  # noqa: E402
 from nmt.models import build_model  # noqa: E402
+from nmt.models.checkpoint import save_checkpoint  # noqa: E402
 
 
 def payload() -> dict:

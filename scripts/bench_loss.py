@@ -1,5 +1,5 @@
 """Forward + backward time of the training loss at enko's batch shapes: F.cross_entropy against
-nmt.loss.sequence_loss (same value and gradient, fused backward), interleaved, median of 5.
+nmt.models.loss.sequence_loss (same value and gradient, fused backward), interleaved, median of 5.
 
     python scripts/bench_loss.py
 """
@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
+from nmt.core.runtime import keep_freed_memory  # noqa: E402
 from nmt.data.vocab import PAD_ID  # noqa: E402
-from nmt.loss import sequence_loss  # noqa: E402
-from nmt.runtime import keep_freed_memory  # noqa: E402
+from nmt.models.loss import sequence_loss  # noqa: E402
 
 
 def reference(logits: torch.Tensor, tgt_out: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -36,9 +36,9 @@ def main() -> None:
         logits = torch.randn(119, 33, vocab, requires_grad=True)
         tgt_out = torch.randint(PAD_ID + 1, vocab, (119, 33))
         tgt_out[:, 29:] = PAD_ID
-        times: dict[str, list[float]] = {"F.cross_entropy": [], "nmt.loss": []}
+        times: dict[str, list[float]] = {"F.cross_entropy": [], "nmt.models.loss": []}
         for _ in range(7):
-            for label, loss_fn in (("F.cross_entropy", reference), ("nmt.loss", sequence_loss)):
+            for label, loss_fn in (("F.cross_entropy", reference), ("nmt.models.loss", sequence_loss)):
                 start = time.perf_counter()
                 loss_fn(logits, tgt_out, smoothing).backward()
                 times[label].append(time.perf_counter() - start)

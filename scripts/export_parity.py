@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from nmt.errors import NMTError  # noqa: E402
+from nmt.core.errors import NMTError  # noqa: E402
 from nmt.export import parity_grid, tiny_model_config, tiny_parity  # noqa: E402
 
 

@@ -4,7 +4,7 @@ python scripts/profile_step.py [training overrides, e.g. +experiment=joeynmt_ref
     [benchmark.warmup_steps=N] [benchmark.steps_per_window=N (steps profiled)]
     [--rows N] [--memory]
 
-The step is nmt.benchmark's, the trainer's own nmt.training_step.TrainingStep (forward, loss,
+The step is nmt.benchmark's, the trainer's own nmt.training.step.TrainingStep (forward, loss,
 backward over trainer.accum_steps batches, clipping, optimiser), on the training split's batches
 in the trainer's order. Prints the operators by self CPU time; with ``--memory`` also by the
 memory they allocate (torch.profiler's ``profile_memory``: what a precision's peak memory is
@@ -21,12 +21,12 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from nmt import REPO_ROOT  # noqa: E402
 from nmt.benchmark import LengthStats, StepRunner, endless_batches  # noqa: E402
+from nmt.core.errors import exit_on_user_error  # noqa: E402
+from nmt.core.paths import REPO_ROOT  # noqa: E402
+from nmt.core.runtime import pick_device, resolve_precision  # noqa: E402
 from nmt.data.pipeline import prepare  # noqa: E402
-from nmt.errors import exit_on_user_error  # noqa: E402
 from nmt.models import build_model  # noqa: E402
-from nmt.runtime import pick_device, resolve_precision  # noqa: E402
 
 
 def take_option(name: str, default: str | None = None, flag: bool = False) -> str | None:

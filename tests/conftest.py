@@ -10,7 +10,7 @@ The real Hydra config tree and the real command lines:
     set as ``python -m`` sets it, and without paying seconds for a fresh interpreter to import torch.
 
 Other CPUs:
-    ``cpu_kind`` runs a test once under each kind of :data:`nmt.runtime.CPU_KINDS` (AVX2 only,
+    ``cpu_kind`` runs a test once under each kind of :data:`nmt.core.runtime.CPU_KINDS` (AVX2 only,
     AVX512-BF16, AMX), simulated through ``NMT_CPU_FLAGS``; tests marked ``cpu_dependent`` are
     run again by CI with the variable set for the whole run (``.ci/run``).
 
@@ -82,8 +82,8 @@ def one_thread():
 @pytest.fixture(params=["avx2", "avx512_bf16", "amx"])
 def cpu_kind(request, monkeypatch) -> str:
     """The test runs as if the CPU were each kind in turn (``NMT_CPU_FLAGS``, read afresh by
-    :func:`nmt.runtime.cpu_flags`; subprocesses inherit it)."""
-    from nmt.runtime import CPU_FLAGS_ENV, CPU_KINDS
+    :func:`nmt.core.runtime.cpu_flags`; subprocesses inherit it)."""
+    from nmt.core.runtime import CPU_FLAGS_ENV, CPU_KINDS
 
     assert request.param in CPU_KINDS
     monkeypatch.setenv(CPU_FLAGS_ENV, request.param)
@@ -289,7 +289,7 @@ def small_data(tiny_prepared: TinyPrepared):
 def train_tiny_checkpoint(prepared: TinyPrepared, run_dir: Path, *overrides: str) -> Path:
     """``best.pt`` after 2 steps of a TINY_MODEL on the prepared tiny corpus (a Trainer in this
     process, one thread), with ``overrides`` after TINY_MODEL's."""
-    from nmt.trainer import build_trainer
+    from nmt.training.trainer import build_trainer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

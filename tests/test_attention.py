@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from nmt.errors import NMTError
+from nmt.core.errors import NMTError
 from nmt.models.attention import (
     SCORES,
     ConcatScore,

@@ -10,12 +10,13 @@ import pytest
 import torch
 from conftest import TINY_MODEL, quote, run_main
 
-from nmt import checkpoint
 from nmt.average import average_checkpoints, newest_step_checkpoints
-from nmt.checkpoint_keeper import keep_newest
-from nmt.config_schema import TrainerSettings, load_settings
-from nmt.errors import NMTError
-from nmt.trainer import Trainer, build_trainer
+from nmt.core.errors import NMTError
+from nmt.core.settings import load_settings
+from nmt.models import checkpoint
+from nmt.training.keeper import keep_newest
+from nmt.training.settings import TrainerSettings
+from nmt.training.trainer import Trainer, build_trainer
 
 TINY_RUN = [
     *TINY_MODEL,

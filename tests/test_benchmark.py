@@ -22,11 +22,11 @@ from nmt.benchmark import (
     gemm_peak,
     rnn_flops,
 )
-from nmt.checkpoint import save_checkpoint, vocab_payload
+from nmt.core.errors import NMTError
+from nmt.core.runtime import resolve_precision
 from nmt.data.batching import collate
-from nmt.errors import NMTError
 from nmt.models import build_model
-from nmt.runtime import resolve_precision
+from nmt.models.checkpoint import save_checkpoint, vocab_payload
 
 TINY_MODEL = TINY_SIZES  # the benchmark sets its own threads, batches and search
 QUICK = [

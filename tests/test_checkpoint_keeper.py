@@ -1,4 +1,4 @@
-"""nmt/checkpoint_keeper.py: which step checkpoints stay on disk (best-k by the early-stopping
+"""nmt/training/keeper.py: which step checkpoints stay on disk (best-k by the early-stopping
 metric, last-k, every validation), best.pt, last.pt and averaged.pt — without a trainer."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.checkpoint import load_checkpoint
-from nmt.checkpoint_keeper import CheckpointKeeper, KeepPolicy, keep_newest, rank_checkpoints
+from nmt.models.checkpoint import load_checkpoint
+from nmt.training.keeper import CheckpointKeeper, KeepPolicy, keep_newest, rank_checkpoints
 
 
 def payload(step: int) -> dict:

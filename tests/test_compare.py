@@ -63,7 +63,7 @@ def write_run(
 
 
 def validation(step: int, bleu: float, chrf: float, entropy: float, diag: float, cov: float):
-    """One line of validations.jsonl, with the fields nmt.validation writes."""
+    """One line of validations.jsonl, with the fields nmt.training.validation writes."""
     return {
         "step": step,
         "loss": 4.0,

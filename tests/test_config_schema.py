@@ -1,4 +1,4 @@
-"""The typed config schema (nmt/config_schema.py): every command's composed config is checked
+"""The typed config schema (nmt/config/schema.py): every command's composed config is checked
 before Hydra starts the job, so a wrong type or an out-of-range value is one line naming the key
 and what it expects, exit status 2, and nothing on disk — no run dir, ``.hydra/``, log file or
 ``data/``.
@@ -18,17 +18,13 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, compose_config, run_main
 
-from nmt.config_resolvers import group_options
-from nmt.config_schema import (
-    COMMANDS,
-    OptimSettings,
-    SearchSettings,
-    TrainerSettings,
-    check_command,
-    describe,
-    load_settings,
-)
-from nmt.errors import NMTError
+from nmt.config.resolvers import group_options
+from nmt.config.schema import COMMANDS, check_command
+from nmt.core.errors import NMTError
+from nmt.core.settings import describe, load_settings
+from nmt.inference.search import SearchSettings
+from nmt.training.optim import OptimSettings
+from nmt.training.settings import TrainerSettings
 
 # (command, overrides, the one line it prints)
 BAD_VALUES = [

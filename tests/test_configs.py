@@ -66,8 +66,8 @@ def test_option_composes_and_resolves(compose_config, group, option):
 
 def test_the_checkpoint_search_option_is_refused_by_training(compose_config):
     """search=checkpoint (translate's and evaluate's default) has no values of its own."""
-    from nmt.errors import NMTError
-    from nmt.search import SearchSettings
+    from nmt.core.errors import NMTError
+    from nmt.inference.search import SearchSettings
 
     cfg = compose_config("search=checkpoint")
     assert set(OmegaConf.to_container(cfg.search).values()) == {None}

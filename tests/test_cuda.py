@@ -12,9 +12,9 @@ from conftest import TINY_MODEL
 from test_search import pad, teacher_forced
 
 from nmt.data.vocab import EOS_ID
+from nmt.inference.search import SearchSettings, decode_ids
 from nmt.models import build_model
-from nmt.search import SearchSettings, decode_ids
-from nmt.trainer import build_trainer
+from nmt.training.trainer import build_trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -24,6 +24,7 @@ import torch
 from conftest import quote, run_main, run_module
 from omegaconf import OmegaConf
 
+from nmt.core.errors import NMTError
 from nmt.data import pipeline
 from nmt.data.batching import TokenBatcher
 from nmt.data.corpus import (
@@ -38,7 +39,6 @@ from nmt.data.corpus import (
 from nmt.data.pipeline import fingerprint, prepare
 from nmt.data.recipes import RECIPES, run_recipe
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, SHORT_LIST, UNK_ID, Vocab
-from nmt.errors import NMTError
 
 HAN_DECOMPOSED = "\u1112\u1161\u11ab"  # ᄒ + ᅡ + ᆫ, the jamo of 한 (U+D55C)
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TINY_MODEL, quote, run_main
 
-from nmt.distributed import TORCHRUN_VARS
+from nmt.training.distributed import TORCHRUN_VARS
 
 COMMON = [
     *TINY_MODEL,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nmt.errors import NMTError
+from nmt.core.errors import NMTError
 from nmt.evaluate import read_text_lines
 
 REPO = Path(__file__).resolve().parents[1]

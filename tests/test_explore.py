@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 import scripts.explorer_screenshot
 from nmt.explore import WEIGHT_SCALE, explore, json_for_script
-from nmt.inference import Translator
-from nmt.trainer import build_trainer
+from nmt.inference.translator import Translator
+from nmt.training.trainer import build_trainer
 
 SOURCES = [
     "Open the file.",

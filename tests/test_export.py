@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import quote, run_main, train_tiny_checkpoint
 
-from nmt.errors import NMTError
+from nmt.core.errors import NMTError
 from nmt.export import (
     CHECK_LENGTHS,
     EXPORT_LENGTHS,
@@ -29,9 +29,9 @@ from nmt.export import (
     tiny_model_config,
     tiny_parity,
 )
-from nmt.inference import Translator
-from nmt.onnx_backend import ENCODER_GRAPH, STEP_GRAPH, OnnxSeq2Seq, StateLayout
-from nmt.search import SearchSettings, decode_ids
+from nmt.inference.onnx_backend import ENCODER_GRAPH, STEP_GRAPH, OnnxSeq2Seq, StateLayout
+from nmt.inference.search import SearchSettings, decode_ids
+from nmt.inference.translator import Translator
 
 pytestmark = pytest.mark.cpu_dependent
 

@@ -27,11 +27,14 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TINY_MODEL, quote, run_main
 
-from nmt import checkpoint, checkpoint_keeper, io, trainer
-from nmt.distributed import TORCHRUN_VARS
-from nmt.errors import NMTError
-from nmt.preemption import PREEMPTED_EXIT_STATUS, Preempted
-from nmt.trainer import Trainer, build_trainer
+from nmt.core import io
+from nmt.core.errors import NMTError
+from nmt.models import checkpoint
+from nmt.training import keeper as checkpoint_keeper
+from nmt.training import trainer
+from nmt.training.distributed import TORCHRUN_VARS
+from nmt.training.preemption import PREEMPTED_EXIT_STATUS, Preempted
+from nmt.training.trainer import Trainer, build_trainer
 
 MAX_STEPS = 30
 RUN = [
@@ -283,7 +286,7 @@ def test_sigterm_during_a_long_validation_stops_within_a_batch_and_the_resume_re
     the run stops after that batch (about 1 s, not the 38 s left), last.pt is at step 4 with
     step 2 as its last validation, and the resumed run validates step 4 first, so
     ``validations.jsonl`` holds steps 2, 4, 6 once each."""
-    import nmt.search
+    import nmt.inference.search
 
     common = (
         "trainer.val_every_steps=2",
@@ -291,7 +294,7 @@ def test_sigterm_during_a_long_validation_stops_within_a_batch_and_the_resume_re
         "trainer.val_max_sentences=40",
         "search.batch_size=1",
     )
-    real_search_batch = nmt.search._search_batch
+    real_search_batch = nmt.inference.search._search_batch
     slow = {"armed": False, "batches": 0, "signalled_at": None}
 
     def search_batch(*args, **kwargs):
@@ -309,7 +312,7 @@ def test_sigterm_during_a_long_validation_stops_within_a_batch_and_the_resume_re
         slow["armed"] = self.progress.step == 4
         return real_validate(self)
 
-    monkeypatch.setattr(nmt.search, "_search_batch", search_batch)
+    monkeypatch.setattr(nmt.inference.search, "_search_batch", search_batch)
     monkeypatch.setattr(Trainer, "validate_and_save", validate_and_save)
     run_dir = tmp_path / "run"
     t = small_trainer(*common, run_dir=run_dir)
@@ -340,7 +343,7 @@ def test_sigterm_while_scoring_the_averaged_checkpoint_saves_and_resumes(
 ):
     """The end-of-run phase (averaging, then scoring averaged.pt) stops between batches too; the
     resume does the averaging again and ends normally."""
-    from nmt.validation import Validator
+    from nmt.training.validation import Validator
 
     common = (
         "trainer.val_every_steps=2",
@@ -560,7 +563,7 @@ def test_the_other_writers_of_a_run_report_a_full_disk_in_one_line(
     """validations.jsonl (no half line left), TensorBoard's events (written by a thread), and an
     exported folder, each on a full disk."""
     from nmt.export import export_checkpoint
-    from nmt.validation import EventsWriter
+    from nmt.training.validation import EventsWriter
 
     history = small_filesystem / "validations.jsonl"
     io.append_line(history, '{"step": 2}')
@@ -621,7 +624,7 @@ def test_an_error_a_writer_raises_while_unwinding_from_the_disk_is_one_line(tmp_
 )
 def test_a_write_the_disk_refuses_anywhere_in_a_command_is_one_line(raised, expected, capsys):
     """The net under writers that do not report it themselves (matplotlib's savefig, …)."""
-    from nmt.errors import exit_on_user_error
+    from nmt.core.errors import exit_on_user_error
 
     @exit_on_user_error
     def command():

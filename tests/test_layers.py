@@ -77,6 +77,6 @@ def test_no_module_imports_a_higher_layer():
 def test_the_check_sees_an_upward_import(tmp_path):
     """The parser finds function-level imports, so the rule above cannot pass vacuously."""
     source = tmp_path / "m.py"
-    source.write_text("import nmt.io\n\ndef f():\n    from nmt.trainer import Trainer\n")
-    assert nmt_imports(source) == {"nmt.trainer", "nmt.io"}
-    assert nmt_imports(source, functions_too=False) == {"nmt.io"}
+    source.write_text("import nmt.core.io\n\ndef f():\n    from nmt.training.trainer import Trainer\n")
+    assert nmt_imports(source) == {"nmt.training.trainer", "nmt.core.io"}
+    assert nmt_imports(source, functions_too=False) == {"nmt.core.io"}

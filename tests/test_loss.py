@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_MODEL
 
+from nmt.core.errors import NMTError
 from nmt.data.vocab import PAD_ID
-from nmt.errors import NMTError
-from nmt.loss import SmoothedCrossEntropy, check_label_smoothing, sequence_loss
-from nmt.trainer import build_trainer
+from nmt.models.loss import SmoothedCrossEntropy, check_label_smoothing, sequence_loss
+from nmt.training.trainer import build_trainer
 
 
 def logits_and_targets(batch: int = 4, steps: int = 7, vocab: int = 50, seed: int = 0):

@@ -1,5 +1,5 @@
 """``trainer.keep_freed_memory``: glibc's malloc reuses a freed large block instead of
-page-faulting a fresh one in (:func:`nmt.runtime.keep_freed_memory`)."""
+page-faulting a fresh one in (:func:`nmt.core.runtime.keep_freed_memory`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import pytest
 from conftest import TINY_MODEL
 
-from nmt.trainer import build_trainer
+from nmt.training.trainer import build_trainer
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs glibc's mallopt")
 
@@ -22,7 +22,7 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs
 # wherever it lies (the same size again may not fit: c10 asks posix_memalign for 64 bytes more).
 FAULTS_PER_ALLOCATION = """
 import json, resource, torch
-from nmt.runtime import keep_freed_memory
+from nmt.core.runtime import keep_freed_memory
 
 def faults():
     counts = []

@@ -1,4 +1,4 @@
-"""nmt.metrics: our scores are sacrebleu's, degeneracy diagnostics give known answers."""
+"""nmt.evaluation.metrics: our scores are sacrebleu's, degeneracy diagnostics give known answers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
-from nmt.errors import NMTError
-from nmt.metrics import (
+from nmt.core.errors import NMTError
+from nmt.evaluation.metrics import (
     DEFAULT_TOKENIZERS,
     degeneracy,
     format_table,

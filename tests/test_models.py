@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt.core.errors import NMTError
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, train_sentencepiece
-from nmt.errors import NMTError
 from nmt.models import SCORES, Seq2Seq, build_model
 from nmt.models.attention import Attention
 

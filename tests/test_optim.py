@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from nmt.optim import LRSchedule, build_optimizer
+from nmt.training.optim import LRSchedule, build_optimizer
 
 ADAM = OmegaConf.load(Path(__file__).parents[1] / "configs/optim/adam.yaml")
 

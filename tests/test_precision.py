@@ -26,10 +26,8 @@ from test_search import (  # noqa: F401 (vocabs is a fixture)
     vocabs,
 )
 
-from nmt.errors import NMTError
-from nmt.loss import sequence_loss
-from nmt.models import build_model
-from nmt.runtime import (
+from nmt.core.errors import NMTError
+from nmt.core.runtime import (
     CPU_FLAGS_ENV,
     CPU_KINDS,
     autocast_context,
@@ -39,8 +37,10 @@ from nmt.runtime import (
     real_cpu_flags,
     resolve_precision,
 )
-from nmt.search import SearchSettings, beam_search, decode_ids, greedy_search
-from nmt.trainer import build_trainer
+from nmt.inference.search import SearchSettings, beam_search, decode_ids, greedy_search
+from nmt.models import build_model
+from nmt.models.loss import sequence_loss
+from nmt.training.trainer import build_trainer
 
 pytestmark = pytest.mark.cpu_dependent
 

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_MODEL, quote, run_main
 
 from nmt import quality_curve
-from nmt.trainer import build_trainer
+from nmt.training.trainer import build_trainer
 
 TINY_RUN = [
     *TINY_MODEL,

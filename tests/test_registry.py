@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from nmt.benchmark import LengthStats, flops_per_target_token
-from nmt.errors import NMTError
+from nmt.core.errors import NMTError
 from nmt.models import DECODER_STYLES, SCORES, Decoder, Score, build_model
 from nmt.models.attention import ScoreFlops, build_attention
 from nmt.models.registry import Registry

@@ -18,11 +18,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from nmt.core.errors import NMTError
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, train_sentencepiece
-from nmt.errors import NMTError
-from nmt.inference import Translator
-from nmt.models import build_model
-from nmt.search import (
+from nmt.inference.search import (
     FORBIDDEN_IDS,
     Hypothesis,
     SearchSettings,
@@ -33,6 +31,8 @@ from nmt.search import (
     greedy_search,
     max_lengths,
 )
+from nmt.inference.translator import Translator
+from nmt.models import build_model
 
 SRC_VOCAB, TGT_VOCAB = 14, 15
 SETUPS = [

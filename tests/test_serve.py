@@ -22,9 +22,9 @@ import httpx
 import pytest
 from conftest import quote, run_main
 
-from nmt.errors import NMTError
-from nmt.inference import Translator
-from nmt.search import padded_chunks
+from nmt.core.errors import NMTError
+from nmt.inference.search import padded_chunks
+from nmt.inference.translator import Translator
 from nmt.serve import API_KEY_ENV, ServeSettings, create_app, listen
 from nmt.serve_bench import ServerProcess, offline, percentile
 

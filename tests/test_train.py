@@ -1,7 +1,7 @@
 """Training end to end on the tiny corpus: what a run leaves behind, resume, limits, failures.
 
 Runs go through ``nmt.train``'s real entry point in this process (``run_main``), or through
-:class:`nmt.trainer.Trainer` with a cut-down train split where only the loop is under test.
+:class:`nmt.training.trainer.Trainer` with a cut-down train split where only the loop is under test.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from conftest import TINY_MODEL, quote, run_main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from nmt import checkpoint, trainer, training_step
-from nmt.checkpoint_keeper import rank_checkpoints
-from nmt.errors import NMTError
-from nmt.trainer import Trainer, build_trainer
+from nmt.core.errors import NMTError
+from nmt.models import checkpoint
+from nmt.training import step as training_step
+from nmt.training import trainer
+from nmt.training.keeper import rank_checkpoints
+from nmt.training.trainer import Trainer, build_trainer
 
 TINY_CONCAT = [
     *TINY_MODEL,

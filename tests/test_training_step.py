@@ -1,4 +1,4 @@
-"""nmt/training_step.py: the one optimiser step the trainer and the benchmark run.
+"""nmt/training/step.py: the one optimiser step the trainer and the benchmark run.
 
 The trainer's loop and ``nmt-benchmark`` give the same losses on the same batches; the step
 normalises by the tokens of the whole step, skips non-finite losses and gradients, clips, and
@@ -14,17 +14,17 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
-from nmt import training_step
 from nmt.benchmark import run_benchmark
-from nmt.checkpoint_keeper import CheckpointKeeper, KeepPolicy
-from nmt.distributed import DistContext
-from nmt.errors import NMTError
-from nmt.loss import sequence_loss
+from nmt.core.errors import NMTError
+from nmt.core.runtime import Precision
 from nmt.models import build_model
-from nmt.runtime import Precision
-from nmt.trainer import Trainer, build_trainer
-from nmt.training_step import StepSettings, TrainingStep
-from nmt.validation import Validator
+from nmt.models.loss import sequence_loss
+from nmt.training import step as training_step
+from nmt.training.distributed import DistContext
+from nmt.training.keeper import CheckpointKeeper, KeepPolicy
+from nmt.training.step import StepSettings, TrainingStep
+from nmt.training.trainer import Trainer, build_trainer
+from nmt.training.validation import Validator
 
 CPU = torch.device("cpu")
 FP32 = Precision("fp32", "test")

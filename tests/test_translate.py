@@ -175,8 +175,8 @@ def test_translator_does_not_import_training_code():
     import subprocess
 
     code = (
-        "import sys, nmt.inference; "
-        "bad = [m for m in sys.modules if m in ('nmt.trainer', 'nmt.validation') "
+        "import sys, nmt.inference.translator; "
+        "bad = [m for m in sys.modules if m in ('nmt.training.trainer', 'nmt.training.validation') "
         "or 'tensorboard' in m]; print(bad)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -186,7 +186,7 @@ def test_translator_does_not_import_training_code():
 @pytest.mark.parametrize("case", ["missing", "text", "foreign", "tensor", "beam_size"])
 def test_translator_bad_input_is_one_line(ckpt, tmp_path, case):
     from nmt import Translator
-    from nmt.errors import NMTError
+    from nmt.core.errors import NMTError
 
     path, search = tmp_path / f"{case}.pt", {}
     if case == "text":

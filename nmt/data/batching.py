@@ -14,7 +14,16 @@ from dataclasses import dataclass
 
 import torch
 
+from nmt.core.settings import setting
 from nmt.data.vocab import EOS_ID, PAD_ID
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchingSettings:
+    max_tokens: int = setting(ge=1)  # source or target subwords per batch, padding included
+    bucket_width: int = setting(ge=1)
+    seed: int = setting()
+
 
 
 @dataclass

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nmt.errors import NMTError
+from nmt.core.errors import NMTError
+from nmt.core.settings import setting
 
 Pair = tuple[str, str]
 
@@ -93,6 +94,14 @@ def read_aligned(src_path: Path, tgt_path: Path) -> list[Pair]:
 def normalize(text: str) -> str:
     """NFC-normalise and fold every run of whitespace into one space."""
     return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+@dataclass(frozen=True, kw_only=True)
+class CleanSettings:
+    max_len: int = setting(ge=1)
+    max_ratio: float = setting(ge=1)
+    dedup: bool = setting()
+
 
 
 @dataclass

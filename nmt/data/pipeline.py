@@ -29,11 +29,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nmt import REPO_ROOT
-from nmt.config_schema import BatchingSettings, load_settings
-from nmt.data.batching import TokenBatcher
+from nmt.core.errors import NMTError
+from nmt.core.io import remove_stale_temporaries, write_atomic, write_text_atomic
+from nmt.core.paths import REPO_ROOT
+from nmt.core.settings import load_settings, setting
+from nmt.data.batching import BatchingSettings, TokenBatcher
 from nmt.data.corpus import (
     CleanReport,
+    CleanSettings,
     Pair,
     clean_text,
     length_filter,
@@ -42,12 +45,30 @@ from nmt.data.corpus import (
     read_tsv,
 )
 from nmt.data.recipes import run_recipe
-from nmt.data.vocab import BOS_ID, EOS_ID, Vocab, train_sentencepiece
-from nmt.errors import NMTError
-from nmt.io import remove_stale_temporaries, write_atomic, write_text_atomic
+from nmt.data.vocab import BOS_ID, EOS_ID, Vocab, VocabSettings, train_sentencepiece
 
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSettings:
+    name: str = setting(nonempty=True)
+    format: str = setting(choices=("tsv", "aligned", "recipe"))
+    recipe: str | None = setting()
+    root: str | None = setting()
+    mirror: str | None = setting()
+    splits: list[str] | None = setting()
+    train: str | None = setting()
+    valid: str | None = setting()
+    test: str | None = setting()
+    out_dir: str = setting(nonempty=True)
+    src_lang: str = setting(nonempty=True)
+    tgt_lang: str = setting(nonempty=True)
+    vocab: VocabSettings = setting()
+    clean: CleanSettings = setting()
+    batching: BatchingSettings = setting()
+
 
 
 @dataclass
@@ -311,7 +332,7 @@ def prepare(
 
 
 def check_batching(batching: Any) -> BatchingSettings:
-    """``data.batching`` typed and checked (:class:`nmt.config_schema.BatchingSettings`)."""
+    """``data.batching`` typed and checked (:class:`nmt.config.schema.BatchingSettings`)."""
     return load_settings(BatchingSettings, batching, "data.batching")
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from nmt.core.errors import NMTError
 from nmt.data.corpus import Pair
-from nmt.errors import NMTError
 
 KEP_BASE = "https://github.com/jungyeul/korean-parallel-corpora/raw/master/korean-english-news-v1"
 

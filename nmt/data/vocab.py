@@ -18,17 +18,31 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
 
-from nmt.errors import NMTError
-from nmt.io import write_bytes_atomic
+from nmt.core.errors import NMTError
+from nmt.core.io import write_bytes_atomic
+from nmt.core.settings import setting
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
 SHORT_LIST = 64  # lines encoded or decoded one by one (see Vocab.encode)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VocabSettings:
+    model_type: str = setting(choices=("unigram", "bpe"))
+    joint: bool = setting()
+    src_size: int = setting(ge=1)
+    tgt_size: int = setting(ge=1)
+    src_character_coverage: float = setting(gt=0, le=1)
+    tgt_character_coverage: float = setting(gt=0, le=1)
+    input_sentence_size: int = setting(ge=1)
+
 
 
 class Vocab:
@@ -140,7 +154,7 @@ def train_sentencepiece(
                 ) from None
             raise NMTError(f"SentencePiece training for {model_prefix}: {message}") from None
         final = Path(f"{model_prefix}.model")
-        for suffix in (".vocab", ".model"):  # durably (nmt.io), the model last
+        for suffix in (".vocab", ".model"):  # durably (nmt.core.io), the model last
             write_bytes_atomic(
                 f"{model_prefix}{suffix}", Path(f"{tmp_prefix}{suffix}").read_bytes()
             )

@@ -43,16 +43,35 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABCMeta, abstractmethod
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from nmt.errors import NMTError
+from nmt.core.errors import NMTError
+from nmt.core.settings import setting
 from nmt.models.registry import Declared, Registry
 
 ATTENTION_TYPES = ("global", "local_m", "local_p")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionSettings:
+    """``score``, ``type`` and ``window``, plus the keys the score's class declares
+    (``hidden_size`` for concat, ``max_src_len`` for location: ``config_keys`` in
+    nmt/models/attention.py) in ``options``. ``type`` and ``window`` may be absent from configs
+    saved before local attention: global attention."""
+
+    REGISTRY: ClassVar[Callable[[], Mapping[str, Any]]] = staticmethod(lambda: SCORES)
+    PART_FIELD: ClassVar[str] = "score"
+
+    score: str = setting(choices=lambda: SCORES)
+    type: str = setting(choices=ATTENTION_TYPES, default="global")
+    window: int | None = setting(ge=1, default=None)  # local attention's D
+    options: dict[str, Any] = field(default_factory=dict)  # the score's declared keys
+
 
 
 class AttentionOutput(NamedTuple):

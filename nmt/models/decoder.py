@@ -15,18 +15,38 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABCMeta, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nmt.errors import NMTError
+from nmt.core.errors import NMTError
+from nmt.core.settings import setting
 from nmt.models.attention import Attention
-from nmt.models.encoder import rnn_class, rnn_flops, run_rnn
+from nmt.models.encoder import RNN_TYPES, rnn_class, rnn_flops, run_rnn
 from nmt.models.registry import Declared, Registry
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecoderSettings:
+    """The keys every style has, plus those the style's class declares (``input_feeding``)
+    in ``options``."""
+
+    REGISTRY: ClassVar[Callable[[], Mapping[str, Any]]] = staticmethod(lambda: DECODER_STYLES)
+    PART_FIELD: ClassVar[str] = "style"
+
+    style: str = setting(choices=lambda: DECODER_STYLES)
+    rnn_type: str = setting(choices=RNN_TYPES)
+    embed_dim: int = setting(ge=1)
+    hidden_size: int = setting(ge=1)
+    num_layers: int = setting(ge=1)
+    dropout: float = setting(ge=0, lt=1)
+    bridge: bool = setting()
+    options: dict[str, Any] = field(default_factory=dict)  # the style's declared keys
+
 
 
 class Memory(NamedTuple):

@@ -13,16 +13,29 @@ the whole gradient buffer at every time step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from nmt.core.errors import NMTError
+from nmt.core.settings import setting
 from nmt.data.vocab import PAD_ID
-from nmt.errors import NMTError
 
 RNN_TYPES = ("gru", "lstm")
 RNN_GATES = {"gru": 3, "lstm": 4}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderSettings:
+    rnn_type: str = setting(choices=RNN_TYPES)
+    embed_dim: int = setting(ge=1)
+    hidden_size: int = setting(ge=1)  # per direction
+    num_layers: int = setting(ge=1)
+    bidirectional: bool = setting()
+    dropout: float = setting(ge=0, lt=1)
+
 
 
 class EncoderOutput(NamedTuple):

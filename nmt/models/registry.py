@@ -25,7 +25,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
-from nmt.errors import NMTError
+from nmt.core.errors import NMTError
 
 OPTION_TYPES = (int, bool)  # what build_model knows how to check: a positive size, true/false
 

@@ -18,19 +18,36 @@ N(0, 1/embed_dim) so that the initial logits stay small.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from nmt.config_schema import ModelSettings, load_settings
+from nmt.core.settings import load_settings, setting
 from nmt.data.vocab import PAD_ID
-from nmt.models.attention import build_attention
-from nmt.models.decoder import DECODER_STYLES, Decoder, DecoderSizes, DecoderState, Memory
-from nmt.models.encoder import Encoder
+from nmt.models.attention import AttentionSettings, build_attention
+from nmt.models.decoder import (
+    DECODER_STYLES,
+    Decoder,
+    DecoderSettings,
+    DecoderSizes,
+    DecoderState,
+    Memory,
+)
+from nmt.models.encoder import Encoder, EncoderSettings
 
 # the keys of model.decoder every style reads (DecoderSizes); a style declares its own others
 DECODER_KEYS = ("style", "rnn_type", "embed_dim", "hidden_size", "num_layers", "dropout", "bridge")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    encoder: EncoderSettings = setting()
+    attention: AttentionSettings = setting()
+    decoder: DecoderSettings = setting()
+    tie_embeddings: bool = setting()
+
 
 
 class Seq2SeqOutput(NamedTuple):
@@ -169,7 +186,7 @@ def build_model(
     from U(−param_init, param_init) when it is given (``trainer.param_init``, :func:`init_uniform_`),
     else PyTorch's per-layer defaults.
 
-    The keys, types and ranges are checked by the schema (:class:`nmt.config_schema.ModelSettings`),
+    The keys, types and ranges are checked by the schema (:class:`nmt.config.schema.ModelSettings`),
     the score's and the decoder style's own keys by what their classes declare; unknown keys and
     bad values raise :class:`NMTError` naming the key and the valid choices.
     """

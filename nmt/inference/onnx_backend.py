@@ -8,7 +8,7 @@
 
 and returns the same :class:`~nmt.models.Memory` and :class:`~nmt.models.DecoderState` of plain
 CPU torch tensors, so their ``index_select`` (beam reordering, finished sentences leaving the
-batch) and all of :mod:`nmt.search` run unchanged: only the step function differs. Tensors go to
+batch) and all of :mod:`nmt.inference.search` run unchanged: only the step function differs. Tensors go to
 onnxruntime as numpy views and come back with ``torch.from_numpy``, without copies.
 
 One difference in what the tuples hold: the bridge runs inside ``encoder.onnx``, so
@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from nmt.core.errors import NMTError
 from nmt.data.pipeline import file_sha256
 from nmt.data.vocab import Vocab
-from nmt.errors import NMTError
 from nmt.models import DecoderState, Memory, StepOutput
 
 MANIFEST = "manifest.json"

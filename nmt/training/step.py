@@ -1,8 +1,8 @@
-"""One optimiser step, the same for the trainer (:mod:`nmt.trainer`) and the benchmark's
+"""One optimiser step, the same for the trainer (:mod:`nmt.training.trainer`) and the benchmark's
 training timing (:mod:`nmt.benchmark`).
 
 A step takes ``trainer.accum_steps`` batches. With ℓ_b the summed, label-smoothed cross-entropy
-of batch b (:func:`nmt.loss.sequence_loss`) and N the target tokens of the whole step on all
+of batch b (:func:`nmt.models.loss.sequence_loss`) and N the target tokens of the whole step on all
 ranks, each batch back-propagates
 
     ℓ_b · world_size / N
@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
+from nmt.core.errors import NMTError
+from nmt.core.runtime import Precision, autocast_context
 from nmt.data.batching import Batch
-from nmt.distributed import DistContext
-from nmt.errors import NMTError
-from nmt.loss import sequence_loss
-from nmt.optim import LRSchedule, build_optimizer
-from nmt.runtime import Precision, autocast_context
+from nmt.models.loss import sequence_loss
+from nmt.training.distributed import DistContext
+from nmt.training.optim import LRSchedule, build_optimizer
 
 # Called with "data", "forward", "backward" (once per batch) and "optimizer" (once per step) as
 # each phase ends: the benchmark's per-phase clock.

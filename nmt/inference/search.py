@@ -1,6 +1,6 @@
 """Greedy and beam search over a trained :class:`~nmt.models.Seq2Seq`, batched over sentences.
 
-Text in and :class:`~nmt.inference.Translation` out is :mod:`nmt.inference`'s job; this module
+Text in and :class:`~nmt.inference.translator.Translation` out is :mod:`nmt.inference.translator`'s job; this module
 works on subword ids.
 
 Both searches are batched over sentences and step the decoder one target position at a time
@@ -41,19 +41,108 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 
-# the settings are typed in the schema; re-exported here, where the search reads them
-from nmt.config_schema import SEARCH_NAMES, SearchSettings, explicit_settings  # noqa: F401
+from nmt.core.errors import NMTError
+from nmt.core.runtime import Precision, autocast_context, resolve_precision
+from nmt.core.settings import check_fields, load_settings, partial_settings, plain_values, setting
 from nmt.data.batching import pad
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
-from nmt.errors import NMTError
 from nmt.models import DecoderState, Memory, Seq2Seq
-from nmt.runtime import Precision, autocast_context, resolve_precision
 
 FORBIDDEN_IDS = (PAD_ID, BOS_ID)  # never predicted
+
+
+SEARCH_NAMES = ("greedy", "beam")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The search and its parameters: the ``search`` config group, typed and checked.
+
+    ``name`` greedy or beam; ``beam_size`` hypotheses kept per sentence (beam); ``n_best``
+    hypotheses returned per sentence (1 <= n_best <= beam_size); ``length_penalty`` GNMT's alpha;
+    ``max_len_ratio`` / ``max_len_offset`` the per-sentence length limit; ``no_repeat_ngram_size``
+    n > 0 blocks repeated n-grams; ``batch_size`` sentences decoded together, and at most
+    ``batch_tokens`` source subwords, padding included, in one decoder call's hypotheses
+    (sentences × ``beam_size`` × the longest source, ``</s>`` included; 0: no such limit; CPU
+    only: :meth:`padded_budget`); ``precision`` the autocast the search runs under (fp32, bf16, or
+    auto: :func:`nmt.inference.search.search_precision`).
+    """
+
+    name: str = setting(choices=SEARCH_NAMES, default="beam")
+    beam_size: int = setting(ge=1, default=5)
+    length_penalty: float = setting(ge=0, default=2.0)
+    max_len_ratio: float = setting(ge=0, default=1.5)
+    max_len_offset: float = setting(ge=0, default=10)
+    n_best: int = setting(ge=1, default=1)
+    no_repeat_ngram_size: int = setting(ge=0, default=4)
+    batch_size: int = setting(ge=1, default=64)
+    batch_tokens: int = setting(ge=0, default=10240)
+    precision: str = setting(choices=("auto", "fp32", "bf16"), default="auto")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "search")
+        limit = self.hypotheses
+        if self.n_best > limit:
+            raise NMTError(
+                f"search.n_best: expected 1 <= n_best <= {limit} "
+                f"({'greedy search keeps one hypothesis' if self.name == 'greedy' else 'beam_size'}"
+                f"); got {self.n_best}"
+            )
+
+    @classmethod
+    def from_config(cls, search_cfg: Any, **overrides: Any) -> SearchSettings:
+        """From a ``search`` config (a DictConfig or dict), with keyword ``overrides``.
+
+        A key the settings do not know is an error naming it. ``beam_size`` given without
+        ``name`` picks the search: 1 → greedy, more → beam. Configs saved before
+        ``no_repeat_ngram_size`` or ``precision`` existed decode as they did (0: off; fp32).
+        """
+        values = {"no_repeat_ngram_size": 0, "precision": "fp32", **plain_values(search_cfg, "search")}
+        if "beam_size" in overrides and "name" not in overrides:
+            overrides["name"] = "greedy" if overrides["beam_size"] == 1 else "beam"
+        if overrides.get("name") == "greedy" and "beam_size" not in overrides:
+            overrides["beam_size"] = 1
+        values = {**values, **overrides}
+        for key in (f.name for f in fields(cls)):
+            if key in values and values[key] is None:
+                raise NMTError(
+                    f"search.{key}: no value; search=checkpoint takes the settings of the "
+                    "checkpoint being decoded, so it works in translate and evaluate, not here"
+                )
+        return load_settings(cls, values, "search")
+
+    def replace(self, **overrides: Any) -> SearchSettings:
+        """These settings with ``overrides`` (same rules as :meth:`from_config`)."""
+        return SearchSettings.from_config(asdict(self), **overrides)
+
+    @property
+    def hypotheses(self) -> int:
+        """Hypotheses kept per sentence: 1 for greedy (which ignores ``beam_size``)."""
+        return 1 if self.name == "greedy" else self.beam_size
+
+    def padded_budget(self, device_type: str) -> int | None:
+        """``batch_tokens`` per sentence's worth of hypotheses, on the CPU: the most
+        sentences × longest source of one batch (:func:`nmt.inference.search.padded_chunks`); None: no
+        limit. Counted over the hypotheses because a step's cost grows with its rows (sentences ×
+        beam): with one budget in sentences × longest, beam 5 was fastest at 2,048 but greedy
+        14–18% slower than with no limit (enko/test, 2-core EPYC). Not on a GPU, where a step is
+        bound by kernel launches, not arithmetic, and larger batches win (docs/benchmarks.md:
+        batches of 512 on the H200)."""
+        if not self.batch_tokens or device_type != "cpu":
+            return None
+        return self.batch_tokens // self.hypotheses
+
+
+def explicit_settings(search_cfg: Any) -> dict[str, Any]:
+    """The keys a ``search`` config sets, checked, for :meth:`SearchSettings.from_config`'s
+    overrides: ``null`` (``configs/search/checkpoint.yaml``) keeps the checkpoint's value."""
+    return partial_settings(SearchSettings, search_cfg, "search")
+
 
 
 @dataclass
@@ -605,7 +694,7 @@ def _hypotheses(
 
 def search_precision(settings: SearchSettings, device: torch.device) -> Precision:
     """``search.precision`` resolved on ``device`` (fp32 or bf16; ``auto`` is fp32, as in
-    training: :func:`nmt.runtime.resolve_precision`)."""
+    training: :func:`nmt.core.runtime.resolve_precision`)."""
     return resolve_precision(settings.precision, device, "search.precision")
 
 

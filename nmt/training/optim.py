@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from nmt.config_schema import OptimSettings, load_settings
-from nmt.errors import NMTError
+from nmt.core.errors import NMTError
+from nmt.core.settings import load_settings, setting
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "plateau", "inverse_sqrt")
 WARMUP_SHAPES = ("linear", "constant")
 
 
+@dataclass(frozen=True, kw_only=True)
+class OptimSettings:
+    name: str = setting(choices=OPTIMIZERS)
+    lr: float = setting(ge=0)  # 0 freezes the weights (the early-stopping tests use it)
+    betas: list[float] = setting(ge=0, lt=1, length=2, expected="two numbers in [0, 1)")
+    momentum: float = setting(ge=0)
+    weight_decay: float = setting(ge=0)
+    clip_grad_norm: float | None = setting(ge=0)
+    scheduler: str = setting(choices=SCHEDULERS)
+    warmup_steps: int = setting(ge=0)
+    warmup_shape: str = setting(choices=WARMUP_SHAPES)
+    plateau_factor: float = setting(gt=0, le=1)
+    plateau_patience: int = setting(ge=1)
+    min_lr: float = setting(ge=0)
+
+
+
 def check_optim_cfg(cfg: Any) -> OptimSettings:
-    """The ``optim`` group typed and checked (:class:`nmt.config_schema.OptimSettings`)."""
+    """The ``optim`` group typed and checked (:class:`nmt.config.schema.OptimSettings`)."""
     return cfg if isinstance(cfg, OptimSettings) else load_settings(OptimSettings, cfg, "optim")
 
 

@@ -13,9 +13,9 @@ everywhere::
     result[0].nbest[1].text  # the runner-up
 
 The search settings default to the checkpoint's own (its training-time ``search`` config); any
-of :class:`~nmt.search.SearchSettings`' fields can be overridden by keyword.
+of :class:`~nmt.inference.search.SearchSettings`' fields can be overridden by keyword.
 
-This module imports no training code (no trainer, no TensorBoard), so ``import nmt.inference``
+This module imports no training code (no trainer, no TensorBoard), so ``import nmt.inference.translator``
 stays light for a server or a notebook.
 """
 
@@ -29,14 +29,14 @@ from typing import Any
 
 import torch
 
-from nmt.attention_stats import attention_statistics
-from nmt.checkpoint import load_checkpoint, model_from_checkpoint
+from nmt.core.errors import NMTError
+from nmt.core.runtime import Precision, cpu_summary, pick_device
 from nmt.data.corpus import normalize
 from nmt.data.vocab import Vocab
-from nmt.errors import NMTError
+from nmt.inference.search import Hypothesis, SearchSettings, decode_ids, search_precision
 from nmt.models import Seq2Seq
-from nmt.runtime import Precision, cpu_summary, pick_device
-from nmt.search import Hypothesis, SearchSettings, decode_ids, search_precision
+from nmt.models.attention_stats import attention_statistics
+from nmt.models.checkpoint import load_checkpoint, model_from_checkpoint
 
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -57,7 +57,7 @@ class Translation:
     nbest: the n-best list, best first, each a Translation with an empty ``nbest`` of its own
         (``nbest[0]`` equals this one); one entry with ``n_best=1``.
     entropy / diagonal_mass / coverage_deviation: this sentence's attention diagnostics
-        (:mod:`nmt.attention_stats`), computed on first access; ``None`` for an empty input.
+        (:mod:`nmt.models.attention_stats`), computed on first access; ``None`` for an empty input.
     search_score: what the search ranked by (``score`` over GNMT's length penalty).
     token_ids: the target subword ids behind ``tokens``.
     """
@@ -160,7 +160,7 @@ class Translator:
         ``path`` is a folder. ``search``: overrides of the checkpoint's search settings
         (``beam_size=5``, ``n_best=3``, ``length_penalty=1.0``, ``no_repeat_ngram_size=0``,
         ``batch_size=128``, ``name=greedy``). A wrong value raises
-        :class:`~nmt.errors.NMTError` naming the field.
+        :class:`~nmt.core.errors.NMTError` naming the field.
         """
         if backend not in BACKENDS:
             raise NMTError(f"backend: expected one of {', '.join(BACKENDS)}; got {backend!r}")
@@ -187,7 +187,7 @@ class Translator:
         cls, path: str | Path, device: str | torch.device, search: dict[str, Any]
     ) -> Translator:
         """An ``nmt.export`` folder: onnxruntime on the CPU behind the model's step API."""
-        from nmt.onnx_backend import load_exported
+        from nmt.inference.onnx_backend import load_exported
 
         if device != "auto" and pick_device(device).type != "cpu":
             raise NMTError(f"device={device}: the onnx backend runs on the CPU; use cpu or auto")
@@ -222,7 +222,7 @@ class Translator:
 
     def decoding_summary(self) -> dict[str, Any]:
         """What produced this translator's outputs, for reports: the precision and its reason,
-        the backend, the device and the CPU (:func:`nmt.runtime.cpu_summary`)."""
+        the backend, the device and the CPU (:func:`nmt.core.runtime.cpu_summary`)."""
         precision = self.precision
         return {
             "precision": precision.name,
@@ -249,7 +249,7 @@ class Translator:
 
         Each sentence is normalised as the corpus is (NFC, whitespace folded), encoded, and
         decoded in length-sorted batches within ``settings.batch_size`` and, on the CPU,
-        ``settings.batch_tokens`` (:func:`nmt.search.decode_ids`). ``progress`` shows a tqdm bar
+        ``settings.batch_tokens`` (:func:`nmt.inference.search.decode_ids`). ``progress`` shows a tqdm bar
         on stderr. ``interrupt()`` is called after each batch; what it raises ends the call
         (the trainer's validation stops so on a preemption signal).
         """

@@ -1,6 +1,6 @@
 """Where and how tensors are computed: the device, the CPU and the autocast precision.
 
-Shared by training and inference, so it imports neither: ``import nmt.inference`` must not pull
+Shared by training and inference, so it imports neither: ``import nmt.inference.translator`` must not pull
 in the trainer (and TensorBoard) just to choose a device.
 
 Precision (``trainer.precision``, ``search.precision``): ``fp32``; ``bf16`` or ``fp16``, mixed
@@ -33,9 +33,10 @@ from pathlib import Path
 
 import torch
 
-from nmt.errors import NMTError
+from nmt.core.errors import NMTError
 
 DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # trainer.device and the decoding commands' device=
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # CPU flags (as /proc/cpuinfo spells them) whose bf16 matrix units make bf16 autocast faster
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")

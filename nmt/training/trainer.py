@@ -7,15 +7,15 @@ exactly — weights, optimiser, schedule, RNG states, the position inside the ep
 checkpoint, and a checkpoint is written right after every validation, and ``last.pt`` also every
 ``trainer.save_every_minutes`` (or ``save_every_steps``) between validations. A signal in
 ``trainer.preempt_signals`` (SIGTERM, SIGUSR1) ends the run after the current step with
-``last.pt`` written and exit status 75 (:mod:`nmt.preemption`, docs/faults.md).
+``last.pt`` written and exit status 75 (:mod:`nmt.training.preemption`, docs/faults.md).
 
 :func:`build_trainer` builds a run's parts from the config (DDP, the resumed config, data, model,
 training step, validator) and hands them to :class:`Trainer`. One optimiser step is
-:class:`nmt.training_step.TrainingStep` (the benchmark times the same object); which checkpoints
-stay on disk is :class:`nmt.checkpoint_keeper.CheckpointKeeper`.
+:class:`nmt.training.step.TrainingStep` (the benchmark times the same object); which checkpoints
+stay on disk is :class:`nmt.training.keeper.CheckpointKeeper`.
 
 Under ``torchrun`` (``trainer.distributed=true``) every rank runs the same loop on its share of
-each epoch's batches; collectives keep the ranks in step (see :mod:`nmt.distributed`), and only
+each epoch's batches; collectives keep the ranks in step (see :mod:`nmt.training.distributed`), and only
 rank 0 validates and writes files.
 """
 
@@ -37,22 +37,29 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nmt import distributed as dist
-from nmt.checkpoint import (
+from nmt.core.errors import NMTError
+from nmt.core.io import check_writable, remove_stale_temporaries
+from nmt.core.runtime import (
+    Precision,
+    cpu_summary,
+    keep_freed_memory,
+    pick_device,
+    resolve_precision,
+)
+from nmt.core.settings import load_settings
+from nmt.data.batching import Batch
+from nmt.data.pipeline import PreparedData, check_batching, prepare
+from nmt.models import Seq2Seq, build_model
+from nmt.models.checkpoint import (
     TRAINING_KEYS,
     load_checkpoint,
     load_model_state,
     vocab_payload,
 )
-from nmt.checkpoint_keeper import CheckpointKeeper, KeepPolicy
-from nmt.config_schema import TrainConfig, load_settings
-from nmt.data.batching import Batch
-from nmt.data.pipeline import PreparedData, check_batching, prepare
-from nmt.errors import NMTError
-from nmt.io import check_writable, remove_stale_temporaries
-from nmt.models import Seq2Seq, build_model
-from nmt.optim import check_optim_cfg, load_optimizer_state
-from nmt.preemption import (
+from nmt.training import distributed as dist
+from nmt.training.keeper import CheckpointKeeper, KeepPolicy
+from nmt.training.optim import check_optim_cfg, load_optimizer_state
+from nmt.training.preemption import (
     PREEMPTED_EXIT_STATUS,
     PhaseInterrupted,
     Preempted,
@@ -60,15 +67,9 @@ from nmt.preemption import (
     exit_preempted,
     parse_signals,
 )
-from nmt.runtime import (
-    Precision,
-    cpu_summary,
-    keep_freed_memory,
-    pick_device,
-    resolve_precision,
-)
-from nmt.training_step import StepResult, TrainingStep
-from nmt.validation import Validator
+from nmt.training.settings import TrainConfig
+from nmt.training.step import StepResult, TrainingStep
+from nmt.training.validation import Validator
 
 log = logging.getLogger("nmt")
 
@@ -343,7 +344,7 @@ class Trainer:
 
     def save(self, score: float) -> None:
         """Write the checkpoints of a validation with ``score``: last.pt, and the step checkpoint
-        and best.pt as :class:`~nmt.checkpoint_keeper.CheckpointKeeper` decides."""
+        and best.pt as :class:`~nmt.training.keeper.CheckpointKeeper` decides."""
         p = self.progress
         p.minutes = self.elapsed_minutes()
         plan = self.keeper.plan(p.best_checkpoints, p.recent_checkpoints, p.step, score)
@@ -429,7 +430,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- one step
     def train_step(self, batches: list[Batch]) -> StepResult:
-        """The next optimiser step on ``batches`` (:class:`~nmt.training_step.TrainingStep`);
+        """The next optimiser step on ``batches`` (:class:`~nmt.training.step.TrainingStep`);
         under DDP all ranks skip a non-finite step together."""
         return self.training_step(batches, self.progress.step + 1)
 
@@ -683,7 +684,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, data: PreparedData | None = No
     saved = load_checkpoint(checkpoint_path, keys=TRAINING_KEYS) if checkpoint_path else None
     cfg = merge_resumed_config(cfg, saved["config"], report) if saved else cfg
     t = cfg.trainer
-    load_settings(TrainConfig, cfg)  # types, ranges, limits: nmt/config_schema.py
+    load_settings(TrainConfig, cfg)  # types, ranges, limits: nmt/config/schema.py
     check_optim_cfg(cfg.optim)
     check_batching(cfg.data.batching)
     ckpt_dir = run_dir / "checkpoints"
@@ -735,7 +736,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Train a model as ``cfg`` says, writing checkpoints, logs and TensorBoard events to ``run_dir``.
 
     Ctrl-C stops with exit status 130 and says how to continue from the last checkpoint; a
-    preemption signal with :data:`~nmt.preemption.PREEMPTED_EXIT_STATUS` (75) after writing it.
+    preemption signal with :data:`~nmt.training.preemption.PREEMPTED_EXIT_STATUS` (75) after writing it.
     """
     signals = parse_signals(cfg.trainer.preempt_signals)
     try:

@@ -4,7 +4,7 @@ with ``last.pt`` written.
 SLURM, Kubernetes and spot instances send SIGTERM some seconds before they kill a job (SLURM's
 KillWait and Kubernetes' ``terminationGracePeriodSeconds`` are 30 s by default; SLURM can also
 send SIGUSR1 ahead of time: ``sbatch --signal=USR1@120``). While
-:meth:`nmt.trainer.Trainer.fit` runs, the signals named in ``trainer.preempt_signals`` only set a
+:meth:`nmt.training.trainer.Trainer.fit` runs, the signals named in ``trainer.preempt_signals`` only set a
 flag (:class:`SignalFlag`). The training loop looks at it after each optimiser step — under DDP
 all ranks agree on it in one all-reduce, so they stop at the same step. The long phases between
 steps — validation (the loss batches and the decoding batches), checkpoint averaging, the
@@ -15,7 +15,7 @@ trainer writes ``last.pt`` (rank 0), logs how to continue and raises :class:`Pre
 (docs/faults.md). A validation dropped so runs again first thing after the resume.
 
 A second signal while the step finishes or the checkpoint is written is logged and ignored; the
-write is atomic (:mod:`nmt.io`), so even SIGKILL at that moment leaves the previous ``last.pt``.
+write is atomic (:mod:`nmt.core.io`), so even SIGKILL at that moment leaves the previous ``last.pt``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import NoReturn
 
-from nmt.errors import NMTError
+from nmt.core.errors import NMTError
 
 # EX_TEMPFAIL from sysexits.h, "temporary failure; the user is invited to retry": distinct from
 # 0 (done), 1 (a crash), 2 (a user error), 130 (Ctrl-C) and 128+N (killed by signal N).

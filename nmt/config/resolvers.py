@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from nmt import CONFIG_DIR
+from nmt.core.paths import CONFIG_DIR
 
 
 def flat_dirname(text: str) -> str:

@@ -27,8 +27,8 @@ from typing import Any
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 
-from nmt import io as nmt_io
-from nmt.errors import NMTError
+from nmt.core import io as nmt_io
+from nmt.core.errors import NMTError
 
 DEFAULT_TOKENIZERS = ("ko-mecab", "char", "13a")
 HEADLINE_BLEU = "bleu_ko-mecab"  # the entry of score_corpus that every report leads with
@@ -219,7 +219,7 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` as UTF-8 through a temporary file in the same folder, fsync it and rename it
-    (:func:`nmt.io.write_text_atomic`): a reader never sees a half-written file, and an interrupted
+    (:func:`nmt.core.io.write_text_atomic`): a reader never sees a half-written file, and an interrupted
     run or a full disk leaves the old one intact."""
     path = Path(path)
     if not path.parent.is_dir():

@@ -2,7 +2,7 @@
 
 At each validation the model is scored on the valid split the same way ``scripts/evaluate.py``
 scores a system: decode with the configured search, detokenise, and call
-:func:`nmt.metrics.score_corpus`. The scores, their sacrebleu signatures and the degeneracy and
+:func:`nmt.evaluation.metrics.score_corpus`. The scores, their sacrebleu signatures and the degeneracy and
 attention diagnostics go to TensorBoard and to ``validations.jsonl`` in the run dir.
 """
 
@@ -22,16 +22,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from nmt.attention_stats import attention_statistics
-from nmt.config_schema import BatchingSettings, TrainerSettings, load_settings
-from nmt.data.batching import TokenBatcher
+from nmt.core.errors import os_error_behind
+from nmt.core.io import append_line, write_error
+from nmt.core.settings import load_settings
+from nmt.data.batching import BatchingSettings, TokenBatcher
 from nmt.data.pipeline import PreparedData
-from nmt.errors import os_error_behind
-from nmt.inference import Translation, Translator
-from nmt.io import append_line, write_error
-from nmt.loss import sequence_loss
-from nmt.metrics import Headline, degeneracy, score_corpus, write_text_atomic
-from nmt.search import SearchSettings
+from nmt.evaluation.metrics import Headline, degeneracy, score_corpus, write_text_atomic
+from nmt.inference.search import SearchSettings
+from nmt.inference.translator import Translation, Translator
+from nmt.models.attention_stats import attention_statistics
+from nmt.models.loss import sequence_loss
+from nmt.training.settings import TrainerSettings
 
 # called between the batches of a validation; raises to stop it (a preemption signal)
 Interrupt = Callable[[], None]
@@ -44,7 +45,7 @@ class ValidationResult:
     """What :meth:`Validator.score` measures on the valid sentences."""
 
     metrics: dict[str, float]  # loss, perplexity, bleu (ko-mecab), chrf
-    scores: dict[str, dict[str, Any]]  # nmt.metrics.score_corpus, with signatures
+    scores: dict[str, dict[str, Any]]  # nmt.evaluation.metrics.score_corpus, with signatures
     diagnostics: dict[str, float]  # degeneracy and attention statistics
     best: list[Translation]  # the best translation of each sentence
     hypotheses: list[str]  # detokenised
@@ -75,7 +76,7 @@ class ValidationSettings:
 
 class EventsWriter:
     """TensorBoard's ``SummaryWriter`` whose failures to write — a full disk — are one
-    :class:`~nmt.errors.NMTError` line naming the events folder, like every other writer's.
+    :class:`~nmt.core.errors.NMTError` line naming the events folder, like every other writer's.
 
     ``SummaryWriter`` writes from a background thread and raises that thread's error at a later
     call in the main thread; the thread's own traceback is kept off the console
@@ -169,7 +170,7 @@ class Validator:
     def score(self, model: torch.nn.Module, interrupt: Interrupt | None = None) -> ValidationResult:
         """Loss, scores and diagnostics of ``model`` on the valid sentences; writes nothing.
         ``interrupt()`` is called after each loss batch and each decoding batch and may raise
-        (:meth:`nmt.preemption.SignalFlag.check`): a preempted run does not wait for the rest."""
+        (:meth:`nmt.training.preemption.SignalFlag.check`): a preempted run does not wait for the rest."""
         was_training = model.training
         model.eval()
         try:
@@ -240,7 +241,9 @@ class Validator:
         count = min(self.validation.num_attention_plots, len(best))
         if count == 0:
             return
-        from nmt.plotting import attention_figure  # matplotlib only when there is a plot to draw
+        from nmt.evaluation.plotting import (
+            attention_figure,  # matplotlib only when there is a plot to draw
+        )
 
         for i in range(count):
             t = best[i]

@@ -10,10 +10,10 @@ The temporary file is created with mode ``0o666`` minus the umask, as ``open()``
 target (``tempfile.mkstemp`` would give ``0o600``), and the rename keeps that mode.
 
 A failure to write — a full disk, a file-size limit, a read-only or unwritable folder — becomes
-one :class:`~nmt.errors.NMTError` line naming the file and the system's reason
+one :class:`~nmt.core.errors.NMTError` line naming the file and the system's reason
 (``…/last.pt: cannot write: No space left on device``); the temporary file is removed and the
 old file is left as it was. That holds also where the writer raises an error of its own while
-unwinding from the system's (:func:`nmt.errors.os_error_behind`: torch's zip writer answers a full disk
+unwinding from the system's (:func:`nmt.core.errors.os_error_behind`: torch's zip writer answers a full disk
 with ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos …``).
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from nmt.errors import NMTError, os_error_behind
+from nmt.core.errors import NMTError, os_error_behind
 
 TMP_SUFFIX = ".tmp"
 
@@ -66,7 +66,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def append_line(path: str | Path, line: str) -> None:
     """Append ``line`` (a newline is added) to ``path`` durably; a failed write — a full disk —
     is cut off again, so the file never ends in half a line, and raised as one
-    :class:`~nmt.errors.NMTError` line naming the file (``validations.jsonl``)."""
+    :class:`~nmt.core.errors.NMTError` line naming the file (``validations.jsonl``)."""
     path = Path(path)
     data = memoryview((line + "\n").encode("utf-8"))
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from nmt.core.errors import NMTError
 from nmt.data.vocab import PAD_ID
-from nmt.errors import NMTError
 
 
 def check_label_smoothing(value: object) -> None:

@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nmt.core.errors import NMTError
+from nmt.core.io import write_atomic, write_error
 from nmt.data.vocab import Vocab
-from nmt.errors import NMTError
-from nmt.io import write_atomic, write_error
 
 if TYPE_CHECKING:
     from nmt.models import Seq2Seq
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` durably and atomically (:func:`nmt.io.write_atomic`): a crash
+    """Write ``payload`` to ``path`` durably and atomically (:func:`nmt.core.io.write_atomic`): a crash
     never leaves half a file, and a full disk is one line naming the file, the old one intact."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -93,7 +93,7 @@ def exit_on_user_error(main: F) -> F:
 
 
 # Command-line lists (``key=value``): Hydra parses ``runs=[a,b]`` as a list and ``runs=a`` as a
-# string; the types and ranges of every key are nmt/config_schema.py's.
+# string; the types and ranges of every key are nmt/config/schema.py's.
 
 
 def str_list(value: object, key: str) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nmt.average import average_checkpoints, newest_step_checkpoints
-from nmt.checkpoint import save_checkpoint
+from nmt.models.checkpoint import save_checkpoint
 
 Ranked = list[tuple[float, str]]  # (validation score, file name), best first
 

@@ -3,7 +3,7 @@
 ``configs/hydra/callbacks/nmt.yaml`` installs it in every command (``override
 hydra/callbacks: nmt`` in each configs/<command>.yaml). Hydra calls ``on_run_start`` (and
 ``on_multirun_start``) after composing the config and before the job: before it creates the run
-dir, writes ``.hydra/`` or opens the log file. A value the schema (:mod:`nmt.config_schema`)
+dir, writes ``.hydra/`` or opens the log file. A value the schema (:mod:`nmt.config.schema`)
 rejects ends the command with one line on stderr and exit status 2, leaving nothing on disk.
 ``--cfg``, ``--help`` and shell completion run no callbacks, so they print as before.
 """
@@ -15,14 +15,14 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from nmt.config_schema import COMMANDS, check_command
-from nmt.errors import NMTError
-from nmt.io import check_writable
+from nmt.config.schema import COMMANDS, check_command
+from nmt.core.errors import NMTError
+from nmt.core.io import check_writable
 
 
 class CheckConfig(Callback):
     """Checks the config of the command named by ``config_name`` (a key of
-    :data:`nmt.config_schema.COMMANDS`); for a command with a run dir (``nmt-train``: its
+    :data:`nmt.config.schema.COMMANDS`); for a command with a run dir (``nmt-train``: its
     ``hydra.output_subdir`` is set) also that the run dir can be written, where Hydra would
     stop with a ValueError about its log file handler."""
 

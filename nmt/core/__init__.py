@@ -1,0 +1,1 @@
+"""The base layer: errors, atomic I/O, device and precision, the settings checker, paths."""

@@ -1,0 +1,1 @@
+"""Scores (sacrebleu), figures, decoding and scoring a test set, significance, comparisons."""

@@ -1,0 +1,1 @@
+"""One decode path: search over ids, the ``Translator``, the ONNX backend and its graphs."""

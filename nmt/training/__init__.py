@@ -1,0 +1,1 @@
+"""The training loop and everything it owns: step, optimiser, validation, checkpoints, DDP."""

@@ -52,6 +52,7 @@ from omegaconf import DictConfig, OmegaConf
 import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt.config.schema import BenchmarkConfig, BenchmarkSettings
 from nmt.core.errors import NMTError, exit_on_user_error
+from nmt.core.io import write_json
 from nmt.core.paths import CONFIG_DIR
 from nmt.core.runtime import (
     BF16_CPU_FLAGS,
@@ -69,7 +70,6 @@ from nmt.core.settings import load_settings
 from nmt.data.batching import Batch, TokenBatcher
 from nmt.data.pipeline import PreparedData, prepare
 from nmt.data.vocab import PAD_ID
-from nmt.evaluation.metrics import write_json
 from nmt.inference.search import SearchSettings
 from nmt.inference.translator import Translator
 from nmt.models import build_model

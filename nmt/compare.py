@@ -58,11 +58,13 @@ from omegaconf.errors import OmegaConfBaseException
 import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt.config.schema import CompareConfig
 from nmt.core.errors import NMTError, exit_on_user_error
+from nmt.core.io import write_json, write_text_atomic
 from nmt.core.paths import CONFIG_DIR
 from nmt.core.runtime import pick_device
 from nmt.core.settings import load_settings
-from nmt.evaluate import evaluate_checkpoint, read_text_lines
-from nmt.evaluation.metrics import Headline, write_json, write_text_atomic
+from nmt.data.corpus import read_text_lines
+from nmt.evaluate import evaluate_checkpoint
+from nmt.evaluation.metrics import Headline
 from nmt.models import ATTENTION_TYPES, SCORES
 
 RUN_MARKER = Path(".hydra") / "config.yaml"

@@ -34,47 +34,16 @@ from omegaconf import DictConfig, OmegaConf
 
 import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt.core.errors import NMTError, exit_on_user_error, str_list
+from nmt.core.io import write_json, write_text_atomic
 from nmt.core.paths import CONFIG_DIR
-from nmt.evaluation.metrics import (
-    DEFAULT_TOKENIZERS,
-    degeneracy,
-    format_table,
-    score_corpus,
-    write_json,
-    write_text_atomic,
-)
+from nmt.data.corpus import read_text_lines
+from nmt.evaluation.metrics import DEFAULT_TOKENIZERS, degeneracy, format_table, score_corpus
 from nmt.inference.search import explicit_settings
 
 if TYPE_CHECKING:
     from nmt.inference.translator import Translator
 
 SPLITS = ("train", "valid", "test")
-
-
-def read_text_lines(path: str | Path, role: str) -> list[str]:
-    """Read a UTF-8 file as one string per line (without the line break).
-
-    Lines are split at ``\\n`` only, so a stray U+2028 inside a sentence cannot shift the
-    alignment. ``role`` ("hypothesis", "reference", "source") goes into the error messages.
-    Raises NMTError for a missing or empty file and for bytes that are not UTF-8 (file:line).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise NMTError(f"{path}: {role} file not found")
-    lines = []
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise NMTError(
-                    f"{path}:{number}: invalid UTF-8 in {role} file "
-                    f"(byte 0x{raw[err.start]:02x} at column {err.start + 1})"
-                ) from None
-            lines.append(text.rstrip("\r\n"))
-    if not lines:
-        raise NMTError(f"{path}: {role} file is empty, expected one sentence per line")
-    return lines
 
 
 def score_system(

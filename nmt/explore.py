@@ -40,9 +40,10 @@ from omegaconf import DictConfig, ListConfig
 import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt.compare import checkpoint_of, find_run_dirs
 from nmt.core.errors import NMTError, exit_on_user_error
+from nmt.core.io import write_text_atomic
 from nmt.core.paths import CONFIG_DIR
-from nmt.evaluate import read_text_lines
-from nmt.evaluation.metrics import SentenceScorer, score_corpus, write_text_atomic
+from nmt.data.corpus import read_text_lines
+from nmt.evaluation.metrics import SentenceScorer, score_corpus
 from nmt.inference.search import explicit_settings
 from nmt.inference.translator import Translation, Translator
 

@@ -42,11 +42,10 @@ from torch import Tensor, nn
 
 import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt.core.errors import NMTError, exit_on_user_error, os_error_behind
-from nmt.core.io import write_error
+from nmt.core.io import write_error, write_json
 from nmt.core.paths import CONFIG_DIR
 from nmt.data.pipeline import file_sha256
 from nmt.data.vocab import BOS_ID, PAD_ID
-from nmt.evaluation.metrics import write_json
 from nmt.inference.onnx_backend import (
     ENCODER_GRAPH,
     FORMAT_NAME,

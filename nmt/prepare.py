@@ -10,10 +10,11 @@ import hydra
 from omegaconf import DictConfig
 
 import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt.config.schema import check_command
 from nmt.core.errors import exit_on_user_error
 from nmt.core.paths import CONFIG_DIR
 from nmt.data.batching import BatchingSettings
-from nmt.data.pipeline import PreparedData, check_batching, prepare
+from nmt.data.pipeline import PreparedData, prepare
 
 
 def report_batching(data: PreparedData, b: BatchingSettings) -> None:
@@ -28,8 +29,9 @@ def report_batching(data: PreparedData, b: BatchingSettings) -> None:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="prepare", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    data = prepare(cfg.data, seed=cfg.seed)
-    report_batching(data, check_batching(cfg.data.batching))
+    config = check_command("prepare", cfg)
+    data = prepare(config.data, seed=config.seed)
+    report_batching(data, config.data.batching)
 
 
 if __name__ == "__main__":

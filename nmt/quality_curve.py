@@ -29,14 +29,15 @@ import hydra
 from omegaconf import DictConfig
 
 import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
-from nmt.average import step_checkpoints
 from nmt.config.schema import QualityCurveConfig
 from nmt.core.errors import NMTError, exit_on_user_error, str_list
+from nmt.core.io import write_json, write_text_atomic
 from nmt.core.paths import CONFIG_DIR
+from nmt.core.run_dir import step_checkpoints
 from nmt.core.runtime import pick_device
 from nmt.core.settings import load_settings
 from nmt.evaluate import evaluate_translator
-from nmt.evaluation.metrics import HEADLINE_BLEU, Headline, write_json, write_text_atomic
+from nmt.evaluation.metrics import HEADLINE_BLEU, Headline
 from nmt.inference.translator import Translator
 from nmt.models.checkpoint import load_checkpoint
 

@@ -49,8 +49,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt.core.errors import NMTError, exit_on_user_error
+from nmt.core.io import write_json
 from nmt.core.paths import CONFIG_DIR, REPO_ROOT
-from nmt.evaluation.metrics import write_json
 
 
 class ServerProcess:
@@ -321,7 +321,7 @@ def run_clients(
 def read_sentences(path: Path, count: int, seed: int) -> list[str]:
     """``count`` non-empty English sentences drawn (without replacement while they last) from a
     ``.en`` file (one per line) or a TSV file (the first column), with a fixed seed."""
-    from nmt.evaluate import read_text_lines
+    from nmt.data.corpus import read_text_lines
 
     lines = read_text_lines(path, "input")
     if path.suffix == ".tsv" or path.name.endswith(".tsv.gz"):

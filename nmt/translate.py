@@ -32,8 +32,8 @@ from omegaconf import DictConfig
 
 import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt.core.errors import NMTError, exit_on_user_error
+from nmt.core.io import write_text_atomic
 from nmt.core.paths import CONFIG_DIR
-from nmt.evaluation.metrics import write_text_atomic
 from nmt.inference.search import explicit_settings
 from nmt.inference.translator import Translation, Translator
 
@@ -66,7 +66,7 @@ def describe_decoding(translator: Translator) -> str:
 
 def read_input(source: str) -> list[str]:
     """Lines of ``source`` (a path, or ``-`` for stdin), split at ``\\n`` only, as UTF-8."""
-    from nmt.evaluate import read_text_lines
+    from nmt.data.corpus import read_text_lines
 
     if source != "-":
         return read_text_lines(source, "input")

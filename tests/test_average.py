@@ -10,10 +10,11 @@ import pytest
 import torch
 from conftest import TINY_MODEL, quote, run_main
 
-from nmt.average import average_checkpoints, newest_step_checkpoints
 from nmt.core.errors import NMTError
+from nmt.core.run_dir import newest_step_checkpoints
 from nmt.core.settings import load_settings
 from nmt.models import checkpoint
+from nmt.training.averaging import average_checkpoints
 from nmt.training.keeper import keep_newest
 from nmt.training.settings import TrainerSettings
 from nmt.training.trainer import Trainer, build_trainer

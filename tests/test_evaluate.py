@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nmt.core.errors import NMTError
-from nmt.evaluate import read_text_lines
+from nmt.data.corpus import read_text_lines
 
 REPO = Path(__file__).resolve().parents[1]
 REFS = ["파일을 엽니다.", "추상 객체 계층", "비트 (빅 엔디안 순서)"]

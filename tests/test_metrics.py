@@ -10,13 +10,13 @@ import pytest
 import sacrebleu
 
 from nmt.core.errors import NMTError
+from nmt.core.io import write_json
 from nmt.evaluation.metrics import (
     DEFAULT_TOKENIZERS,
     degeneracy,
     format_table,
     is_degenerate,
     score_corpus,
-    write_json,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,8 +25,9 @@ from conftest import quote, run_main
 from nmt.core.errors import NMTError
 from nmt.inference.search import padded_chunks
 from nmt.inference.translator import Translator
-from nmt.serve import API_KEY_ENV, ServeSettings, create_app, listen
+from nmt.serve import create_app, listen
 from nmt.serve_bench import ServerProcess, offline, percentile
+from nmt.serving.settings import API_KEY_ENV, ServeSettings
 
 SENTENCES = [
     "Open the file.",

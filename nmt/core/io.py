@@ -20,11 +20,12 @@ with ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos …``)
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from nmt.core.errors import NMTError, os_error_behind
 
@@ -32,8 +33,12 @@ TMP_SUFFIX = ".tmp"
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(f)`` on a temporary binary file, make it durable and rename it to ``path``."""
+    """Call ``write(f)`` on a temporary binary file, make it durable and rename it to ``path``:
+    a reader never sees a half-written file, and an interrupted run or a full disk leaves the old
+    one intact."""
     path = Path(path)
+    if not path.parent.is_dir():
+        raise NMTError(f"{path}: folder {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -61,6 +66,11 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` as UTF-8 (see :func:`write_atomic`)."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented UTF-8 JSON, atomically (see :func:`write_atomic`)."""
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 def append_line(path: str | Path, line: str) -> None:

@@ -28,14 +28,17 @@ def _open_bytes(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+def read_lines(path: str | Path, role: str = "") -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` for a UTF-8 file (1-based, without the line break).
 
-    Raises NMTError for a missing file, an empty file, bytes that are not UTF-8, or a ``.gz``
-    file that is not gzip or is damaged or cut short (naming the last line read).
+    Lines are split at ``\\n`` only, so a stray U+2028 inside a sentence cannot shift the
+    alignment. ``role`` ("hypothesis", "reference", "source") goes into the error messages.
+    Raises NMTError for a missing file, an empty file, bytes that are not UTF-8 (file:line), or
+    a ``.gz`` file that is not gzip or is damaged or cut short (naming the last line read).
     """
+    path, what = Path(path), f"{role} file" if role else "file"
     if not path.is_file():
-        raise NMTError(f"{path}: file not found")
+        raise NMTError(f"{path}: {what} not found")
     number = 0
     with _open_bytes(path) as f:
         lines = iter(f)
@@ -50,12 +53,20 @@ def read_lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
+                in_role = f" in {what}" if role else ""
                 raise NMTError(
-                    f"{path}:{number}: invalid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
+                    f"{path}:{number}: invalid UTF-8{in_role} "
+                    f"(byte 0x{raw[err.start]:02x} at column {err.start + 1})"
                 ) from None
             yield number, text.rstrip("\r\n")
     if number == 0:
-        raise NMTError(f"{path}: file is empty, expected one sentence pair per line")
+        unit = "sentence" if role else "sentence pair"
+        raise NMTError(f"{path}: {what} is empty, expected one {unit} per line")
+
+
+def read_text_lines(path: str | Path, role: str) -> list[str]:
+    """A UTF-8 file as one string per line, with :func:`read_lines`' errors naming ``role``."""
+    return [text for _, text in read_lines(path, role)]
 
 
 def _read_problem(err: Exception, lines_read: int) -> str:

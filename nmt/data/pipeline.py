@@ -1,6 +1,6 @@
 """From corpus files to encoded splits under ``data.out_dir``, cached between runs.
 
-``prepare(data_cfg)`` reads the corpus (TSV, aligned files or a recipe), cleans the training
+``prepare(data)`` reads the corpus (TSV, aligned files or a recipe), cleans the training
 split, trains SentencePiece on it, encodes every split and writes:
 
     <out_dir>/spm.en.model, spm.ko.model   (or spm.model when data.vocab.joint=true)
@@ -21,13 +21,12 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from nmt.core.errors import NMTError
 from nmt.core.io import remove_stale_temporaries, write_atomic, write_text_atomic
@@ -98,37 +97,37 @@ class PreparedData:
         return TokenBatcher(data.src_ids, data.tgt_ids, max_tokens, bucket_width, seed, shuffle)
 
 
-def corpus_root(data_cfg: DictConfig) -> Path:
+def corpus_root(data: DataSettings) -> Path:
     """``data.root``, else $NMT_CORPORA (already folded into data.root by the config), else
     ``../shared/corpora`` beside a source checkout; an installed package has no default."""
-    if data_cfg.get("root"):
-        return Path(data_cfg.root)
+    if data.root:
+        return Path(data.root)
     if REPO_ROOT is not None and (REPO_ROOT.parent / "shared" / "corpora").is_dir():
         return REPO_ROOT.parent / "shared" / "corpora"
     raise NMTError(
-        f"data={data_cfg.get('name', '?')}: no corpus folder; set NMT_CORPORA=/path/to/corpora "
+        f"data={data.name}: no corpus folder; set NMT_CORPORA=/path/to/corpora "
         "or data.root=DIR, or get data with a recipe (data=tatoeba, data=kep_news) or your own "
         "files (data=tsv data.train=… data.valid=… data.test=…)"
     )
 
 
-def _resolve(data_cfg: DictConfig, value: str) -> Path:
+def _resolve(data: DataSettings, value: str) -> Path:
     path = Path(value).expanduser()
-    return path if path.is_absolute() else corpus_root(data_cfg) / path
+    return path if path.is_absolute() else corpus_root(data) / path
 
 
-def _input_files(data_cfg: DictConfig) -> dict[str, list[Path]]:
+def _input_files(data: DataSettings) -> dict[str, list[Path]]:
     """The files each split is read from (TSV: one; aligned: PREFIX.src and PREFIX.tgt)."""
     files = {}
     for split in SPLITS:
-        value = data_cfg.get(split)
+        value = getattr(data, split)
         if not value:
             raise NMTError(f"data.{split}: missing; give a file path (data.{split}=PATH)")
-        path = _resolve(data_cfg, str(value))
-        if data_cfg.format == "aligned":
+        path = _resolve(data, str(value))
+        if data.format == "aligned":
             files[split] = [
-                Path(f"{path}.{data_cfg.src_lang}"),
-                Path(f"{path}.{data_cfg.tgt_lang}"),
+                Path(f"{path}.{data.src_lang}"),
+                Path(f"{path}.{data.tgt_lang}"),
             ]
         else:
             files[split] = [path]
@@ -138,40 +137,40 @@ def _input_files(data_cfg: DictConfig) -> dict[str, list[Path]]:
     return files
 
 
-def read_corpus(data_cfg: DictConfig, log: Callable[[str], None]) -> dict[str, list[Pair]]:
+def read_corpus(data: DataSettings, log: Callable[[str], None]) -> dict[str, list[Pair]]:
     """Raw pairs per split, according to ``data.format``."""
-    fmt = data_cfg.format
+    fmt = data.format
     if fmt == "recipe":
         pairs, notes = run_recipe(
-            data_cfg.recipe, data_cfg.get("splits"), Path(data_cfg.out_dir), data_cfg.get("mirror")
+            data.recipe, data.splits, Path(data.out_dir), data.mirror
         )
         for note in notes:
             log(f"note: {note}")
         return pairs
     if fmt not in ("tsv", "aligned"):
         raise NMTError(f"data.format: expected one of tsv, aligned, recipe; got {fmt!r}")
-    files = _input_files(data_cfg)
+    files = _input_files(data)
     reader = read_tsv if fmt == "tsv" else read_aligned
     return {split: reader(*paths) for split, paths in files.items()}
 
 
-def fingerprint(data_cfg: DictConfig) -> str:
+def fingerprint(data: DataSettings) -> str:
     """A hash of everything the prepared files depend on: the settings and the input files' bytes.
 
     Files count by name and content, not by path or modification time, so a corpus that is copied,
     mounted elsewhere or touched still matches the files prepared from it (hashing enko's 18 MB
     training file takes about 0.2 s).
     """
-    settings = OmegaConf.to_container(data_cfg, resolve=True)
+    settings = asdict(data)
     for key in ("out_dir", "batching", "root"):
         settings.pop(key, None)
     inputs = []
-    if data_cfg.format == "recipe":
-        inputs = [data_cfg.get("mirror")]
+    if data.format == "recipe":
+        inputs = [data.mirror]
     else:
         for split in SPLITS:  # where the files lie does not count; their bytes below do
             settings.pop(split, None)
-        for split, paths in _input_files(data_cfg).items():
+        for split, paths in _input_files(data).items():
             for p in paths:
                 inputs.append([split, p.name, file_sha256(p)])
     blob = json.dumps({"v": FORMAT_VERSION, "settings": settings, "inputs": inputs}, sort_keys=True)
@@ -202,17 +201,17 @@ def _unpack_ids(packed: dict[str, torch.Tensor]) -> list[list[int]]:
     return [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
-def _vocab_paths(out_dir: Path, data_cfg: DictConfig) -> tuple[Path, Path]:
-    if data_cfg.vocab.joint:
+def _vocab_paths(out_dir: Path, data: DataSettings) -> tuple[Path, Path]:
+    if data.vocab.joint:
         return out_dir / "spm.model", out_dir / "spm.model"
-    return out_dir / f"spm.{data_cfg.src_lang}.model", out_dir / f"spm.{data_cfg.tgt_lang}.model"
+    return out_dir / f"spm.{data.src_lang}.model", out_dir / f"spm.{data.tgt_lang}.model"
 
 
 def _train_vocabs(
-    train: list[Pair], out_dir: Path, data_cfg: DictConfig, seed: int
+    train: list[Pair], out_dir: Path, data: DataSettings, seed: int
 ) -> tuple[Vocab, Vocab]:
-    v = data_cfg.vocab
-    src_path, tgt_path = _vocab_paths(out_dir, data_cfg)
+    v = data.vocab
+    src_path, tgt_path = _vocab_paths(out_dir, data)
     common = dict(model_type=v.model_type, input_sentence_size=v.input_sentence_size, seed=seed)
     if v.joint:
         text = [s for s, _ in train] + [t for _, t in train]
@@ -252,21 +251,21 @@ def _encode(
     return src, tgt
 
 
-def _build(data_cfg: DictConfig, out_dir: Path, seed: int, log: Callable[[str], None]) -> None:
-    raw = read_corpus(data_cfg, log)
+def _build(data: DataSettings, out_dir: Path, seed: int, log: Callable[[str], None]) -> None:
+    raw = read_corpus(data, log)
     report = CleanReport()
-    train = clean_text(raw["train"], data_cfg.clean.dedup, report)
+    train = clean_text(raw["train"], data.clean.dedup, report)
     if not train:
         raise NMTError(
             f"data.train: no usable sentence pairs left after cleaning ({report.total} read)"
         )
     log(
-        f"training SentencePiece ({data_cfg.vocab.model_type}, joint={data_cfg.vocab.joint}) on {len(train):,} pairs"
+        f"training SentencePiece ({data.vocab.model_type}, joint={data.vocab.joint}) on {len(train):,} pairs"
     )
-    src_vocab, tgt_vocab = _train_vocabs(train, out_dir, data_cfg, seed)
+    src_vocab, tgt_vocab = _train_vocabs(train, out_dir, data, seed)
 
     src_ids, tgt_ids = _encode(train, src_vocab, tgt_vocab)
-    keep = length_filter(src_ids, tgt_ids, data_cfg.clean.max_len, data_cfg.clean.max_ratio, report)
+    keep = length_filter(src_ids, tgt_ids, data.clean.max_len, data.clean.max_ratio, report)
     splits = {
         "train": ([train[i] for i in keep], [src_ids[i] for i in keep], [tgt_ids[i] for i in keep])
     }
@@ -287,10 +286,10 @@ def _build(data_cfg: DictConfig, out_dir: Path, seed: int, log: Callable[[str], 
         }
         write_atomic(out_dir / f"{name}.pt", lambda f, packed=packed: torch.save(packed, f))
         write_text_atomic(
-            out_dir / f"{name}.{data_cfg.src_lang}", "".join(s + "\n" for s, _ in pairs)
+            out_dir / f"{name}.{data.src_lang}", "".join(s + "\n" for s, _ in pairs)
         )
         write_text_atomic(
-            out_dir / f"{name}.{data_cfg.tgt_lang}", "".join(t + "\n" for _, t in pairs)
+            out_dir / f"{name}.{data.tgt_lang}", "".join(t + "\n" for _, t in pairs)
         )
         log(f"{name}: {len(pairs):,} pairs")
     write_text_atomic(
@@ -299,16 +298,16 @@ def _build(data_cfg: DictConfig, out_dir: Path, seed: int, log: Callable[[str], 
     )
 
 
-def _load(data_cfg: DictConfig, out_dir: Path) -> PreparedData:
-    src_path, tgt_path = _vocab_paths(out_dir, data_cfg)
+def _load(data: DataSettings, out_dir: Path) -> PreparedData:
+    src_path, tgt_path = _vocab_paths(out_dir, data)
     splits = {}
     for name in SPLITS:
         packed = torch.load(out_dir / f"{name}.pt", weights_only=True)
         src_text = (
-            (out_dir / f"{name}.{data_cfg.src_lang}").read_text(encoding="utf-8").splitlines()
+            (out_dir / f"{name}.{data.src_lang}").read_text(encoding="utf-8").splitlines()
         )
         tgt_text = (
-            (out_dir / f"{name}.{data_cfg.tgt_lang}").read_text(encoding="utf-8").splitlines()
+            (out_dir / f"{name}.{data.tgt_lang}").read_text(encoding="utf-8").splitlines()
         )
         splits[name] = Split(
             _unpack_ids(packed["src"]), _unpack_ids(packed["tgt"]), src_text, tgt_text
@@ -317,23 +316,33 @@ def _load(data_cfg: DictConfig, out_dir: Path) -> PreparedData:
 
 
 def prepare(
-    data_cfg: DictConfig, seed: int = 1234, log: Callable[[str], None] = print
+    data: DataSettings, seed: int = 1234, log: Callable[[str], None] = print
 ) -> PreparedData:
-    """Build (or reuse) the prepared data described by ``data_cfg``; return it loaded."""
-    if data_cfg.get("batching") is not None:
-        check_batching(data_cfg.batching)
-    out_dir = Path(data_cfg.out_dir)
+    """Build (or reuse) the prepared data described by ``data``; return it loaded."""
+    out_dir = Path(data.out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise NMTError(f"data.out_dir: cannot create folder {out_dir}: {err.strerror}") from err
     with _exclusive(out_dir / ".lock"):
-        return _prepare_locked(data_cfg, out_dir, seed, log)
+        return _prepare_locked(data, out_dir, seed, log)
 
 
-def check_batching(batching: Any) -> BatchingSettings:
-    """``data.batching`` typed and checked (:class:`nmt.config.schema.BatchingSettings`)."""
-    return load_settings(BatchingSettings, batching, "data.batching")
+def read_split(
+    saved_config: Mapping[str, Any], split: str, log: Callable[[str], None] = print
+) -> tuple[list[str], list[str], str, str]:
+    """Source and reference lines of a split of a checkpoint's corpus, as ``nmt-prepare`` wrote
+    them to ``<data.out_dir>/<split>.{src,tgt}`` (normalised; valid and test unfiltered), and the
+    two files' names — so ``split=valid`` scores the text validation scored. ``saved_config`` is
+    the config a checkpoint stores (its ``data`` group and ``seed`` are read). Any corpus works,
+    recipes included; one not prepared on this machine yet is prepared first."""
+    data = load_settings(DataSettings, saved_config["data"], "data")
+    if split != "train" and getattr(data, split) is None and data.format != "recipe":
+        raise NMTError(f"the checkpoint's data config has no {split} split (data.{split} is null)")
+    prepared = prepare(data, saved_config.get("seed", 1234), log=log)
+    part = prepared.splits[split]
+    src_name, ref_name = (str(prepared.out_dir / f"{split}.{lang}") for lang in (data.src_lang, data.tgt_lang))
+    return part.src_text, part.tgt_text, src_name, ref_name
 
 
 @contextlib.contextmanager
@@ -364,22 +373,22 @@ def _manifest_fingerprint(path: Path) -> str | None:
 
 
 def _prepare_locked(
-    data_cfg: DictConfig, out_dir: Path, seed: int, log: Callable[[str], None]
+    data: DataSettings, out_dir: Path, seed: int, log: Callable[[str], None]
 ) -> PreparedData:
     manifest_path = out_dir / "manifest.json"
-    key = fingerprint(data_cfg)
+    key = fingerprint(data)
     if _manifest_fingerprint(manifest_path) == key:
         log(f"reusing prepared data in {out_dir} (inputs and settings unchanged)")
-        return _load(data_cfg, out_dir)
+        return _load(data, out_dir)
     manifest_path.unlink(missing_ok=True)  # the old files no longer describe these settings
     remove_stale_temporaries(out_dir)  # of a build that was killed (we hold the lock)
     start = time.perf_counter()
-    _build(data_cfg, out_dir, seed, log)
+    _build(data, out_dir, seed, log)
     manifest = {
         "fingerprint": key,
         "format_version": FORMAT_VERSION,
-        "data": OmegaConf.to_container(data_cfg, resolve=True),
+        "data": asdict(data),
     }
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False))
     log(f"prepared {out_dir} in {time.perf_counter() - start:.1f} s")
-    return _load(data_cfg, out_dir)
+    return _load(data, out_dir)

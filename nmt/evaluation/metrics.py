@@ -18,16 +18,13 @@ BLEU with the MeCab-ko tokenizer (``ko-mecab``) is the headline figure for Korea
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 
-from nmt.core import io as nmt_io
 from nmt.core.errors import NMTError
 
 DEFAULT_TOKENIZERS = ("ko-mecab", "char", "13a")
@@ -210,21 +207,6 @@ def format_table(scores: dict[str, dict[str, Any]], diagnostics: dict[str, float
     width = max(len(r[0]) for r in [header, *rows])
     swidth = max(len(r[1]) for r in [header, *rows])
     return "\n".join(f"{a:<{width}}  {b:>{swidth}}  {c}" for a, b, c in [header, *rows])
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented UTF-8 JSON, atomically (see :func:`write_text_atomic`)."""
-    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` as UTF-8 through a temporary file in the same folder, fsync it and rename it
-    (:func:`nmt.core.io.write_text_atomic`): a reader never sees a half-written file, and an interrupted
-    run or a full disk leaves the old one intact."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise NMTError(f"{path}: folder {path.parent} does not exist")
-    nmt_io.write_text_atomic(path, text)
 
 
 def _check_pair(hypotheses: Sequence[str], references: Sequence[str]) -> None:

@@ -5,7 +5,7 @@ stays while it ranks among the best ``trainer.keep_best`` by the early-stopping 
 newest ``trainer.keep_last`` (with ``trainer.keep_every_validation``: always), and ``best.pt`` is
 a copy of the best one. Files that drop out of both lists are deleted. At the end of a run with
 ``trainer.average_last=k``, ``averaged.pt`` is the mean of the newest k step checkpoints on disk
-(:mod:`nmt.average`).
+(:mod:`nmt.training.averaging`).
 
 The two lists — (score, file) best first, and file names oldest first — live in the trainer's
 ``Progress``, so a resumed run continues them; the keeper gets them and returns the new ones.
@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nmt.average import average_checkpoints, newest_step_checkpoints
+from nmt.core.run_dir import newest_step_checkpoints, step_checkpoint_name
 from nmt.models.checkpoint import save_checkpoint
+from nmt.training.averaging import average_checkpoints
 
 Ranked = list[tuple[float, str]]  # (validation score, file name), best first
 
@@ -43,10 +44,6 @@ def keep_newest(recent: list[str], name: str, keep: int) -> tuple[list[str], lis
     window = [*recent, name]
     cut = max(len(window) - keep, 0)
     return window[cut:], window[:cut]
-
-
-def step_checkpoint_name(step: int) -> str:
-    return f"step{step:07d}.pt"
 
 
 @dataclass(frozen=True)

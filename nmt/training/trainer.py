@@ -398,7 +398,7 @@ class Trainer:
 
     def average_last_checkpoints(self) -> None:
         """Write averaged.pt, the mean of the newest ``trainer.average_last`` step checkpoints on
-        disk (:mod:`nmt.average`), and log its valid scores next to best.pt's (rank 0)."""
+        disk (:mod:`nmt.training.averaging`), and log its valid scores next to best.pt's (rank 0)."""
         k, ckpt_dir = self.cfg.trainer.average_last, self.ckpt_dir
         paths = self.keeper.average()
         if not paths:

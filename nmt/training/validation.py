@@ -23,11 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from nmt.core.errors import os_error_behind
-from nmt.core.io import append_line, write_error
+from nmt.core.io import append_line, write_error, write_text_atomic
 from nmt.core.settings import load_settings
 from nmt.data.batching import BatchingSettings, TokenBatcher
 from nmt.data.pipeline import PreparedData
-from nmt.evaluation.metrics import Headline, degeneracy, score_corpus, write_text_atomic
+from nmt.evaluation.metrics import Headline, degeneracy, score_corpus
 from nmt.inference.search import SearchSettings
 from nmt.inference.translator import Translation, Translator
 from nmt.models.attention_stats import attention_statistics

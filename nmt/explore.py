@@ -1,393 +1,53 @@
 """``python -m nmt.explore ckpt=… input=FILE [ref=FILE] out=explorer.html``: an attention explorer.
 
-Translates the sentences of ``input`` with one or more checkpoints (through the inference layer's
-:class:`~nmt.inference.translator.Translator`) and writes one self-contained HTML page: the data sits in a
-``<script type="application/json">`` block, the JavaScript and CSS are inline
-(``nmt/explorer/template.html``), and the page loads nothing from the network.
-
-Per sentence the page shows the source and target subwords; hovering or keyboard-focusing target
-subword i shades each source subword j by its attention weight wᵢⱼ (and prints it), hovering a
-source subword shades the target subwords that attend to it (column j); a heat-map view of the
-whole matrix; the n-best list with scores; the attention diagnostics; and, with ``ref=``, the
-reference with sentence BLEU (``ko-mecab``) and chrF.
+Translates the sentences of ``input`` with one or more checkpoints and writes one self-contained
+HTML page (no network): per sentence the source and target subwords, shaded by their attention
+weights on hover or focus, a heat-map view, the n-best list, the attention diagnostics and, with
+``ref=``, the reference with sentence BLEU (``ko-mecab``) and chrF.
 
 ``ckpt=[a.pt,b.pt,…]`` (or a sweep dir, whose run dirs each give ``checkpoints/best.pt``) puts the
-models side by side on the same sentences, labelled by their attention · encoder · decoder, with
-hover synchronised across them. The checkpoints must share their vocabularies, so that every
-model sees the same source subwords.
-
-The page's DOM contract (what tests and scripts may rely on): each source subword element has
-``data-src-index``, each target subword ``data-tgt-index`` (``</s>`` is the last index on both
-axes); while target subword i of a sentence is hovered or focused, every source subword element
-of that sentence carries ``data-weight``, its weight to 3 decimals.
+models side by side on the same sentences, with hover synchronised across them; the checkpoints
+must share their vocabularies. The page, its data and its DOM contract:
+:mod:`nmt.evaluation.explorer`.
 """
 
 from __future__ import annotations
 
-import html
-import json
-import math
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import hydra
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
-from nmt.compare import checkpoint_of, find_run_dirs
-from nmt.core.errors import NMTError, exit_on_user_error
-from nmt.core.io import write_text_atomic
+from nmt.config.schema import ExploreConfig, check_command
+from nmt.core.errors import exit_on_user_error
 from nmt.core.paths import CONFIG_DIR
-from nmt.data.corpus import read_text_lines
-from nmt.evaluation.metrics import SentenceScorer, score_corpus
-from nmt.inference.search import explicit_settings
-from nmt.inference.translator import Translation, Translator
-
-TEMPLATE = "explorer/template.html"  # inside the nmt package
-DATA_MARKER = "__EXPLORER_DATA__"
-TITLE_MARKER = "__EXPLORER_TITLE__"
-# Attention weights are stored as integers in units of 1/WEIGHT_SCALE: the page shows them to 3
-# decimals, and small integers ("0" for most weights) take about half the bytes of 1e-5 steps.
-WEIGHT_SCALE = 1000
-SCORE_DECIMALS = 4
-PAYLOAD_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Sentence:
-    """One input sentence: its 1-based line number in the input file, text and reference."""
-
-    line: int
-    text: str
-    reference: str | None = None
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs: checkpoints and sentences
-# --------------------------------------------------------------------------------------------
-
-
-def resolve_checkpoints(spec: str | Sequence[str]) -> list[Path]:
-    """Checkpoint files from ``ckpt=``: a file, a run dir or a sweep dir, or a list of them.
-
-    A directory stands for each run dir in it (folders with ``.hydra/config.yaml``), each giving
-    its ``checkpoints/best.pt``, else ``last.pt``. A missing file is left for the loader to report.
-    """
-    entries = [spec] if isinstance(spec, str) else list(spec)
-    if not entries:
-        raise NMTError("ckpt: expected a checkpoint, a run dir or a list of them, got []")
-    paths = []
-    for entry in entries:
-        path = Path(str(entry))
-        if not path.is_dir():
-            paths.append(path)
-            continue
-        for run_dir in find_run_dirs(path):
-            ckpt = checkpoint_of(run_dir)
-            if ckpt is None:
-                raise NMTError(f"{run_dir}: run dir without checkpoints/best.pt or last.pt")
-            paths.append(ckpt)
-    return paths
-
-
-def load_translators(
-    paths: Sequence[Path], device: str, search: dict[str, Any], n_best: int
-) -> list[Translator]:
-    """One Translator per checkpoint, all with the same vocabularies (else NMTError).
-
-    Without ``n_best`` in ``search``, each keeps min(``n_best``, its beam size) hypotheses.
-    """
-    translators = []
-    for path in paths:
-        translator = Translator.from_checkpoint(path, device, **search)
-        if "n_best" not in search:
-            limit = 1 if translator.settings.name == "greedy" else translator.settings.beam_size
-            translator = translator.with_settings(n_best=max(1, min(n_best, limit)))
-        translators.append(translator)
-        check_same_vocabularies(translators[0], translator)
-    return translators
-
-
-def check_same_vocabularies(first: Translator, other: Translator) -> None:
-    """A comparison needs one source segmentation (and one target vocabulary) for all models."""
-    for side, a, b in (
-        ("source", first.src_vocab, other.src_vocab),
-        ("target", first.tgt_vocab, other.tgt_vocab),
-    ):
-        if a.model_bytes() != b.model_bytes():
-            raise NMTError(
-                f"ckpt: {other.info.source} and {first.info.source} have different {side} "
-                "vocabularies (SentencePiece models); compare checkpoints trained on the same "
-                "prepared data"
-            )
-
-
-def read_sentences(
-    input_path: str | Path, ref_path: str | Path | None, max_sentences: int
-) -> tuple[list[Sentence], int]:
-    """The non-blank lines of ``input_path`` (at most ``max_sentences``) with their references,
-    and how many non-blank lines the file had."""
-    if max_sentences < 1:
-        raise NMTError(f"max_sentences: expected an integer >= 1, got {max_sentences}")
-    sources = read_text_lines(input_path, "input")
-    references: list[str | None] = [None] * len(sources)
-    if ref_path is not None:
-        references = list(read_text_lines(ref_path, "reference"))
-        if len(references) != len(sources):
-            raise NMTError(
-                f"{ref_path} has {len(references)} lines but {input_path} has {len(sources)}: "
-                "expected one reference per input line"
-            )
-    sentences = [
-        Sentence(number, text, ref)
-        for number, (text, ref) in enumerate(zip(sources, references, strict=True), start=1)
-        if text.strip()
-    ]
-    if not sentences:
-        raise NMTError(f"{input_path}: input file has only blank lines, expected sentences")
-    return sentences[:max_sentences], len(sentences)
-
-
-# --------------------------------------------------------------------------------------------
-# The payload: what the page shows, as plain JSON
-# --------------------------------------------------------------------------------------------
-
-
-def model_label(config: dict[str, Any]) -> tuple[str, str, str]:
-    """(attention score, encoder RNN, decoder style) from a checkpoint's config."""
-    model = config.get("model") or {}
-    return (
-        str((model.get("attention") or {}).get("score", "?")),
-        str((model.get("encoder") or {}).get("rnn_type", "?")),
-        str((model.get("decoder") or {}).get("style", "?")),
-    )
-
-
-def model_entries(translators: Sequence[Translator]) -> list[dict[str, Any]]:
-    """Label, architecture and search settings of each model; a label two models share gets
-    the checkpoint's run dir (or file name) appended."""
-    entries = []
-    for translator in translators:
-        attention, encoder, decoder = model_label(translator.info.config)
-        settings = translator.settings
-        entries.append(
-            {
-                "label": f"{attention} · {encoder} · {decoder}",
-                "attention": attention,
-                "encoder": encoder,
-                "decoder": decoder,
-                "source": translator.info.source,
-                "step": translator.info.step,
-                "minutes": _number(translator.info.minutes, 1),
-                "search": {
-                    "name": settings.name,
-                    "beam_size": settings.beam_size,
-                    "n_best": settings.n_best,
-                    "length_penalty": settings.length_penalty,
-                },
-            }
-        )
-    labels = [e["label"] for e in entries]
-    for entry in entries:
-        if labels.count(entry["label"]) > 1:
-            entry["label"] += f" ({_short_name(Path(entry['source']))})"
-    return entries
-
-
-def hypothesis_entry(
-    hyp: Translation, reference: str | None, scorer: SentenceScorer | None
-) -> dict[str, Any]:
-    """One hypothesis for the page: text, subwords, attention rows and scores.
-
-    ``attention`` is (len(tokens) + 1) × (len(source_tokens) + 1) (``</s>`` last on both axes),
-    or len(tokens) rows for a hypothesis cut at the length limit, as integers: weight ×
-    :data:`WEIGHT_SCALE`; each row sums to 1 (to rounding).
-    """
-    entry: dict[str, Any] = {
-        "text": hyp.text,
-        "tokens": list(hyp.tokens),
-        "attention": [[round(w * WEIGHT_SCALE) for w in row] for row in hyp.attention.tolist()],
-        "score": _number(hyp.score),
-        "confidence": _number(hyp.confidence),
-        "search_score": _number(hyp.search_score),
-        "hit_max_len": bool(hyp.hit_max_len),
-        "entropy": _number(hyp.entropy),
-        "diagonal_mass": _number(hyp.diagonal_mass),
-        "coverage_deviation": _number(hyp.coverage_deviation),
-    }
-    if reference is not None and scorer is not None:
-        entry.update({k: _number(v) for k, v in scorer(hyp.text, reference).items()})
-    return entry
-
-
-def build_payload(
-    sentences: Sequence[Sentence],
-    translators: Sequence[Translator],
-    results: Sequence[Sequence[Translation]],
-    bleu_tokenizer: str = "ko-mecab",
-    title: str = "attention explorer",
-    note: str | None = None,
-) -> dict[str, Any]:
-    """The page's data: ``results[m][k]`` is model m's translation of ``sentences[k]``.
-
-    Layout::
-
-        {"version": 1, "title": ..., "note": ..., "bleu_tokenizer": "ko-mecab" | null,
-         "weight_scale": 1000,
-         "models": [{"label": "general · gru · luong", "attention": ..., "corpus": {...}}, ...],
-         "sentences": [{"line": 3, "source": ..., "reference": ... | null,
-                        "source_tokens": [...],
-                        "outputs": [{"nbest": [hypothesis, ...]}, ...]}]}   # one per model
-
-    where a hypothesis is :func:`hypothesis_entry`'s dict (``nbest[0]`` the best).
-    """
-    has_refs = any(s.reference is not None for s in sentences)
-    scorer = SentenceScorer(bleu_tokenizer) if has_refs else None
-    models = model_entries(translators)
-    if has_refs:
-        refs = [s.reference or "" for s in sentences]
-        for model, translations in zip(models, results, strict=True):
-            scores = score_corpus([t.text for t in translations], refs, [bleu_tokenizer])
-            model["corpus"] = {
-                "bleu": _number(scores[f"bleu_{bleu_tokenizer}"]["score"]),
-                "chrf": _number(scores["chrf"]["score"]),
-                "bleu_signature": scores[f"bleu_{bleu_tokenizer}"]["signature"],
-            }
-    items = []
-    for k, sentence in enumerate(sentences):
-        source_tokens = results[0][k].source_tokens
-        outputs = [
-            {
-                "nbest": [
-                    hypothesis_entry(hyp, sentence.reference, scorer)
-                    for hyp in translations[k].nbest
-                ]
-            }
-            for translations in results
-        ]
-        items.append(
-            {
-                "line": sentence.line,
-                "source": sentence.text,
-                "reference": sentence.reference,
-                "source_tokens": list(source_tokens),
-                "outputs": outputs,
-            }
-        )
-    return {
-        "version": PAYLOAD_VERSION,
-        "title": title,
-        "note": note,
-        "bleu_tokenizer": bleu_tokenizer if has_refs else None,
-        "weight_scale": WEIGHT_SCALE,
-        "models": models,
-        "sentences": items,
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# The page
-# --------------------------------------------------------------------------------------------
-
-
-def json_for_script(payload: dict[str, Any]) -> str:
-    """``payload`` as JSON that is safe inside ``<script type="application/json">``.
-
-    ``<``, ``>`` and ``&`` become ``\\u003c``/``\\u003e``/``\\u0026``, so no text (``</script>``,
-    ``<!--``) can end the block early; JSON.parse turns them back into the characters.
-    """
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
-        text = text.replace(char, escape)
-    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-
-
-def render_html(payload: dict[str, Any]) -> str:
-    """The template with the title and the data filled in: one self-contained HTML page."""
-    template = resources.files("nmt").joinpath(TEMPLATE).read_text(encoding="utf-8")
-    before, marker, after = template.partition(DATA_MARKER)
-    if not marker or DATA_MARKER in after:
-        raise RuntimeError(f"{TEMPLATE}: expected one {DATA_MARKER} placeholder")
-    before = before.replace(TITLE_MARKER, html.escape(str(payload["title"])))
-    return before + json_for_script(payload) + after
-
-
-def explore(
-    ckpt: str | Sequence[str],
-    input_path: str | Path,
-    ref_path: str | Path | None = None,
-    out_path: str | Path = "explorer.html",
-    max_sentences: int = 200,
-    search: dict[str, Any] | None = None,
-    n_best: int = 3,
-    bleu_tokenizer: str = "ko-mecab",
-    title: str | None = None,
-    device: str = "auto",
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Translate, build the payload and write the page to ``out_path``; return the payload."""
-    out_path = Path(out_path)
-    if out_path.is_dir():
-        raise NMTError(f"out={out_path}: a directory; expected the HTML file to write")
-    if not out_path.parent.is_dir():
-        raise NMTError(f"out={out_path}: folder {out_path.parent} does not exist")
-    sentences, total = read_sentences(input_path, ref_path, max_sentences)
-    translators = load_translators(resolve_checkpoints(ckpt), device, search or {}, n_best)
-    texts = [s.text for s in sentences]
-    results = [t.translate(texts, progress=progress) for t in translators]
-    note = None
-    if total > len(sentences):
-        note = f"the first {len(sentences)} of {total} sentences (max_sentences={max_sentences})"
-    payload = build_payload(
-        sentences,
-        translators,
-        results,
-        bleu_tokenizer,
-        title or f"attention explorer: {Path(input_path).name}",
-        note,
-    )
-    write_text_atomic(out_path, render_html(payload))
-    return payload
-
-
-def _number(value: float | None, decimals: int = SCORE_DECIMALS) -> float | None:
-    """A finite float rounded for the page, else None (JSON has no NaN)."""
-    if value is None or not math.isfinite(value):
-        return None
-    return round(float(value), decimals)
-
-
-def _short_name(ckpt: Path) -> str:
-    """``RUN/checkpoints/best.pt`` → ``RUN``; any other file → its name."""
-    return ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.name
+from nmt.evaluation.explorer import explore
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="explore", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    ckpt = list(cfg.ckpt) if isinstance(cfg.ckpt, ListConfig) else str(cfg.ckpt)
+    config: ExploreConfig = check_command("explore", cfg)
     payload = explore(
-        ckpt,
-        cfg.input,
-        cfg.ref,
-        cfg.out,
-        max_sentences=cfg.max_sentences,
-        search=explicit_settings(cfg.search),
-        n_best=cfg.n_best,
-        bleu_tokenizer=cfg.bleu_tokenizer,
-        title=cfg.title,
-        device=cfg.device,
-        progress=cfg.progress,
+        config.ckpt,
+        config.input,
+        config.ref,
+        config.out,
+        max_sentences=config.max_sentences,
+        search=config.search,  # the keys search= sets; each checkpoint's own values for the rest
+        n_best=config.n_best,
+        bleu_tokenizer=config.bleu_tokenizer,
+        title=config.title,
+        device=config.device,
+        progress=config.progress,
     )
-    size = Path(cfg.out).stat().st_size
+    size = Path(config.out).stat().st_size
     if payload["note"]:
         print(f"note: {payload['note']}", file=sys.stderr)
     print(
-        f"wrote {cfg.out}: {len(payload['sentences'])} sentences × {len(payload['models'])} "
+        f"wrote {config.out}: {len(payload['sentences'])} sentences × {len(payload['models'])} "
         f"model(s), {size / 1024:.0f} KiB"
     )
 

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt.config.schema import check_command
 from nmt.core.errors import exit_on_user_error
 from nmt.core.paths import CONFIG_DIR
 from nmt.training.trainer import train
@@ -25,7 +26,8 @@ from nmt.training.trainer import train
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 @exit_on_user_error
 def hydra_main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    config = check_command("train", cfg)  # typed once; the library below reads only this
+    metrics = train(config, Path(HydraConfig.get().runtime.output_dir))
     return metrics.get("bleu")  # the value a Hydra sweeper optimises
 
 

@@ -31,10 +31,11 @@ import hydra
 from omegaconf import DictConfig
 
 import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
+from nmt.config.schema import TranslateConfig, check_command
 from nmt.core.errors import NMTError, exit_on_user_error
 from nmt.core.io import write_text_atomic
 from nmt.core.paths import CONFIG_DIR
-from nmt.inference.search import explicit_settings
+from nmt.data.corpus import read_text_lines
 from nmt.inference.translator import Translation, Translator
 
 
@@ -66,8 +67,6 @@ def describe_decoding(translator: Translator) -> str:
 
 def read_input(source: str) -> list[str]:
     """Lines of ``source`` (a path, or ``-`` for stdin), split at ``\\n`` only, as UTF-8."""
-    from nmt.data.corpus import read_text_lines
-
     if source != "-":
         return read_text_lines(source, "input")
     raw = sys.stdin.buffer.read()
@@ -96,7 +95,7 @@ def plot_attention(folder: Path, start: int, translations: Sequence[Translation]
         )
 
 
-def interactive(translator: Translator, cfg: DictConfig, plot_dir: Path | None) -> None:
+def interactive(translator: Translator, config: TranslateConfig, plot_dir: Path | None) -> None:
     print("Type an English sentence (Ctrl-D to quit).", file=sys.stderr)
     count = 0
     while True:
@@ -107,7 +106,8 @@ def interactive(translator: Translator, cfg: DictConfig, plot_dir: Path | None) 
             print(file=sys.stderr)
             return
         result = translator.translate([line])
-        text = format_translations(result, translator.settings.n_best, cfg.scores, cfg.alignment)
+        n_best = translator.settings.n_best
+        text = format_translations(result, n_best, config.scores, config.alignment)
         print("ko> ", end="", file=sys.stderr, flush=True)
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -119,22 +119,25 @@ def interactive(translator: Translator, cfg: DictConfig, plot_dir: Path | None) 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="translate", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    translator = Translator.from_checkpoint(cfg.ckpt, cfg.device, **explicit_settings(cfg.search))
-    plot_dir = Path(cfg.attention_plot) if cfg.attention_plot else None
-    if cfg.input is None and sys.stdin.isatty():
+    config: TranslateConfig = check_command("translate", cfg)
+    # config.search: the keys search= sets; the checkpoint's own values for the rest
+    translator = Translator.from_checkpoint(config.ckpt, config.device, **config.search)
+    plot_dir = Path(config.attention_plot) if config.attention_plot else None
+    if config.input is None and sys.stdin.isatty():
         print(describe_decoding(translator), file=sys.stderr)
-        interactive(translator, cfg, plot_dir)
+        interactive(translator, config, plot_dir)
         return
-    lines = read_input("-" if cfg.input is None else cfg.input)
+    lines = read_input("-" if config.input is None else config.input)
     if not lines:
-        raise NMTError(f"input={cfg.input or '-'}: no lines to translate")
+        raise NMTError(f"input={config.input or '-'}: no lines to translate")
     print(describe_decoding(translator), file=sys.stderr)  # once the input is known to be good
-    result = translator.translate(lines, progress=cfg.progress)
+    result = translator.translate(lines, progress=config.progress)
     if plot_dir:
         plot_attention(plot_dir, 1, result)
-    output = format_translations(result, translator.settings.n_best, cfg.scores, cfg.alignment)
-    if cfg.output:
-        write_text_atomic(cfg.output, output)
+    n_best = translator.settings.n_best
+    output = format_translations(result, n_best, config.scores, config.alignment)
+    if config.output:
+        write_text_atomic(config.output, output)
     else:
         sys.stdout.write(output)
 

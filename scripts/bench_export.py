@@ -4,7 +4,8 @@ python scripts/bench_export.py CKPT FP32_DIR INT8_DIR [threads=1] [rounds=2] [js
 
 The folders come from ``nmt-export ckpt=CKPT out=FP32_DIR`` and ``… out=INT8_DIR quantize=int8``.
 Decodes the checkpoint's test split greedy and with beam 5, every system in this process with
-the same thread count (:func:`nmt.export.benchmark_backends`), and prints a Markdown table.
+the same thread count (:func:`nmt.evaluation.export_benchmark.benchmark_backends`), and prints a
+Markdown table.
 """
 
 import sys
@@ -13,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from nmt.core.errors import NMTError, exit_on_user_error  # noqa: E402
-from nmt.evaluation.metrics import write_json  # noqa: E402
-from nmt.export import benchmark_backends, format_benchmark  # noqa: E402
+from nmt.core.io import write_json  # noqa: E402
+from nmt.evaluation.export_benchmark import benchmark_backends, format_benchmark  # noqa: E402
 
 
 @exit_on_user_error

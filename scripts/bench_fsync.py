@@ -21,15 +21,18 @@ from hydra import compose, initialize_config_dir
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from nmt.core.paths import REPO_ROOT  # noqa: E402
+from nmt.core.settings import load_settings  # noqa: E402
 from nmt.models import build_model  # noqa: E402
 from nmt.models.checkpoint import save_checkpoint  # noqa: E402
+from nmt.models.seq2seq import ModelSettings  # noqa: E402
 
 
 def payload() -> dict:
     """Weights and Adam state of the default model (the vocabulary bytes are left out: ~0.5 MB)."""
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="train")
-    model = build_model(cfg.model, cfg.data.vocab.src_size, cfg.data.vocab.tgt_size)
+    model_settings = load_settings(ModelSettings, cfg.model, "model")  # typed, as the commands do
+    model = build_model(model_settings, cfg.data.vocab.src_size, cfg.data.vocab.tgt_size)
     optimizer = torch.optim.Adam(model.parameters())
     for p in model.parameters():
         p.grad = torch.zeros_like(p)

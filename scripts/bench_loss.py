@@ -38,7 +38,10 @@ def main() -> None:
         tgt_out[:, 29:] = PAD_ID
         times: dict[str, list[float]] = {"F.cross_entropy": [], "nmt.models.loss": []}
         for _ in range(7):
-            for label, loss_fn in (("F.cross_entropy", reference), ("nmt.models.loss", sequence_loss)):
+            for label, loss_fn in (
+                ("F.cross_entropy", reference),
+                ("nmt.models.loss", sequence_loss),
+            ):
                 start = time.perf_counter()
                 loss_fn(logits, tgt_out, smoothing).backward()
                 times[label].append(time.perf_counter() - start)

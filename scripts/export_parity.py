@@ -2,9 +2,10 @@
 
 python scripts/export_parity.py [exporter=legacy|dynamo]
 
-Each row: a tiny random model (nmt.export.tiny_model_config) exported into a temporary folder
-and checked at batches of source lengths nmt.export.CHECK_LENGTHS (the example was
-EXPORT_LENGTHS), 6 decoder steps with beam-like reordering; the largest differences.
+Each row: a tiny random model (tests/export_grid.py's tiny_model_config) exported into a
+temporary folder and checked at batches of source lengths nmt.inference.onnx_export.CHECK_LENGTHS
+(the example was EXPORT_LENGTHS), 6 decoder steps with beam-like reordering; the largest
+differences.
 """
 
 import sys
@@ -16,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 
 from nmt.core.errors import NMTError  # noqa: E402
-from nmt.export import parity_grid, tiny_model_config, tiny_parity  # noqa: E402
+from tests.export_grid import parity_grid, tiny_model_config, tiny_parity  # noqa: E402
 
 
 def main(argv: list[str]) -> None:

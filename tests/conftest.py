@@ -261,7 +261,6 @@ def tiny_tsv_corpus(tmp_path: Path, corpora_dir: Path) -> TinyCorpus:
 
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory: pytest.TempPathFactory, corpora_dir: Path) -> TinyPrepared:
-    from nmt.data.pipeline import prepare
 
     corpus = _write_tiny_corpus(tmp_path_factory.mktemp("tiny"), corpora_dir)
     cfg = corpus.cfg()
@@ -289,7 +288,6 @@ def small_data(tiny_prepared: TinyPrepared):
 def train_tiny_checkpoint(prepared: TinyPrepared, run_dir: Path, *overrides: str) -> Path:
     """``best.pt`` after 2 steps of a TINY_MODEL on the prepared tiny corpus (a Trainer in this
     process, one thread), with ``overrides`` after TINY_MODEL's."""
-    from nmt.training.trainer import build_trainer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -312,3 +310,57 @@ def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("tiny_run")
     overrides = ("model/attention=concat", "model.attention.hidden_size=16")
     return train_tiny_checkpoint(tiny_prepared, run_dir, *overrides)
+
+
+# ---------------------------------------------------------------------------- typed settings
+# The commands type their config once (nmt.config.schema.check_command) and the library takes
+# only typed settings; tests compose DictConfigs, so these adapters type them the same way.
+
+
+def as_settings(schema: type, cfg, prefix: str = ""):
+    """``cfg`` (a DictConfig or dict from a test) as the typed ``schema``; typed ones pass."""
+    from nmt.core.settings import load_settings
+
+    return cfg if isinstance(cfg, schema) else load_settings(schema, cfg, prefix)
+
+
+def train_config(cfg):
+    from nmt.training.settings import TrainConfig
+
+    return as_settings(TrainConfig, cfg)
+
+
+def build_model(model_cfg, *args, **kwargs):
+    """:func:`nmt.models.build_model` from a test's model config."""
+    from nmt import models
+    from nmt.models.seq2seq import ModelSettings
+
+    return models.build_model(as_settings(ModelSettings, model_cfg, "model"), *args, **kwargs)
+
+
+def build_trainer(cfg, run_dir: Path, data=None):
+    """:func:`nmt.training.trainer.build_trainer` from a test's composed config."""
+    from nmt.training import trainer
+
+    return trainer.build_trainer(train_config(cfg), run_dir, data)
+
+
+def prepare(data_cfg, *args, **kwargs):
+    """:func:`nmt.data.pipeline.prepare` from a test's ``data`` config."""
+    from nmt.data import pipeline
+
+    return pipeline.prepare(as_settings(pipeline.DataSettings, data_cfg, "data"), *args, **kwargs)
+
+
+def flops_per_target_token(model_cfg, *args, **kwargs):
+    """:func:`nmt.models.flops.flops_per_target_token` from a test's model config."""
+    from nmt.models import flops
+    from nmt.models.seq2seq import ModelSettings
+
+    model = as_settings(ModelSettings, model_cfg, "model")
+    return flops.flops_per_target_token(model, *args, **kwargs)
+
+
+def best(result) -> list:
+    """The best hypothesis of every sentence of a ``SearchResult`` (its n-best lists' heads)."""
+    return [nbest[0] for nbest in result.hypotheses]

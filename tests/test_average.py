@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, quote, run_main
+from conftest import TINY_MODEL, build_trainer, quote, run_main
 
 from nmt.core.errors import NMTError
 from nmt.core.run_dir import newest_step_checkpoints
@@ -17,7 +17,7 @@ from nmt.models import checkpoint
 from nmt.training.averaging import average_checkpoints
 from nmt.training.keeper import keep_newest
 from nmt.training.settings import TrainerSettings
-from nmt.training.trainer import Trainer, build_trainer
+from nmt.training.trainer import Trainer
 
 TINY_RUN = [
     *TINY_MODEL,
@@ -206,7 +206,7 @@ def test_keep_last_and_average_last(tiny_prepared, tmp_path, caplog):
     assert averaged["averaged_from"] == [str(ckpt_dir / n) for n in newest]
     assert averaged["progress"]["step"] == 5
     model, _, _, cfg = checkpoint.load_for_inference(ckpt_dir / "averaged.pt")
-    assert not model.training and cfg.trainer.average_last == 2
+    assert not model.training and cfg["trainer"]["average_last"] == 2
     parts = [checkpoint.load_checkpoint(ckpt_dir / n)["model"] for n in newest]
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, (parts[0][key] + parts[1][key]) / 2)

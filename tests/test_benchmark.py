@@ -10,23 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_SIZES, quote, run_main
+from conftest import TINY_SIZES, build_model, flops_per_target_token, quote, run_main
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from nmt.benchmark import (
-    CPU_FEATURES,
-    LengthStats,
-    check_benchmark_cfg,
-    flops_per_target_token,
-    gemm_peak,
-    rnn_flops,
-)
+from nmt.benchmark import check_benchmark_cfg
 from nmt.core.errors import NMTError
 from nmt.core.runtime import resolve_precision
 from nmt.data.batching import collate
-from nmt.models import build_model
 from nmt.models.checkpoint import save_checkpoint, vocab_payload
+from nmt.models.encoder import rnn_flops
+from nmt.models.flops import LengthStats
+from nmt.training.speed import CPU_FEATURES, gemm_peak
 
 TINY_MODEL = TINY_SIZES  # the benchmark sets its own threads, batches and search
 QUICK = [
@@ -339,7 +334,7 @@ def test_decoding_with_a_checkpoint(tiny_prepared, tmp_path, monkeypatch, compos
 
 
 def test_decoding_an_exported_folder_too(tiny_prepared, tmp_path, monkeypatch):
-    from nmt.export import export_checkpoint
+    from nmt.inference.onnx_export import export_checkpoint
 
     data = tiny_prepared.data
     cfg = tiny_prepared.corpus.cfg(*TINY_MODEL, out_dir=data.out_dir)

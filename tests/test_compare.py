@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from nmt import compare
+from nmt.evaluation import sweep as compare
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -196,7 +196,7 @@ def test_evaluate_test_writes_missing_scores_and_keeps_existing_ones(
     calls = []
 
     def fake_evaluate(ckpt, search_cfg, split, device, out_path, ref_out_path, max_sentences):
-        calls.append((Path(ckpt), search_cfg.name, split, device, max_sentences))
+        calls.append((Path(ckpt), search_cfg["name"], split, device, max_sentences))
         assert (out_path, ref_out_path) == (
             Path(ckpt).parents[1] / compare.TEST_HYPS,
             Path(ckpt).parents[1] / compare.TEST_REFS,

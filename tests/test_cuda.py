@@ -8,13 +8,11 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, build_model, build_trainer
 from test_search import pad, teacher_forced
 
 from nmt.data.vocab import EOS_ID
 from nmt.inference.search import SearchSettings, decode_ids
-from nmt.models import build_model
-from nmt.training.trainer import build_trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import quote, run_main, run_module
+from conftest import as_settings, prepare, quote, run_main, run_module
 from omegaconf import OmegaConf
 
 from nmt.core.errors import NMTError
@@ -36,7 +36,7 @@ from nmt.data.corpus import (
     read_lines,
     read_tsv,
 )
-from nmt.data.pipeline import fingerprint, prepare
+from nmt.data.pipeline import DataSettings, fingerprint
 from nmt.data.recipes import RECIPES, run_recipe
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, SHORT_LIST, UNK_ID, Vocab
 
@@ -253,12 +253,12 @@ def test_fingerprint_follows_inputs_and_settings_but_not_batching(tiny_tsv_corpu
     """Settings and file contents count; out_dir, batching, the corpus' location and mtime do not."""
     c = tiny_tsv_corpus
     cfg = c.cfg()
-    key = fingerprint(cfg.data)
+    key = fingerprint(as_settings(DataSettings, cfg.data))
 
     def changed(key_path: str, value) -> str:
         other = copy.deepcopy(cfg)
         OmegaConf.update(other, key_path, value)
-        return fingerprint(other.data)
+        return fingerprint(as_settings(DataSettings, other.data))
 
     assert changed("data.out_dir", str(tmp_path / "elsewhere")) == key
     assert changed("data.batching.max_tokens", 123) == key
@@ -266,13 +266,13 @@ def test_fingerprint_follows_inputs_and_settings_but_not_batching(tiny_tsv_corpu
     assert changed("data.vocab.model_type", "bpe") != key
     stat = c.valid.stat()
     os.utime(c.valid, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert fingerprint(cfg.data) == key  # touched, same bytes
+    assert fingerprint(as_settings(DataSettings, cfg.data)) == key  # touched, same bytes
     moved = tmp_path / "mirror"
     shutil.copytree(c.valid.parent, moved)
     assert changed("data.valid", str(moved / c.valid.name)) == key  # the same file, copied
     with open(c.valid, "a", encoding="utf-8") as f:
         f.write("one more\t한 줄 더\n")
-    assert fingerprint(cfg.data) != key
+    assert fingerprint(as_settings(DataSettings, cfg.data)) != key
 
 
 class Interrupted(Exception):

@@ -110,11 +110,11 @@ def test_checkpoint_mode_decodes_then_scores(tiny_prepared, tmp_path):
 
     from omegaconf import OmegaConf
 
-    from nmt.evaluate import evaluate_translator, format_report
+    from nmt.evaluation.testset import evaluate_translator, format_report
 
     valid = tiny_prepared.data.splits["valid"]
     reference_of = dict(zip(valid.src_text, valid.tgt_text, strict=True))
-    train_cfg = OmegaConf.to_container(tiny_prepared.cfg)
+    train_cfg = OmegaConf.to_container(tiny_prepared.cfg, resolve=True)  # as a checkpoint stores it
     train_cfg["data"]["out_dir"] = str(tiny_prepared.data.out_dir)
     calls = []
 

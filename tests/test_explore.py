@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 import sacrebleu
 import torch
-from conftest import TINY_MODEL, quote, run_main
+from conftest import TINY_MODEL, build_trainer, quote, run_main
 from omegaconf import OmegaConf
 
 import scripts.explorer_screenshot
-from nmt.explore import WEIGHT_SCALE, explore, json_for_script
+from nmt.evaluation.explorer import WEIGHT_SCALE, explore, json_for_script
 from nmt.inference.translator import Translator
-from nmt.training.trainer import build_trainer
 
 SOURCES = [
     "Open the file.",
@@ -66,7 +65,7 @@ def sweep(tiny_prepared, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def other_vocab_ckpt(tiny_prepared, tmp_path_factory) -> Path:
     """A checkpoint whose source SentencePiece model has another size (400, not 500)."""
-    from nmt.data.pipeline import prepare
+    from conftest import prepare
 
     root = tmp_path_factory.mktemp("explore_other_vocab")
     cfg = tiny_cfg(tiny_prepared, "dot", "data.vocab.src_size=400", out_dir=root / "prepared")

@@ -16,20 +16,17 @@ import onnx
 import pytest
 import torch
 from conftest import quote, run_main, train_tiny_checkpoint
+from export_grid import parity_grid, tiny_model, tiny_model_config, tiny_parity
 
 from nmt.core.errors import NMTError
-from nmt.export import (
+from nmt.inference.onnx_backend import ENCODER_GRAPH, STEP_GRAPH, OnnxSeq2Seq, StateLayout
+from nmt.inference.onnx_export import (
     CHECK_LENGTHS,
     EXPORT_LENGTHS,
     TOLERANCE,
     check_parity,
     export_graphs,
-    parity_grid,
-    tiny_model,
-    tiny_model_config,
-    tiny_parity,
 )
-from nmt.inference.onnx_backend import ENCODER_GRAPH, STEP_GRAPH, OnnxSeq2Seq, StateLayout
 from nmt.inference.search import SearchSettings, decode_ids
 from nmt.inference.translator import Translator
 
@@ -87,9 +84,9 @@ def test_gru_without_linear_before_reset_is_caught(tmp_path):
 
 def test_a_frozen_source_length_is_caught(tmp_path, monkeypatch):
     """pytorch #191855: an RNN's time dimension frozen at export fails at other lengths."""
-    import nmt.export
+    import nmt.inference.onnx_export
 
-    real_export = nmt.export._export
+    real_export = nmt.inference.onnx_export._export
 
     def freeze_src_len(module, args, path, inputs, outputs, axes, exporter, opset):
         frozen = {
@@ -97,7 +94,7 @@ def test_a_frozen_source_length_is_caught(tmp_path, monkeypatch):
         }
         real_export(module, args, path, inputs, outputs, frozen, exporter, opset)
 
-    monkeypatch.setattr(nmt.export, "_export", freeze_src_len)
+    monkeypatch.setattr(nmt.inference.onnx_export, "_export", freeze_src_len)
     with pytest.raises(NMTError, match="fail on a batch of source lengths"):
         tiny_parity(tiny_model_config("gru", "general", "bahdanau", False), tmp_path)
 

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_MODEL, quote, run_main
+from conftest import REPO_ROOT, TINY_MODEL, build_trainer, quote, run_main
 
 from nmt.core import io
 from nmt.core.errors import NMTError
@@ -34,7 +34,7 @@ from nmt.training import keeper as checkpoint_keeper
 from nmt.training import trainer
 from nmt.training.distributed import TORCHRUN_VARS
 from nmt.training.preemption import PREEMPTED_EXIT_STATUS, Preempted
-from nmt.training.trainer import Trainer, build_trainer
+from nmt.training.trainer import Trainer
 
 MAX_STEPS = 30
 RUN = [
@@ -562,7 +562,7 @@ def test_the_other_writers_of_a_run_report_a_full_disk_in_one_line(
 ):
     """validations.jsonl (no half line left), TensorBoard's events (written by a thread), and an
     exported folder, each on a full disk."""
-    from nmt.export import export_checkpoint
+    from nmt.inference.onnx_export import export_checkpoint
     from nmt.training.validation import EventsWriter
 
     history = small_filesystem / "validations.jsonl"
@@ -815,7 +815,7 @@ def test_resume_auto_continues_when_last_pt_exists_and_starts_fresh_otherwise(tm
 
 
 def test_a_damaged_manifest_and_leftover_temporaries_mean_a_rebuild(tiny_prepared, tmp_path):
-    from nmt.data.pipeline import prepare
+    from conftest import prepare
 
     out_dir = tmp_path / "prepared"
     shutil.copytree(tiny_prepared.data.out_dir, out_dir)

@@ -10,9 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY_MODEL
-
-from nmt.training.trainer import build_trainer
+from conftest import TINY_MODEL, build_trainer
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs glibc's mallopt")
 

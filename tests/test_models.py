@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import build_model
 from torch import nn
 
 from nmt.core.errors import NMTError
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, train_sentencepiece
-from nmt.models import SCORES, Seq2Seq, build_model
+from nmt.models import SCORES, Seq2Seq
 from nmt.models.attention import Attention
 
 SRC_VOCAB, TGT_VOCAB = 23, 19

@@ -5,17 +5,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import as_settings
 from omegaconf import OmegaConf
 
-from nmt.training.optim import LRSchedule, build_optimizer
+from nmt.training.optim import LRSchedule, OptimSettings, build_optimizer
 
 ADAM = OmegaConf.load(Path(__file__).parents[1] / "configs/optim/adam.yaml")
 
 
 def schedule(**overrides) -> LRSchedule:
-    cfg = OmegaConf.merge(ADAM, overrides)
+    optim = as_settings(OptimSettings, OmegaConf.merge(ADAM, overrides), "optim")
     params = [torch.nn.Parameter(torch.zeros(2))]
-    return LRSchedule(cfg, build_optimizer(cfg, params))
+    return LRSchedule(optim, build_optimizer(optim, params))
 
 
 def test_linear_warmup_ramps_then_decays_by_the_inverse_square_root():

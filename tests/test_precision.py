@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, best, build_model, build_trainer
 from test_search import (  # noqa: F401 (vocabs is a fixture)
     LINES,
     SETUPS,
@@ -38,9 +38,7 @@ from nmt.core.runtime import (
     resolve_precision,
 )
 from nmt.inference.search import SearchSettings, beam_search, decode_ids, greedy_search
-from nmt.models import build_model
 from nmt.models.loss import sequence_loss
-from nmt.training.trainer import build_trainer
 
 pytestmark = pytest.mark.cpu_dependent
 
@@ -217,8 +215,8 @@ def test_bf16_search_mostly_agrees_with_fp32(trained, search):
 
     def run():
         if search == "greedy":
-            return greedy_search(trained, src, src_lengths, 1.5, 3).best()
-        return beam_search(trained, src, src_lengths, 3, 1.0, 1.5, 3).best()
+            return best(greedy_search(trained, src, src_lengths, 1.5, 3))
+        return best(beam_search(trained, src, src_lengths, 3, 1.0, 1.5, 3))
 
     fp32 = run()
     with autocast_context("bf16", CPU):

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, quote, run_main
+from conftest import TINY_MODEL, build_trainer, quote, run_main
 
-from nmt import quality_curve
-from nmt.training.trainer import build_trainer
+from nmt.evaluation import quality_curve
 
 TINY_RUN = [
     *TINY_MODEL,

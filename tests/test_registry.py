@@ -10,14 +10,21 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS_DIR, TINY_MODEL, quote, run_main
+from conftest import (
+    CONFIGS_DIR,
+    TINY_MODEL,
+    build_model,
+    flops_per_target_token,
+    quote,
+    run_main,
+)
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from nmt.benchmark import LengthStats, flops_per_target_token
 from nmt.core.errors import NMTError
-from nmt.models import DECODER_STYLES, SCORES, Decoder, Score, build_model
+from nmt.models import DECODER_STYLES, SCORES, Decoder, Score
 from nmt.models.attention import ScoreFlops, build_attention
+from nmt.models.flops import LengthStats
 from nmt.models.registry import Registry
 
 # enko-like batches: source/target ≈ 1.05, a target token attends over 44 source tokens

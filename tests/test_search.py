@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from conftest import best, build_model
 from omegaconf import OmegaConf
 
 from nmt.core.errors import NMTError
@@ -32,7 +33,6 @@ from nmt.inference.search import (
     max_lengths,
 )
 from nmt.inference.translator import Translator
-from nmt.models import build_model
 
 SRC_VOCAB, TGT_VOCAB = 14, 15
 SETUPS = [
@@ -167,12 +167,14 @@ def teacher_forced(
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_beam_size_one_equals_greedy(model, batch, alpha, no_repeat):
     src, src_lengths = batch
-    greedy = greedy_search(
-        model, src, src_lengths, 1.5, 3, length_penalty=alpha, no_repeat_ngram_size=no_repeat
-    ).best()
-    beam = beam_search(
-        model, src, src_lengths, 1, alpha, 1.5, 3, no_repeat_ngram_size=no_repeat
-    ).best()
+    greedy = best(
+        greedy_search(
+            model, src, src_lengths, 1.5, 3, length_penalty=alpha, no_repeat_ngram_size=no_repeat
+        )
+    )
+    beam = best(
+        beam_search(model, src, src_lengths, 1, alpha, 1.5, 3, no_repeat_ngram_size=no_repeat)
+    )
     for g, b in zip(greedy, beam, strict=True):
         assert g.tokens == b.tokens
         assert g.hit_max_len == b.hit_max_len
@@ -184,14 +186,14 @@ def test_beam_size_one_equals_greedy(model, batch, alpha, no_repeat):
 def test_outputs_are_not_trivial(model, batch):
     """Guard for the other tests: the trained toy models end some hypotheses with </s>."""
     src, src_lengths = batch
-    hyps = greedy_search(model, src, src_lengths, 1.5, 3).best()
+    hyps = best(greedy_search(model, src, src_lengths, 1.5, 3))
     assert any(not h.hit_max_len for h in hyps)
     assert any(len(h.tokens) > 0 for h in hyps)
 
 
 def test_greedy_is_argmax_of_teacher_forced_logits(model, batch):
     src, src_lengths = batch
-    hyps = greedy_search(model, src, src_lengths, 1.5, 3).best()
+    hyps = best(greedy_search(model, src, src_lengths, 1.5, 3))
     rows = list(range(len(hyps)))
     for hyp, forced in zip(hyps, teacher_forced(model, src, src_lengths, rows, hyps), strict=True):
         logits = forced.logits.masked_fill(FORBIDDEN_MASK, -math.inf)  # (targets, V)
@@ -391,16 +393,16 @@ def test_max_length_is_per_sentence(model, batch, search):
     limits = max_lengths(src_lengths, ratio, offset).tolist()
     assert limits == [math.floor(ratio * n + offset) for n in src_lengths.tolist()]
     if search == "greedy":
-        hyps = greedy_search(never_ends(model), src, src_lengths, ratio, offset).best()
+        hyps = best(greedy_search(never_ends(model), src, src_lengths, ratio, offset))
     else:
-        hyps = beam_search(never_ends(model), src, src_lengths, 3, 1.0, ratio, offset).best()
+        hyps = best(beam_search(never_ends(model), src, src_lengths, 3, 1.0, ratio, offset))
     for hyp, limit in zip(hyps, limits, strict=True):
         assert hyp.hit_max_len
         assert len(hyp.tokens) == limit
 
     # With </s> allowed no hypothesis is longer than its limit, </s> included.
     for hyp, limit in zip(
-        beam_search(model, src, src_lengths, 3, 1.0, ratio, offset).best(), limits, strict=True
+        best(beam_search(model, src, src_lengths, 3, 1.0, ratio, offset)), limits, strict=True
     ):
         assert len(hyp.tokens) + (0 if hyp.hit_max_len else 1) <= limit
 
@@ -411,7 +413,7 @@ def test_zero_length_limit_gives_empty_hypothesis(model, batch):
         greedy_search(model, src, src_lengths, 0.0, 0),
         beam_search(model, src, src_lengths, 3, 1.0, 0.0, 0),
     ):
-        for hyp in hyps.best():
+        for hyp in best(hyps):
             assert hyp.tokens == [] and hyp.hit_max_len and hyp.log_prob == 0.0
             assert hyp.attn_weights.shape[0] == 0
 
@@ -501,7 +503,7 @@ def run_search(model, batch, search: str, no_repeat: int):
 def test_no_hypothesis_repeats_an_ngram(model, batch, search, n):
     looping = PrefersBigram(model)
     a, b = PrefersBigram.A, PrefersBigram.B
-    for hyp in run_search(looping, batch, search, 0).best():  # the loop, unblocked
+    for hyp in best(run_search(looping, batch, search, 0)):  # the loop, unblocked
         assert repeats_an_ngram(hyp.tokens, n)
         assert hyp.tokens[:4] == [a, b, a, b]
     for nbest in run_search(looping, batch, search, n).hypotheses:

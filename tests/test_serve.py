@@ -1,4 +1,4 @@
-"""The HTTP API (``nmt.serve``) on a tiny checkpoint.
+"""The HTTP API (``nmt.serve``: ``nmt.serving.app``, ``nmt.serving.service``) on a tiny checkpoint.
 
 In process, through httpx's ASGI transport: the schema, dynamic batching (merged batches, settings
 groups, answers equal to decoding alone) and every error status. One real server process on
@@ -20,13 +20,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import quote, run_main
+import torch
+from conftest import compose_config, quote, run_main
 
+import nmt.inference.search as search
 from nmt.core.errors import NMTError
 from nmt.inference.search import padded_chunks
 from nmt.inference.translator import Translator
-from nmt.serve import create_app, listen
-from nmt.serve_bench import ServerProcess, offline, percentile
+from nmt.serving.app import create_app, listen
+from nmt.serving.load_test import ServerProcess, offline, percentile
 from nmt.serving.settings import API_KEY_ENV, ServeSettings
 
 SENTENCES = [
@@ -280,6 +282,83 @@ def test_a_request_split_over_decoder_calls_answers_in_order(translator):
     assert stats["decode_cpu_seconds"] > 0 and stats["process_cpu_seconds"] > 0
 
 
+def test_encode_then_translate_ids_is_translate(translator):
+    """``Translator.encode`` is the one text → source ids step (normalised as the corpus is);
+    ``translate_ids`` of its ids gives what ``translate`` gives (text, scores, tokens,
+    attention, n-best)."""
+    beam = translator.with_settings(beam_size=3, n_best=2)
+    encoded = beam.encode(SENTENCES)
+    assert encoded == beam.src_vocab.encode([" ".join(s.split()) for s in SENTENCES])
+    assert beam.encode(["Open  the\tfile. "]) == beam.encode(["Open the file."])
+    with pytest.raises(TypeError):
+        beam.encode("Open the file.")
+    for got, want in zip(beam.translate_ids(encoded), beam.translate(SENTENCES), strict=True):
+        assert got.source_tokens == want.source_tokens
+        for g, w in zip(got.nbest, want.nbest, strict=True):
+            assert (g.text, g.score, g.tokens, g.token_ids) == (
+                w.text,
+                w.score,
+                w.tokens,
+                w.token_ids,
+            )
+            assert torch.equal(g.attention, w.attention)
+
+
+def test_a_request_is_encoded_once_and_each_chunk_is_one_decoder_call(translator, monkeypatch):
+    """The app encodes a request's sentences once (``Translator.encode``); the decoding thread
+    gets those ids, not the text; each chunk the batcher cuts (``search_batches``) is exactly
+    one decoder call in ``decode_ids``, which cuts by the same rule; the answers are
+    ``nmt-translate``'s."""
+    small = translator.with_settings(batch_tokens=24)  # several chunks
+    encodes: list[list[str]] = []
+    chunks: list[tuple[object, list[list[int]]]] = []
+    calls_per_chunk: list[int] = []
+    searches: list[int] = []
+    real_search = search._search_batch
+
+    def counting_search(model, src, src_lengths, settings):
+        searches.append(src.shape[0])
+        return real_search(model, src, src_lengths, settings)
+
+    async def go():
+        async with serving(small, max_wait_ms=200) as client:
+            service = client.service
+            real_encode, real_decode = service.base.encode, service.decode
+
+            def encode(sentences):
+                encodes.append(list(sentences))
+                return real_encode(sentences)
+
+            def decode(settings, encoded):
+                assert all(isinstance(i, int) for ids in encoded for i in ids)
+                before = len(searches)
+                chunks.append((settings, encoded))
+                results = real_decode(settings, encoded)
+                calls_per_chunk.append(len(searches) - before)
+                return results
+
+            monkeypatch.setattr(service.base, "encode", encode)
+            monkeypatch.setattr(service, "decode", decode)
+            monkeypatch.setattr(search, "_search_batch", counting_search)
+            many = client.post("/v1/translate", json={"text": SENTENCES})
+            one = client.post("/v1/translate", json={"text": SENTENCES[3]})
+            responses = await asyncio.gather(many, one)
+            return responses, (await client.get("/v1/stats")).json()
+
+    (many, one), stats = run(go())
+    monkeypatch.undo()
+    assert sorted(encodes) == sorted([SENTENCES, [SENTENCES[3]]])  # once per request
+    decoded = sorted(ids for _, chunk in chunks for ids in chunk)
+    assert decoded == sorted(small.encode([*SENTENCES, SENTENCES[3]]))  # each sentence once
+    assert len(chunks) == stats["batches"] > 1
+    assert calls_per_chunk == [1 if any(chunk) else 0 for _, chunk in chunks]
+    for settings, chunk in chunks:
+        lengths = [len(ids) + 1 for ids in chunk]
+        assert len(search.search_batches(lengths, settings, "cpu")) == 1
+    assert [t["text"] for t in many.json()["translations"]] == translator.translate_text(SENTENCES)
+    assert one.json()["translations"][0]["text"] == translator.translate_text([SENTENCES[3]])[0]
+
+
 def test_different_search_settings_are_not_mixed(translator):
     async def go():
         async with serving(translator, max_wait_ms=300) as client:
@@ -447,11 +526,12 @@ def test_decoding_failure_is_500_then_the_next_requests_work(translator, monkeyp
         async with serving(translator, max_wait_ms=0) as client:
             service = client.service
             decode = service.decode
+            boom = translator.encode(["boom"])[0]
 
-            def failing(settings, sentences):  # an injected fault in the decoding thread
-                if "boom" in sentences:
+            def failing(settings, encoded):  # an injected fault in the decoding thread
+                if boom in encoded:
                     raise RuntimeError("injected failure")
-                return decode(settings, sentences)
+                return decode(settings, encoded)
 
             monkeypatch.setattr(service, "decode", failing)
             failed = await client.post("/v1/translate", json={"text": "boom"})
@@ -499,6 +579,22 @@ def test_api_key_is_required_on_v1_when_set(translator, monkeypatch, from_env):
     assert wrong.json()["detail"].startswith("API key not accepted")
     assert bearer.status_code == header.status_code == 200
     assert health.status_code == ready.status_code == 200  # probes need no key
+
+
+def test_the_typed_serve_block_takes_the_api_key_from_the_environment(monkeypatch):
+    """``nmt-serve`` reads its typed config (``check_command``), which the environment is not
+    part of; ``with_env_api_key`` adds ``$NMT_SERVE_API_KEY`` there as ``from_config`` does,
+    and a key given as ``serve.api_key`` wins."""
+    from nmt.config.schema import check_command
+
+    monkeypatch.setenv(API_KEY_ENV, "s3cret")
+    plain = check_command("serve", compose_config("ckpt=x.pt", config_name="serve")).serve
+    assert plain.api_key is None and plain.with_env_api_key().api_key == "s3cret"
+    assert plain.with_env_api_key() == ServeSettings.from_config({})
+    given = compose_config("ckpt=x.pt", "serve.api_key=mine", config_name="serve")
+    assert check_command("serve", given).serve.with_env_api_key().api_key == "mine"
+    monkeypatch.setenv(API_KEY_ENV, "")
+    assert plain.with_env_api_key().api_key is None
 
 
 def test_no_cors_headers_unless_configured(translator):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, quote, run_main
+from conftest import TINY_MODEL, build_trainer, quote, run_main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -25,7 +25,7 @@ from nmt.models import checkpoint
 from nmt.training import step as training_step
 from nmt.training import trainer
 from nmt.training.keeper import rank_checkpoints
-from nmt.training.trainer import Trainer, build_trainer
+from nmt.training.trainer import Trainer
 
 TINY_CONCAT = [
     *TINY_MODEL,

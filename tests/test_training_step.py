@@ -12,18 +12,20 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, as_settings, build_model, build_trainer, train_config
 
 from nmt.benchmark import run_benchmark
+from nmt.config.schema import check_command
 from nmt.core.errors import NMTError
 from nmt.core.runtime import Precision
-from nmt.models import build_model
 from nmt.models.loss import sequence_loss
 from nmt.training import step as training_step
 from nmt.training.distributed import DistContext
 from nmt.training.keeper import CheckpointKeeper, KeepPolicy
+from nmt.training.optim import OptimSettings
+from nmt.training.settings import TrainerSettings
 from nmt.training.step import StepSettings, TrainingStep
-from nmt.training.trainer import Trainer, build_trainer
+from nmt.training.trainer import Trainer
 from nmt.training.validation import Validator
 
 CPU = torch.device("cpu")
@@ -78,7 +80,8 @@ def test_the_benchmark_and_the_trainer_give_the_same_losses(tiny_prepared, tmp_p
         out_dir=data.out_dir,
         config_name="benchmark",
     )
-    train = run_benchmark(bench_cfg, data, progress=lambda message: None)["train"]
+    bench_config = check_command("benchmark", bench_cfg)
+    train = run_benchmark(bench_config, data, progress=lambda message: None)["train"]
     assert train["accum_steps"] == ACCUM and train["skipped_steps"] == 0
     assert train["tgt_tokens_per_step"] == sum(r.tokens for r in results) / STEPS
 
@@ -111,7 +114,9 @@ def tiny_step(tiny_prepared, *overrides: str, optim: str = "sgd") -> tuple[Train
     torch.manual_seed(0)
     model = build_model(cfg.model, len(data.src_vocab), len(data.tgt_vocab))
     batches = list(data.batcher("train", 256, 1, 0, shuffle=False).epoch(0))[:2]
-    return TrainingStep.from_config(cfg, model, CPU, FP32), batches
+    trainer = as_settings(TrainerSettings, cfg.trainer, "trainer")
+    optim = as_settings(OptimSettings, cfg.optim, "optim")
+    return TrainingStep.from_settings(trainer, optim, model, CPU, FP32), batches
 
 
 def weights(model: torch.nn.Module) -> torch.Tensor:
@@ -201,10 +206,11 @@ def test_a_trainer_runs_on_parts_built_by_hand(tiny_prepared, small_data, tmp_pa
     assert cfg.trainer.keep_best == 3
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(small_data.src_vocab), len(small_data.tgt_vocab))
-    step = TrainingStep.from_config(cfg, model, CPU, FP32)
+    config = train_config(cfg)
+    step = TrainingStep.from_settings(config.trainer, config.optim, model, CPU, FP32)
     keeper = CheckpointKeeper(tmp_path / "checkpoints", KeepPolicy(keep_best=1))
-    validator = Validator(cfg, small_data, tmp_path)
-    trainer = Trainer(cfg, DistContext(), tmp_path, small_data, model, step, keeper, validator)
+    validator = Validator(config, small_data, tmp_path)
+    trainer = Trainer(config, DistContext(), tmp_path, small_data, model, step, keeper, validator)
     metrics = trainer.fit()
     assert trainer.progress.step == 3 and set(metrics) >= {"loss", "bleu", "chrf"}
     assert len(trainer.progress.best_checkpoints) == 1

@@ -9,13 +9,13 @@ config; nothing below the commands reads a ``DictConfig``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from nmt.core.runtime import DEVICES
 from nmt.core.settings import load_settings, partial_settings, setting
 from nmt.data.pipeline import DataSettings
+from nmt.inference.onnx_export import EXPORTERS
 from nmt.inference.search import SearchSettings
 from nmt.serving.settings import ServeSettings
 from nmt.training.settings import TrainConfig
@@ -120,18 +120,12 @@ class ExploreConfig(DecodeCommand):
     progress: bool = setting()
 
 
-def _exporters() -> Sequence[str]:
-    from nmt.export import EXPORTERS  # TODO(layout): the exporter names move into the library
-
-    return EXPORTERS
-
-
 @dataclass(frozen=True, kw_only=True)
 class ExportConfig:
     ckpt: str = setting(nonempty=True)
     out: str = setting(nonempty=True)
     format: str = setting(choices=("onnx",))
-    exporter: str = setting(choices=_exporters)
+    exporter: str = setting(choices=EXPORTERS)
     opset: int = setting(ge=17)
     quantize: str | None = setting(choices=("int8",))
 
@@ -191,4 +185,3 @@ def check_command(config_name: str, cfg: Any) -> Any:
     if isinstance(cfg, DictConfig):  # a copy without `hydra`: reading a `???` would raise
         cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     return load_settings(COMMANDS[config_name], cfg)
-

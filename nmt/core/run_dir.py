@@ -20,6 +20,7 @@ RUN_CONFIG = Path(".hydra") / "config.yaml"  # marks a folder as a run dir
 CHECKPOINTS = "checkpoints"
 BEST, LAST, AVERAGED = "best.pt", "last.pt", "averaged.pt"
 VALIDATIONS = "validations.jsonl"
+TENSORBOARD = "tensorboard"  # the events folder
 STEP_CHECKPOINT = re.compile(r"step(\d+)\.pt")
 
 
@@ -50,6 +51,15 @@ def newest_step_checkpoints(ckpt_dir: Path, k: int) -> list[Path]:
     """The ``k`` step checkpoints of ``ckpt_dir`` with the highest steps (fewer when fewer are
     there), oldest first."""
     return [path for _, path in step_checkpoints(ckpt_dir)[-k:]] if k > 0 else []
+
+
+def checkpoint_of(run_dir: Path) -> Path | None:
+    """The run's ``best.pt``, else its ``last.pt``; None when it has neither."""
+    for name in (BEST, LAST):
+        path = checkpoint_path(run_dir, name)
+        if path.is_file():
+            return path
+    return None
 
 
 def run_of_checkpoint(ckpt: Path) -> Path | None:

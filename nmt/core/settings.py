@@ -305,3 +305,18 @@ def partial_settings(schema: type, values: Any, prefix: str) -> dict[str, Any]:
             given[name] = check_value(value, hints[name], rules, _key(prefix, name))
     return given
 
+
+def settings_dict(settings: Any) -> dict[str, Any]:
+    """The plain mapping ``settings`` reads as — :func:`load_settings` inverted: nested groups
+    become dicts, a registered part's ``options`` go back among its group's keys, tuples become
+    lists. What a checkpoint stores as its config."""
+    plain: dict[str, Any] = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if f.name == PART_OPTIONS and hasattr(type(settings), "PART_FIELD"):
+            plain.update(value)
+        elif dataclasses.is_dataclass(value):
+            plain[f.name] = settings_dict(value)
+        else:
+            plain[f.name] = list(value) if isinstance(value, tuple) else value
+    return plain

@@ -25,7 +25,6 @@ class BatchingSettings:
     seed: int = setting()
 
 
-
 @dataclass
 class Batch:
     """A padded batch. Masks follow one convention everywhere: True marks a real token."""

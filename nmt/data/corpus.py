@@ -114,7 +114,6 @@ class CleanSettings:
     dedup: bool = setting()
 
 
-
 @dataclass
 class CleanReport:
     """How many pairs each cleaning rule dropped, in the order the rules run."""

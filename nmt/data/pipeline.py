@@ -69,7 +69,6 @@ class DataSettings:
     batching: BatchingSettings = setting()
 
 
-
 @dataclass
 class Split:
     """One encoded split: ids per sentence and the normalised text they came from."""
@@ -141,9 +140,7 @@ def read_corpus(data: DataSettings, log: Callable[[str], None]) -> dict[str, lis
     """Raw pairs per split, according to ``data.format``."""
     fmt = data.format
     if fmt == "recipe":
-        pairs, notes = run_recipe(
-            data.recipe, data.splits, Path(data.out_dir), data.mirror
-        )
+        pairs, notes = run_recipe(data.recipe, data.splits, Path(data.out_dir), data.mirror)
         for note in notes:
             log(f"note: {note}")
         return pairs
@@ -285,12 +282,8 @@ def _build(data: DataSettings, out_dir: Path, seed: int, log: Callable[[str], No
             "tgt": _pack_ids([[BOS_ID] + t + [EOS_ID] for t in tgt]),
         }
         write_atomic(out_dir / f"{name}.pt", lambda f, packed=packed: torch.save(packed, f))
-        write_text_atomic(
-            out_dir / f"{name}.{data.src_lang}", "".join(s + "\n" for s, _ in pairs)
-        )
-        write_text_atomic(
-            out_dir / f"{name}.{data.tgt_lang}", "".join(t + "\n" for _, t in pairs)
-        )
+        write_text_atomic(out_dir / f"{name}.{data.src_lang}", "".join(s + "\n" for s, _ in pairs))
+        write_text_atomic(out_dir / f"{name}.{data.tgt_lang}", "".join(t + "\n" for _, t in pairs))
         log(f"{name}: {len(pairs):,} pairs")
     write_text_atomic(
         out_dir / "clean_report.json",
@@ -303,12 +296,8 @@ def _load(data: DataSettings, out_dir: Path) -> PreparedData:
     splits = {}
     for name in SPLITS:
         packed = torch.load(out_dir / f"{name}.pt", weights_only=True)
-        src_text = (
-            (out_dir / f"{name}.{data.src_lang}").read_text(encoding="utf-8").splitlines()
-        )
-        tgt_text = (
-            (out_dir / f"{name}.{data.tgt_lang}").read_text(encoding="utf-8").splitlines()
-        )
+        src_text = (out_dir / f"{name}.{data.src_lang}").read_text(encoding="utf-8").splitlines()
+        tgt_text = (out_dir / f"{name}.{data.tgt_lang}").read_text(encoding="utf-8").splitlines()
         splits[name] = Split(
             _unpack_ids(packed["src"]), _unpack_ids(packed["tgt"]), src_text, tgt_text
         )
@@ -341,7 +330,9 @@ def read_split(
         raise NMTError(f"the checkpoint's data config has no {split} split (data.{split} is null)")
     prepared = prepare(data, saved_config.get("seed", 1234), log=log)
     part = prepared.splits[split]
-    src_name, ref_name = (str(prepared.out_dir / f"{split}.{lang}") for lang in (data.src_lang, data.tgt_lang))
+    src_name, ref_name = (
+        str(prepared.out_dir / f"{split}.{lang}") for lang in (data.src_lang, data.tgt_lang)
+    )
     return part.src_text, part.tgt_text, src_name, ref_name
 
 

@@ -44,7 +44,6 @@ class VocabSettings:
     input_sentence_size: int = setting(ge=1)
 
 
-
 class Vocab:
     """A trained SentencePiece model: text ↔ subword ids (without <s> and </s>)."""
 

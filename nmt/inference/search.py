@@ -102,7 +102,11 @@ class SearchSettings:
         ``name`` picks the search: 1 → greedy, more → beam. Configs saved before
         ``no_repeat_ngram_size`` or ``precision`` existed decode as they did (0: off; fp32).
         """
-        values = {"no_repeat_ngram_size": 0, "precision": "fp32", **plain_values(search_cfg, "search")}
+        values = {
+            "no_repeat_ngram_size": 0,
+            "precision": "fp32",
+            **plain_values(search_cfg, "search"),
+        }
         if "beam_size" in overrides and "name" not in overrides:
             overrides["name"] = "greedy" if overrides["beam_size"] == 1 else "beam"
         if overrides.get("name") == "greedy" and "beam_size" not in overrides:
@@ -144,7 +148,6 @@ def explicit_settings(search_cfg: Any) -> dict[str, Any]:
     return partial_settings(SearchSettings, search_cfg, "search")
 
 
-
 @dataclass
 class Hypothesis:
     """One output of a search.
@@ -169,10 +172,6 @@ class SearchResult:
     """``hypotheses[i]``: the n-best list of sentence ``i`` of the batch, best score first."""
 
     hypotheses: list[list[Hypothesis]]
-
-    def best(self) -> list[Hypothesis]:
-        """The best hypothesis of every sentence."""
-        return [nbest[0] for nbest in self.hypotheses]
 
 
 def gnmt_length_penalty(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -739,7 +738,7 @@ def padded_chunks(
     (a longer sentence alone is one chunk; ``None``: no budget, chunks of ``max_sentences``).
 
     The one way sentences are batched for decoding (:func:`decode_ids` with
-    ``search.batch_tokens``, and ``nmt.serve``'s batcher). A decoder call costs about
+    ``search.batch_tokens``, and the server's batcher in ``nmt.serving.service``). A decoder call costs about
     (sentences × beam) rows × the longest source (attention, and the copies of the encoder
     memory as sentences finish) for as many steps as its longest output, so one long sentence
     among short ones makes them all pay for its length: 64 sentences of enko/test (2–129
@@ -762,7 +761,7 @@ def search_batches(
     lengths: Sequence[int], settings: SearchSettings, device_type: str
 ) -> list[list[int]]:
     """:func:`padded_chunks` under the search's batch limits (``batch_size``, and on the CPU
-    ``batch_tokens``): one decoder call each in :func:`decode_ids`. ``nmt.serve`` cuts its
+    ``batch_tokens``): one decoder call each in :func:`decode_ids`. ``nmt.serving.service`` cuts its
     chunks with this too, so a chunk it takes is one call there."""
     return padded_chunks(lengths, settings.padded_budget(device_type), settings.batch_size)
 

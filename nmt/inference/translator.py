@@ -239,6 +239,18 @@ class Translator:
             self.model, self.src_vocab, self.tgt_vocab, settings, self.device, self.info
         )
 
+    def encode(self, sentences: Sequence[str]) -> list[list[int]]:
+        """The source subword ids of each sentence, as the model sees them (without ``</s>``):
+        normalised as the corpus is (NFC, whitespace folded), then SentencePiece-encoded.
+
+        The one place text becomes source ids: :meth:`translate` goes through it, and
+        ``nmt.serving`` encodes a request's sentences with it once (to check their length and
+        to batch them by it), then decodes those ids with :meth:`translate_ids`.
+        """
+        if isinstance(sentences, str):
+            raise TypeError("encode() takes a sequence of sentences; wrap one in a list")
+        return self.src_vocab.encode([normalize(s) for s in sentences])
+
     def translate(
         self,
         sentences: Sequence[str],
@@ -247,15 +259,29 @@ class Translator:
     ) -> list[Translation]:
         """Translate English sentences; one :class:`Translation` each, in input order.
 
-        Each sentence is normalised as the corpus is (NFC, whitespace folded), encoded, and
-        decoded in length-sorted batches within ``settings.batch_size`` and, on the CPU,
-        ``settings.batch_tokens`` (:func:`nmt.inference.search.decode_ids`). ``progress`` shows a tqdm bar
-        on stderr. ``interrupt()`` is called after each batch; what it raises ends the call
-        (the trainer's validation stops so on a preemption signal).
+        Each sentence is normalised as the corpus is (NFC, whitespace folded) and encoded
+        (:meth:`encode`), then decoded as :meth:`translate_ids` decodes.
         """
         if isinstance(sentences, str):
             raise TypeError("translate() takes a sequence of sentences; wrap one in a list")
-        encoded = self.src_vocab.encode([normalize(s) for s in sentences])
+        return self.translate_ids(self.encode(sentences), progress, interrupt)
+
+    def translate_ids(
+        self,
+        encoded: Sequence[Sequence[int]],
+        progress: bool = False,
+        interrupt: Callable[[], None] | None = None,
+    ) -> list[Translation]:
+        """Translate sentences already encoded by :meth:`encode` (source ids without ``</s>``);
+        one :class:`Translation` each, in input order.
+
+        They are decoded in length-sorted batches within ``settings.batch_size`` and, on the
+        CPU, ``settings.batch_tokens`` (:func:`nmt.inference.search.decode_ids`; sentences
+        already within those limits are one batch). ``progress`` shows a tqdm bar on stderr.
+        ``interrupt()`` is called after each batch; what it raises ends the call (the
+        trainer's validation stops so on a preemption signal).
+        """
+        encoded = [list(ids) for ids in encoded]
         bar = None
         if progress:
             from tqdm import tqdm

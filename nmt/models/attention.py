@@ -73,7 +73,6 @@ class AttentionSettings:
     options: dict[str, Any] = field(default_factory=dict)  # the score's declared keys
 
 
-
 class AttentionOutput(NamedTuple):
     context: Tensor  # (batch, tgt_len, value_size)
     attn_weights: Tensor  # (batch, tgt_len, src_len), exactly 0.0 on padding

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from nmt.core.errors import NMTError
 from nmt.core.io import write_atomic, write_error
+from nmt.core.settings import load_settings
 from nmt.data.vocab import Vocab
+from nmt.models.seq2seq import ModelSettings, build_model
 
 if TYPE_CHECKING:
     from nmt.models import Seq2Seq
@@ -142,21 +143,22 @@ def vocabs_from(checkpoint: dict[str, Any]) -> tuple[Vocab, Vocab]:
 
 def model_from_checkpoint(
     checkpoint: dict[str, Any], path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[Seq2Seq, Vocab, Vocab, DictConfig]:
-    """``(model, src_vocab, tgt_vocab, cfg)`` from a loaded checkpoint, the model in eval mode
-    on ``device``; ``path`` names the file in errors."""
-    from nmt.models import build_model
-
-    cfg: DictConfig = OmegaConf.create(checkpoint["config"])
+) -> tuple[Seq2Seq, Vocab, Vocab, dict[str, Any]]:
+    """``(model, src_vocab, tgt_vocab, config)`` from a loaded checkpoint, the model in eval
+    mode on ``device``, ``config`` the run's config as the checkpoint stores it (a plain dict);
+    ``path`` names the file in errors."""
+    config = checkpoint["config"]
+    # the stored config is parsed once, here, where it is read from the file
+    model_settings = load_settings(ModelSettings, config["model"], "model")
     src_vocab, tgt_vocab = vocabs_from(checkpoint)
-    model = build_model(cfg.model, len(src_vocab), len(tgt_vocab))
+    model = build_model(model_settings, len(src_vocab), len(tgt_vocab))
     load_model_state(model, checkpoint["model"], path)
     model.to(device).eval()
-    return model, src_vocab, tgt_vocab, cfg
+    return model, src_vocab, tgt_vocab, config
 
 
 def load_for_inference(
     path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[Seq2Seq, Vocab, Vocab, DictConfig]:
-    """Return ``(model, src_vocab, tgt_vocab, cfg)`` from a checkpoint, the model in eval mode."""
+) -> tuple[Seq2Seq, Vocab, Vocab, dict[str, Any]]:
+    """Return ``(model, src_vocab, tgt_vocab, config)`` from a checkpoint, the model in eval mode."""
     return model_from_checkpoint(load_checkpoint(path, map_location=device), path, device)

@@ -48,7 +48,6 @@ class DecoderSettings:
     options: dict[str, Any] = field(default_factory=dict)  # the style's declared keys
 
 
-
 class Memory(NamedTuple):
     """What the decoder reads from the encoder, computed once per batch by ``Seq2Seq.encode``."""
 

@@ -37,7 +37,6 @@ class EncoderSettings:
     dropout: float = setting(ge=0, lt=1)
 
 
-
 class EncoderOutput(NamedTuple):
     states: Tensor  # (batch, src_len, num_directions*hidden), zeros at padded positions
     final: Tensor  # (batch, num_directions*hidden): top layer's last states, [→h_last ; ←h_1]

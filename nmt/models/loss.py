@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nmt.core.errors import NMTError
 from nmt.data.vocab import PAD_ID
-
-
-def check_label_smoothing(value: object) -> None:
-    """``trainer.label_smoothing`` must lie in [0, 1], the range ``F.cross_entropy`` accepts."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise NMTError(f"trainer.label_smoothing: expected a number in [0, 1]; got {value!r}")
 
 
 def sequence_loss(
@@ -29,12 +22,9 @@ def sequence_loss(
     (no ``retain_graph``), so the forward may overwrite them with exp(z − m) and the backward
     write the gradient into the same storage: no second and third (N, V) tensor (the training
     step; a second backward through the graph raises autograd's "modified by an inplace
-    operation" error instead of giving a wrong gradient).
+    operation" error instead of giving a wrong gradient). ``label_smoothing`` in [0, 1]
+    (``F.cross_entropy``'s range) is checked where the settings are typed (``TrainerSettings``).
     """
-    if not 0.0 <= label_smoothing <= 1.0:  # F.cross_entropy's range
-        raise NMTError(
-            f"trainer.label_smoothing: expected a number in [0, 1]; got {label_smoothing}"
-        )
     return SmoothedCrossEntropy.apply(
         logits.reshape(-1, logits.size(-1)).float(),
         tgt_out.reshape(-1),

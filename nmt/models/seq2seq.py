@@ -19,12 +19,12 @@ N(0, 1/embed_dim) so that the initial logits stay small.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from nmt.core.settings import load_settings, setting
+from nmt.core.settings import setting
 from nmt.data.vocab import PAD_ID
 from nmt.models.attention import AttentionSettings, build_attention
 from nmt.models.decoder import (
@@ -47,7 +47,6 @@ class ModelSettings:
     attention: AttentionSettings = setting()
     decoder: DecoderSettings = setting()
     tie_embeddings: bool = setting()
-
 
 
 class Seq2SeqOutput(NamedTuple):
@@ -180,17 +179,15 @@ def cast_for_decoding(memory: Tensor) -> Tensor:
 
 
 def build_model(
-    model_cfg: Any, src_vocab_size: int, tgt_vocab_size: int, param_init: float | None = None
+    m: ModelSettings, src_vocab_size: int, tgt_vocab_size: int, param_init: float | None = None
 ) -> Seq2Seq:
-    """A :class:`Seq2Seq` from ``model_cfg`` (an OmegaConf node or a plain dict); fresh weights
+    """A :class:`Seq2Seq` from the ``model`` settings; fresh weights
     from U(−param_init, param_init) when it is given (``trainer.param_init``, :func:`init_uniform_`),
     else PyTorch's per-layer defaults.
 
-    The keys, types and ranges are checked by the schema (:class:`nmt.config.schema.ModelSettings`),
-    the score's and the decoder style's own keys by what their classes declare; unknown keys and
-    bad values raise :class:`NMTError` naming the key and the valid choices.
+    The keys, types and ranges were checked when the settings were built (:class:`ModelSettings`),
+    the score's and the decoder style's own keys by what their classes declare.
     """
-    m = load_settings(ModelSettings, model_cfg, "model")
     enc, att, dec = m.encoder, m.attention, m.decoder
     encoder = Encoder(
         vocab_size=src_vocab_size,

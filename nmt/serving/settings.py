@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from nmt.core.settings import check_fields, load_settings, plain_values, setting
@@ -45,11 +45,17 @@ class ServeSettings:
         """From the ``serve`` config block (a DictConfig or dict); the API key falls back to
         ``$NMT_SERVE_API_KEY``. A key the settings do not know is an error naming it."""
         values = {**(plain_values(serve_cfg, "serve") or {}), **overrides}
-        if values.get("api_key") is None and os.environ.get(API_KEY_ENV):
-            values["api_key"] = os.environ[API_KEY_ENV]
         if values.get("cors_origins") is None:
             values.pop("cors_origins", None)
-        return load_settings(cls, values, "serve")
+        return load_settings(cls, values, "serve").with_env_api_key()
+
+    def with_env_api_key(self) -> ServeSettings:
+        """These settings, with ``$NMT_SERVE_API_KEY`` as the API key when none is set (the
+        ``serve`` block of a typed :class:`~nmt.config.schema.ServeConfig` goes through this
+        too: the environment is not part of the composed config)."""
+        if self.api_key is None and os.environ.get(API_KEY_ENV):
+            return replace(self, api_key=os.environ[API_KEY_ENV])
+        return self
 
     def public(self) -> dict[str, Any]:
         """The settings without the API key, for ``/v1/model``."""
@@ -57,4 +63,3 @@ class ServeSettings:
         limits["api_key"] = "set" if self.api_key else None
         limits["cors_origins"] = list(self.cors_origins)
         return limits
-

@@ -20,6 +20,7 @@ from typing import Any
 from nmt.core.run_dir import newest_step_checkpoints, step_checkpoint_name
 from nmt.models.checkpoint import save_checkpoint
 from nmt.training.averaging import average_checkpoints
+from nmt.training.settings import TrainerSettings
 
 Ranked = list[tuple[float, str]]  # (validation score, file name), best first
 
@@ -58,8 +59,8 @@ class KeepPolicy:
     higher_is_better: bool = True
 
     @classmethod
-    def from_config(cls, t: Any) -> KeepPolicy:
-        """From the ``trainer`` config group."""
+    def from_settings(cls, t: TrainerSettings) -> KeepPolicy:
+        """From the ``trainer`` settings."""
         return cls(
             t.keep_best,
             t.keep_last,

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from nmt.core.errors import NMTError
-from nmt.core.settings import load_settings, setting
+from nmt.core.settings import setting
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "plateau", "inverse_sqrt")
@@ -32,14 +31,7 @@ class OptimSettings:
     min_lr: float = setting(ge=0)
 
 
-
-def check_optim_cfg(cfg: Any) -> OptimSettings:
-    """The ``optim`` group typed and checked (:class:`nmt.config.schema.OptimSettings`)."""
-    return cfg if isinstance(cfg, OptimSettings) else load_settings(OptimSettings, cfg, "optim")
-
-
-def build_optimizer(cfg: Any, params) -> torch.optim.Optimizer:
-    cfg = check_optim_cfg(cfg)
+def build_optimizer(cfg: OptimSettings, params) -> torch.optim.Optimizer:
     if cfg.name == "adam":
         return torch.optim.Adam(
             params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
@@ -75,8 +67,8 @@ class LRSchedule:
       metric has not improved for ``plateau_patience`` validations, down to ``min_lr``.
     """
 
-    def __init__(self, cfg: Any, optimizer: torch.optim.Optimizer):
-        self.cfg = check_optim_cfg(cfg)  # the typed settings: lr, warmup, scheduler, plateau
+    def __init__(self, cfg: OptimSettings, optimizer: torch.optim.Optimizer):
+        self.cfg = cfg  # lr, warmup, scheduler, plateau
         self.optimizer = optimizer
         self.plateau_factor = 1.0
         self.best: float | None = None

@@ -76,4 +76,3 @@ class TrainConfig:
         t = self.trainer  # the benchmark runs the same groups without a limit
         if type(self) is TrainConfig and (t.max_steps, t.max_epochs, t.max_minutes) == (None,) * 3:
             raise NMTError("trainer: set at least one of max_steps, max_epochs, max_minutes")
-

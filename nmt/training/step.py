@@ -1,5 +1,5 @@
 """One optimiser step, the same for the trainer (:mod:`nmt.training.trainer`) and the benchmark's
-training timing (:mod:`nmt.benchmark`).
+training timing (:mod:`nmt.training.speed`).
 
 A step takes ``trainer.accum_steps`` batches. With ℓ_b the summed, label-smoothed cross-entropy
 of batch b (:func:`nmt.models.loss.sequence_loss`) and N the target tokens of the whole step on all
@@ -33,7 +33,8 @@ from nmt.core.runtime import Precision, autocast_context
 from nmt.data.batching import Batch
 from nmt.models.loss import sequence_loss
 from nmt.training.distributed import DistContext
-from nmt.training.optim import LRSchedule, build_optimizer
+from nmt.training.optim import LRSchedule, OptimSettings, build_optimizer
+from nmt.training.settings import TrainerSettings
 
 # Called with "data", "forward", "backward" (once per batch) and "optimizer" (once per step) as
 # each phase ends: the benchmark's per-phase clock.
@@ -64,9 +65,9 @@ class StepSettings:
             )
 
     @classmethod
-    def from_config(cls, cfg: Any) -> StepSettings:
-        t = cfg.trainer
-        return cls(t.accum_steps, t.label_smoothing, t.teacher_forcing, cfg.optim.clip_grad_norm)
+    def from_settings(cls, trainer: TrainerSettings, optim: OptimSettings) -> StepSettings:
+        t = trainer
+        return cls(t.accum_steps, t.label_smoothing, t.teacher_forcing, optim.clip_grad_norm)
 
 
 @dataclass(frozen=True)
@@ -114,20 +115,20 @@ class TrainingStep:
         )
 
     @classmethod
-    def from_config(
+    def from_settings(
         cls,
-        cfg: Any,
+        trainer: TrainerSettings,
+        optim: OptimSettings,
         model: torch.nn.Module,
         device: torch.device,
         precision: Precision,
         ctx: DistContext | None = None,
     ) -> TrainingStep:
-        """The optimiser and schedule of ``cfg.optim`` over ``model``'s parameters."""
-        optimizer = build_optimizer(cfg.optim, model.parameters())
-        schedule = LRSchedule(cfg.optim, optimizer)
-        return cls(
-            model, optimizer, schedule, precision, device, StepSettings.from_config(cfg), ctx
-        )
+        """The optimiser and schedule of ``optim`` over ``model``'s parameters."""
+        optimizer = build_optimizer(optim, model.parameters())
+        schedule = LRSchedule(optim, optimizer)
+        settings = StepSettings.from_settings(trainer, optim)
+        return cls(model, optimizer, schedule, precision, device, settings, ctx)
 
     def __call__(
         self, batches: Sequence[Batch], step: int, mark: PhaseMark = no_mark

@@ -21,6 +21,7 @@ rank 0 validates and writes files.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import math
@@ -33,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nmt.core.errors import NMTError
 from nmt.core.io import check_writable, remove_stale_temporaries
+from nmt.core.run_dir import AVERAGED, BEST, LAST, checkpoint_dir, checkpoint_path
 from nmt.core.runtime import (
     Precision,
     cpu_summary,
@@ -46,9 +47,9 @@ from nmt.core.runtime import (
     pick_device,
     resolve_precision,
 )
-from nmt.core.settings import load_settings
+from nmt.core.settings import load_settings, settings_dict
 from nmt.data.batching import Batch
-from nmt.data.pipeline import PreparedData, check_batching, prepare
+from nmt.data.pipeline import PreparedData, prepare
 from nmt.models import Seq2Seq, build_model
 from nmt.models.checkpoint import (
     TRAINING_KEYS,
@@ -58,7 +59,7 @@ from nmt.models.checkpoint import (
 )
 from nmt.training import distributed as dist
 from nmt.training.keeper import CheckpointKeeper, KeepPolicy
-from nmt.training.optim import check_optim_cfg, load_optimizer_state
+from nmt.training.optim import load_optimizer_state
 from nmt.training.preemption import (
     PREEMPTED_EXIT_STATUS,
     PhaseInterrupted,
@@ -118,9 +119,9 @@ def resolve_resume(resume: Any, run_dir: Path) -> Path | None:
     if resume in (None, False):
         return None
     if resume == "auto":
-        last = run_dir / "checkpoints" / "last.pt"
+        last = checkpoint_path(run_dir, LAST)
         return last if last.is_file() else None
-    path = run_dir / "checkpoints" / "last.pt" if resume is True else Path(str(resume))
+    path = checkpoint_path(run_dir, LAST) if resume is True else Path(str(resume))
     if not path.is_file():
         hint = (
             " (Hydra makes a new timestamped run dir for every command: pass "
@@ -133,29 +134,32 @@ def resolve_resume(resume: Any, run_dir: Path) -> Path | None:
 
 
 def merge_resumed_config(
-    cfg: DictConfig, saved: dict, report: Callable[[str], None] = log.info
-) -> DictConfig:
-    """Architecture from the checkpoint, training settings from the command line; log the differences."""
-    saved_cfg = OmegaConf.create(saved)
-    merged = cfg.copy()
+    config: TrainConfig, saved: dict, report: Callable[[str], None] = log.info
+) -> TrainConfig:
+    """Architecture from the checkpoint's stored config (``saved``, a plain dict), training
+    settings from the command line; log the differences."""
+    given = settings_dict(config)
+    merged = copy.deepcopy(given)
     for key in ARCHITECTURE_KEYS:
-        OmegaConf.update(merged, key, OmegaConf.select(saved_cfg, key), merge=False)
-    for key, old, new in config_differences(saved_cfg, cfg):
+        *parents, name = key.split(".")
+        source, target = saved, merged
+        for part in parents:
+            source, target = source[part], target[part]
+        target[name] = copy.deepcopy(source[name])
+    for key, old, new in config_differences(saved, given):
         source = "checkpoint" if key.startswith(ARCHITECTURE_KEYS) else "command line"
         report(
             f"resume: {key} differs (checkpoint {old!r}, given {new!r}): using the {source} value"
         )
-    return merged
+    # the checkpoint's part is a stored config: typed here, once, as it is read
+    return load_settings(TrainConfig, merged)
 
 
-def config_differences(
-    a: DictConfig, b: DictConfig, prefix: str = ""
-) -> list[tuple[str, Any, Any]]:
+def config_differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(key, a's value, b's value)`` of every dotted key whose values differ."""
     diffs = []
-    a_dict = OmegaConf.to_container(a, resolve=True) if isinstance(a, DictConfig) else a
-    b_dict = OmegaConf.to_container(b, resolve=True) if isinstance(b, DictConfig) else b
-    for key in sorted(set(a_dict) | set(b_dict)):
-        old, new = a_dict.get(key), b_dict.get(key)
+    for key in sorted(set(a) | set(b)):
+        old, new = a.get(key), b.get(key)
         name = f"{prefix}{key}"
         if isinstance(old, dict) and isinstance(new, dict):
             diffs.extend(config_differences(old, new, name + "."))
@@ -189,7 +193,7 @@ class Trainer:
 
     def __init__(
         self,
-        cfg: DictConfig,
+        cfg: TrainConfig,
         ctx: dist.DistContext,
         run_dir: Path,
         data: PreparedData,
@@ -325,7 +329,7 @@ class Trainer:
             "validation": {"step": self.progress.step, **self.metrics} if self.metrics else None,
             "rng": self.ctx.gather_rng(rng_state()),
             "world_size": self.ctx.world_size,
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "config": settings_dict(self.cfg),
             "vocab": vocab_payload(self.data.src_vocab, self.data.tgt_vocab),
             "runtime": self.runtime_summary(),
         }
@@ -406,7 +410,7 @@ class Trainer:
             return
         fewer = f", only {len(paths)} on disk" if len(paths) < k else ""
         lines = []
-        for name in ("averaged.pt", "best.pt"):  # best.pt is missing in a run resumed elsewhere
+        for name in (AVERAGED, BEST):  # best.pt is missing in a run resumed elsewhere
             if (ckpt_dir / name).is_file():
                 m = self.score_checkpoint(ckpt_dir / name)
                 lines.append(
@@ -671,7 +675,7 @@ class Trainer:
 # -------------------------------------------------------------------- building a run
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, data: PreparedData | None = None) -> Trainer:
+def build_trainer(cfg: TrainConfig, run_dir: Path, data: PreparedData | None = None) -> Trainer:
     """The :class:`Trainer` of ``cfg``: set up DDP, merge the resumed checkpoint's config, check
     the settings and the run folder, prepare (or take) the data, build the model, the training
     step (optimiser, schedule, precision) and the validator (TensorBoard writer), then restore
@@ -684,10 +688,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, data: PreparedData | None = No
     saved = load_checkpoint(checkpoint_path, keys=TRAINING_KEYS) if checkpoint_path else None
     cfg = merge_resumed_config(cfg, saved["config"], report) if saved else cfg
     t = cfg.trainer
-    load_settings(TrainConfig, cfg)  # types, ranges, limits: nmt/config/schema.py
-    check_optim_cfg(cfg.optim)
-    check_batching(cfg.data.batching)
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = checkpoint_dir(run_dir)
     if ctx.is_main:
         check_run_folder(run_dir, ckpt_dir, report)
     if t.num_threads:
@@ -703,8 +704,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, data: PreparedData | None = No
     model = build_model(cfg.model, *vocab_sizes, param_init=t.param_init)  # resume replaces it
     model = model.to(device)
     precision = resolve_precision(t.precision, device)  # auto → fp32
-    training_step = TrainingStep.from_config(cfg, ctx.wrap(model), device, precision, ctx)
-    keeper = CheckpointKeeper(ckpt_dir, KeepPolicy.from_config(t))
+    training_step = TrainingStep.from_settings(
+        t, cfg.optim, ctx.wrap(model), device, precision, ctx
+    )
+    keeper = CheckpointKeeper(ckpt_dir, KeepPolicy.from_settings(t))
     purge_step = saved["progress"]["step"] + 1 if saved else None
     validator = Validator(cfg, data, run_dir, purge_step) if ctx.is_main else None
     trainer = Trainer(cfg, ctx, run_dir, data, model, training_step, keeper, validator)
@@ -732,7 +735,7 @@ def check_run_folder(run_dir: Path, ckpt_dir: Path, report: Callable[[str], None
         report(f"removed {len(stale)} unfinished checkpoint file(s) of an interrupted run")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+def train(cfg: TrainConfig, run_dir: Path) -> dict[str, float]:
     """Train a model as ``cfg`` says, writing checkpoints, logs and TensorBoard events to ``run_dir``.
 
     Ctrl-C stops with exit status 130 and says how to continue from the last checkpoint; a

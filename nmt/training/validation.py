@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from nmt.core.errors import os_error_behind
 from nmt.core.io import append_line, write_error, write_text_atomic
-from nmt.core.settings import load_settings
+from nmt.core.run_dir import TENSORBOARD, VALIDATIONS
+from nmt.core.settings import settings_dict
 from nmt.data.batching import BatchingSettings, TokenBatcher
 from nmt.data.pipeline import PreparedData
 from nmt.evaluation.metrics import Headline, degeneracy, score_corpus
@@ -32,7 +32,7 @@ from nmt.inference.search import SearchSettings
 from nmt.inference.translator import Translation, Translator
 from nmt.models.attention_stats import attention_statistics
 from nmt.models.loss import sequence_loss
-from nmt.training.settings import TrainerSettings
+from nmt.training.settings import TrainConfig
 
 # called between the batches of a validation; raises to stop it (a preemption signal)
 Interrupt = Callable[[], None]
@@ -63,14 +63,14 @@ class ValidationSettings:
     search: SearchSettings  # the search validation decodes with
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> ValidationSettings:
-        t = load_settings(TrainerSettings, cfg.trainer, "trainer")
+    def from_settings(cls, config: TrainConfig) -> ValidationSettings:
+        t = config.trainer
         return cls(
             max_sentences=t.val_max_sentences,
             num_samples=t.num_samples,
             num_attention_plots=t.num_attention_plots,
-            batching=load_settings(BatchingSettings, cfg.data.batching, "data.batching"),
-            search=SearchSettings.from_config(cfg.search),
+            batching=config.data.batching,
+            search=config.search,
         )
 
 
@@ -125,13 +125,13 @@ class Validator:
     """Scores the model on the valid split and writes TensorBoard events (rank 0 only)."""
 
     def __init__(
-        self, cfg: DictConfig, data: PreparedData, run_dir: Path, purge_step: int | None = None
+        self, config: TrainConfig, data: PreparedData, run_dir: Path, purge_step: int | None = None
     ):
         """``purge_step``: on resume, the first step not in the checkpoint; TensorBoard drops the
-        events an interrupted run wrote from that step on. ``cfg`` itself is kept only for the
+        events an interrupted run wrote from that step on. ``config`` itself is kept only for the
         run's hyper-parameters in TensorBoard (:meth:`finish`)."""
-        self.cfg = cfg
-        self.validation = ValidationSettings.from_config(cfg)
+        self.config = config
+        self.validation = ValidationSettings.from_settings(config)
         self.data = data
         self.run_dir = run_dir
         valid = data.splits["valid"]
@@ -141,8 +141,8 @@ class Validator:
         self.loss_batcher = TokenBatcher(
             valid.src_ids[:n], valid.tgt_ids[:n], b.max_tokens, b.bucket_width, 0, shuffle=False
         )
-        self.writer = EventsWriter(run_dir / "tensorboard", purge_step)
-        self.history_path = run_dir / "validations.jsonl"
+        self.writer = EventsWriter(run_dir / TENSORBOARD, purge_step)
+        self.history_path = run_dir / VALIDATIONS
         self.settings = self.validation.search
 
     # ------------------------------------------------------------------ training scalars
@@ -256,7 +256,7 @@ class Validator:
 
     def finish(self, metrics: dict[str, float]) -> None:
         """Record the run's hyper-parameters beside its final metrics (TensorBoard's HPARAMS tab)."""
-        flat = flatten(OmegaConf.to_container(self.cfg, resolve=True))
+        flat = flatten(settings_dict(self.config))
         hparams = {
             k: v if isinstance(v, int | float | str | bool) else str(v)
             for k, v in flat.items()

@@ -319,9 +319,14 @@ def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
 
 def as_settings(schema: type, cfg, prefix: str = ""):
     """``cfg`` (a DictConfig or dict from a test) as the typed ``schema``; typed ones pass."""
+    from omegaconf import DictConfig, OmegaConf
+
     from nmt.core.settings import load_settings
 
-    return cfg if isinstance(cfg, schema) else load_settings(schema, cfg, prefix)
+    if isinstance(cfg, schema):
+        return cfg
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return load_settings(schema, plain, prefix)
 
 
 def train_config(cfg):

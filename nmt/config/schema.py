@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nmt.core.errors import NMTError
 from nmt.core.runtime import DEVICES
 from nmt.core.settings import load_settings, partial_settings, setting
 from nmt.data.pipeline import DataSettings
@@ -179,9 +183,20 @@ COMMANDS: dict[str, type] = {  # config name → its schema
 
 def check_command(config_name: str, cfg: Any) -> Any:
     """The composed config of command ``config_name`` (``hydra`` left out) as its typed
-    schema object, or one NMTError line."""
-    from omegaconf import DictConfig, OmegaConf
-
+    schema object, or one NMTError line. The one place a command's ``DictConfig`` becomes
+    plain values: everything below reads the typed object."""
     if isinstance(cfg, DictConfig):  # a copy without `hydra`: reading a `???` would raise
         cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-    return load_settings(COMMANDS[config_name], cfg)
+    return load_settings(COMMANDS[config_name], plain_config(cfg, ""))
+
+
+def plain_config(values: Any, prefix: str) -> Any:
+    """An OmegaConf node as plain containers, interpolations resolved, ``???`` kept; an
+    interpolation that fails is one NMTError line naming its key."""
+    if not isinstance(values, DictConfig | ListConfig):
+        return values
+    try:
+        return OmegaConf.to_container(values, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or prefix or "config"
+        raise NMTError(f"{key}: {str(err).splitlines()[0]}") from None

@@ -7,7 +7,7 @@ composes them into each command's top-level config. A field's annotation is its 
 keys. The YAML files in configs/ keep the defaults and their comments; a field has a default here
 only where a saved checkpoint config may lack the key.
 
-:func:`load_settings` checks a mapping (or DictConfig) against its schema and returns the typed
+:func:`load_settings` checks a mapping against its schema and returns the typed
 object, or raises one :class:`NMTError` line naming the key and what was expected::
 
     trainer.max_steps: expected an integer >= 1 or null; got 'abc'
@@ -64,24 +64,10 @@ T = typing.TypeVar("T")
 
 
 def load_settings(schema: type[T], values: Any, prefix: str = "") -> T:
-    """``values`` (a mapping, a DictConfig resolved first) checked against the dataclass
-    ``schema``: unknown and missing keys, types, ranges, choices, then ``__post_init__``.
-    Returns the typed object; nested groups become nested dataclasses."""
-    return _build(schema, plain_values(values, prefix), prefix)
-
-
-def plain_values(values: Any, prefix: str) -> Any:
-    """An OmegaConf node as plain containers, interpolations resolved, ``???`` kept."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    if not isinstance(values, DictConfig | ListConfig):
-        return values
-    try:
-        return OmegaConf.to_container(values, resolve=True)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or prefix or "config"
-        raise NMTError(f"{key}: {str(err).splitlines()[0]}") from None
+    """``values`` (a mapping) checked against the dataclass ``schema``: unknown and missing
+    keys, types, ranges, choices, then ``__post_init__``. Returns the typed object; nested groups
+    become nested dataclasses."""
+    return _build(schema, values, prefix)
 
 
 def _key(prefix: str, name: str) -> str:
@@ -290,7 +276,7 @@ def _range_words(rules: Mapping[str, Any]) -> str:
 def partial_settings(schema: type, values: Any, prefix: str) -> dict[str, Any]:
     """The keys ``values`` sets (not null) checked against ``schema``'s fields, as a dict: a
     ``search: checkpoint`` group, whose nulls keep the checkpoint's values."""
-    values = plain_values(values, prefix) or {}
+    values = values or {}
     if not isinstance(values, Mapping):
         raise NMTError(f"{prefix}: expected a mapping of settings; got {values!r}")
     hints, by_name = _hints(schema), {f.name: f for f in fields(schema)}

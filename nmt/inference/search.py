@@ -48,7 +48,7 @@ import torch
 
 from nmt.core.errors import NMTError
 from nmt.core.runtime import Precision, autocast_context, resolve_precision
-from nmt.core.settings import check_fields, load_settings, partial_settings, plain_values, setting
+from nmt.core.settings import check_fields, load_settings, setting
 from nmt.data.batching import pad
 from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from nmt.models import DecoderState, Memory, Seq2Seq
@@ -96,7 +96,7 @@ class SearchSettings:
 
     @classmethod
     def from_config(cls, search_cfg: Any, **overrides: Any) -> SearchSettings:
-        """From a ``search`` config (a DictConfig or dict), with keyword ``overrides``.
+        """From a ``search`` mapping (a checkpoint's stored settings), with keyword ``overrides``.
 
         A key the settings do not know is an error naming it. ``beam_size`` given without
         ``name`` picks the search: 1 → greedy, more → beam. Configs saved before
@@ -105,7 +105,7 @@ class SearchSettings:
         values = {
             "no_repeat_ngram_size": 0,
             "precision": "fp32",
-            **plain_values(search_cfg, "search"),
+            **(search_cfg or {}),
         }
         if "beam_size" in overrides and "name" not in overrides:
             overrides["name"] = "greedy" if overrides["beam_size"] == 1 else "beam"
@@ -140,12 +140,6 @@ class SearchSettings:
         if not self.batch_tokens or device_type != "cpu":
             return None
         return self.batch_tokens // self.hypotheses
-
-
-def explicit_settings(search_cfg: Any) -> dict[str, Any]:
-    """The keys a ``search`` config sets, checked, for :meth:`SearchSettings.from_config`'s
-    overrides: ``null`` (``configs/search/checkpoint.yaml``) keeps the checkpoint's value."""
-    return partial_settings(SearchSettings, search_cfg, "search")
 
 
 @dataclass

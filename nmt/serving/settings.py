@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from nmt.core.settings import check_fields, load_settings, plain_values, setting
+from nmt.core.settings import check_fields, load_settings, setting
 
 API_KEY_ENV = "NMT_SERVE_API_KEY"
 
@@ -42,9 +42,9 @@ class ServeSettings:
 
     @classmethod
     def from_config(cls, serve_cfg: Any, **overrides: Any) -> ServeSettings:
-        """From the ``serve`` config block (a DictConfig or dict); the API key falls back to
+        """From a ``serve`` mapping (the Python API, tests); the API key falls back to
         ``$NMT_SERVE_API_KEY``. A key the settings do not know is an error naming it."""
-        values = {**(plain_values(serve_cfg, "serve") or {}), **overrides}
+        values = {**(serve_cfg or {}), **overrides}
         if values.get("cors_origins") is None:
             values.pop("cors_origins", None)
         return load_settings(cls, values, "serve").with_env_api_key()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from nmt.core.runtime import keep_freed_memory  # noqa: E402
-from nmt.data.vocab import PAD_ID  # noqa: E402
+from nmt.core.special_ids import PAD_ID  # noqa: E402
 from nmt.models.loss import sequence_loss  # noqa: E402
 
 

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_MODEL, build_model, build_trainer
 from test_search import pad, teacher_forced
 
-from nmt.data.vocab import EOS_ID
+from nmt.core.special_ids import EOS_ID
 from nmt.inference.search import SearchSettings, decode_ids
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -25,6 +25,7 @@ from conftest import as_settings, prepare, quote, run_main, run_module
 from omegaconf import OmegaConf
 
 from nmt.core.errors import NMTError
+from nmt.core.special_ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from nmt.data import pipeline
 from nmt.data.batching import TokenBatcher
 from nmt.data.corpus import (
@@ -38,7 +39,7 @@ from nmt.data.corpus import (
 )
 from nmt.data.pipeline import DataSettings, fingerprint
 from nmt.data.recipes import RECIPES, run_recipe
-from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, SHORT_LIST, UNK_ID, Vocab
+from nmt.data.vocab import SHORT_LIST, Vocab
 
 HAN_DECOMPOSED = "\u1112\u1161\u11ab"  # ᄒ + ᅡ + ᆫ, the jamo of 한 (U+D55C)
 

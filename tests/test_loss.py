@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import TINY_MODEL, build_trainer
 
 from nmt.core.errors import NMTError
-from nmt.data.vocab import PAD_ID
+from nmt.core.special_ids import PAD_ID
 from nmt.models.loss import SmoothedCrossEntropy, sequence_loss
 
 

@@ -14,7 +14,8 @@ from conftest import build_model
 from torch import nn
 
 from nmt.core.errors import NMTError
-from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, train_sentencepiece
+from nmt.core.special_ids import BOS_ID, EOS_ID, PAD_ID
+from nmt.data.vocab import Vocab, train_sentencepiece
 from nmt.models import SCORES, Seq2Seq
 from nmt.models.attention import Attention
 

@@ -20,7 +20,8 @@ from conftest import best, build_model
 from omegaconf import OmegaConf
 
 from nmt.core.errors import NMTError
-from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, train_sentencepiece
+from nmt.core.special_ids import BOS_ID, EOS_ID, PAD_ID
+from nmt.data.vocab import Vocab, train_sentencepiece
 from nmt.inference.search import (
     FORBIDDEN_IDS,
     Hypothesis,

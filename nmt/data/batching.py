@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from nmt.core.settings import setting
-from nmt.data.vocab import EOS_ID, PAD_ID
+from nmt.core.special_ids import EOS_ID, PAD_ID
 
 
 @dataclass(frozen=True, kw_only=True)

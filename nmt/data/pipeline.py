@@ -32,6 +32,7 @@ from nmt.core.errors import NMTError
 from nmt.core.io import remove_stale_temporaries, write_atomic, write_text_atomic
 from nmt.core.paths import REPO_ROOT
 from nmt.core.settings import load_settings, setting
+from nmt.core.special_ids import BOS_ID, EOS_ID
 from nmt.data.batching import BatchingSettings, TokenBatcher
 from nmt.data.corpus import (
     CleanReport,
@@ -44,7 +45,7 @@ from nmt.data.corpus import (
     read_tsv,
 )
 from nmt.data.recipes import run_recipe
-from nmt.data.vocab import BOS_ID, EOS_ID, Vocab, VocabSettings, train_sentencepiece
+from nmt.data.vocab import Vocab, VocabSettings, train_sentencepiece
 
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1

@@ -26,9 +26,7 @@ import sentencepiece as spm
 from nmt.core.errors import NMTError
 from nmt.core.io import write_bytes_atomic
 from nmt.core.settings import setting
-
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-
+from nmt.core.special_ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 SHORT_LIST = 64  # lines encoded or decoded one by one (see Vocab.encode)
 

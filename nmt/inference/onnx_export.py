@@ -40,8 +40,8 @@ from torch import Tensor, nn
 
 from nmt.core.errors import NMTError, os_error_behind
 from nmt.core.io import write_error, write_json
+from nmt.core.special_ids import BOS_ID, PAD_ID
 from nmt.data.pipeline import file_sha256
-from nmt.data.vocab import BOS_ID, PAD_ID
 from nmt.inference.onnx_backend import (
     ENCODER_GRAPH,
     FORMAT_NAME,

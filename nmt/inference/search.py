@@ -49,8 +49,8 @@ import torch
 from nmt.core.errors import NMTError
 from nmt.core.runtime import Precision, autocast_context, resolve_precision
 from nmt.core.settings import check_fields, load_settings, setting
+from nmt.core.special_ids import BOS_ID, EOS_ID, PAD_ID
 from nmt.data.batching import pad
-from nmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from nmt.models import DecoderState, Memory, Seq2Seq
 
 FORBIDDEN_IDS = (PAD_ID, BOS_ID)  # never predicted

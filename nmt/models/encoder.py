@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from nmt.core.errors import NMTError
 from nmt.core.settings import setting
-from nmt.data.vocab import PAD_ID
+from nmt.core.special_ids import PAD_ID
 
 RNN_TYPES = ("gru", "lstm")
 RNN_GATES = {"gru": 3, "lstm": 4}

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nmt.core.special_ids import PAD_ID
 from nmt.data.batching import Batch
-from nmt.data.vocab import PAD_ID
 from nmt.models.attention import SCORES, AttentionSettings, ScoreFlops
 from nmt.models.decoder import DECODER_STYLES, DecoderSizes
 from nmt.models.encoder import EncoderSettings, rnn_flops

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nmt.data.vocab import PAD_ID
+from nmt.core.special_ids import PAD_ID
 
 
 def sequence_loss(

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from nmt.core.settings import setting
-from nmt.data.vocab import PAD_ID
+from nmt.core.special_ids import PAD_ID
 from nmt.models.attention import AttentionSettings, build_attention
 from nmt.models.decoder import (
     DECODER_STYLES,

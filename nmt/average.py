@@ -1,19 +1,9 @@
-"""Checkpoint averaging: the element-wise mean of the weights of the last k checkpoints.
+"""``nmt-average``: the element-wise mean of the weights of checkpoints.
 
     nmt-average run_dir=RUN last=5               # → RUN/checkpoints/averaged.pt
     nmt-average ckpts=[a.pt,b.pt] out=avg.pt     # or python -m nmt.average …
 
-The averaging itself is :func:`nmt.training.averaging.average_checkpoints`. The mean of the weights along the end of a run usually decodes better than any single one of
-them (Vaswani et al. 2017, §6.1; fairseq's ``average_checkpoints.py``):
-
-    θ̄ = (1/k) Σ_{i=1..k} θ_i
-
-Floating-point tensors of the ``model`` state dicts are averaged (summed in float64, stored in
-their own dtype); integer buffers are taken from the last checkpoint. Everything else — config,
-vocabulary, progress, optimiser state — is the last checkpoint's, and ``averaged_from`` lists the
-inputs, so the result loads like any checkpoint (``nmt.models.checkpoint.load_for_inference``,
-``python -m nmt.translate ckpt=…``). The trainer writes ``checkpoints/averaged.pt`` this way at
-the end of a run with ``trainer.average_last=k``.
+What is averaged and why: :mod:`nmt.training.averaging`.
 """
 
 from __future__ import annotations

@@ -1,19 +1,7 @@
 """``python -m nmt.serve ckpt=… [host=127.0.0.1] [port=8000] [serve.key=value …]``: an HTTP API.
 
-FastAPI on uvicorn, on top of :class:`~nmt.inference.translator.Translator` (the one decoding path)::
-
-    POST /v1/translate  {"text": "…" | ["…", …], "beam_size"?, "n_best"?, "return_attention"?,
-                         "return_tokens"?}
-                        → {"translations": [{"text", "score", "confidence", "tokens"?,
-                           "source_tokens"?, "attention"?, "nbest"?}, …], "model", "timing_ms"}
-    GET  /health        the process is alive (no API key needed)
-    GET  /ready         the model is loaded and warmed (503 until then, and while draining)
-    GET  /v1/model      architecture, vocabularies, checkpoint (step, scores, training precision),
-                        decoding precision and CPU
-    GET  /v1/stats      requests, batches, sentences decoded so far (mean batch size)
-    GET  /docs          OpenAPI docs
-
-The app, its limits and error statuses: :mod:`nmt.serving.app`. Dynamic batching (concurrent
+FastAPI on uvicorn, on top of :class:`~nmt.inference.translator.Translator` (the one decoding path).
+The routes, their limits and error statuses: :mod:`nmt.serving.app`. Dynamic batching (concurrent
 requests with the same search settings decoded in one batch, each answered as if decoded alone,
 as ``nmt-translate`` prints it): :mod:`nmt.serving.service`. The ``serve.*`` settings:
 :class:`~nmt.serving.settings.ServeSettings` (``configs/serve.yaml``).

@@ -6,6 +6,8 @@ groups, each typed by the module that owns it.
 
 from __future__ import annotations
 
+import functools
+import signal
 from dataclasses import dataclass
 
 from nmt.core.errors import NMTError
@@ -52,8 +54,13 @@ class TrainerSettings:
     num_threads: int | None = setting(ge=1)
     keep_freed_memory: bool = setting()
 
+    @functools.cached_property
+    def signals(self) -> list[signal.Signals]:
+        """``preempt_signals`` parsed, once: what the trainer's signal handlers catch."""
+        return parse_signals(self.preempt_signals)
+
     def __post_init__(self) -> None:
-        parse_signals(self.preempt_signals)
+        _ = self.signals  # a bad signal name is an error when the settings are built
         if self.average_last > self.keep_last and not self.keep_every_validation:
             k = self.average_last
             raise NMTError(

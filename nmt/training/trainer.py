@@ -66,7 +66,6 @@ from nmt.training.preemption import (
     Preempted,
     SignalFlag,
     exit_preempted,
-    parse_signals,
 )
 from nmt.training.settings import TrainConfig
 from nmt.training.step import StepResult, TrainingStep
@@ -209,7 +208,7 @@ class Trainer:
         self.validator = validator
         self.ckpt_dir = keeper.ckpt_dir
         self.device = training_step.device
-        self.preempt_signals = parse_signals(cfg.trainer.preempt_signals)
+        self.preempt_signals = cfg.trainer.signals
         b = cfg.data.batching
         self.batcher = data.batcher("train", b.max_tokens, b.bucket_width, b.seed, shuffle=True)
         self.progress = Progress()
@@ -741,7 +740,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, float]:
     Ctrl-C stops with exit status 130 and says how to continue from the last checkpoint; a
     preemption signal with :data:`~nmt.training.preemption.PREEMPTED_EXIT_STATUS` (75) after writing it.
     """
-    signals = parse_signals(cfg.trainer.preempt_signals)
+    signals = cfg.trainer.signals
     try:
         with SignalFlag(signals, immediate=True):  # before the loop there is nothing to save
             trainer = build_trainer(cfg, run_dir)

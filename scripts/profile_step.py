@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+import nmt.config.resolvers  # noqa: E402, F401  (the resolvers configs/ uses)
 from nmt.config.schema import BenchmarkConfig, check_command  # noqa: E402
 from nmt.core.errors import exit_on_user_error  # noqa: E402
 from nmt.core.paths import REPO_ROOT  # noqa: E402

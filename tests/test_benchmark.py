@@ -10,18 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_SIZES, build_model, flops_per_target_token, quote, run_main
+from conftest import TINY_SIZES, as_settings, build_model, flops_per_target_token, quote, run_main
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from nmt.benchmark import check_benchmark_cfg
 from nmt.core.errors import NMTError
 from nmt.core.runtime import resolve_precision
 from nmt.data.batching import collate
 from nmt.models.checkpoint import save_checkpoint, vocab_payload
 from nmt.models.encoder import rnn_flops
 from nmt.models.flops import LengthStats
-from nmt.training.speed import CPU_FEATURES, gemm_peak
+from nmt.training.speed import CPU_FEATURES, BenchmarkSettings, check_benchmark_settings, gemm_peak
 
 TINY_MODEL = TINY_SIZES  # the benchmark sets its own threads, batches and search
 QUICK = [
@@ -202,7 +201,7 @@ def test_reference_model_flops_are_about_23_mflop(compose_config):
 def test_bad_settings_are_named(compose_config, override, message):
     cfg = compose_config(override, config_name="benchmark")
     with pytest.raises(NMTError, match=re.escape(message)):
-        check_benchmark_cfg(cfg.benchmark)
+        check_benchmark_settings(as_settings(BenchmarkSettings, cfg.benchmark, "benchmark"))
 
 
 def test_bad_settings_stop_the_command_before_any_work():

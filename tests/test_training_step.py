@@ -14,7 +14,6 @@ import pytest
 import torch
 from conftest import TINY_MODEL, as_settings, build_model, build_trainer, train_config
 
-from nmt.benchmark import run_benchmark
 from nmt.config.schema import check_command
 from nmt.core.errors import NMTError
 from nmt.core.runtime import Precision
@@ -24,6 +23,7 @@ from nmt.training.distributed import DistContext
 from nmt.training.keeper import CheckpointKeeper, KeepPolicy
 from nmt.training.optim import OptimSettings
 from nmt.training.settings import TrainerSettings
+from nmt.training.speed import run_benchmark
 from nmt.training.step import StepSettings, TrainingStep
 from nmt.training.trainer import Trainer
 from nmt.training.validation import Validator
@@ -81,7 +81,9 @@ def test_the_benchmark_and_the_trainer_give_the_same_losses(tiny_prepared, tmp_p
         config_name="benchmark",
     )
     bench_config = check_command("benchmark", bench_cfg)
-    train = run_benchmark(bench_config, data, progress=lambda message: None)["train"]
+    train = run_benchmark(bench_config, bench_config.benchmark, data, progress=lambda m: None)[
+        "train"
+    ]
     assert train["accum_steps"] == ACCUM and train["skipped_steps"] == 0
     assert train["tgt_tokens_per_step"] == sum(r.tokens for r in results) / STEPS
 

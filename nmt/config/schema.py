@@ -23,21 +23,7 @@ from nmt.inference.onnx_export import EXPORTERS
 from nmt.inference.search import SearchSettings
 from nmt.serving.settings import ServeSettings
 from nmt.training.settings import TrainConfig
-
-
-@dataclass(frozen=True, kw_only=True)
-class BenchmarkSettings:
-    warmup_steps: int = setting(ge=0)
-    windows: int = setting(ge=1)
-    steps_per_window: int = setting(ge=1)
-    decode_sentences: int | None = setting(ge=0)
-    beam_size: int = setting(ge=1)
-    threads: int | None = setting(ge=1)
-    gemm_sizes: list[int] = setting(ge=1, nonempty=True)
-    gemm_repeats: int = setting(ge=1)
-    ckpt: str | None = setting()
-    exported: list[str] = setting()
-    output: str = setting(nonempty=True, expected="a file path")
+from nmt.training.speed import BenchmarkSettings
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,7 +31,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,17 +46,154 @@ from nmt.core.runtime import (
     bf16_cpu_flags,
     cpu_flags,
     cpu_model,
+    keep_freed_memory,
+    pick_device,
     real_cpu_flags,
+    resolve_precision,
 )
+from nmt.core.settings import setting, settings_dict
 from nmt.data.batching import Batch, TokenBatcher
-from nmt.data.pipeline import PreparedData
+from nmt.data.pipeline import PreparedData, prepare
 from nmt.inference.search import SearchSettings
 from nmt.inference.translator import Translator
-from nmt.models.flops import LengthStats
+from nmt.models.flops import LengthStats, flops_per_target_token
+from nmt.models.seq2seq import build_model
 from nmt.training.settings import TrainConfig
 from nmt.training.step import StepResult, TrainingStep
 
 log = logging.getLogger("nmt")
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark: its settings (the ``benchmark`` group of configs/benchmark.yaml) and the run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchmarkSettings:
+    warmup_steps: int = setting(ge=0)
+    windows: int = setting(ge=1)
+    steps_per_window: int = setting(ge=1)
+    decode_sentences: int | None = setting(ge=0)
+    beam_size: int = setting(ge=1)
+    threads: int | None = setting(ge=1)
+    gemm_sizes: list[int] = setting(ge=1, nonempty=True)
+    gemm_repeats: int = setting(ge=1)
+    ckpt: str | None = setting()
+    exported: list[str] = setting()
+    output: str = setting(nonempty=True, expected="a file path")
+
+
+def check_benchmark_settings(bench: BenchmarkSettings) -> BenchmarkSettings:
+    """Reject files the benchmark cannot use (the types and ranges were checked when the
+    settings were built)."""
+    if bench.ckpt and not Path(bench.ckpt).is_file():
+        raise NMTError(f"benchmark.ckpt: no checkpoint at {bench.ckpt}")
+    for folder in bench.exported:
+        if not (Path(folder) / "manifest.json").is_file():
+            raise NMTError(f"benchmark.exported: no nmt-export folder at {folder}")
+    folder = Path(bench.output).parent
+    if not folder.is_dir():
+        raise NMTError(f"benchmark.output={bench.output}: folder {folder} does not exist")
+    return bench
+
+
+def run_benchmark(
+    config: TrainConfig,
+    bench: BenchmarkSettings,
+    data: PreparedData | None = None,
+    progress: Callable[[str], None] = log.info,
+    *,
+    model_config: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Measure a training config as ``bench`` says: training throughput, peak memory, FLOPs
+    against the GEMM peaks, decoding speed; return the report (a JSON-ready dict).
+
+    ``model_config`` is the ``model`` group as composed, for the report (default: the typed
+    settings as a mapping); ``overrides`` the command line's overrides."""
+    check_benchmark_settings(bench)
+    if bench.threads:
+        torch.set_num_threads(bench.threads)
+    device = pick_device(config.trainer.device)
+    precision = resolve_precision(config.trainer.precision, device)
+    progress(f"precision: {precision.name} ({precision.reason})")
+    memory_mode = "unchanged (trainer.keep_freed_memory=false)"
+    if config.trainer.keep_freed_memory:
+        memory_mode = keep_freed_memory(device)
+    progress(f"memory: {memory_mode}")
+    data = data or prepare(config.data, seed=config.seed, log=progress)
+    torch.manual_seed(config.seed)
+    vocab_sizes = len(data.src_vocab), len(data.tgt_vocab)
+    model = build_model(config.model, *vocab_sizes, param_init=config.trainer.param_init)
+    model = model.to(device)
+
+    progress(
+        f"training: {bench.warmup_steps} warm-up steps, then {bench.windows} windows of "
+        f"{bench.steps_per_window} steps on {device}"
+    )
+    rss_reset = reset_peak_memory(device)
+    train, lengths = time_training(
+        config,
+        model,
+        data,
+        device,
+        precision,
+        warmup_steps=bench.warmup_steps,
+        windows=bench.windows,
+        steps_per_window=bench.steps_per_window,
+    )
+    memory = memory_report(device, rss_reset)
+    flops = flops_per_target_token(config.model, len(data.tgt_vocab), lengths)
+    progress(f"GEMM peaks: torch.mm fp32 and bf16, n in {list(bench.gemm_sizes)}")
+    peaks = gemm_peaks(device, list(bench.gemm_sizes), bench.gemm_repeats)
+    own_peak = peaks.get(precision.name, peaks["fp32"])["gflops"]  # fp16 runs: fp32's
+    achieved = flops.train * train["tgt_tokens_per_s"] / 1e9
+    return {
+        "config": {
+            "overrides": list(overrides),
+            "model": dict(model_config) if model_config else settings_dict(config.model),
+            "data": config.data.name,
+            "max_tokens": config.data.batching.max_tokens,
+            "precision": precision.name,
+            "precision_reason": precision.reason,
+            "memory": memory_mode,
+            "optim": config.optim.name,
+        },
+        "device": device_report(device),
+        "model": {
+            "parameters": model.num_parameters(),
+            "src_vocab": len(data.src_vocab),
+            "tgt_vocab": len(data.tgt_vocab),
+        },
+        "train": train,
+        "memory": memory,
+        "flops": {
+            "forward_per_tgt_token": flops.forward,
+            "train_per_tgt_token": flops.train,
+            "forward_pieces": flops.pieces,
+            "attn_src_len": lengths.attn_src_len,
+            "src_per_tgt": lengths.src_per_tgt,
+            "achieved_gflops": achieved,
+            "gemm_peak": peaks["fp32"],
+            "gemm_peaks": peaks,
+            # the share of the peak of the precision trained in, and of the fp32 peak
+            "share_of_peak": achieved / own_peak if own_peak else None,
+            "share_of_fp32_peak": (
+                achieved / peaks["fp32"]["gflops"] if peaks["fp32"]["gflops"] else None
+            ),
+        },
+        "decode": decoding_report(
+            model,
+            data,
+            device,
+            search=config.search,
+            sentences=bench.decode_sentences,
+            beam_size=bench.beam_size,
+            ckpt=bench.ckpt,
+            exported=bench.exported,
+        ),
+    }
 
 
 # --------------------------------------------------------------------------------------------

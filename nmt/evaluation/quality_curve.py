@@ -30,7 +30,7 @@ from nmt.evaluation.testset import evaluate_translator
 from nmt.inference.translator import Translator
 from nmt.models.checkpoint import load_checkpoint
 
-SPLITS = ("valid", "test")
+SCORED_SPLITS = ("valid", "test")  # the splits each step checkpoint is scored on
 OUTPUTS = ("quality_curve.md", "quality_curve.json", "quality_curve.png")
 
 
@@ -128,7 +128,7 @@ def score_run(
             minutes = translator.info.minutes
             log(f"[{label}] {number}/{len(found)} {path.name} ({minutes:.1f} min): decoding")
             scores = {}
-            for split in SPLITS:
+            for split in SCORED_SPLITS:
                 report = evaluate_translator(
                     translator, split=split, tokenizers=("ko-mecab",), max_sentences=max_sentences
                 )

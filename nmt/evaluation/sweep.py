@@ -75,11 +75,11 @@ from nmt.evaluation.significance import (
 )
 from nmt.evaluation.testset import evaluate_checkpoint
 from nmt.models import ATTENTION_TYPES, SCORES
+from nmt.models.attention_stats import STATISTICS
 
 TEST_SCORES = "test_scores.json"
 TEST_HYPS = "test_hyps.txt"
 TEST_REFS = "test_refs.txt"
-ATTENTION_STATS = ("attn_entropy", "attn_diagonal_mass", "attn_coverage_deviation")
 PLOTS = ("bleu.png", "chrf.png", "valid_bleu.png")
 
 
@@ -237,7 +237,7 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
         run.valid_chrf = max(v["chrf"] for v in validations)
         run.valid_perplexity = last.get("perplexity")
         run.curve = [(v["step"], v["bleu"]) for v in validations]
-        for key in ATTENTION_STATS:
+        for key in STATISTICS:  # the attention statistics validation logged
             setattr(run, key, last.get("diagnostics", {}).get(key))
     else:
         run.notes.append("no validations yet")

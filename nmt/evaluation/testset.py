@@ -32,13 +32,11 @@ from typing import TYPE_CHECKING, Any
 from nmt.core.errors import NMTError
 from nmt.core.io import write_text_atomic
 from nmt.data.corpus import read_text_lines
-from nmt.data.pipeline import read_split
+from nmt.data.pipeline import SPLITS, read_split
 from nmt.evaluation.metrics import DEFAULT_TOKENIZERS, degeneracy, format_table, score_corpus
 
 if TYPE_CHECKING:
     from nmt.inference.translator import Translator
-
-SPLITS = ("train", "valid", "test")
 
 
 def _to_stderr(line: str) -> None:

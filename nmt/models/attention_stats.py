@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
+STATISTICS = ("attn_entropy", "attn_diagonal_mass", "attn_coverage_deviation")  # the keys returned
+
 
 def attention_statistics(matrices: Sequence[torch.Tensor]) -> dict[str, float]:
     entropies, diagonal, coverage = [], [], []
@@ -36,8 +38,4 @@ def attention_statistics(matrices: Sequence[torch.Tensor]) -> dict[str, float]:
     if not entropies:
         return {}
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {
-        "attn_entropy": mean(entropies),
-        "attn_diagonal_mass": mean(diagonal),
-        "attn_coverage_deviation": mean(coverage),
-    }
+    return dict(zip(STATISTICS, map(mean, (entropies, diagonal, coverage)), strict=True))

@@ -2,6 +2,7 @@
 
     nmt-average run_dir=RUN last=5               # → RUN/checkpoints/averaged.pt
     nmt-average ckpts=[a.pt,b.pt] out=avg.pt     # or python -m nmt.average …
+    nmt-average ckpts=[best.pt] out=ship.pt slim=true   # one checkpoint, slim for shipping
 
 What is averaged and why: :mod:`nmt.training.averaging`.
 """
@@ -18,7 +19,7 @@ from nmt.config.schema import AverageConfig, check_command
 from nmt.core.errors import NMTError, exit_on_user_error, str_list
 from nmt.core.paths import CONFIG_DIR
 from nmt.core.run_dir import AVERAGED, checkpoint_dir, newest_step_checkpoints
-from nmt.models.checkpoint import save_checkpoint
+from nmt.models.checkpoint import save_checkpoint, slim_checkpoint
 from nmt.training.averaging import average_checkpoints
 
 
@@ -54,10 +55,16 @@ def inputs_of(cfg: AverageConfig) -> tuple[list[Path], Path]:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="average", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    paths, output = inputs_of(check_command("average", cfg))
+    config = check_command("average", cfg)
+    paths, output = inputs_of(config)
     payload = average_checkpoints(paths)
+    if config.slim:
+        payload = slim_checkpoint(payload)
     save_checkpoint(output, payload)
-    print(f"wrote {output}: the mean of {len(paths)} checkpoints ({', '.join(map(str, paths))})")
+    what = "slim (no optimiser, schedule or RNG state), " if config.slim else ""
+    print(
+        f"wrote {output}: {what}the mean of {len(paths)} checkpoints ({', '.join(map(str, paths))})"
+    )
 
 
 if __name__ == "__main__":

@@ -227,3 +227,46 @@ def test_keep_every_validation(tiny_prepared, tmp_path):
     t.fit()
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["best.pt", "last.pt", "step0000001.pt", "step0000002.pt", "step0000003.pt"]
+
+
+def test_a_slim_checkpoint_translates_as_the_full_one_and_is_refused_as_resume(
+    tiny_prepared, tiny_checkpoint, tmp_path
+):
+    """``slim=true``: the weights, config, vocabularies and what the checkpoint says about itself,
+    no training state; the same translations; ``trainer.resume`` refuses it with one line."""
+    from nmt import Translator
+
+    slim = tmp_path / "ship.pt"
+    result = run_main(
+        "nmt.average", f"ckpts=[{quote(tiny_checkpoint)}]", f"out={quote(slim)}", "slim=true"
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {slim}: slim (no optimiser, schedule or RNG state)" in result.stdout
+    full, shipped = checkpoint.load_checkpoint(tiny_checkpoint), checkpoint.load_checkpoint(slim)
+    assert shipped["slim"] is True
+    assert not set(shipped) & {"optimizer", "schedule", "scaler", "rng", "world_size"}
+    assert shipped["progress"] == {
+        k: full["progress"][k] for k in ("step", "minutes", "best_score")
+    }
+    assert shipped["runtime"] == full["runtime"] and shipped["config"] == full["config"]
+    assert slim.stat().st_size < tiny_checkpoint.stat().st_size
+
+    sentences = tiny_prepared.data.splits["test"].src_text[:6]
+    expected = Translator.from_checkpoint(tiny_checkpoint, device="cpu").translate(sentences)
+    got = Translator.from_checkpoint(slim, device="cpu").translate(sentences)
+    assert [(t.text, t.score) for t in got] == [(t.text, t.score) for t in expected]
+    assert Translator.from_checkpoint(slim, device="cpu").info.step == full["progress"]["step"]
+
+    with pytest.raises(NMTError, match="a slim checkpoint .* cannot be resumed"):
+        checkpoint.load_checkpoint(slim, keys=checkpoint.TRAINING_KEYS)
+    resumed = run_main(
+        "nmt.train",
+        *tiny_prepared.corpus.overrides(tiny_prepared.data.out_dir),
+        *TINY_RUN,
+        "trainer.max_steps=3",
+        f"trainer.resume={quote(slim)}",
+        f"hydra.run.dir={quote(tmp_path / 'run')}",
+    )
+    assert resumed.returncode == 2
+    assert resumed.stderr.count("\n") == 1 and "Traceback" not in resumed.stderr
+    assert "a slim checkpoint" in resumed.stderr and "checkpoints/last.pt" in resumed.stderr

@@ -126,6 +126,7 @@ class AverageConfig:
     run_dir: str | None = setting()
     last: int | None = setting(ge=1)
     out: str | None = setting()
+    slim: bool = setting()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -42,6 +42,23 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 INFERENCE_KEYS = ("model", "config", "vocab")  # what translating with a checkpoint needs
 TRAINING_KEYS = ("optimizer", "schedule", "scaler", "progress", "rng", "world_size")  # resuming
+# what a slim checkpoint keeps beside INFERENCE_KEYS: what it says about itself (/v1/model)
+DESCRIPTIVE_KEYS = ("validation", "runtime", "averaged_from")
+PROGRESS_SUMMARY = ("step", "minutes", "best_score")
+
+
+def slim_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """``checkpoint`` for shipping: the weights, config and vocabularies a translation needs, what
+    it says about itself (validation scores, the runtime it was trained on, its step, minutes and
+    best score),
+    and ``slim: True`` — no optimiser, schedule or RNG state (Adam's two moments alone are twice
+    the weights). It loads wherever a checkpoint does, except as ``trainer.resume``."""
+    keep = (*INFERENCE_KEYS, *DESCRIPTIVE_KEYS)
+    slim = {key: checkpoint[key] for key in keep if key in checkpoint}
+    progress = checkpoint.get("progress") or {}
+    slim["progress"] = {key: progress[key] for key in PROGRESS_SUMMARY if key in progress}
+    slim["slim"] = True
+    return slim
 
 
 def load_checkpoint(
@@ -102,6 +119,12 @@ def check_checkpoint(checkpoint: Any, path: Path, keys: tuple[str, ...] = ()) ->
                 "expected a dict"
             )
     missing = [k for k in keys if k not in checkpoint]
+    if missing and checkpoint.get("slim"):
+        raise NMTError(
+            f"{path}: a slim checkpoint (weights, config and vocabularies for translating, "
+            "written by nmt-average slim=true) cannot be resumed: resume from the run's "
+            "checkpoints/last.pt"
+        )
     if missing:
         raise NMTError(
             f"{path}: holds weights but not the training state to continue from "

@@ -326,7 +326,7 @@ def read_split(
     two files' names — so ``split=valid`` scores the text validation scored. ``saved_config`` is
     the config a checkpoint stores (its ``data`` group and ``seed`` are read). Any corpus works,
     recipes included; one not prepared on this machine yet is prepared first."""
-    data = load_settings(DataSettings, saved_config["data"], "data")
+    data = load_settings(DataSettings, saved_config.get("data"), "data")
     if split != "train" and getattr(data, split) is None and data.format != "recipe":
         raise NMTError(f"the checkpoint's data config has no {split} split (data.{split} is null)")
     prepared = prepare(data, saved_config.get("seed", 1234), log=log)

@@ -50,9 +50,8 @@ PROGRESS_SUMMARY = ("step", "minutes", "best_score")
 def slim_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """``checkpoint`` for shipping: the weights, config and vocabularies a translation needs, what
     it says about itself (validation scores, the runtime it was trained on, its step, minutes and
-    best score),
-    and ``slim: True`` — no optimiser, schedule or RNG state (Adam's two moments alone are twice
-    the weights). It loads wherever a checkpoint does, except as ``trainer.resume``."""
+    best score) and ``slim: True`` — no optimiser, schedule or RNG state (Adam's two moments alone
+    are twice the weights). It loads wherever a checkpoint does, except as ``trainer.resume``."""
     keep = (*INFERENCE_KEYS, *DESCRIPTIVE_KEYS)
     slim = {key: checkpoint[key] for key in keep if key in checkpoint}
     progress = checkpoint.get("progress") or {}
@@ -172,7 +171,10 @@ def model_from_checkpoint(
     ``path`` names the file in errors."""
     config = checkpoint["config"]
     # the stored config is parsed once, here, where it is read from the file
-    model_settings = load_settings(ModelSettings, config["model"], "model")
+    try:
+        model_settings = load_settings(ModelSettings, config.get("model"), "model")
+    except NMTError as err:
+        raise NMTError(f"{path}: its stored config: {err}") from None
     src_vocab, tgt_vocab = vocabs_from(checkpoint)
     model = build_model(model_settings, len(src_vocab), len(tgt_vocab))
     load_model_state(model, checkpoint["model"], path)

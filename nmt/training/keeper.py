@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nmt.core.run_dir import newest_step_checkpoints, step_checkpoint_name
+from nmt.core.run_dir import (
+    AVERAGED,
+    BEST,
+    LAST,
+    newest_step_checkpoints,
+    step_checkpoint_name,
+)
 from nmt.models.checkpoint import save_checkpoint
 from nmt.training.averaging import average_checkpoints
 from nmt.training.settings import TrainerSettings
@@ -111,18 +117,18 @@ class CheckpointKeeper:
         if plan.write_step:
             save_checkpoint(self.ckpt_dir / plan.name, payload)
         if plan.write_best:
-            save_checkpoint(self.ckpt_dir / "best.pt", payload)
+            save_checkpoint(self.ckpt_dir / BEST, payload)
         self.write_last(payload)
         for old in plan.delete:
             (self.ckpt_dir / old).unlink(missing_ok=True)
 
     def write_last(self, payload: dict[str, Any]) -> None:
-        save_checkpoint(self.ckpt_dir / "last.pt", payload)
+        save_checkpoint(self.ckpt_dir / LAST, payload)
 
     def average(self) -> list[Path]:
         """Write averaged.pt, the mean of the newest ``average_last`` step checkpoints on disk;
         return their paths, oldest first (none: nothing written)."""
         paths = newest_step_checkpoints(self.ckpt_dir, self.policy.average_last)
         if paths:
-            save_checkpoint(self.ckpt_dir / "averaged.pt", average_checkpoints(paths))
+            save_checkpoint(self.ckpt_dir / AVERAGED, average_checkpoints(paths))
         return paths

@@ -139,12 +139,12 @@ def merge_resumed_config(
     settings from the command line; log the differences."""
     given = settings_dict(config)
     merged = copy.deepcopy(given)
-    for key in ARCHITECTURE_KEYS:
+    for key in ARCHITECTURE_KEYS:  # a key the checkpoint lacks becomes null: the check names it
         *parents, name = key.split(".")
         source, target = saved, merged
         for part in parents:
-            source, target = source[part], target[part]
-        target[name] = copy.deepcopy(source[name])
+            source, target = source.get(part) or {}, target[part]
+        target[name] = copy.deepcopy(source.get(name))
     for key, old, new in config_differences(saved, given):
         source = "checkpoint" if key.startswith(ARCHITECTURE_KEYS) else "command line"
         report(

@@ -233,7 +233,9 @@ def test_a_slim_checkpoint_translates_as_the_full_one_and_is_refused_as_resume(
     tiny_prepared, tiny_checkpoint, tmp_path
 ):
     """``slim=true``: the weights, config, vocabularies and what the checkpoint says about itself,
-    no training state; the same translations; ``trainer.resume`` refuses it with one line."""
+    no training state; the same translations and scores (both decoded in fp32, the default
+    search.precision=auto on every CPU kind, so the comparison is exact); ``trainer.resume``
+    refuses it with one line."""
     from nmt import Translator
 
     slim = tmp_path / "ship.pt"

@@ -4,6 +4,7 @@
     python -m nmt.evaluate hyp=[a.ko,b.ko] ref=test.ko
     python -m nmt.evaluate ckpt=best.pt split=test [search=greedy] [out=hyp.ko]
     python -m nmt.evaluate ckpt=best.pt src=test.en ref=test.ko
+    python -m nmt.evaluate ckpt=[a.pt,b.pt] split=test     # their ensemble
 
 Every system gets the same report from :mod:`nmt.evaluation.metrics` that validation uses during training:
 BLEU (ko-mecab, char, 13a), chrF and TER with their sacrebleu signatures, and the degeneracy
@@ -25,7 +26,12 @@ from nmt.config.schema import EvaluateConfig, check_command
 from nmt.core.errors import NMTError, exit_on_user_error, str_list
 from nmt.core.io import write_json
 from nmt.core.paths import CONFIG_DIR
-from nmt.evaluation.testset import evaluate_checkpoint, evaluate_files, format_report
+from nmt.evaluation.testset import (
+    evaluate_checkpoint,
+    evaluate_files,
+    format_report,
+    record_test_scores,
+)
 
 
 # An absolute config path: "../configs" would be resolved as a Python package (and fail) whenever
@@ -69,9 +75,24 @@ def main(cfg: DictConfig) -> None:
             "nothing to evaluate: give hyp=FILE ref=FILE, or ckpt=FILE with split= or src= ref="
         )
     print(format_report(report))
+    if config.ckpt is not None:
+        print(record_note(config, report))
     if config.json is not None:
         write_json(config.json, report)
         print(f"\nwrote {config.json}")
+
+
+def record_note(config: EvaluateConfig, report: dict[str, Any]) -> str:
+    """Record a whole split's scores in the checkpoint's model card (``record=true``, one
+    checkpoint file); say what was done, or why not."""
+    paths = str_list(config.ckpt, "ckpt")
+    if not config.record:
+        return "\nnot recorded in the model card (record=false)"
+    if config.split is None or len(paths) > 1 or Path(paths[0]).is_dir():
+        what = "a split= of the corpus" if config.split is None else "one checkpoint file"
+        return f"\nnot recorded in a model card: only {what} is (record=false silences this)"
+    key = record_test_scores(paths[0], report)
+    return f"\nrecorded in {paths[0]}'s model card as tests.{key!r} (nmt-info shows it)"
 
 
 def _one_ref(value: Any) -> str:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt.config.schema import ServeConfig, check_command
-from nmt.core.errors import exit_on_user_error
+from nmt.core.errors import exit_on_user_error, str_list
 from nmt.core.paths import CONFIG_DIR
 from nmt.inference.translator import Translator
 from nmt.serving.app import create_app, http_stack, listen, run_server
@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> None:
     limits = replace(limits, threads=limits.threads or torch.get_num_threads())
     decoding = decoding_thread(limits.threads)
     translator = decoding.submit(
-        Translator.from_checkpoint, config.ckpt, config.device, **config.search
+        Translator.from_checkpoints, str_list(config.ckpt, "ckpt"), config.device, **config.search
     ).result()
     sock = listen(config.host, config.port)
     host, port = sock.getsockname()[:2]

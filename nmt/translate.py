@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 
 import nmt.config.resolvers  # noqa: F401  (the resolvers configs/ uses)
 from nmt.config.schema import TranslateConfig, check_command
-from nmt.core.errors import NMTError, exit_on_user_error
+from nmt.core.errors import NMTError, exit_on_user_error, str_list
 from nmt.core.io import write_text_atomic
 from nmt.core.paths import CONFIG_DIR
 from nmt.data.corpus import read_text_lines
@@ -121,7 +121,9 @@ def interactive(translator: Translator, config: TranslateConfig, plot_dir: Path 
 def main(cfg: DictConfig) -> None:
     config: TranslateConfig = check_command("translate", cfg)
     # config.search: the keys search= sets; the checkpoint's own values for the rest
-    translator = Translator.from_checkpoint(config.ckpt, config.device, **config.search)
+    # ckpt=[a.pt,b.pt]: an ensemble (nmt.inference.ensemble)
+    paths = str_list(config.ckpt, "ckpt")
+    translator = Translator.from_checkpoints(paths, config.device, **config.search)
     plot_dir = Path(config.attention_plot) if config.attention_plot else None
     if config.input is None and sys.stdin.isatty():
         print(describe_decoding(translator), file=sys.stderr)

@@ -64,7 +64,7 @@ def test_the_average_is_the_exact_mean_of_the_weights(tmp_path):
     assert out["model"]["out.weight"] is out["model"]["embed.weight"]
     assert torch.equal(out["model"]["count"], torch.tensor([3]))
     assert out["progress"] == {"step": 3, "minutes": 0.3} and out["config"] == {"step_was": 3}
-    assert out["averaged_from"] == [str(p) for p in paths]
+    assert out["card"]["averaged_from"] == [str(p) for p in paths]
 
 
 def test_two_checkpoints_average_to_their_midpoint(tmp_path):
@@ -111,7 +111,7 @@ def test_last_k_picks_the_newest_step_checkpoints(tmp_path):
     result = run_main("nmt.average", f"run_dir={quote(tmp_path)}", "last=2")
     assert result.returncode == 0, result.stderr
     out = checkpoint.load_checkpoint(ckpt_dir / "averaged.pt")
-    assert out["averaged_from"] == [
+    assert out["card"]["averaged_from"] == [
         str(ckpt_dir / "step0000012.pt"),
         str(ckpt_dir / "step0000100.pt"),
     ]
@@ -203,7 +203,7 @@ def test_keep_last_and_average_last(tiny_prepared, tmp_path, caplog):
     names = {p.name for p in ckpt_dir.iterdir()}
     assert names == {"last.pt", "best.pt", "averaged.pt", best, *newest}
     averaged = checkpoint.load_checkpoint(ckpt_dir / "averaged.pt")
-    assert averaged["averaged_from"] == [str(ckpt_dir / n) for n in newest]
+    assert averaged["card"]["averaged_from"] == [str(ckpt_dir / n) for n in newest]
     assert averaged["progress"]["step"] == 5
     model, _, _, cfg = checkpoint.load_for_inference(ckpt_dir / "averaged.pt")
     assert not model.training and cfg["trainer"]["average_last"] == 2
@@ -250,7 +250,11 @@ def test_a_slim_checkpoint_translates_as_the_full_one_and_is_refused_as_resume(
     assert shipped["progress"] == {
         k: full["progress"][k] for k in ("step", "minutes", "best_score")
     }
-    assert shipped["runtime"] == full["runtime"] and shipped["config"] == full["config"]
+    described = {k: v for k, v in shipped["card"].items() if k not in ("created", "averaged_from")}
+    assert described == {k: v for k, v in full["card"].items() if k != "created"}
+    assert shipped["card"]["averaged_from"] == [str(tiny_checkpoint)]
+    assert shipped["config"] == full["config"]
+    assert shipped["format_version"] == full["format_version"] == 2
     assert slim.stat().st_size < tiny_checkpoint.stat().st_size
 
     sentences = tiny_prepared.data.splits["test"].src_text[:6]

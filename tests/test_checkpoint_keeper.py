@@ -75,7 +75,7 @@ def test_average_is_the_mean_of_the_newest_step_checkpoints(tmp_path):
     assert [p.name for p in paths] == ["step0000002.pt", "step0000003.pt"]
     averaged = load_checkpoint(tmp_path / "averaged.pt")
     assert torch.equal(averaged["model"]["w"], torch.full((2,), 2.5))
-    assert averaged["averaged_from"] == [str(p) for p in paths]
+    assert averaged["card"]["averaged_from"] == [str(p) for p in paths]
 
 
 def test_write_last_writes_only_last_pt(tmp_path):

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 import scripts.explorer_screenshot
 from nmt.evaluation.explorer import WEIGHT_SCALE, explore, json_for_script
 from nmt.inference.translator import Translator
+from nmt.models.checkpoint import load_checkpoint
 
 SOURCES = [
     "Open the file.",
@@ -205,7 +206,7 @@ def test_checkpoints_with_different_vocabularies_are_one_line(sweep, other_vocab
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"error: ckpt: {other_vocab_ckpt} and {first} have different source vocabularies "
-        "(SentencePiece models); compare checkpoints trained on the same prepared data"
+        "(400 and 500 subwords): compare checkpoints trained on the same prepared data"
     )
 
 
@@ -301,6 +302,18 @@ def test_the_page_loads_offline_with_both_models_side_by_side(page, compare_page
     assert page.page.locator("#sentence-list button.sent").count() == 3
     source = page.page.locator("#sentence-list button.sent").nth(2).get_attribute("title")
     assert source == SOURCES[3]  # the </script> in the text came through intact
+
+
+def test_each_panel_folds_its_model_card(page, sweep):
+    card = page.panel(0).locator("details.card")
+    assert card.locator("summary").text_content() == "model card"
+    assert not card.locator('section[data-section="training"]').is_visible()  # folded
+    card.locator("summary").click()
+    training = card.locator('section[data-section="training"]')
+    steps = training.locator('dl.kv div[data-key="steps"] dd').inner_text()
+    assert steps == str(load_checkpoint(ckpts(sweep)[0])["card"]["training"]["steps"])
+    signature = card.locator('section[data-section="signatures"] div[data-key="bleu"] dd')
+    assert signature.inner_text().startswith("nrefs:1|")
 
 
 def test_hovering_a_target_subword_shows_its_attention_row(page, sweep):

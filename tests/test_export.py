@@ -156,7 +156,8 @@ def test_export_writes_graphs_vocabularies_and_manifest(exported, ckpt):
     assert manifest["config"]["model"]["encoder"]["rnn_type"] == "lstm"
     assert manifest["parity"]["log_prob"] <= TOLERANCE
     assert manifest["parity"]["eager_precision"] == "fp32"  # what the graphs were held to
-    assert manifest["source"]["training"]["precision"] == "fp32"  # how the weights were trained
+    assert manifest["card"]["training"]["precision"] == "fp32"  # the checkpoint's model card
+    assert manifest["source"]["format_version"] == 2
     for name in ("encoder.onnx", "decoder_step.onnx", "src.model", "tgt.model"):
         assert (exported / name).stat().st_size == manifest["files"][name]["bytes"]
     saved = torch.load(ckpt, weights_only=True)

@@ -192,7 +192,7 @@ def test_auto_precision_is_logged_with_its_reason(tiny_prepared, tmp_path, caplo
     expected = resolve_precision("auto", CPU)
     assert trainer.precision == expected and expected.name == "fp32"  # on every CPU kind
     assert f"precision: {expected.name} ({expected.reason})" in caplog.messages
-    runtime = trainer.checkpoint_payload()["runtime"]  # what the checkpoint records
+    runtime = trainer.checkpoint_payload()["card"]["training"]  # what the checkpoint records
     assert runtime["precision"] == "fp32" and runtime["precision_reason"] == expected.reason
     assert runtime["cpu"]["simulated"] == cpu_kind and runtime["device"] == "cpu"
 

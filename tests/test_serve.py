@@ -25,6 +25,7 @@ from conftest import compose_config, quote, run_main
 
 import nmt.inference.search as search
 from nmt.core.errors import NMTError
+from nmt.core.paths import VERSION
 from nmt.inference.search import padded_chunks
 from nmt.inference.translator import Translator
 from nmt.serving.app import create_app, listen
@@ -130,7 +131,37 @@ def test_attention_tokens_and_nbest(translator):
     assert all(sum(row) == pytest.approx(1.0, abs=1e-4) for row in t["attention"])
     assert [h["text"] for h in t["nbest"]] == [h.text for h in expected.nbest]
     assert t["nbest"][0]["text"] == t["text"]
-    assert all(set(h) == {"text", "score", "confidence", "tokens"} for h in t["nbest"])
+    keys = {"text", "score", "confidence", "tokens", "attention"}
+    assert all(set(h) == keys for h in t["nbest"])
+
+
+def test_every_nbest_hypothesis_carries_its_own_attention(translator):
+    """With ``return_attention`` each n-best entry has its subwords and its attention matrix
+    (what the demo page shades for the chosen one); with only ``return_tokens``, no matrix."""
+    sentence = "The station is closed on Sundays."
+    request = {"text": sentence, "beam_size": 3, "n_best": 3}
+
+    async def go():
+        async with serving(translator) as client:
+            with_attention = {**request, "return_attention": True}
+            return (
+                await client.post("/v1/translate", json=with_attention),
+                await client.post("/v1/translate", json={**request, "return_tokens": True}),
+            )
+
+    attention, tokens_only = run(go())
+    assert attention.status_code == tokens_only.status_code == 200, attention.text
+    (t,) = attention.json()["translations"]
+    expected = translator.with_settings(beam_size=3, n_best=3).translate([sentence])[0]
+    assert len(t["nbest"]) == len(expected.nbest) == 3
+    for shown, hyp in zip(t["nbest"], expected.nbest, strict=True):
+        assert shown["tokens"] == hyp.tokens
+        assert torch.allclose(torch.tensor(shown["attention"]), hyp.attention, atol=1e-6)
+        assert len(shown["attention"]) == hyp.num_predicted
+    assert t["nbest"][0]["attention"] == t["attention"]  # the best one's, as at the top level
+    (plain,) = tokens_only.json()["translations"]
+    assert "attention" not in plain and all("attention" not in h for h in plain["nbest"])
+    assert [h["tokens"] for h in plain["nbest"]] == [h.tokens for h in expected.nbest]
 
 
 def test_model_ready_health_and_docs(translator):
@@ -142,8 +173,10 @@ def test_model_ready_health_and_docs(translator):
     info = model.json()
     assert info["checkpoint"]["step"] == 2
     assert info["checkpoint"]["early_stopping_metric"] == "bleu"
-    validation = info["checkpoint"]["validation"]  # stored by the trainer with the checkpoint
+    validation = info["card"]["validation"]  # stored by the trainer with the checkpoint
     assert validation["step"] == 2 and {"loss", "bleu", "chrf", "perplexity"} <= set(validation)
+    assert validation["signatures"]["bleu"].startswith("nrefs:1|")  # sacrebleu's
+    assert info["card"]["code"]["version"] == VERSION and info["card"]["training"]["steps"] == 2
     assert info["checkpoint"]["best_score"] == pytest.approx(validation["bleu"])
     assert info["vocabulary"]["source_size"] == len(translator.src_vocab)
     assert info["vocabulary"]["target_size"] == len(translator.tgt_vocab)
@@ -154,7 +187,7 @@ def test_model_ready_health_and_docs(translator):
     assert info["decoding"]["precision"] == "fp32" and info["decoding"]["backend"] == "torch"
     assert info["decoding"]["precision_reason"].startswith("search.precision=")
     assert info["decoding"]["cpu"]["model"]
-    assert info["checkpoint"]["training"]["precision"] == "fp32"
+    assert info["card"]["training"]["precision"] == "fp32"
     assert info["limits"]["api_key"] is None
     assert ready.json() == {"status": "ready", "model": "best@2"}
     assert health.json() == {"status": "ok"}

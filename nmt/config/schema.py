@@ -50,7 +50,7 @@ class DecodeCommand:
 
 @dataclass(frozen=True, kw_only=True)
 class TranslateConfig(DecodeCommand):
-    ckpt: str = setting(nonempty=True)
+    ckpt: str | list[str] = setting(nonempty=True)  # a list: an ensemble
     input: str | None = setting()
     output: str | None = setting()
     scores: bool = setting()
@@ -64,17 +64,18 @@ class EvaluateConfig(DecodeCommand):
     hyp: str | list[str] | None = setting()
     ref: str | list[str] | None = setting()
     json: str | None = setting()
-    ckpt: str | None = setting()
+    ckpt: str | list[str] | None = setting()  # a list: an ensemble
     split: str | None = setting(choices=("train", "valid", "test"))
     src: str | None = setting()
     out: str | None = setting()
     progress: bool = setting()
     tokenizers: str | list[str] = setting(nonempty=True)
+    record: bool = setting()
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServeConfig(DecodeCommand):
-    ckpt: str = setting(nonempty=True)
+    ckpt: str | list[str] = setting(nonempty=True)  # a list: an ensemble
     host: str = setting(nonempty=True)
     port: int = setting(ge=0, le=65535)
     serve: ServeSettings = setting()
@@ -99,7 +100,7 @@ class ServeBenchConfig(DecodeCommand):
 
 @dataclass(frozen=True, kw_only=True)
 class ExploreConfig(DecodeCommand):
-    ckpt: str | list[str] = setting(nonempty=True)
+    ckpt: str | list[str | list[str]] = setting(nonempty=True)  # an inner list: an ensemble
     input: str = setting(nonempty=True)
     ref: str | None = setting()
     out: str = setting(nonempty=True)
@@ -127,6 +128,13 @@ class AverageConfig:
     last: int | None = setting(ge=1)
     out: str | None = setting()
     slim: bool = setting()
+
+
+@dataclass(frozen=True, kw_only=True)
+class InfoConfig:
+    ckpt: str = setting(nonempty=True)
+    json: bool = setting()
+    config: bool = setting()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +171,7 @@ COMMANDS: dict[str, type] = {  # config name → its schema
     "explore": ExploreConfig,
     "export": ExportConfig,
     "average": AverageConfig,
+    "info": InfoConfig,
     "compare": CompareConfig,
     "quality_curve": QualityCurveConfig,
 }

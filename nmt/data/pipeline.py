@@ -97,6 +97,27 @@ class PreparedData:
         return TokenBatcher(data.src_ids, data.tgt_ids, max_tokens, bucket_width, seed, shuffle)
 
 
+def describe_prepared(data: PreparedData, settings: DataSettings) -> dict[str, Any]:
+    """What a model card records about its data: the corpus, the prepared folder and its
+    fingerprint, the pairs of each split as trained and scored (train after cleaning), the
+    SHA-256 of each prepared split (its ids, ``{split}.pt``) and the cleaning's counts."""
+    out_dir = Path(data.out_dir)
+    report_path = out_dir / "clean_report.json"
+    report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else {}
+    return {
+        "name": settings.name,
+        "prepared": str(out_dir),
+        "fingerprint": _manifest_fingerprint(out_dir / "manifest.json"),
+        "pairs": {split: len(part) for split, part in data.splits.items()},
+        "sha256": {
+            split: file_sha256(out_dir / f"{split}.pt")
+            for split in data.splits
+            if (out_dir / f"{split}.pt").is_file()
+        },
+        "train_pairs_read": report.get("total"),
+    }
+
+
 def corpus_root(data: DataSettings) -> Path:
     """``data.root``, else $NMT_CORPORA (already folded into data.root by the config), else
     ``../shared/corpora`` beside a source checkout; an installed package has no default."""

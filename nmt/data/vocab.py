@@ -81,6 +81,13 @@ class Vocab:
     def model_bytes(self) -> bytes:
         return self.proto
 
+    def same_subwords(self, other: Vocab) -> bool:
+        """Whether ``other`` has these subwords under the same ids (its model file may differ,
+        e.g. in the folder it was trained in, which SentencePiece records)."""
+        return len(self) == len(other) and self.pieces(range(len(self))) == other.pieces(
+            range(len(other))
+        )
+
 
 def strip_specials(ids: Sequence[int]) -> list[int]:
     """Cut a hypothesis at its first </s> and drop <pad> and <s>."""

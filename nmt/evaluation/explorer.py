@@ -3,7 +3,8 @@
 Translates the sentences with one or more checkpoints (through the inference layer's
 :class:`~nmt.inference.translator.Translator`) and writes one HTML page: the data sits in a
 ``<script type="application/json">`` block, the JavaScript and CSS are inline (the template
-``explorer.html`` beside this module), and the page loads nothing from the network.
+``explorer.html`` beside this module, with the attention grid it shares with nmt-serve's demo
+page, :mod:`nmt.evaluation.attention_grid`), and the page loads nothing from the network.
 
 Per sentence the page shows the source and target subwords; hovering or keyboard-focusing target
 subword i shades each source subword j by its attention weight wᵢⱼ (and prints it), hovering a
@@ -25,21 +26,20 @@ of that sentence carries ``data-weight``, its weight to 3 decimals.
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from nmt.core.errors import NMTError
+from nmt.core.errors import NMTError, str_list
 from nmt.core.io import write_text_atomic
 from nmt.core.run_dir import checkpoint_of, run_of_checkpoint
 from nmt.data.corpus import read_text_lines
+from nmt.evaluation.attention_grid import inline_attention_grid, json_for_script, read_asset
 from nmt.evaluation.metrics import SentenceScorer, score_corpus
 from nmt.evaluation.sweep import find_sweep_runs
-from nmt.inference.translator import Translation, Translator
+from nmt.inference.translator import Translation, Translator, check_same_vocabularies
 
 TEMPLATE = "explorer.html"  # beside this module, in the nmt.evaluation package
 DATA_MARKER = "__EXPLORER_DATA__"
@@ -65,59 +65,53 @@ class Sentence:
 # --------------------------------------------------------------------------------------------
 
 
-def resolve_checkpoints(spec: str | Sequence[str]) -> list[Path]:
-    """Checkpoint files from ``ckpt=``: a file, a run dir or a sweep dir, or a list of them.
+def resolve_checkpoints(spec: str | Sequence[str | Sequence[str]]) -> list[list[Path]]:
+    """The models of ``ckpt=``, each a list of checkpoint files (two or more: an ensemble).
 
-    A directory stands for each run dir in it (folders with ``.hydra/config.yaml``), each giving
-    its ``checkpoints/best.pt``, else ``last.pt``. A missing file is left for the loader to report.
+    An entry is a file, a run dir or a sweep dir, or a list of files (``ckpt=[[a.pt,b.pt],c.pt]``
+    compares the ensemble of a and b with c). A directory stands for each run dir in it (folders
+    with ``.hydra/config.yaml``), each giving its ``checkpoints/best.pt``, else ``last.pt``. A
+    missing file is left for the loader to report.
     """
     entries = [spec] if isinstance(spec, str) else list(spec)
     if not entries:
         raise NMTError("ckpt: expected a checkpoint, a run dir or a list of them, got []")
-    paths = []
+    models = []
     for entry in entries:
-        path = Path(str(entry))
+        if not isinstance(entry, str):  # an ensemble: its files as given
+            models.append([Path(p) for p in str_list(entry, "ckpt")])
+            continue
+        path = Path(entry)
         if not path.is_dir():
-            paths.append(path)
+            models.append([path])
             continue
         for run_dir in find_sweep_runs(path):
             ckpt = checkpoint_of(run_dir)
             if ckpt is None:
                 raise NMTError(f"{run_dir}: run dir without checkpoints/best.pt or last.pt")
-            paths.append(ckpt)
-    return paths
+            models.append([ckpt])
+    return models
 
 
 def load_translators(
-    paths: Sequence[Path], device: str, search: dict[str, Any], n_best: int
+    models: Sequence[Sequence[Path]], device: str, search: dict[str, Any], n_best: int
 ) -> list[Translator]:
-    """One Translator per checkpoint, all with the same vocabularies (else NMTError).
+    """One Translator per model (one checkpoint, or an ensemble of several), all with the same
+    vocabularies (else NMTError).
 
     Without ``n_best`` in ``search``, each keeps min(``n_best``, its beam size) hypotheses.
     """
     translators = []
-    for path in paths:
-        translator = Translator.from_checkpoint(path, device, **search)
+    for paths in models:
+        translator = Translator.from_checkpoints(paths, device, **search)
         if "n_best" not in search:
             limit = 1 if translator.settings.name == "greedy" else translator.settings.beam_size
             translator = translator.with_settings(n_best=max(1, min(n_best, limit)))
         translators.append(translator)
-        check_same_vocabularies(translators[0], translator)
+        check_same_vocabularies(
+            translators[0], translator, "compare checkpoints trained on the same prepared data"
+        )
     return translators
-
-
-def check_same_vocabularies(first: Translator, other: Translator) -> None:
-    """A comparison needs one source segmentation (and one target vocabulary) for all models."""
-    for side, a, b in (
-        ("source", first.src_vocab, other.src_vocab),
-        ("target", first.tgt_vocab, other.tgt_vocab),
-    ):
-        if a.model_bytes() != b.model_bytes():
-            raise NMTError(
-                f"ckpt: {other.info.source} and {first.info.source} have different {side} "
-                "vocabularies (SentencePiece models); compare checkpoints trained on the same "
-                "prepared data"
-            )
 
 
 def read_sentences(
@@ -167,16 +161,21 @@ def model_entries(translators: Sequence[Translator]) -> list[dict[str, Any]]:
     entries = []
     for translator in translators:
         attention, encoder, decoder = model_label(translator.info.config)
+        label = f"{attention} · {encoder} · {decoder}"
+        if translator.info.members:
+            labels = [" · ".join(model_label(m.config)) for m in translator.info.members]
+            label = f"ensemble of {len(labels)}: {' + '.join(labels)}"
         settings = translator.settings
         entries.append(
             {
-                "label": f"{attention} · {encoder} · {decoder}",
+                "label": label,
                 "attention": attention,
                 "encoder": encoder,
                 "decoder": decoder,
                 "source": translator.info.source,
                 "step": translator.info.step,
                 "minutes": _number(translator.info.minutes, 1),
+                "card": translator.info.card,
                 "search": {
                     "name": settings.name,
                     "beam_size": settings.beam_size,
@@ -186,9 +185,9 @@ def model_entries(translators: Sequence[Translator]) -> list[dict[str, Any]]:
             }
         )
     labels = [e["label"] for e in entries]
-    for entry in entries:
+    for entry, translator in zip(entries, translators, strict=True):
         if labels.count(entry["label"]) > 1:
-            entry["label"] += f" ({_short_name(Path(entry['source']))})"
+            entry["label"] += f" ({short_name(translator)})"
     return entries
 
 
@@ -288,21 +287,10 @@ def build_payload(
 # --------------------------------------------------------------------------------------------
 
 
-def json_for_script(payload: dict[str, Any]) -> str:
-    """``payload`` as JSON that is safe inside ``<script type="application/json">``.
-
-    ``<``, ``>`` and ``&`` become ``\\u003c``/``\\u003e``/``\\u0026``, so no text (``</script>``,
-    ``<!--``) can end the block early; JSON.parse turns them back into the characters.
-    """
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
-        text = text.replace(char, escape)
-    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-
-
 def render_html(payload: dict[str, Any]) -> str:
-    """The template with the title and the data filled in: one self-contained HTML page."""
-    template = resources.files("nmt.evaluation").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    """The template with the title, the data and the attention grid's CSS and JavaScript
+    (:mod:`nmt.evaluation.attention_grid`) filled in: one self-contained HTML page."""
+    template = inline_attention_grid(read_asset(TEMPLATE), TEMPLATE)
     before, marker, after = template.partition(DATA_MARKER)
     if not marker or DATA_MARKER in after:
         raise RuntimeError(f"{TEMPLATE}: expected one {DATA_MARKER} placeholder")
@@ -355,7 +343,13 @@ def _number(value: float | None, decimals: int = SCORE_DECIMALS) -> float | None
     return round(float(value), decimals)
 
 
-def _short_name(ckpt: Path) -> str:
-    """``RUN/checkpoints/best.pt`` → ``RUN``; any other file → its name."""
+def short_name(translator: Translator) -> str:
+    """``RUN/checkpoints/best.pt`` → ``RUN``; any other file → its name; an ensemble: its
+    members' joined by ``+``."""
+    members = translator.info.members or [translator.info]
+    return " + ".join(_file_name(Path(m.source)) for m in members)
+
+
+def _file_name(ckpt: Path) -> str:
     run = run_of_checkpoint(ckpt)
     return ckpt.name if run is None else run.name

@@ -16,7 +16,8 @@ at its length limit). A report, as printed by :func:`format_report` and written 
 
 ``decoding`` (decoded here only) says what produced the hypotheses: the search's precision and
 why, the backend and the device, the CPU
-(:meth:`nmt.inference.translator.Translator.decoding_summary`).
+(:meth:`nmt.inference.translator.Translator.decoding_summary`); ``search`` its settings.
+:func:`record_test_scores` keeps a split's scores in the checkpoint's model card.
 
 (The module is named for what it scores, one test set — a split or a pair of files — as
 opposed to :mod:`nmt.evaluation.metrics`, the metrics themselves.)
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +35,15 @@ from nmt.core.errors import NMTError
 from nmt.core.io import write_text_atomic
 from nmt.data.corpus import read_text_lines
 from nmt.data.pipeline import SPLITS, read_split
-from nmt.evaluation.metrics import DEFAULT_TOKENIZERS, degeneracy, format_table, score_corpus
+from nmt.evaluation.metrics import (
+    DEFAULT_TOKENIZERS,
+    Headline,
+    degeneracy,
+    format_table,
+    score_corpus,
+)
+from nmt.models.card import utc_now, with_test_scores
+from nmt.models.checkpoint import load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from nmt.inference.translator import Translator
@@ -85,16 +95,18 @@ def evaluate_files(
 
 
 def evaluate_checkpoint(
-    ckpt_path: str | Path,
+    ckpt_path: str | Path | Sequence[str | Path],
     search: Mapping[str, Any] | None = None,
     device: str = "auto",
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Load ``ckpt_path`` (its search settings with the ``search`` overrides, plain keys and
-    values) and :func:`evaluate_translator` it; ``kwargs`` as there."""
+    values; a list of paths: their ensemble) and :func:`evaluate_translator` it; ``kwargs`` as
+    there."""
     from nmt.inference.translator import Translator
 
-    translator = Translator.from_checkpoint(ckpt_path, device, **(search or {}))
+    paths = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
+    translator = Translator.from_checkpoints(paths, device, **(search or {}))
     return evaluate_translator(translator, **kwargs)
 
 
@@ -145,7 +157,32 @@ def evaluate_translator(
     name = translator.info.source
     system = score_system(name, hypotheses, references, tokenizers, max_len_hits)
     system["decoding"] = translator.decoding_summary()  # the precision beside the signatures
+    system["search"] = asdict(translator.settings)
     return {"ref": ref_name, "src": src_name, "ckpt": name, "split": split, "systems": [system]}
+
+
+def record_test_scores(ckpt_path: str | Path, report: dict[str, Any]) -> str:
+    """Write ``report``'s scores (one checkpoint decoding a whole split) into the checkpoint's
+    model card (:func:`nmt.models.card.with_test_scores`: under ``"<split> <search>"``, e.g.
+    ``test beam5``, the best BLEU of that setting kept); return the key. The file is rewritten
+    atomically, in the current format."""
+    system = report["systems"][0]
+    search, scores = system["search"], system["scores"]
+    headline = Headline.of(scores)
+    beam = f"beam{search['beam_size']}" if search["name"] == "beam" else "greedy"
+    key = f"{report['split']} {beam}"
+    entry = {
+        "bleu": headline.bleu,
+        "chrf": scores["chrf"]["score"],
+        "signatures": {"bleu": headline.bleu_signature, "chrf": scores["chrf"]["signature"]},
+        "lines": system["lines"],
+        "search": {k: search[k] for k in ("name", "beam_size", "length_penalty", "n_best")},
+        "precision": system["decoding"]["precision"],
+        "evaluated": utc_now(),
+    }
+    checkpoint = load_checkpoint(ckpt_path)
+    save_checkpoint(Path(ckpt_path), with_test_scores(checkpoint, key, entry))
+    return key
 
 
 def format_report(report: dict[str, Any]) -> str:

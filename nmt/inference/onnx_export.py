@@ -55,6 +55,7 @@ from nmt.inference.onnx_backend import (
     is_exported_folder,
 )
 from nmt.models import DecoderState, Memory, Seq2Seq
+from nmt.models.card import card_of
 from nmt.models.checkpoint import load_checkpoint, model_from_checkpoint
 
 FORMATS = ("onnx",)  # what nmt-export writes
@@ -350,8 +351,9 @@ def export_checkpoint(
             "step": progress.get("step"),
             "best_score": progress.get("best_score"),
             "minutes": progress.get("minutes"),
-            "training": checkpoint.get("runtime"),  # its training precision, device and CPU
+            "format_version": checkpoint.get("format_version"),
         }
+        manifest["card"] = card_of(checkpoint)  # what the checkpoint said about itself
         manifest["files"] = {
             name: {"sha256": file_sha256(work / name), "bytes": (work / name).stat().st_size}
             for name in (ENCODER_GRAPH, STEP_GRAPH, SRC_VOCAB, TGT_VOCAB)

@@ -33,9 +33,11 @@ from nmt.core.errors import NMTError
 from nmt.core.runtime import Precision, cpu_summary, pick_device
 from nmt.data.corpus import normalize
 from nmt.data.vocab import Vocab
+from nmt.inference.ensemble import Ensemble
 from nmt.inference.search import Hypothesis, SearchSettings, decode_ids, search_precision
 from nmt.models import Seq2Seq
 from nmt.models.attention_stats import attention_statistics
+from nmt.models.card import card_of
 from nmt.models.checkpoint import load_checkpoint, model_from_checkpoint
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -113,16 +115,52 @@ class Translation:
 
 @dataclass
 class ModelInfo:
-    """Where a Translator's model came from, for reports and ``/v1/model``."""
+    """Where a Translator's model came from, for reports, ``nmt-info`` and ``/v1/model``."""
 
     source: str  # the checkpoint path, or a description
     config: dict[str, Any]  # the run's resolved config (empty when built from a live model)
     step: int | None = None  # optimiser steps the checkpoint had taken
     best_score: float | None = None  # its best validation score, by its early-stopping metric
     minutes: float | None = None  # its training run's wall-clock minutes
-    validation: dict[str, float] | None = None  # its validation: step, loss, perplexity, bleu, chrf
-    # how it was trained: precision and its reason, device, CPU (checkpoints since 2026-12-07)
-    training: dict[str, Any] | None = None
+    # its model card (nmt.models.card): code, data, training, validation, tests; {} for a live model
+    card: dict[str, Any] = field(default_factory=dict)
+    members: list[ModelInfo] = field(default_factory=list)  # an ensemble's members, in order
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: dict[str, Any], source: str) -> ModelInfo:
+        """From a loaded (migrated) checkpoint."""
+        progress = checkpoint.get("progress") or {}
+        return cls(
+            source=source,
+            config=dict(checkpoint["config"]),
+            step=progress.get("step"),
+            best_score=progress.get("best_score"),
+            minutes=progress.get("minutes"),
+            card=card_of(checkpoint),
+        )
+
+
+def check_same_vocabularies(
+    first: Translator,
+    other: Translator,
+    advice: str = "an ensemble's members must share both vocabularies (train them on the same "
+    "prepared data)",
+) -> None:
+    """One line naming both files, ending in ``advice``, unless ``other`` has ``first``'s source
+    and target vocabularies (an ensemble feeds one token id to every member; a comparison
+    needs one source segmentation)."""
+    for side, mine, theirs in (
+        ("source", first.src_vocab, other.src_vocab),
+        ("target", first.tgt_vocab, other.tgt_vocab),
+    ):
+        if not mine.same_subwords(theirs):
+            sizes = f"{len(theirs):,} and {len(mine):,} subwords"
+            if len(theirs) == len(mine):
+                sizes = f"{len(mine):,} subwords each, not the same ones"
+            raise NMTError(
+                f"ckpt: {other.info.source} and {first.info.source} have different {side} "
+                f"vocabularies ({sizes}): {advice}"
+            )
 
 
 class Translator:
@@ -170,17 +208,55 @@ class Translator:
         checkpoint = load_checkpoint(path, map_location=device)
         model, src_vocab, tgt_vocab, cfg = model_from_checkpoint(checkpoint, path, device)
         settings = SearchSettings.from_config(cfg.get("search") or {}, **search)
-        progress = checkpoint.get("progress") or {}
-        info = ModelInfo(
-            source=str(path),
-            config=dict(checkpoint["config"]),
-            step=progress.get("step"),
-            best_score=progress.get("best_score"),
-            minutes=progress.get("minutes"),
-            validation=checkpoint.get("validation"),
-            training=checkpoint.get("runtime"),
-        )
+        info = ModelInfo.of_checkpoint(checkpoint, str(path))
         return cls(model, src_vocab, tgt_vocab, settings, device, info)
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        paths: Sequence[str | Path],
+        device: str | torch.device = "auto",
+        backend: str = "auto",
+        attention: str = "mean",
+        **search: Any,
+    ) -> Translator:
+        """An ensemble of checkpoints (or exported folders) decoded together, or one alone.
+
+        Each path loads as :meth:`from_checkpoint` loads it; two or more become one
+        :class:`~nmt.inference.ensemble.Ensemble` (the mean of their log-probabilities at each
+        step, renormalised; ``attention``: the ``mean`` of their attention weights or the
+        ``first`` one's). They must share both vocabularies: otherwise one line naming both
+        files. The search settings are the first's, with the ``search`` overrides.
+        """
+        if isinstance(paths, str | Path):
+            raise TypeError("from_checkpoints() takes a list of paths; from_checkpoint() takes one")
+        if not paths:
+            raise NMTError("ckpt: expected a checkpoint or a list of them, got []")
+        members = [cls.from_checkpoint(p, device, backend, **search) for p in paths]
+        if len(members) == 1:
+            return members[0]
+        first = members[0]
+        for other in members[1:]:
+            check_same_vocabularies(first, other)
+        model = Ensemble([m.model for m in members], attention)
+        sources = [m.info.source for m in members]
+        card = {
+            "ensemble": {
+                "members": sources,
+                "combination": "mean of the members' log-probabilities per step, renormalised",
+                "attention": f"the {attention} of the members' attention weights"
+                if attention == "mean"
+                else "the first member's attention weights",
+            },
+            **{f"member {i}": m.info.card for i, m in enumerate(members, start=1)},
+        }
+        info = ModelInfo(
+            source=f"ensemble of {len(members)}: {' + '.join(sources)}",
+            config=first.info.config,
+            card=card,
+            members=[m.info for m in members],
+        )
+        return cls(model, first.src_vocab, first.tgt_vocab, first.settings, first.device, info)
 
     @classmethod
     def _from_exported(
@@ -201,14 +277,16 @@ class Translator:
             step=source.get("step"),
             best_score=source.get("best_score"),
             minutes=source.get("minutes"),
-            training=source.get("training"),
+            card=manifest.get("card") or {},
         )
         return cls(model, src_vocab, tgt_vocab, settings, torch.device("cpu"), info)  # type: ignore[arg-type]
 
     @property
     def backend(self) -> str:
-        """``torch`` (a model in memory or a checkpoint) or ``onnx`` (an exported folder)."""
-        return "torch" if isinstance(self.model, Seq2Seq) else "onnx"
+        """``torch`` (a model in memory or a checkpoint), ``onnx`` (an exported folder), or for
+        an ensemble its members' backends (``onnx+torch`` when it mixes them)."""
+        models = self.model.models if isinstance(self.model, Ensemble) else [self.model]
+        return "+".join(sorted({"torch" if isinstance(m, Seq2Seq) else "onnx" for m in models}))
 
     @property
     def precision(self) -> Precision:

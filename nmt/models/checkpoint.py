@@ -7,6 +7,7 @@ A checkpoint holds everything needed to continue a run exactly or to translate w
     progress                        step, epoch, batches done in the epoch, early-stopping state
     config                          the resolved config of the run (a plain dict)
     vocab                           the SentencePiece models' paths and bytes
+    format_version, card            the format (2) and the model card (:mod:`nmt.models.card`)
 
 It contains only tensors, plain containers, numbers, strings and bytes, so the safe
 ``torch.load(weights_only=True)`` reads it: loading a checkpoint never runs pickled code.
@@ -24,6 +25,7 @@ from nmt.core.errors import NMTError
 from nmt.core.io import write_atomic, write_error
 from nmt.core.settings import load_settings
 from nmt.data.vocab import Vocab
+from nmt.models.card import migrate_checkpoint
 from nmt.models.seq2seq import ModelSettings, build_model
 
 if TYPE_CHECKING:
@@ -42,15 +44,14 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 INFERENCE_KEYS = ("model", "config", "vocab")  # what translating with a checkpoint needs
 TRAINING_KEYS = ("optimizer", "schedule", "scaler", "progress", "rng", "world_size")  # resuming
-# what a slim checkpoint keeps beside INFERENCE_KEYS: what it says about itself (/v1/model)
-DESCRIPTIVE_KEYS = ("validation", "runtime", "averaged_from")
+# what a slim checkpoint keeps beside INFERENCE_KEYS: what it says about itself (nmt-info, /v1/model)
+DESCRIPTIVE_KEYS = ("format_version", "card")
 PROGRESS_SUMMARY = ("step", "minutes", "best_score")
 
 
 def slim_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """``checkpoint`` for shipping: the weights, config and vocabularies a translation needs, what
-    it says about itself (validation scores, the runtime it was trained on, its step, minutes and
-    best score) and ``slim: True`` — no optimiser, schedule or RNG state (Adam's two moments alone
+    it says about itself (its model card, its step, minutes and best score) and ``slim: True`` — no optimiser, schedule or RNG state (Adam's two moments alone
     are twice the weights). It loads wherever a checkpoint does, except as ``trainer.resume``."""
     keep = (*INFERENCE_KEYS, *DESCRIPTIVE_KEYS)
     slim = {key: checkpoint[key] for key in keep if key in checkpoint}
@@ -67,6 +68,7 @@ def load_checkpoint(
 
     The file must be a dict holding :data:`INFERENCE_KEYS` and ``keys`` (e.g.
     :data:`TRAINING_KEYS` to resume). A file that would run pickled code is refused unread.
+    A checkpoint of an older format is migrated in memory (:func:`nmt.models.card.migrate_checkpoint`).
     """
     path = Path(path)
     if not path.is_file():
@@ -78,7 +80,7 @@ def load_checkpoint(
     except Exception as err:  # an empty, truncated or damaged file
         raise NMTError(f"{path}: not a readable nmt checkpoint ({damage(err)})") from None
     check_checkpoint(checkpoint, path, keys)
-    return checkpoint
+    return migrate_checkpoint(checkpoint, path)
 
 
 def unpickling_problem(err: pickle.UnpicklingError) -> str:

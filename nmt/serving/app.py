@@ -3,10 +3,14 @@ the uvicorn server that runs it on a socket.
 
 Routes::
 
+    GET  /              the demo page (:mod:`nmt.serving.demo`): a text box, the translation, the
+                        n-best list, the chosen hypothesis's attention, the model card
     POST /v1/translate  {"text": "…" | ["…", …], "beam_size"?, "n_best"?, "return_attention"?,
                          "return_tokens"?}
                         → {"translations": [{"text", "score", "confidence", "tokens"?,
-                           "source_tokens"?, "attention"?, "nbest"?}, …], "model", "timing_ms"}
+                           "source_tokens"?, "attention"?, "nbest"?: [{"text", "score",
+                           "confidence", "tokens"?, "attention"?}, …]}, …],
+                           "model", "timing_ms"}
     GET  /health        the process is alive (no API key needed)
     GET  /ready         the model is loaded and warmed (503 until then, and while draining)
     GET  /v1/model      architecture, vocabularies, checkpoint (step, scores, training precision),
@@ -48,12 +52,13 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from nmt.core.errors import NMTError
 from nmt.core.paths import VERSION
-from nmt.inference.translator import Translation, Translator
+from nmt.inference.translator import ModelInfo, Translation, Translator
+from nmt.serving.demo import demo_headers, render_demo
 from nmt.serving.service import HTTPProblem, TranslationService
 from nmt.serving.settings import ServeSettings
 
@@ -135,12 +140,16 @@ class Hypothesis(BaseModel):
     score: float = Field(description="log-probability of the subwords and </s>")
     confidence: float = Field(description="score / predicted tokens (≤ 0)")
     tokens: list[str] | None = None
+    attention: list[list[float]] | None = Field(
+        None, description="(tokens + </s>) × (source_tokens + </s>); with return_attention"
+    )
 
 
 class TranslationOut(Hypothesis):
     source_tokens: list[str] | None = None
-    attention: list[list[float]] | None = None
-    nbest: list[Hypothesis] | None = None
+    nbest: list[Hypothesis] | None = Field(
+        None, description="best first; each with its own tokens and attention when asked"
+    )
 
 
 class TranslateResponse(BaseModel):
@@ -152,19 +161,21 @@ class TranslateResponse(BaseModel):
 
 
 def translation_json(t: Translation, n_best: int, tokens: bool, attention: bool) -> dict:
-    """One :class:`Translation` as the response's JSON object (optional keys only when asked)."""
+    """One :class:`Translation` as the response's JSON object (optional keys only when asked):
+    the best hypothesis, ``source_tokens``, and with ``n_best`` > 1 the ``nbest`` list, whose
+    every entry carries its own ``tokens`` and ``attention`` as the best one does."""
 
     def hypothesis(h: Translation) -> dict[str, Any]:
         out: dict[str, Any] = {"text": h.text, "score": h.score, "confidence": h.confidence}
         if tokens or attention:
             out["tokens"] = h.tokens
+        if attention:
+            out["attention"] = h.attention.tolist()
         return out
 
     out = hypothesis(t)
     if tokens or attention:
         out["source_tokens"] = t.source_tokens
-    if attention:
-        out["attention"] = t.attention.tolist()
     if n_best > 1:
         out["nbest"] = [hypothesis(h) for h in t.nbest]
     return out
@@ -196,9 +207,8 @@ def model_summary(translator: Translator, model_name: str, limits: ServeSettings
             "minutes": info.minutes,
             "best_score": info.best_score,
             "early_stopping_metric": trainer.get("early_stopping_metric"),
-            "validation": info.validation,
-            "training": info.training,  # its training precision, device and CPU
         },
+        "card": info.card,  # the model card: code, data, training, validation, tests
         "search": asdict(translator.settings),
         "decoding": translator.decoding_summary(),  # the search's precision and why
         "device": str(translator.device),
@@ -283,6 +293,13 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
 
     check_key = _api_key_check(limits.api_key)
+    demo_page = render_demo(limits)
+    demo_page_headers = demo_headers(demo_page)
+
+    @app.get("/", tags=["demo"], response_class=HTMLResponse, include_in_schema=False)
+    async def demo() -> HTMLResponse:
+        """The demo page (:mod:`nmt.serving.demo`); no API key: the page asks for it."""
+        return HTMLResponse(demo_page, headers=demo_page_headers)
 
     @app.get("/health", tags=["status"])
     async def health() -> dict[str, str]:
@@ -396,11 +413,16 @@ def _api_key_check(api_key: str | None) -> Callable:
 
 
 def _default_name(translator: Translator) -> str:
-    """``<checkpoint file stem>@<step>`` (``best@12000``), or ``nmt`` for a model in memory."""
+    """``<checkpoint file stem>@<step>`` (``best@12000``), an ensemble's joined by ``+``
+    (``best@800+best@790``), or ``nmt`` for a model in memory."""
     if not translator.info.config:
         return "nmt"
-    stem = os.path.splitext(os.path.basename(translator.info.source))[0]
-    return f"{stem}@{translator.info.step}" if translator.info.step is not None else stem
+    return "+".join(_member_name(m) for m in translator.info.members or [translator.info])
+
+
+def _member_name(info: ModelInfo) -> str:
+    stem = os.path.splitext(os.path.basename(info.source))[0]
+    return f"{stem}@{info.step}" if info.step is not None else stem
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ them (Vaswani et al. 2017, §6.1; fairseq's ``average_checkpoints.py``):
 
 Floating-point tensors of the ``model`` state dicts are averaged (summed in float64, stored in
 their own dtype); integer buffers are taken from the last checkpoint. Everything else — config,
-vocabulary, progress, optimiser state — is the last checkpoint's, and ``averaged_from`` lists the
-inputs, so the result loads like any checkpoint (``nmt.models.checkpoint.load_for_inference``,
+vocabulary, progress, optimiser state — is the last checkpoint's; its model card gets
+``averaged_from`` (the inputs) and a new ``created``, and keeps the last checkpoint's validation
+only as ``validation_of_last`` when more than one was averaged (it scored other weights), so the result loads like any checkpoint (``nmt.models.checkpoint.load_for_inference``,
 ``python -m nmt.translate ckpt=…``). The trainer writes ``checkpoints/averaged.pt`` this way at
 the end of a run with ``trainer.average_last=k``.
 """
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from nmt.core.errors import NMTError
+from nmt.models.card import card_of, utc_now
 from nmt.models.checkpoint import load_checkpoint
 
 
@@ -49,7 +51,15 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
     for key, tensor in last["model"].items():
         value = (total[key] / len(paths)).to(tensor.dtype) if key in total else tensor
         averaged[key] = shared.setdefault(storage_key(tensor), value)
-    return {**last, "model": averaged, "averaged_from": [str(p) for p in paths]}
+    return {**last, "model": averaged, "card": averaged_card(card_of(last), paths)}
+
+
+def averaged_card(card: dict[str, Any], paths: Sequence[str | Path]) -> dict[str, Any]:
+    """The last input's card for the mean of ``paths`` (see the module's docstring)."""
+    card = {**card, "created": utc_now(), "averaged_from": [str(p) for p in paths]}
+    if len(paths) > 1 and card.get("validation"):
+        card["validation_of_last"] = card.pop("validation")
+    return card
 
 
 def storage_key(tensor: torch.Tensor) -> tuple:

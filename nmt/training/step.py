@@ -79,6 +79,7 @@ class StepResult:
     lr: float  # the learning rate the step was taken (or skipped) at
     grad_norm: float | None  # before clipping; None when skipped
     skipped: bool  # the loss or the gradient was not finite: no update
+    all_tokens: int = 0  # the step's target tokens on all ranks (the model card's count)
 
     @property
     def loss_per_token(self) -> float:
@@ -140,13 +141,14 @@ class TrainingStep:
                 f"got {len(batches)}"
             )
         lr = self.schedule.set_step(step)
-        loss, tokens = self.accumulate(batches, mark)
+        loss, tokens, all_tokens = self.accumulate(batches, mark)
         grad_norm = self.update(loss)
         mark("optimizer")
-        return StepResult(loss, tokens, lr, grad_norm, skipped=grad_norm is None)
+        return StepResult(loss, tokens, lr, grad_norm, grad_norm is None, all_tokens)
 
-    def accumulate(self, batches: Sequence[Batch], mark: PhaseMark) -> tuple[float, int]:
-        """Forward and backward of every batch; returns this rank's summed loss and tokens."""
+    def accumulate(self, batches: Sequence[Batch], mark: PhaseMark) -> tuple[float, int, int]:
+        """Forward and backward of every batch; returns this rank's summed loss and tokens, and
+        the step's tokens on all ranks."""
         s, ctx = self.settings, self.ctx
         global_tokens = ctx.all_reduce_sum(float(sum(b.num_tgt_tokens for b in batches)))
         total_loss, total_tokens = 0.0, 0
@@ -167,7 +169,7 @@ class TrainingStep:
             mark("backward")
             total_loss += loss.item()
             total_tokens += batch.num_tgt_tokens
-        return total_loss, total_tokens
+        return total_loss, total_tokens, int(global_tokens)
 
     def update(self, loss: float) -> float | None:
         """Clip and step when the loss is finite on every rank and the gradient norm is finite;

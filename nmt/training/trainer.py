@@ -22,6 +22,7 @@ rank 0 validates and writes files.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 import math
@@ -49,8 +50,9 @@ from nmt.core.runtime import (
 )
 from nmt.core.settings import load_settings, settings_dict
 from nmt.data.batching import Batch
-from nmt.data.pipeline import PreparedData, prepare
+from nmt.data.pipeline import PreparedData, describe_prepared, prepare
 from nmt.models import Seq2Seq, build_model
+from nmt.models.card import FORMAT_VERSION, card_of, code_version, command_line, utc_now
 from nmt.models.checkpoint import (
     TRAINING_KEYS,
     load_checkpoint,
@@ -91,6 +93,9 @@ class Progress:
     )  # (score, file), best first
     recent_checkpoints: list[str] = field(default_factory=list)  # trainer.keep_last, oldest first
     minutes: float = 0.0  # wall-clock of the run so far (validation included), across resumes
+    target_tokens: int = (
+        0  # target tokens trained on, all ranks (0 in checkpoints before 2026-12-07)
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -216,6 +221,7 @@ class Trainer:
         self.last_validated_step: int | None = None
         self.saved_step: int | None = None  # the step of the last.pt this process wrote
         self.metrics: dict[str, float] = {}
+        self.restored_validation: dict[str, Any] | None = None  # the resumed checkpoint's card's
         self.nonfinite_streak = 0
 
     @property
@@ -273,6 +279,7 @@ class Trainer:
         self.restore_optimizer(saved)
         self.restore_progress(saved)
         self.restore_rng(saved)
+        self.restored_validation = card_of(saved).get("validation")
         self.info(
             f"resumed from {self.checkpoint_path} at step {self.progress.step} (epoch {self.progress.epoch})"
         )
@@ -320,29 +327,61 @@ class Trainer:
 
     def checkpoint_payload(self) -> dict[str, Any]:
         return {
+            "format_version": FORMAT_VERSION,
             "model": self.model.state_dict(),
             **self.training_step.state_dict(),  # optimizer, schedule, scaler
             "progress": asdict(self.progress),
             "last_validated_step": self.last_validated_step,
-            # the metrics of the validation this checkpoint is saved after (4 floats), for /v1/model
-            "validation": {"step": self.progress.step, **self.metrics} if self.metrics else None,
             "rng": self.ctx.gather_rng(rng_state()),
             "world_size": self.ctx.world_size,
             "config": settings_dict(self.cfg),
             "vocab": vocab_payload(self.data.src_vocab, self.data.tgt_vocab),
-            "runtime": self.runtime_summary(),
+            "card": self.model_card(),
+        }
+
+    def model_card(self) -> dict[str, Any]:
+        """What this checkpoint says about itself (:mod:`nmt.models.card`): the code, command and
+        data of the run, its progress and runtime now, the last validation and the best score."""
+        p = self.progress
+        validation = self.restored_validation  # until this process validates
+        if self.metrics:
+            signatures = self.validator.signatures if self.validator else {}
+            validation = {
+                "step": self.last_validated_step,
+                **self.metrics,
+                "signatures": signatures,
+            }
+        return {
+            **self.run_card,
+            "created": utc_now(),
+            "training": {
+                "steps": p.step,
+                "target_tokens": p.target_tokens,
+                "minutes": round(p.minutes, 2),
+                "ranks": self.ctx.world_size,
+                **self.runtime_summary(),
+            },
+            "validation": validation,
+            "best": {"metric": self.cfg.trainer.early_stopping_metric, "score": p.best_score},
+        }
+
+    @functools.cached_property
+    def run_card(self) -> dict[str, Any]:
+        """The card's part that is fixed for the run: code, command line, data."""
+        return {
+            "code": code_version(),
+            "command": command_line(),
+            "data": describe_prepared(self.data, self.cfg.data),
         }
 
     def runtime_summary(self) -> dict[str, Any]:
-        """What the weights were trained with, for the checkpoint and ``/v1/model``: the
-        precision and its reason, the device, the CPU, torch's version (a plain ``str``: a
-        ``TorchVersion`` would not load weights-only)."""
+        """What the weights were trained with, for the card and ``/v1/model``: the precision and
+        its reason, the device and the CPU."""
         return {
             "precision": self.precision.name,
             "precision_reason": self.precision.reason,
             "device": str(self.device),
             "cpu": cpu_summary(),
-            "torch": str(torch.__version__),
         }
 
     def save(self, score: float) -> None:
@@ -585,6 +624,7 @@ class Trainer:
                 continue
             self.nonfinite_streak = 0
             self.progress.step += 1
+            self.progress.target_tokens += result.all_tokens
             self.advance_bar(bar)
             window.add(result.loss, result.tokens)
             if self.progress.step % t.log_every_steps == 0:

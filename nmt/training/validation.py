@@ -144,6 +144,7 @@ class Validator:
         self.writer = EventsWriter(run_dir / TENSORBOARD, purge_step)
         self.history_path = run_dir / VALIDATIONS
         self.settings = self.validation.search
+        self.signatures: dict[str, str] = {}  # sacrebleu's, of the last validation's BLEU and chrF
 
     # ------------------------------------------------------------------ training scalars
     def log_train(self, step: int, scalars: dict[str, float]) -> None:
@@ -202,6 +203,10 @@ class Validator:
         metrics, scores, diagnostics = result.metrics, result.scores, result.diagnostics
         hypotheses = result.hypotheses
         self.write_events(step, metrics, scores, diagnostics, result.best, hypotheses)
+        self.signatures = {
+            "bleu": Headline.of(scores).bleu_signature,
+            "chrf": scores["chrf"]["signature"],
+        }
         record = {"step": step, **metrics, "scores": scores, "diagnostics": diagnostics}
         append_line(self.history_path, json.dumps(record, ensure_ascii=False))
         write_text_atomic(

@@ -62,9 +62,8 @@ def main(cfg: DictConfig) -> None:
         payload = slim_checkpoint(payload)
     save_checkpoint(output, payload)
     what = "slim (no optimiser, schedule or RNG state), " if config.slim else ""
-    print(
-        f"wrote {output}: {what}the mean of {len(paths)} checkpoints ({', '.join(map(str, paths))})"
-    )
+    source = f"the mean of {len(paths)} checkpoints" if len(paths) > 1 else "from one checkpoint"
+    print(f"wrote {output}: {what}{source} ({', '.join(map(str, paths))})")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ def main(cfg: DictConfig) -> None:
             config.ckpt,
             config.search,  # the keys search= sets; the checkpoint's own values for the rest
             config.device,
+            config.ensemble,
             split=config.split,
             src_path=config.src,
             ref_path=None if config.ref is None else _one_ref(config.ref),

@@ -42,6 +42,7 @@ def main(cfg: DictConfig) -> None:
         title=config.title,
         device=config.device,
         progress=config.progress,
+        ensemble=config.ensemble,
     )
     size = Path(config.out).stat().st_size
     if payload["note"]:

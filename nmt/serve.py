@@ -41,7 +41,11 @@ def main(cfg: DictConfig) -> None:
     limits = replace(limits, threads=limits.threads or torch.get_num_threads())
     decoding = decoding_thread(limits.threads)
     translator = decoding.submit(
-        Translator.from_checkpoints, str_list(config.ckpt, "ckpt"), config.device, **config.search
+        Translator.from_checkpoints,
+        str_list(config.ckpt, "ckpt"),
+        config.device,
+        ensemble=config.ensemble,
+        **config.search,
     ).result()
     sock = listen(config.host, config.port)
     host, port = sock.getsockname()[:2]

@@ -123,7 +123,9 @@ def main(cfg: DictConfig) -> None:
     # config.search: the keys search= sets; the checkpoint's own values for the rest
     # ckpt=[a.pt,b.pt]: an ensemble (nmt.inference.ensemble)
     paths = str_list(config.ckpt, "ckpt")
-    translator = Translator.from_checkpoints(paths, config.device, **config.search)
+    translator = Translator.from_checkpoints(
+        paths, config.device, ensemble=config.ensemble, **config.search
+    )
     plot_dir = Path(config.attention_plot) if config.attention_plot else None
     if config.input is None and sys.stdin.isatty():
         print(describe_decoding(translator), file=sys.stderr)

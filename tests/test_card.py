@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, build_trainer, quote, run_main
+from conftest import TINY_MODEL, build_trainer, prepare, quote, run_main
 
 from nmt.core.errors import NMTError
 from nmt.core.paths import VERSION
@@ -79,6 +79,28 @@ def test_a_format1_checkpoint_is_migrated_when_loaded():
     translator = Translator.from_checkpoint(FORMAT1, device="cpu", beam_size=2)
     assert translator.info.card["migrated_from_format"] == 1
     assert translator.translate(["Open the file."])[0].tokens
+
+
+def test_a_format1_checkpoint_resumes_and_is_written_again_in_format2(corpora_dir, tmp_path):
+    """The fixture's run (150 training pairs, 160 + 600 subwords, a TINY_MODEL) continued from its
+    step 2 to step 3: the card is written, with the validation the format-1 file had."""
+    from conftest import TinyCorpus, _head
+
+    corpus = TinyCorpus(tmp_path / "corpus")
+    corpus.root.mkdir()
+    for split, lines in (("train", 150), ("valid", 50), ("test", 50)):
+        _head(corpora_dir / "enko" / f"{split}.tsv", corpus.root / f"{split}.tsv", lines)
+    vocab = ("data.vocab.src_size=160", "data.vocab.tgt_size=600")
+    cfg = corpus.cfg(*TINY_MODEL, *vocab, "trainer.max_steps=3", f"trainer.resume={quote(FORMAT1)}")
+    data = prepare(cfg.data, seed=cfg.seed, log=lambda _: None)
+    trainer = build_trainer(cfg, tmp_path / "run", data)
+    trainer.fit()
+    assert trainer.checkpoint_path == FORMAT1 and trainer.progress.step == 3  # resumed at 2
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    raw = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert raw["format_version"] == 2 and raw["card"]["training"]["steps"] == 3
+    assert last["card"]["training"]["target_tokens"] > 0  # the one step trained here
+    assert last["card"]["validation"]["step"] == 3  # validated at the end
 
 
 def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line(tmp_path):

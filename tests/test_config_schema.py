@@ -142,6 +142,7 @@ def test_every_command_and_option_passes_its_schema():
         "serve_bench": ["ckpt=x"],
         "export": ["ckpt=x", "out=y"],
         "explore": ["ckpt=x", "input=y"],
+        "info": ["ckpt=x"],
     }
     for name in COMMANDS:
         check_command(name, compose_config(*needs.get(name, []), config_name=name))

@@ -14,7 +14,7 @@ import torch
 from conftest import prepare, quote, run_main, train_tiny_checkpoint
 
 from nmt.core.errors import NMTError
-from nmt.inference.ensemble import Ensemble
+from nmt.inference.ensemble import Ensemble, EnsembleSettings
 from nmt.inference.translator import Translator
 
 SENTENCES = [
@@ -80,8 +80,18 @@ def test_each_step_is_the_renormalised_mean_of_the_members_log_probs(tiny_checkp
     expected_attn = (outs[0].attn_weights + outs[1].attn_weights) / 2
     assert torch.allclose(out.attn_weights, expected_attn, atol=1e-6)
 
+    fairseq = Translator.from_checkpoints(
+        [tiny_checkpoint, other_ckpt], device="cpu", ensemble=EnsembleSettings(combine="prob")
+    )
+    with torch.inference_mode():
+        memory = fairseq.model.encode(src, src_lengths)
+        out_prob = fairseq.model.step(prev, fairseq.model.init_state(memory), memory)
+    mean_prob = (members[0].exp() + members[1].exp()) / 2
+    assert torch.allclose(out_prob.logits.exp(), mean_prob, atol=1e-6)
+    assert fairseq.info.card["ensemble"]["combination"].startswith("the mean of the members' prob")
+
     first = Translator.from_checkpoints(
-        [tiny_checkpoint, other_ckpt], device="cpu", attention="first"
+        [tiny_checkpoint, other_ckpt], device="cpu", ensemble=EnsembleSettings(attention="first")
     )
     with torch.inference_mode():
         memory = first.model.encode(src, src_lengths)

@@ -19,6 +19,7 @@ from nmt.core.errors import NMTError
 from nmt.core.runtime import DEVICES
 from nmt.core.settings import load_settings, partial_settings, setting
 from nmt.data.pipeline import DataSettings
+from nmt.inference.ensemble import EnsembleSettings
 from nmt.inference.onnx_export import EXPORTERS
 from nmt.inference.search import SearchSettings
 from nmt.serving.settings import ServeSettings
@@ -43,6 +44,8 @@ class DecodeCommand:
 
     search: dict[str, Any] = setting()  # search=checkpoint: the keys given, checked
     device: str = setting(choices=DEVICES, expected="auto, cpu or cuda")
+    # how a list of checkpoints is combined (nmt-serve-bench takes one checkpoint: its default)
+    ensemble: EnsembleSettings = setting(default=EnsembleSettings())
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "search", partial_settings(SearchSettings, self.search, "search"))

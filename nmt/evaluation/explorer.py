@@ -39,6 +39,7 @@ from nmt.data.corpus import read_text_lines
 from nmt.evaluation.attention_grid import inline_attention_grid, json_for_script, read_asset
 from nmt.evaluation.metrics import SentenceScorer, score_corpus
 from nmt.evaluation.sweep import find_sweep_runs
+from nmt.inference.ensemble import EnsembleSettings
 from nmt.inference.translator import Translation, Translator, check_same_vocabularies
 
 TEMPLATE = "explorer.html"  # beside this module, in the nmt.evaluation package
@@ -94,7 +95,11 @@ def resolve_checkpoints(spec: str | Sequence[str | Sequence[str]]) -> list[list[
 
 
 def load_translators(
-    models: Sequence[Sequence[Path]], device: str, search: dict[str, Any], n_best: int
+    models: Sequence[Sequence[Path]],
+    device: str,
+    search: dict[str, Any],
+    n_best: int,
+    ensemble: EnsembleSettings | None = None,
 ) -> list[Translator]:
     """One Translator per model (one checkpoint, or an ensemble of several), all with the same
     vocabularies (else NMTError).
@@ -103,7 +108,7 @@ def load_translators(
     """
     translators = []
     for paths in models:
-        translator = Translator.from_checkpoints(paths, device, **search)
+        translator = Translator.from_checkpoints(paths, device, ensemble=ensemble, **search)
         if "n_best" not in search:
             limit = 1 if translator.settings.name == "greedy" else translator.settings.beam_size
             translator = translator.with_settings(n_best=max(1, min(n_best, limit)))
@@ -310,15 +315,18 @@ def explore(
     title: str | None = None,
     device: str = "auto",
     progress: bool = False,
+    ensemble: EnsembleSettings | None = None,
 ) -> dict[str, Any]:
-    """Translate, build the payload and write the page to ``out_path``; return the payload."""
+    """Translate, build the payload and write the page to ``out_path``; return the payload.
+    ``ensemble``: how an inner list of ``ckpt`` is combined (the default: mean log-probability)."""
     out_path = Path(out_path)
     if out_path.is_dir():
         raise NMTError(f"out={out_path}: a directory; expected the HTML file to write")
     if not out_path.parent.is_dir():
         raise NMTError(f"out={out_path}: folder {out_path.parent} does not exist")
     sentences, total = read_sentences(input_path, ref_path, max_sentences)
-    translators = load_translators(resolve_checkpoints(ckpt), device, search or {}, n_best)
+    models = resolve_checkpoints(ckpt)
+    translators = load_translators(models, device, search or {}, n_best, ensemble)
     texts = [s.text for s in sentences]
     results = [t.translate(texts, progress=progress) for t in translators]
     note = None

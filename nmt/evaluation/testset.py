@@ -46,6 +46,7 @@ from nmt.models.card import utc_now, with_test_scores
 from nmt.models.checkpoint import load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
+    from nmt.inference.ensemble import EnsembleSettings
     from nmt.inference.translator import Translator
 
 
@@ -98,15 +99,16 @@ def evaluate_checkpoint(
     ckpt_path: str | Path | Sequence[str | Path],
     search: Mapping[str, Any] | None = None,
     device: str = "auto",
+    ensemble: EnsembleSettings | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Load ``ckpt_path`` (its search settings with the ``search`` overrides, plain keys and
-    values; a list of paths: their ensemble) and :func:`evaluate_translator` it; ``kwargs`` as
-    there."""
+    values; a list of paths: their ensemble, combined as ``ensemble`` says) and
+    :func:`evaluate_translator` it; ``kwargs`` as there."""
     from nmt.inference.translator import Translator
 
     paths = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
-    translator = Translator.from_checkpoints(paths, device, **(search or {}))
+    translator = Translator.from_checkpoints(paths, device, ensemble=ensemble, **(search or {}))
     return evaluate_translator(translator, **kwargs)
 
 

@@ -33,7 +33,7 @@ from nmt.core.errors import NMTError
 from nmt.core.runtime import Precision, cpu_summary, pick_device
 from nmt.data.corpus import normalize
 from nmt.data.vocab import Vocab
-from nmt.inference.ensemble import Ensemble
+from nmt.inference.ensemble import Ensemble, EnsembleSettings, ensemble_card
 from nmt.inference.search import Hypothesis, SearchSettings, decode_ids, search_precision
 from nmt.models import Seq2Seq
 from nmt.models.attention_stats import attention_statistics
@@ -217,16 +217,16 @@ class Translator:
         paths: Sequence[str | Path],
         device: str | torch.device = "auto",
         backend: str = "auto",
-        attention: str = "mean",
+        ensemble: EnsembleSettings | None = None,
         **search: Any,
     ) -> Translator:
         """An ensemble of checkpoints (or exported folders) decoded together, or one alone.
 
         Each path loads as :meth:`from_checkpoint` loads it; two or more become one
-        :class:`~nmt.inference.ensemble.Ensemble` (the mean of their log-probabilities at each
-        step, renormalised; ``attention``: the ``mean`` of their attention weights or the
-        ``first`` one's). They must share both vocabularies: otherwise one line naming both
-        files. The search settings are the first's, with the ``search`` overrides.
+        :class:`~nmt.inference.ensemble.Ensemble`, combined as ``ensemble`` says (default: the
+        renormalised mean of their log-probabilities at each step, the mean of their attention
+        weights). They must share both vocabularies: otherwise one line naming both files. The
+        search settings are the first's, with the ``search`` overrides.
         """
         if isinstance(paths, str | Path):
             raise TypeError("from_checkpoints() takes a list of paths; from_checkpoint() takes one")
@@ -238,22 +238,13 @@ class Translator:
         first = members[0]
         for other in members[1:]:
             check_same_vocabularies(first, other)
-        model = Ensemble([m.model for m in members], attention)
+        ensemble = ensemble or EnsembleSettings()
+        model = Ensemble([m.model for m in members], ensemble)
         sources = [m.info.source for m in members]
-        card = {
-            "ensemble": {
-                "members": sources,
-                "combination": "mean of the members' log-probabilities per step, renormalised",
-                "attention": f"the {attention} of the members' attention weights"
-                if attention == "mean"
-                else "the first member's attention weights",
-            },
-            **{f"member {i}": m.info.card for i, m in enumerate(members, start=1)},
-        }
         info = ModelInfo(
             source=f"ensemble of {len(members)}: {' + '.join(sources)}",
             config=first.info.config,
-            card=card,
+            card=ensemble_card(sources, [m.info.card for m in members], ensemble),
             members=[m.info for m in members],
         )
         return cls(model, first.src_vocab, first.tgt_vocab, first.settings, first.device, info)

@@ -58,6 +58,7 @@ from nmt.models.checkpoint import (
     load_checkpoint,
     load_model_state,
     vocab_payload,
+    vocabs_from,
 )
 from nmt.training import distributed as dist
 from nmt.training.keeper import CheckpointKeeper, KeepPolicy
@@ -266,10 +267,11 @@ class Trainer:
         """Continue from checkpoint ``path`` (``saved``, loaded): weights, optimiser, schedule,
         progress and RNG states."""
         self.checkpoint_path = path
-        vocab = saved["vocab"]
-        if (vocab["src_model"], vocab["tgt_model"]) != (
-            self.data.src_vocab.model_bytes(),
-            self.data.tgt_vocab.model_bytes(),
+        # the subwords, not the model files' bytes, which record the folder they were trained in
+        src_vocab, tgt_vocab = vocabs_from(saved)
+        if not (
+            src_vocab.same_subwords(self.data.src_vocab)
+            and tgt_vocab.same_subwords(self.data.tgt_vocab)
         ):
             raise NMTError(
                 f"{self.checkpoint_path}: its SentencePiece models differ from those in "

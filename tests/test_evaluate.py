@@ -12,6 +12,7 @@ import pytest
 
 from nmt.core.errors import NMTError
 from nmt.data.corpus import read_text_lines
+from nmt.inference.search import SearchSettings
 
 REPO = Path(__file__).resolve().parents[1]
 REFS = ["파일을 엽니다.", "추상 객체 계층", "비트 (빅 엔디안 순서)"]
@@ -120,6 +121,7 @@ def test_checkpoint_mode_decodes_then_scores(tiny_prepared, tmp_path):
 
     class StandIn:
         info = types.SimpleNamespace(source="best.pt", config=train_cfg)
+        settings = SearchSettings(name="greedy", beam_size=1)
 
         def translate(self, lines, progress=False):
             calls.append(list(lines))
@@ -142,6 +144,7 @@ def test_checkpoint_mode_decodes_then_scores(tiny_prepared, tmp_path):
     assert report["systems"][0]["degeneracy"]["max_len_rate"] == pytest.approx(1 / len(calls[0]))
     assert "max_len_rate" in format_report(report)
     assert report["systems"][0]["decoding"]["precision"] == "fp32"
+    assert report["systems"][0]["search"]["name"] == "greedy"  # what the card records
     assert "decoded in fp32 (search.precision=fp32), torch on cpu, CPU a CPU" in format_report(
         report
     )

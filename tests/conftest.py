@@ -304,6 +304,26 @@ def train_tiny_checkpoint(prepared: TinyPrepared, run_dir: Path, *overrides: str
     return run_dir / "checkpoints" / "best.pt"
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright, offline (the explorer's and the demo page's tests);
+    skipped where it is not installed."""
+    import scripts.explorer_screenshot
+
+    chromium = scripts.explorer_screenshot.CHROMIUM
+    if not chromium.exists():
+        pytest.skip(
+            f"{chromium} not found: the browser tests need Debian's chromium "
+            "(apt-get install -y chromium fonts-noto-cjk, as .ci/run does)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = scripts.explorer_screenshot.launch(playwright)
+        yield browser
+        browser.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
     """A checkpoint after 2 steps of a tiny model (concat attention, greedy search; read-only)."""

@@ -153,22 +153,6 @@ def test_the_page_is_served_at_the_root_with_its_policy(server):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser():
-    chromium = scripts.explorer_screenshot.CHROMIUM
-    if not chromium.exists():
-        pytest.skip(
-            f"{chromium} not found: the browser tests need Debian's chromium "
-            "(apt-get install -y chromium fonts-noto-cjk, as .ci/run does)"
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = scripts.explorer_screenshot.launch(playwright)
-        yield browser
-        browser.close()
-
-
 class DemoTab(scripts.demo_screenshot.ServerPage):
     """The script's tab on the server, with the readings the tests make."""
 

@@ -228,22 +228,6 @@ def test_a_reference_file_of_another_length_is_one_line(sweep, texts, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    chromium = scripts.explorer_screenshot.CHROMIUM
-    if not chromium.exists():
-        pytest.skip(
-            f"{chromium} not found: the browser tests need Debian's chromium "
-            "(apt-get install -y chromium fonts-noto-cjk, as .ci/run does)"
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = scripts.explorer_screenshot.launch(playwright)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
 def compare_page(sweep, texts, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("explore_page") / "compare.html"
     src, ref = texts

@@ -177,6 +177,28 @@ def test_translator_on_the_folder_equals_the_checkpoint(exported, ckpt, search):
     assert onnx_translator.info.step == eager.info.step
 
 
+def test_an_exported_folder_is_an_ensemble_member_like_its_checkpoint(exported, ckpt):
+    """fp32 on both sides: the folder and the checkpoint in one ensemble decode as the
+    checkpoint twice, and the folder's card is the checkpoint's."""
+    search = {"beam_size": 3, "n_best": 2, "precision": "fp32"}
+    mixed = Translator.from_checkpoints([ckpt, exported], "cpu", **search)
+    twice = Translator.from_checkpoints([ckpt, ckpt], "cpu", **search)
+    assert mixed.backend == "onnx+torch" and twice.backend == "torch"
+    for a, b in zip(twice.translate(LINES), mixed.translate(LINES), strict=True):
+        assert [h.text for h in a.nbest] == [h.text for h in b.nbest]
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+    assert mixed.info.card["member 2"] == mixed.info.card["member 1"]
+
+
+def test_nmt_info_reads_an_exported_folders_card(exported, ckpt):
+    from nmt.inference.describe import describe_model
+
+    described = describe_model(exported)
+    assert described["kind"] == "exported folder" and described["format_version"] == 2
+    assert described["card"] == torch.load(ckpt, weights_only=True)["card"]
+    assert described["exported_from"] == str(ckpt)
+
+
 @pytest.mark.parametrize("search", [("search=greedy",), ()], ids=["greedy", "checkpoint-beam"])
 def test_defaults_decode_the_same_on_every_cpu_kind(exported, ckpt, tmp_path, cpu_kind, search):
     """A user's check: the checkpoint and its exported folder through ``nmt-translate`` with

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,6 +173,19 @@ def test_nmt_info_on_a_slim_and_a_format1_checkpoint(tiny_checkpoint, tmp_path):
     assert old.returncode == 0, old.stderr
     assert old.stdout.startswith(f"{FORMAT1}: checkpoint, format 1, read as format 2, ")
     assert "migrated_from_format: 1" in old.stdout
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tiny_checkpoint):
+    """``nmt-info … | head -1``: the pipe is closed before the command writes; no traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nmt.info", f"ckpt={tiny_checkpoint}", "config=true"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()  # before the interpreter has even started
+    _, stderr = process.communicate(timeout=120)
+    assert (process.returncode, stderr) == (141, "")
 
 
 def test_nmt_info_on_a_missing_file_is_one_line(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -62,15 +63,23 @@ def disk_error_line(err: BaseException) -> str | None:
     return f"{where}cannot write: {cause.strerror or cause}"
 
 
+BROKEN_PIPE_EXIT_STATUS = 141  # 128 + SIGPIPE, what a shell tool killed by a closed pipe returns
+
+
 def exit_on_user_error(main: F) -> F:
     """Wrap an entry point so that an :class:`NMTError`, a mandatory (``???``) config value left
     unset, or a write the disk refused (:func:`disk_error_line`) becomes one line on stderr and
-    exit 2."""
+    exit 2; a reader that closed stdout early (``| head``) ends it quietly with exit 141."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            result = main(*args, **kwargs)
+            sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+            return result
+        except BrokenPipeError:  # the reader left (`nmt-translate … | head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(BROKEN_PIPE_EXIT_STATUS)
         except NMTError as err:
             print(f"error: {err}", file=sys.stderr)
             log_to_files(f"error: {err}")

@@ -1,0 +1,234 @@
+"""Inline markup that must come through a translation intact: find it, mask it, put it back.
+
+A *span* is a piece of a source sentence that is not prose to translate:
+
+    reStructuredText roles     :meth:`dict.items`   :c:func:`PyBuffer_Release`   :ref:`shown <target>`
+    reStructuredText literals  ``shape[0]``
+    printf placeholders        %s  %d  %(name)s  %-5.2f
+    format placeholders        {0}  {name}  {}  {name!r:>10}
+    XML/HTML tags              <b>  </b>  <br/>  <a href="x">
+    URLs                       https://docs.python.org/3/  www.example.org
+
+:func:`protect` replaces each span with a placeholder (``ZZ1``, ``ZZ2``, …: a doubled capital that
+the sentence lacks, then the span's number) before the sentence is encoded; :func:`restore` puts
+each span back into the translation exactly once, byte-identical:
+
+1. where the model copied its placeholder (its first copy, a stuttered one such as ``ZZZ1`` or
+   ``Z1`` included), else
+2. after the target subword that attends most to the placeholder's source subwords (the
+   attention of the hypothesis, its ``</s>`` row excluded), else at the end;
+
+and whatever else in the translation looks like a placeholder (a second copy, a stray ``ZZ``)
+is removed.
+
+So every span is kept by construction; the attention decides only where a span the model did
+not copy goes. A labelled role's shown text is left untranslated with the rest of the span.
+
+:func:`count_kept` measures what a translation kept, by the rule the references follow: a span
+is kept when it appears byte-identical, or, for a role with an explicit target
+(``:ref:`shown text <target>```), when the role and the target appear with any shown text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+_ROLE = r":[A-Za-z][\w+-]*(?::[A-Za-z][\w+-]*)*:`[^`\n]+`"
+_LITERAL = r"``[^`\n]+``"
+_PRINTF = r"%(?:\([A-Za-z_]\w*\))?[-+#0]*(?:\d+|\*)?(?:\.(?:\d+|\*))?[diouxXeEfFgGcrsa%]"
+_FORMAT = r"\{[A-Za-z_0-9]*(?:\.[A-Za-z_]\w*|\[\w+\])*(?:![rsa])?(?::[^{}\s]*)?\}"
+_TAG = r"</?[A-Za-z][\w:-]*(?:\s+[\w:-]+(?:=(?:\"[^\"]*\"|'[^']*'|[^\s>]+))?)*\s*/?>"
+_URL = r"(?:https?://|www\.)[^\s<>`\"']*[^\s<>`\"'.,;:!?)\]]"
+SPAN = re.compile("|".join(f"(?:{p})" for p in (_ROLE, _LITERAL, _URL, _TAG, _PRINTF, _FORMAT)))
+LABELLED_ROLE = re.compile(r"(:[A-Za-z][\w+-]*(?::[A-Za-z][\w+-]*)*:`)[^`\n]*?(<[^<>`\n]+>`)")
+PLACEHOLDER_STEMS = ("ZZ", "QQ", "KK", "JJ")  # the first whose letter the sentence lacks
+
+
+def find_spans(text: str) -> list[str]:
+    """The spans of ``text``, left to right (``%%`` is a literal percent sign, not a span)."""
+    return [m.group() for m in SPAN.finditer(text) if m.group() != "%%"]
+
+
+@dataclass(frozen=True)
+class Protected:
+    """A sentence with its spans masked: ``masked`` holds ``{stem}{i}`` (i from 1) for
+    ``spans[i - 1]``."""
+
+    masked: str
+    spans: tuple[str, ...]
+    stem: str
+
+    def placeholder(self, i: int) -> str:
+        return f"{self.stem}{i + 1}"
+
+
+def protect(text: str) -> Protected:
+    """``text`` with each span replaced by its placeholder (unchanged when it has none)."""
+    stem = next((s for s in PLACEHOLDER_STEMS if s[0] not in text), PLACEHOLDER_STEMS[0])
+    spans: list[str] = []
+
+    def mask(match: re.Match) -> str:
+        if match.group() == "%%":
+            return "%%"
+        spans.append(match.group())
+        return f"{stem}{len(spans)}"
+
+    return Protected(SPAN.sub(mask, text), tuple(spans), stem)
+
+
+# --------------------------------------------------------------------------------------------
+# Putting the spans back
+# --------------------------------------------------------------------------------------------
+
+
+def restore(
+    translation: str,
+    protected: Protected,
+    source_pieces: Sequence[str],
+    target_pieces: Sequence[str],
+    attention: torch.Tensor,
+) -> str:
+    """``translation`` of ``protected.masked`` with every span back exactly once.
+
+    source_pieces / target_pieces: the SentencePiece pieces of the masked source and of the
+    translation (without ``</s>``); attention: (target rows, source columns) as
+    :class:`~nmt.inference.translator.Translation` holds it. See the module docstring.
+    """
+    if not protected.spans:
+        return translation
+    copies, leftovers = _placeholder_copies(translation, protected)
+    # (start, end, replacement): the copies become their spans, the leftovers go
+    edits = [(*copies[i], span) for i, span in enumerate(protected.spans) if i in copies]
+    edits += [(start, end, "") for start, end in leftovers]
+    target_ends = _piece_ends(target_pieces, translation)
+    for i, span in enumerate(protected.spans):
+        if i in copies:
+            continue
+        at = _attended_position(i, protected, source_pieces, target_ends, attention)
+        for start, end, _ in edits:  # never inside a placeholder's copy or a leftover
+            if start < at < end:
+                at = end
+        edits.append((at, at, span))
+    return _apply(translation, edits)
+
+
+def _placeholder_copies(
+    translation: str, protected: Protected
+) -> tuple[dict[int, tuple[int, int]], list[tuple[int, int]]]:
+    """Where the model wrote each placeholder — span index → (start, end) of its first copy,
+    a stuttered stem (``ZZZ1``, ``Z1``) included — and the (start, end) of everything else
+    that looks like a placeholder (later copies, stray ``ZZ``, unknown numbers): to remove."""
+    letter = re.escape(protected.stem[0])
+    pattern = re.compile(rf"(?<![A-Za-z0-9]){letter}+(\d*)(?![A-Za-z0-9])")
+    copies: dict[int, tuple[int, int]] = {}
+    leftovers: list[tuple[int, int]] = []
+    for match in pattern.finditer(translation):
+        number = int(match.group(1)) if match.group(1) else 0
+        i = number - 1
+        if 0 <= i < len(protected.spans) and i not in copies:
+            copies[i] = match.span()
+        else:
+            leftovers.append(match.span())
+    return copies, leftovers
+
+
+def _piece_ends(pieces: Sequence[str], text: str) -> list[int] | None:
+    """The character offset in ``text`` where each piece ends, if the pieces spell ``text``
+    (▁ as a space, leading spaces dropped, as SentencePiece decodes); else None."""
+    surfaces = [piece.replace("▁", " ") for piece in pieces]
+    spelled = "".join(surfaces)
+    lead = len(spelled) - len(spelled.lstrip(" "))
+    if spelled[lead:] != text:
+        return None
+    ends, offset = [], -lead
+    for surface in surfaces:
+        offset += len(surface)
+        ends.append(max(offset, 0))
+    return ends
+
+
+def _attended_position(
+    i: int,
+    protected: Protected,
+    source_pieces: Sequence[str],
+    target_ends: list[int] | None,
+    attention: torch.Tensor,
+) -> int:
+    """The end of the target piece that attends most to span ``i``'s placeholder pieces; the
+    end of the translation when that cannot be read."""
+    columns = _placeholder_columns(protected, i, source_pieces)
+    if target_ends is None or not columns or attention.dim() != 2:
+        return target_ends[-1] if target_ends else 0
+    rows = min(len(target_ends), attention.shape[0])
+    if rows == 0:
+        return 0
+    weight = attention[:rows, columns].sum(dim=1)  # (rows,)
+    return target_ends[int(weight.argmax())]
+
+
+def _placeholder_columns(protected: Protected, i: int, source_pieces: Sequence[str]) -> list[int]:
+    """The source pieces that spell span ``i``'s placeholder in the masked sentence."""
+    text = protected.masked
+    start = _find_placeholder(text, protected.placeholder(i))
+    if start < 0:
+        return []
+    end = start + len(protected.placeholder(i))
+    columns, offset = [], 0
+    spelled = "".join(p.replace("▁", " ") for p in source_pieces)
+    lead = len(spelled) - len(spelled.lstrip(" "))
+    for k, piece in enumerate(source_pieces):
+        a = offset - lead
+        offset += len(piece.replace("▁", " "))
+        b = offset - lead
+        if a < end and b > start:
+            columns.append(k)
+    return columns
+
+
+def _find_placeholder(text: str, placeholder: str) -> int:
+    match = re.search(rf"{re.escape(placeholder)}(?!\d)", text)
+    return match.start() if match else -1
+
+
+def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
+    """Apply the edits right to left (at one position, a replacement before an insertion). An
+    inserted span is set off by spaces from the words it would touch; a removal takes one
+    neighbouring space with it."""
+    for start, end, replacement in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
+        if start == end:  # an insertion
+            if start > 0 and not text[start - 1].isspace():
+                replacement = " " + replacement
+            if start < len(text) and text[start].isalnum():
+                replacement += " "
+        elif (
+            not replacement and text[end : end + 1] == " " and text[start - 1 : start] in ("", " ")
+        ):
+            end += 1  # a removal takes one of the spaces around it
+        text = text[:start] + replacement + text[end:]
+    return text.strip()
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------
+
+
+def count_kept(source: str, output: str) -> tuple[int, int]:
+    """(spans of ``source`` that ``output`` kept, spans of ``source``), by the rule in the
+    module docstring; a span that occurs k times must occur k times to count k."""
+    spans = Counter(find_spans(source))
+    kept = 0
+    for span, wanted in spans.items():
+        labelled = LABELLED_ROLE.fullmatch(span) if "<" in span else None
+        if labelled:
+            pattern = re.escape(labelled.group(1)) + r"[^`\n]*?" + re.escape(labelled.group(2))
+            found = len(re.findall(pattern, output))
+        else:
+            found = output.count(span)
+        kept += min(wanted, found)
+    return kept, sum(spans.values())

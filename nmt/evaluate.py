@@ -64,6 +64,7 @@ def main(cfg: DictConfig) -> None:
             config.search,  # the keys search= sets; the checkpoint's own values for the rest
             config.device,
             config.ensemble,
+            config.markup,
             split=config.split,
             src_path=config.src,
             ref_path=None if config.ref is None else _one_ref(config.ref),

@@ -40,13 +40,17 @@ def main(cfg: DictConfig) -> None:
     # the model is loaded in the decoding thread, the only one that runs torch (decoding_thread)
     limits = replace(limits, threads=limits.threads or torch.get_num_threads())
     decoding = decoding_thread(limits.threads)
-    translator = decoding.submit(
-        Translator.from_checkpoints,
-        str_list(config.ckpt, "ckpt"),
-        config.device,
-        ensemble=config.ensemble,
-        **config.search,
-    ).result()
+    translator = (
+        decoding.submit(
+            Translator.from_checkpoints,
+            str_list(config.ckpt, "ckpt"),
+            config.device,
+            ensemble=config.ensemble,
+            **config.search,
+        )
+        .result()
+        .with_markup(config.markup)
+    )
     sock = listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
     app = create_app(translator, limits, executor=decoding)

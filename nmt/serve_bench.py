@@ -59,7 +59,14 @@ def main(cfg: DictConfig) -> None:
     path = Path(config.input) if config.input else default_input(config.ckpt)
     sentences = read_sentences(path, config.requests, config.seed)
 
-    base = offline(config.ckpt, config.device, config.search, config.batch_sentences, sentences)
+    base = offline(
+        config.ckpt,
+        config.device,
+        config.search,
+        config.batch_sentences,
+        sentences,
+        config.markup,
+    )
     ceiling, settings = base.ceiling, base.settings
     print(
         f"serve benchmark: {config.ckpt}, {settings['name']} search "
@@ -86,7 +93,7 @@ def main(cfg: DictConfig) -> None:
         config.max_wait_ms,
         config.search,
         config.threads,
-        config.server_args,
+        [f"markup={str(config.markup).lower()}", *config.server_args],
     )
     results = compare_batching(
         common,

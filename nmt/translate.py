@@ -125,7 +125,7 @@ def main(cfg: DictConfig) -> None:
     paths = str_list(config.ckpt, "ckpt")
     translator = Translator.from_checkpoints(
         paths, config.device, ensemble=config.ensemble, **config.search
-    )
+    ).with_markup(config.markup)
     plot_dir = Path(config.attention_plot) if config.attention_plot else None
     if config.input is None and sys.stdin.isatty():
         print(describe_decoding(translator), file=sys.stderr)

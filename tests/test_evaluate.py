@@ -122,6 +122,7 @@ def test_checkpoint_mode_decodes_then_scores(tiny_prepared, tmp_path):
     class StandIn:
         info = types.SimpleNamespace(source="best.pt", config=train_cfg)
         settings = SearchSettings(name="greedy", beam_size=1)
+        markup = False
 
         def translate(self, lines, progress=False):
             calls.append(list(lines))

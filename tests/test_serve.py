@@ -356,11 +356,11 @@ def test_a_request_is_encoded_once_and_each_chunk_is_one_decoder_call(translator
     async def go():
         async with serving(small, max_wait_ms=200) as client:
             service = client.service
-            real_encode, real_decode = service.base.encode, service.decode
+            real_encode, real_decode = service.base.encode_prepared, service.decode
 
-            def encode(sentences):
-                encodes.append(list(sentences))
-                return real_encode(sentences)
+            def encode(prepared):
+                encodes.append([p.masked for p in prepared])
+                return real_encode(prepared)
 
             def decode(settings, encoded):
                 assert all(isinstance(i, int) for ids in encoded for i in ids)
@@ -370,7 +370,7 @@ def test_a_request_is_encoded_once_and_each_chunk_is_one_decoder_call(translator
                 calls_per_chunk.append(len(searches) - before)
                 return results
 
-            monkeypatch.setattr(service.base, "encode", encode)
+            monkeypatch.setattr(service.base, "encode_prepared", encode)
             monkeypatch.setattr(service, "decode", decode)
             monkeypatch.setattr(search, "_search_batch", counting_search)
             many = client.post("/v1/translate", json={"text": SENTENCES})

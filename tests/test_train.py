@@ -151,10 +151,12 @@ def test_validation_and_evaluate_give_the_same_scores(short_run, tiny_prepared, 
     scores = json.loads(report.read_text())["systems"][0]["scores"]
     assert scores == last["scores"]
 
-    # decoding the valid split again from the checkpoint of that validation
+    # decoding the valid split again from the checkpoint of that validation, with the markup
+    # translated as text, as validation does (nmt-evaluate protects it by default)
     report = tmp_path / "ckpt.json"
     ckpt = short_run / "checkpoints" / "last.pt"
     args = [f"ckpt={quote(ckpt)}", "split=valid", "search=greedy", f"json={quote(report)}"]
+    args.append("markup=false")
     result = run_main("nmt.evaluate", *args)
     assert result.returncode == 0, result.stderr
     system = json.loads(report.read_text())["systems"][0]

@@ -60,6 +60,7 @@ class TranslateConfig(DecodeCommand):
     alignment: bool = setting()
     attention_plot: str | None = setting()
     progress: bool = setting()
+    markup: bool = setting()  # protect inline markup (nmt.data.markup)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +75,7 @@ class EvaluateConfig(DecodeCommand):
     progress: bool = setting()
     tokenizers: str | list[str] = setting(nonempty=True)
     record: bool = setting()
+    markup: bool = setting()  # ckpt mode: protect inline markup (nmt.data.markup)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +84,7 @@ class ServeConfig(DecodeCommand):
     host: str = setting(nonempty=True)
     port: int = setting(ge=0, le=65535)
     serve: ServeSettings = setting()
+    markup: bool = setting()  # protect inline markup (nmt.data.markup)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +102,7 @@ class ServeBenchConfig(DecodeCommand):
     server_args: list[str] = setting()
     startup_timeout_s: float = setting(gt=0)
     output: str | None = setting()
+    markup: bool = setting()  # the servers' and the offline run's (nmt.data.markup)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,7 @@ A *span* is a piece of a source sentence that is not prose to translate:
     URLs                       https://docs.python.org/3/  www.example.org
 
 :func:`protect` replaces each span with a placeholder (``ZZ1``, ``ZZ2``, …: a doubled capital that
-the sentence lacks, then the span's number) before the sentence is encoded; :func:`restore` puts
+the sentence lacks, then the span's number) before the sentence is encoded; :func:`restore_spans` puts
 each span back into the translation exactly once, byte-identical:
 
 1. where the model copied its placeholder (its first copy, a stuttered one such as ``ZZZ1`` or
@@ -86,7 +86,7 @@ def protect(text: str) -> Protected:
 # --------------------------------------------------------------------------------------------
 
 
-def restore(
+def restore_spans(
     translation: str,
     protected: Protected,
     source_pieces: Sequence[str],
@@ -124,17 +124,23 @@ def _placeholder_copies(
     a stuttered stem (``ZZZ1``, ``Z1``) included — and the (start, end) of everything else
     that looks like a placeholder (later copies, stray ``ZZ``, unknown numbers): to remove."""
     letter = re.escape(protected.stem[0])
-    pattern = re.compile(rf"(?<![A-Za-z0-9]){letter}+(\d*)(?![A-Za-z0-9])")
+    pattern = re.compile(rf"(?<!{letter}){letter}+(\d*)(?!\d)")
     copies: dict[int, tuple[int, int]] = {}
     leftovers: list[tuple[int, int]] = []
     for match in pattern.finditer(translation):
-        number = int(match.group(1)) if match.group(1) else 0
-        i = number - 1
+        i = int(match.group(1)) - 1 if match.group(1) else -1
         if 0 <= i < len(protected.spans) and i not in copies:
-            copies[i] = match.span()
-        else:
+            copies[i] = match.span()  # a copy may touch a word: ZZ1bold, 볼드ZZ2
+        elif _standalone(translation, *match.span()):  # not the Z of a word such as ZIP
             leftovers.append(match.span())
     return copies, leftovers
+
+
+def _standalone(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` touches no ASCII letter or digit on either side."""
+    return not re.match(r"[A-Za-z0-9]", text[start - 1 : start] or " ") and not re.match(
+        r"[A-Za-z0-9]", text[end : end + 1] or " "
+    )
 
 
 def _piece_ends(pieces: Sequence[str], text: str) -> list[int] | None:

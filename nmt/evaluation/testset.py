@@ -100,15 +100,18 @@ def evaluate_checkpoint(
     search: Mapping[str, Any] | None = None,
     device: str = "auto",
     ensemble: EnsembleSettings | None = None,
+    markup: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Load ``ckpt_path`` (its search settings with the ``search`` overrides, plain keys and
     values; a list of paths: their ensemble, combined as ``ensemble`` says) and
-    :func:`evaluate_translator` it; ``kwargs`` as there."""
+    :func:`evaluate_translator` it, protecting inline markup with ``markup``
+    (:meth:`~nmt.inference.translator.Translator.with_markup`); ``kwargs`` as there."""
     from nmt.inference.translator import Translator
 
     paths = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
     translator = Translator.from_checkpoints(paths, device, ensemble=ensemble, **(search or {}))
+    translator = translator.with_markup(markup)
     return evaluate_translator(translator, **kwargs)
 
 
@@ -160,6 +163,7 @@ def evaluate_translator(
     system = score_system(name, hypotheses, references, tokenizers, max_len_hits)
     system["decoding"] = translator.decoding_summary()  # the precision beside the signatures
     system["search"] = asdict(translator.settings)
+    system["markup"] = translator.markup  # spans masked and put back, or translated as text
     return {"ref": ref_name, "src": src_name, "ckpt": name, "split": split, "systems": [system]}
 
 
@@ -172,7 +176,7 @@ def record_test_scores(ckpt_path: str | Path, report: dict[str, Any]) -> str:
     search, scores = system["search"], system["scores"]
     headline = Headline.of(scores)
     beam = f"beam{search['beam_size']}" if search["name"] == "beam" else "greedy"
-    key = f"{report['split']} {beam}"
+    key = f"{report['split']} {beam}" + ("" if system["markup"] else " markup=off")
     entry = {
         "bleu": headline.bleu,
         "chrf": scores["chrf"]["score"],
@@ -180,6 +184,7 @@ def record_test_scores(ckpt_path: str | Path, report: dict[str, Any]) -> str:
         "lines": system["lines"],
         "search": {k: search[k] for k in ("name", "beam_size", "length_penalty", "n_best")},
         "precision": system["decoding"]["precision"],
+        "markup": system["markup"],
         "evaluated": utc_now(),
     }
     checkpoint = load_checkpoint(ckpt_path)

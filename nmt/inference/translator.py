@@ -21,6 +21,7 @@ stays light for a server or a notebook.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,7 @@ import torch
 from nmt.core.errors import NMTError
 from nmt.core.runtime import Precision, cpu_summary, pick_device
 from nmt.data.corpus import normalize
+from nmt.data.markup import Protected, protect, restore_spans
 from nmt.data.vocab import Vocab
 from nmt.inference.ensemble import Ensemble, EnsembleSettings, ensemble_card
 from nmt.inference.search import Hypothesis, SearchSettings, decode_ids, search_precision
@@ -182,6 +184,7 @@ class Translator:
         self.settings = settings
         self.device = device if device is not None else next(model.parameters()).device
         self.info = info or ModelInfo(source="a model in memory", config={})
+        self.markup = False  # protect inline markup (nmt.data.markup); with_markup() sets it
 
     @classmethod
     def from_checkpoint(
@@ -303,22 +306,63 @@ class Translator:
 
     def with_settings(self, **search: Any) -> Translator:
         """The same model (shared, not copied) with other search settings."""
-        settings = self.settings.replace(**search)
-        return Translator(
-            self.model, self.src_vocab, self.tgt_vocab, settings, self.device, self.info
-        )
+        other = copy.copy(self)
+        other.settings = self.settings.replace(**search)
+        return other
+
+    def with_markup(self, protect: bool = True) -> Translator:
+        """The same model and settings, with inline markup protected (``True``: reST roles and
+        literals, placeholders, tags and URLs come through byte-identical, :mod:`nmt.data.markup`)
+        or translated as text (``False``, a Translator's default)."""
+        other = copy.copy(self)
+        other.markup = protect
+        return other
+
+    def prepare(self, sentences: Sequence[str]) -> list[Protected]:
+        """Each sentence normalised as the corpus is (NFC, whitespace folded) and, with
+        :attr:`markup`, its spans masked (:func:`nmt.data.markup.protect`)."""
+        if isinstance(sentences, str):
+            raise TypeError("prepare() takes a sequence of sentences; wrap one in a list")
+        normalized = [normalize(s) for s in sentences]
+        if not self.markup:
+            return [Protected(text, (), "") for text in normalized]
+        return [protect(text) for text in normalized]
 
     def encode(self, sentences: Sequence[str]) -> list[list[int]]:
         """The source subword ids of each sentence, as the model sees them (without ``</s>``):
-        normalised as the corpus is (NFC, whitespace folded), then SentencePiece-encoded.
+        prepared by :meth:`prepare` (normalised; its markup masked when :attr:`markup` is on),
+        then SentencePiece-encoded by :meth:`encode_prepared`."""
+        return self.encode_prepared(self.prepare(sentences))
+
+    def encode_prepared(self, prepared: Sequence[Protected]) -> list[list[int]]:
+        """The source subword ids of sentences from :meth:`prepare`: their masked text,
+        SentencePiece-encoded.
 
         The one place text becomes source ids: :meth:`translate` goes through it, and
         ``nmt.serving`` encodes a request's sentences with it once (to check their length and
-        to batch them by it), then decodes those ids with :meth:`translate_ids`.
+        to batch them by it), then decodes those ids with :meth:`translate_ids` and puts the
+        spans back with :meth:`restore`.
         """
-        if isinstance(sentences, str):
-            raise TypeError("encode() takes a sequence of sentences; wrap one in a list")
-        return self.src_vocab.encode([normalize(s) for s in sentences])
+        return self.src_vocab.encode([p.masked for p in prepared])
+
+    def restore(
+        self, translations: Sequence[Translation], prepared: Sequence[Protected]
+    ) -> list[Translation]:
+        """``translations`` of sentences from :meth:`prepare` with their masked spans back in
+        the text of every n-best entry (:func:`nmt.data.markup.restore`); ``tokens`` and
+        ``attention`` stay those of the masked sentence, placeholders and all."""
+        return [
+            self._restored(t, p) if p.spans else t
+            for t, p in zip(translations, prepared, strict=True)
+        ]
+
+    @staticmethod
+    def _restored(translation: Translation, prepared: Protected) -> Translation:
+        options = [
+            replace(h, text=restore_spans(h.text, prepared, h.source_tokens, h.tokens, h.attention))
+            for h in translation.nbest
+        ]
+        return replace(options[0], nbest=options)
 
     def translate(
         self,
@@ -328,12 +372,15 @@ class Translator:
     ) -> list[Translation]:
         """Translate English sentences; one :class:`Translation` each, in input order.
 
-        Each sentence is normalised as the corpus is (NFC, whitespace folded) and encoded
-        (:meth:`encode`), then decoded as :meth:`translate_ids` decodes.
+        Each sentence is normalised as the corpus is (NFC, whitespace folded), its markup masked
+        when :attr:`markup` is on (:meth:`prepare`), encoded (:meth:`encode`), decoded as
+        :meth:`translate_ids` decodes, and its spans put back (:meth:`restore`).
         """
         if isinstance(sentences, str):
             raise TypeError("translate() takes a sequence of sentences; wrap one in a list")
-        return self.translate_ids(self.encode(sentences), progress, interrupt)
+        prepared = self.prepare(sentences)
+        translations = self.translate_ids(self.encode_prepared(prepared), progress, interrupt)
+        return self.restore(translations, prepared)
 
     def translate_ids(
         self,

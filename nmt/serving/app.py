@@ -347,7 +347,7 @@ def create_app(
         sentences = [body.text] if isinstance(body.text, str) else body.text
         _check_sentences(sentences, limits)
         settings = service.settings_for(body.beam_size, body.n_best)
-        encoded = service.encode(sentences)  # once: the queue and the decoder take these ids
+        prepared, encoded = service.encode(sentences)  # once: the queue and the decoder take these
         for i, ids in enumerate(encoded):
             if len(ids) > limits.max_sentence_tokens:
                 where = "text" if isinstance(body.text, str) else f"text[{i}]"
@@ -358,6 +358,7 @@ def create_app(
                     "text",
                 )
         results, job = await service.translate(encoded, settings)
+        results = service.restore(results, prepared)  # the protected markup back in the text
         done = time.perf_counter()
         start = job.started if job.started is not None else done
         return JSONResponse(

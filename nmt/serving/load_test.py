@@ -372,14 +372,20 @@ def _timed(run: Callable[[], Any]) -> tuple[Any, float, float]:
 
 
 def offline(
-    ckpt: str, device: str, search: dict, batch_sentences: int, sentences: Sequence[str]
+    ckpt: str,
+    device: str,
+    search: dict,
+    batch_sentences: int,
+    sentences: Sequence[str],
+    markup: bool = False,
 ) -> Offline:
-    """The ceiling, and the first ``SINGLE`` decoded one by one (see :class:`Offline`)."""
+    """The ceiling, and the first ``SINGLE`` decoded one by one (see :class:`Offline`), with
+    inline markup protected when ``markup`` (as the servers are told)."""
     from nmt.inference.translator import Translator
 
     # batch_sentences is the offline batch size, over a search group's own (search=greedy)
     settings = {**search, "batch_size": batch_sentences}
-    translator = Translator.from_checkpoint(ckpt, device, **settings)
+    translator = Translator.from_checkpoint(ckpt, device, **settings).with_markup(markup)
     translator.translate(sentences[:8])  # warm-up, as the server does
     texts, seconds, cpu = _timed(lambda: translator.translate_text(sentences))
     single = sentences[:SINGLE]

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from nmt.core.errors import NMTError
+from nmt.data.markup import Protected
 from nmt.inference.search import SearchSettings, search_batches
 from nmt.inference.translator import Translation, Translator
 from nmt.serving.settings import ServeSettings
@@ -221,10 +222,19 @@ class TranslationService:
             message = str(err).removeprefix("search.")
             raise HTTPProblem(422, message, message.split(":", 1)[0]) from None
 
-    def encode(self, sentences: Sequence[str]) -> list[list[int]]:
-        """Each sentence's source ids without ``</s>``, as the decoder gets them
-        (:meth:`Translator.encode`; SentencePiece only, no torch: it runs in the event loop)."""
-        return self.base.encode(sentences)
+    def encode(self, sentences: Sequence[str]) -> tuple[list[Protected], list[list[int]]]:
+        """Each sentence prepared (normalised, its markup masked when the translator protects
+        it) and its source ids without ``</s>``, as the decoder gets them
+        (:meth:`Translator.prepare`, :meth:`Translator.encode_prepared`; SentencePiece only, no torch:
+        it runs in the event loop)."""
+        prepared = self.base.prepare(sentences)
+        return prepared, self.base.encode_prepared(prepared)
+
+    def restore(
+        self, translations: list[Translation], prepared: list[Protected]
+    ) -> list[Translation]:
+        """The masked spans back in the translations (:meth:`Translator.restore`)."""
+        return self.base.restore(translations, prepared)
 
     async def translate(
         self, encoded: list[list[int]], settings: SearchSettings

@@ -203,6 +203,7 @@ def test_evaluate_records_a_splits_scores_in_the_card(tiny_checkpoint, tmp_path)
     result = run_main("nmt.evaluate", f"ckpt={quote(ckpt)}", "split=test", "progress=false")
     assert result.returncode == 0, result.stderr
     assert f"recorded in {ckpt}'s model card as tests.'test greedy'" in result.stdout
+    assert "; markup protected" in result.stdout  # nmt-evaluate's default
     entry = load_checkpoint(ckpt)["card"]["tests"]["test greedy"]
     assert entry["lines"] == 50 and entry["search"]["name"] == "greedy"
     assert "tok:ko-mecab" in entry["signatures"]["bleu"] and entry["precision"] == "fp32"

@@ -155,11 +155,13 @@ def test_the_server_puts_the_spans_back(tiny_checkpoint):
 
     async def go():
         async with serving(translator) as client:
-            return await client.post("/v1/translate", json={"text": [text, "plain"]})
+            reply = await client.post("/v1/translate", json={"text": [text, "plain"]})
+            return reply, await client.get("/v1/model")
 
-    response = asyncio.run(go())
+    response, model = asyncio.run(go())
     assert response.status_code == 200, response.text
     first, second = response.json()["translations"]
+    assert model.json()["markup"] is True
     assert count_kept(text, first["text"]) == (3, 3)
     assert first["text"] == translator.translate([text])[0].text
     assert second["text"] == translator.translate(["plain"])[0].text

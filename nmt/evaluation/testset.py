@@ -204,5 +204,7 @@ def format_report(report: dict[str, Any]) -> str:
                 f"\ndecoded in {decoding['precision']} ({decoding['precision_reason']}), "
                 f"{decoding['backend']} on {decoding['device']}, CPU {decoding['cpu']['model']}"
             )
+            if "markup" in system:
+                heading += "; markup " + ("protected" if system["markup"] else "translated as text")
         blocks.append(heading + "\n" + format_table(system["scores"], system["degeneracy"]))
     return "\n\n".join(blocks)

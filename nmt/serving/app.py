@@ -210,6 +210,7 @@ def model_summary(translator: Translator, model_name: str, limits: ServeSettings
         },
         "card": info.card,  # the model card: code, data, training, validation, tests
         "search": asdict(translator.settings),
+        "markup": translator.markup,  # inline markup masked and put back (nmt.data.markup)
         "decoding": translator.decoding_summary(),  # the search's precision and why
         "device": str(translator.device),
         "limits": limits.public(),

@@ -143,19 +143,24 @@ def _standalone(text: str, start: int, end: int) -> bool:
     )
 
 
-def _piece_ends(pieces: Sequence[str], text: str) -> list[int] | None:
-    """The character offset in ``text`` where each piece ends, if the pieces spell ``text``
-    (▁ as a space, leading spaces dropped, as SentencePiece decodes); else None."""
+def _piece_spans(pieces: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
+    """The text the pieces spell (▁ as a space, leading spaces dropped, as SentencePiece
+    decodes) and the (start, end) character offsets of each piece in it."""
     surfaces = [piece.replace("▁", " ") for piece in pieces]
     spelled = "".join(surfaces)
     lead = len(spelled) - len(spelled.lstrip(" "))
-    if spelled[lead:] != text:
-        return None
-    ends, offset = [], -lead
+    spans, offset = [], -lead
     for surface in surfaces:
-        offset += len(surface)
-        ends.append(max(offset, 0))
-    return ends
+        start, offset = offset, offset + len(surface)
+        spans.append((max(start, 0), max(offset, 0)))
+    return spelled[lead:], spans
+
+
+def _piece_ends(pieces: Sequence[str], text: str) -> list[int] | None:
+    """The character offset in ``text`` where each piece ends, if the pieces spell ``text``;
+    else None."""
+    spelled, spans = _piece_spans(pieces)
+    return [end for _, end in spans] if spelled == text else None
 
 
 def _attended_position(
@@ -184,16 +189,8 @@ def _placeholder_columns(protected: Protected, i: int, source_pieces: Sequence[s
     if start < 0:
         return []
     end = start + len(protected.placeholder(i))
-    columns, offset = [], 0
-    spelled = "".join(p.replace("▁", " ") for p in source_pieces)
-    lead = len(spelled) - len(spelled.lstrip(" "))
-    for k, piece in enumerate(source_pieces):
-        a = offset - lead
-        offset += len(piece.replace("▁", " "))
-        b = offset - lead
-        if a < end and b > start:
-            columns.append(k)
-    return columns
+    _, spans = _piece_spans(source_pieces)
+    return [k for k, (a, b) in enumerate(spans) if a < end and b > start]
 
 
 def _find_placeholder(text: str, placeholder: str) -> int:

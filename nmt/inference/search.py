@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -51,6 +51,15 @@ from nmt.core.runtime import Precision, autocast_context, resolve_precision
 from nmt.core.settings import check_fields, load_settings, setting
 from nmt.core.special_ids import BOS_ID, EOS_ID, PAD_ID
 from nmt.data.batching import pad
+from nmt.inference.constraints import (
+    ConstraintState,
+    Phrases,
+    PhraseTable,
+    advance,
+    allocate,
+    missing_phrases,
+    next_tokens,
+)
 from nmt.models import DecoderState, Memory, Seq2Seq
 
 FORBIDDEN_IDS = (PAD_ID, BOS_ID)  # never predicted
@@ -152,6 +161,8 @@ class Hypothesis:
     attn_weights: (len(tokens) + 1 if it ended with ``</s>`` else len(tokens), src_len) attention
         weights of each predicted position over this sentence's source (padding trimmed).
     hit_max_len: the hypothesis was stopped by the length limit, not by ``</s>``.
+    missing_constraints: the indices of the sentence's constraints that ``tokens`` does not
+        contain (:func:`nmt.inference.constraints.missing_phrases`); empty without constraints.
     """
 
     tokens: list[int]
@@ -159,6 +170,7 @@ class Hypothesis:
     log_prob: float
     attn_weights: torch.Tensor
     hit_max_len: bool
+    missing_constraints: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -401,10 +413,16 @@ class _Beams:
     lengths: torch.Tensor  # (rows,) long, predicted tokens so far
     finished: torch.Tensor  # (rows,) bool: ended by </s>, by the length limit, or empty
     hit_max: torch.Tensor  # (rows,) bool
+    constraint: ConstraintState | None = None  # each row's progress through its constraints
 
     def take(self, rows: torch.Tensor) -> _Beams:
+        constraint = self.constraint.take(rows) if self.constraint is not None else None
         return _Beams(
-            self.log_prob[rows], self.lengths[rows], self.finished[rows], self.hit_max[rows]
+            self.log_prob[rows],
+            self.lengths[rows],
+            self.finished[rows],
+            self.hit_max[rows],
+            constraint,
         )
 
     def put(self, rows: torch.Tensor, part: _Beams) -> None:
@@ -412,6 +430,8 @@ class _Beams:
         self.lengths[rows] = part.lengths
         self.finished[rows] = part.finished
         self.hit_max[rows] = part.hit_max
+        if self.constraint is not None and part.constraint is not None:
+            self.constraint.put(rows, part.constraint)
 
 
 @torch.inference_mode()
@@ -425,6 +445,7 @@ def beam_search(
     max_len_offset: float,
     n_best: int = 1,
     no_repeat_ngram_size: int = 0,
+    constraints: Sequence[Phrases] | None = None,
 ) -> SearchResult:
     """Batched beam search with GNMT length penalty; returns each sentence's ``n_best`` best.
 
@@ -451,6 +472,12 @@ def beam_search(
     the final rows once, at the end. With ``beam_size = 1`` the result equals
     :func:`greedy_search` (given the same alpha and ``no_repeat_ngram_size``). The caller puts
     the model in eval mode.
+
+    ``constraints[i]``: phrases of target ids that sentence ``i``'s outputs must contain. When
+    any sentence has one, each step is :func:`_constrained_beam_step` (dynamic beam allocation,
+    :mod:`nmt.inference.constraints`); a sentence's rows are then ordered hypotheses that meet
+    all its constraints first, and every hypothesis lists the ones it misses
+    (``missing_constraints``). A sentence with no constraints decodes as without them.
     """
     _check_no_repeat_ngram_size(no_repeat_ngram_size)
     if beam_size < 1:
@@ -469,20 +496,44 @@ def beam_search(
     )
     beams = _initial_beams(batch, beam_size, max_lens, device)
     done = max_lens == 0  # (batch,)
+    table = None
+    if constraints is not None and any(constraints):
+        if len(constraints) != batch:
+            raise ValueError(f"constraints: {len(constraints)} lists for {batch} sentences")
+        table = PhraseTable.build(constraints, device).repeat(beam_size)  # (batch*beam, ...)
+        beams.constraint = ConstraintState.start(table)
+        num_banks = int(table.totals.max()) + 1
 
     history = _History(num_rows, src_len)
     for step in _decoding_steps(decoding, done, int(max_lens.max()) if batch else 0):
         rows = decoding.rows  # (active*beam,)
         logits, attn_weights = decoding.step(model)  # (active*beam, V), (active*beam, src_len)
         log_probs = _predictable_log_probs(logits, decoding.history, no_repeat_ngram_size)
-        parent, token, part = _beam_step(
-            log_probs, beams.take(rows), step, beam_size, length_penalty, row_max_lens[rows]
-        )  # parent: (active*beam,) among the active rows
+        if table is None:
+            parent, token, part = _beam_step(
+                log_probs, beams.take(rows), step, beam_size, length_penalty, row_max_lens[rows]
+            )  # parent: (active*beam,) among the active rows
+        else:
+            parent, token, part = _constrained_beam_step(
+                log_probs,
+                beams.take(rows),
+                table.take(rows),
+                num_banks,
+                step,
+                beam_size,
+                length_penalty,
+                row_max_lens[rows],
+            )
         beams.put(rows, part)
         done[decoding.sentences] = part.finished.view(-1, beam_size)[:, :n_best].all(dim=1)
         decoding.advance(token, parent)
         history.record(rows, parent, token, attn_weights)
-    return _collect_nbest(beams, history, src_lengths, beam_size, n_best, length_penalty)
+    result = _collect_nbest(beams, history, src_lengths, beam_size, n_best, length_penalty)
+    if table is not None:
+        for phrases, nbest in zip(constraints, result.hypotheses, strict=True):
+            for hyp in nbest:
+                hyp.missing_constraints = missing_phrases(hyp.tokens, phrases)
+    return result
 
 
 class _History:
@@ -630,6 +681,89 @@ def _beam_step(
     return parent, token, _Beams(log_prob, lengths, finished, hit_max)
 
 
+def _constrained_beam_step(
+    log_probs: torch.Tensor,
+    beams: _Beams,
+    table: PhraseTable,
+    num_banks: int,
+    step: int,
+    beam_size: int,
+    alpha: float,
+    max_lens: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, _Beams]:
+    """:func:`_beam_step` under lexical constraints: dynamic beam allocation.
+
+    As :func:`_beam_step` (same arguments, same returns, same ranking by length-penalised
+    score), with ``table`` the constraints of the same rows, ``beams.constraint`` their progress
+    and ``num_banks`` one more than the most constraint tokens of any sentence. The differences
+    (:mod:`nmt.inference.constraints`):
+
+    * ``</s>`` only for a row that has met all its constraints;
+    * each row's candidates are its ``beam_size`` best tokens and the tokens that advance its
+      constraints (``C`` more, duplicates dropped): (rows, K = beam_size + C);
+    * the ``beam_size`` kept per sentence are dealt round-robin over the banks
+      (:func:`~nmt.inference.constraints.allocate`), then ordered: rows that met every
+      constraint first, by score within each group.
+    """
+    rows, vocab = log_probs.shape
+    sentences = rows // beam_size
+    state = beams.constraint
+    assert state is not None
+    log_probs[:, EOS_ID] = log_probs[:, EOS_ID].masked_fill(~state.all_met(table), -math.inf)
+    per_row = min(beam_size, vocab)
+    row_log_probs, row_tokens = log_probs.topk(per_row, dim=1)  # (rows, per_row)
+
+    advancing = next_tokens(table, state)  # (rows, C), -1: none
+    num_phrases = advancing.size(1)
+    earlier = torch.ones(num_phrases, num_phrases, device=advancing.device).tril(-1).bool()
+    repeated = ((advancing[:, :, None] == advancing[:, None, :]) & earlier).any(dim=-1)
+    offered = (advancing[:, :, None] == row_tokens[:, None, :]).any(dim=-1)
+    advancing_log_probs = log_probs.gather(1, advancing.clamp(min=0)).masked_fill(
+        (advancing < 0) | repeated | offered, -math.inf
+    )  # (rows, C)
+    tokens = torch.cat([row_tokens, advancing.clamp(min=0)], dim=1)  # (rows, K)
+    cand = beams.log_prob[:, None] + torch.cat([row_log_probs, advancing_log_probs], dim=1)
+    live_penalty = ((5.0 + step + 1) / 6.0) ** alpha
+    finished_value = beams.log_prob * (live_penalty / gnmt_length_penalty(beams.lengths, alpha))
+    finished_cand = torch.full_like(cand, -math.inf)
+    finished_cand[:, 0] = finished_value
+    cand = torch.where(beams.finished[:, None], finished_cand, cand)  # (rows, K)
+    tokens = tokens.masked_fill(beams.finished[:, None], PAD_ID)
+
+    cands = tokens.size(1)
+    grown = advance(table, state, tokens, frozen=beams.finished)  # (rows, K, ...)
+    banks = (grown.met.long() * table.lengths[:, None, :]).sum(dim=-1) + grown.progress
+    flat_values = cand.view(sentences, beam_size * cands)
+    flat_banks = banks.view(sentences, beam_size * cands)
+    kept = allocate(flat_values, flat_banks, num_banks, beam_size)  # (sentences, beam)
+    totals = table.totals.view(sentences, beam_size)[:, :1]  # (sentences, 1)
+    by_score = flat_values.gather(1, kept).argsort(dim=1, descending=True, stable=True)
+    kept = kept.gather(1, by_score)
+    met_all = flat_banks.gather(1, kept) == totals
+    kept = kept.gather(1, met_all.long().argsort(dim=1, descending=True, stable=True))
+
+    first_row = torch.arange(sentences, device=log_probs.device)[:, None] * beam_size
+    parent = (first_row + kept // cands).view(-1)  # (rows,)
+    flat_kept = (first_row * cands + kept).view(-1)  # (rows,) into rows * K
+    token = tokens.view(-1)[flat_kept]
+    top_value = cand.view(-1)[flat_kept]
+    was_finished = beams.finished[parent]
+    log_prob = torch.where(was_finished, beams.log_prob[parent], top_value)
+    lengths = torch.where(was_finished, beams.lengths[parent], step + 1)
+    constraint = ConstraintState(
+        met=grown.met.reshape(rows * cands, -1)[flat_kept],
+        current=grown.current.reshape(-1)[flat_kept],
+        progress=grown.progress.reshape(-1)[flat_kept],
+    )
+
+    ended = ~was_finished & (token == EOS_ID)
+    stopped_by_length = ~was_finished & ~ended & (lengths >= max_lens)
+    empty = log_prob == -math.inf
+    finished = was_finished | ended | stopped_by_length | empty
+    hit_max = beams.hit_max[parent] | stopped_by_length
+    return parent, token, _Beams(log_prob, lengths, finished, hit_max, constraint)
+
+
 # --------------------------------------------------------------------------------------------
 # Shared output assembly
 # --------------------------------------------------------------------------------------------
@@ -692,10 +826,16 @@ def search_precision(settings: SearchSettings, device: torch.device) -> Precisio
 
 
 def _search_batch(
-    model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, settings: SearchSettings
+    model: Seq2Seq,
+    src: torch.Tensor,
+    src_lengths: torch.Tensor,
+    settings: SearchSettings,
+    constraints: Sequence[Phrases] | None = None,
 ) -> SearchResult:
-    """Run the search that ``settings.name`` names on one padded batch."""
-    if settings.name == "greedy":
+    """Run the search that ``settings.name`` names on one padded batch. With ``constraints``,
+    greedy search is the constrained beam search with one hypothesis."""
+    constrained = constraints is not None and any(constraints)
+    if settings.name == "greedy" and not constrained:
         return greedy_search(
             model,
             src,
@@ -709,18 +849,24 @@ def _search_batch(
         model,
         src,
         src_lengths,
-        beam_size=settings.beam_size,
+        beam_size=settings.hypotheses,
         length_penalty=settings.length_penalty,
         max_len_ratio=settings.max_len_ratio,
         max_len_offset=settings.max_len_offset,
         n_best=settings.n_best,
         no_repeat_ngram_size=settings.no_repeat_ngram_size,
+        constraints=constraints if constrained else None,
     )
 
 
-def _empty_hypothesis() -> Hypothesis:
+def _empty_hypothesis(phrases: Phrases = ()) -> Hypothesis:
     return Hypothesis(
-        tokens=[], score=0.0, log_prob=0.0, attn_weights=torch.zeros(0, 0), hit_max_len=False
+        tokens=[],
+        score=0.0,
+        log_prob=0.0,
+        attn_weights=torch.zeros(0, 0),
+        hit_max_len=False,
+        missing_constraints=list(range(len(phrases))),
     )
 
 
@@ -767,6 +913,7 @@ def decode_ids(
     device: torch.device | str | None = None,
     on_batch: Callable[[int], None] | None = None,
     precision: Precision | None = None,
+    constraints: Sequence[Phrases] | None = None,
 ) -> list[list[Hypothesis]]:
     """Decode encoded source sentences; return the n-best hypotheses of each, in input order.
 
@@ -779,12 +926,19 @@ def decode_ids(
 
     The model is put in eval mode for the call and its mode restored afterwards. ``device``
     defaults to the model's. ``precision`` (default: ``search.precision`` resolved,
-    :func:`search_precision`) sets the autocast the searches run under.
+    :func:`search_precision`) sets the autocast the searches run under. ``constraints[i]``:
+    the phrases (target ids) sentence i's output must contain (:mod:`nmt.inference.constraints`);
+    an empty sentence misses all of its own.
     """
+    if constraints is not None and len(constraints) != len(encoded):
+        raise ValueError(f"constraints: {len(constraints)} lists for {len(encoded)} sentences")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     precision = precision or search_precision(settings, device)
     autocast = autocast_context(precision, device)
-    results: list[list[Hypothesis]] = [[_empty_hypothesis()] for _ in encoded]
+    results = [
+        [_empty_hypothesis(constraints[i] if constraints is not None else ())]
+        for i in range(len(encoded))
+    ]
     nonempty = [i for i, ids in enumerate(encoded) if ids]
     lengths = [len(encoded[i]) + 1 for i in nonempty]
     was_training = model.training
@@ -795,8 +949,9 @@ def decode_ids(
             seqs = [list(encoded[i]) + [EOS_ID] for i in batch_idx]
             src = pad(seqs).to(device)  # (batch, src_len)
             src_lengths = torch.tensor([len(seq) for seq in seqs], device=device)
+            phrases = [constraints[i] for i in batch_idx] if constraints is not None else None
             with autocast:  # products in bf16 under autocast; the log-softmax stays fp32
-                found = _search_batch(model, src, src_lengths, settings)
+                found = _search_batch(model, src, src_lengths, settings, phrases)
             for i, nbest in zip(batch_idx, found.hypotheses, strict=True):
                 results[i] = nbest
             if on_batch is not None:

@@ -50,6 +50,7 @@ def main(cfg: DictConfig) -> None:
         )
         .result()
         .with_markup(config.markup)
+        .with_glossary(config.glossary)
     )
     sock = listen(config.host, config.port)
     host, port = sock.getsockname()[:2]

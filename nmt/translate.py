@@ -17,6 +17,12 @@ Output, one line per hypothesis, tab-separated columns (``n_best`` lines per inp
 
 ``attention_plot=DIR`` writes one heat map per sentence (``DIR/00001.png``…).
 
+Constraints: ``glossary=FILE.tsv`` (English term<TAB>Korean term, :mod:`nmt.data.glossary`)
+makes the Korean side of every term found in a sentence a phrase its translation must contain;
+``input_format=jsonl`` reads ``{"text": …, "constraints": [...]}`` lines and writes one JSON
+object per translation (:mod:`nmt.inference.jsonl`). A phrase the search could not fit is
+listed on stderr with its line number, and a summary line counts the phrases met.
+
 Before translating, one line on stderr says what decodes, e.g.
 ``precision: fp32 (search.precision=auto: fp32 on every device, …); backend torch on cpu``.
 """
@@ -36,6 +42,7 @@ from nmt.core.errors import NMTError, exit_on_user_error, str_list
 from nmt.core.io import write_text_atomic
 from nmt.core.paths import CONFIG_DIR
 from nmt.data.corpus import read_text_lines
+from nmt.inference.jsonl import format_jsonl, parse_jsonl
 from nmt.inference.translator import Translation, Translator
 
 
@@ -63,6 +70,23 @@ def describe_decoding(translator: Translator) -> str:
         f"precision: {precision.name} ({precision.reason}); "
         f"backend {translator.backend} on {translator.device}"
     )
+
+
+def report_constraints(translations: Sequence[Translation]) -> None:
+    """On stderr: each sentence whose output misses a phrase, and how many phrases were met."""
+    imposed = missed = 0
+    for index, t in enumerate(translations):
+        imposed += len(t.constraints)
+        missed += len(t.missing_constraints)
+        if t.missing_constraints:
+            missing = ", ".join(repr(p) for p in t.missing_constraints)
+            print(f"line {index + 1}: constraint not met: {missing}", file=sys.stderr)
+    if imposed:
+        sentences = sum(1 for t in translations if t.constraints)
+        print(
+            f"constraints: {imposed - missed} of {imposed} met, in {sentences} sentences",
+            file=sys.stderr,
+        )
 
 
 def read_input(source: str) -> list[str]:
@@ -126,20 +150,29 @@ def main(cfg: DictConfig) -> None:
     translator = Translator.from_checkpoints(
         paths, config.device, ensemble=config.ensemble, **config.search
     ).with_markup(config.markup)
+    translator = translator.with_glossary(config.glossary)
     plot_dir = Path(config.attention_plot) if config.attention_plot else None
-    if config.input is None and sys.stdin.isatty():
+    jsonl = config.input_format == "jsonl"
+    if config.input is None and sys.stdin.isatty() and not jsonl:
         print(describe_decoding(translator), file=sys.stderr)
         interactive(translator, config, plot_dir)
         return
     lines = read_input("-" if config.input is None else config.input)
+    constraints = None
+    if jsonl:
+        lines, constraints = parse_jsonl(lines, config.input or "stdin")
     if not lines:
         raise NMTError(f"input={config.input or '-'}: no lines to translate")
     print(describe_decoding(translator), file=sys.stderr)  # once the input is known to be good
-    result = translator.translate(lines, progress=config.progress)
+    result = translator.translate(lines, progress=config.progress, constraints=constraints)
+    report_constraints(result)
     if plot_dir:
         plot_attention(plot_dir, 1, result)
     n_best = translator.settings.n_best
-    output = format_translations(result, n_best, config.scores, config.alignment)
+    if jsonl:
+        output = format_jsonl(result, n_best)
+    else:
+        output = format_translations(result, n_best, config.scores, config.alignment)
     if config.output:
         write_text_atomic(config.output, output)
     else:

@@ -26,6 +26,7 @@ from conftest import compose_config, quote, run_main
 import nmt.inference.search as search
 from nmt.core.errors import NMTError
 from nmt.core.paths import VERSION
+from nmt.data.glossary import Glossary
 from nmt.inference.search import padded_chunks
 from nmt.inference.translator import Translator
 from nmt.serving.app import create_app, listen
@@ -349,9 +350,9 @@ def test_a_request_is_encoded_once_and_each_chunk_is_one_decoder_call(translator
     searches: list[int] = []
     real_search = search._search_batch
 
-    def counting_search(model, src, src_lengths, settings):
+    def counting_search(model, src, src_lengths, settings, constraints=None):
         searches.append(src.shape[0])
-        return real_search(model, src, src_lengths, settings)
+        return real_search(model, src, src_lengths, settings, constraints)
 
     async def go():
         async with serving(small, max_wait_ms=200) as client:
@@ -362,11 +363,11 @@ def test_a_request_is_encoded_once_and_each_chunk_is_one_decoder_call(translator
                 encodes.append([p.masked for p in prepared])
                 return real_encode(prepared)
 
-            def decode(settings, encoded):
+            def decode(settings, encoded, constraints=None):
                 assert all(isinstance(i, int) for ids in encoded for i in ids)
                 before = len(searches)
                 chunks.append((settings, encoded))
-                results = real_decode(settings, encoded)
+                results = real_decode(settings, encoded, constraints)
                 calls_per_chunk.append(len(searches) - before)
                 return results
 
@@ -467,6 +468,37 @@ BAD_REQUESTS = [
         "return_attention: expected true or false; got 'yes'",
     ),
     ({"text": "a", "beam": 3}, "beam", "beam: unknown field; expected one of text, beam_size"),
+    (
+        {"text": ["a", "b"], "constraints": [["저장"]]},
+        "constraints",
+        "constraints: expected one list of phrases per sentence of text (2); got 1",
+    ),
+    (
+        {"text": "a", "constraints": "저장"},
+        "constraints",
+        "constraints: expected Korean phrases the translation must contain",
+    ),
+    (
+        {"text": ["a"], "constraints": ["저장"]},
+        "constraints",
+        "constraints[0]: expected a list of Korean phrases; got '저장'",
+    ),
+    (
+        {"text": "a", "constraints": ["저장", " "]},
+        "constraints",
+        "constraints[1]: expected a non-empty Korean phrase; got ' '",
+    ),
+    (
+        {"text": ["a"], "constraints": [[3]]},
+        "constraints",
+        "constraints[0][0]: expected a non-empty Korean phrase; got 3",
+    ),
+    (
+        {"text": "a", "constraints": ["저장"] * 33},
+        "constraints",
+        "constraints: 33 phrases, over the limit of 32",
+    ),
+    ({"text": "a", "glossary": "no"}, "glossary", "glossary: expected true or false; got 'no'"),
 ]
 
 
@@ -484,6 +516,35 @@ def test_bad_input_is_422_naming_the_field(translator, body, field, detail):
     assert response.json()["field"] == field
     assert response.json()["detail"].startswith(detail), response.json()["detail"]
     assert "\n" not in response.json()["detail"]
+
+
+def test_constraints_and_the_glossary_in_a_request(translator):
+    """A request's constraints and the server's glossary reach the constrained search; the
+    answer says what was imposed and what was missed, and a sentence without any decodes as
+    without them, in the same batch."""
+    glossary = Glossary({"station": "역", "file": "파일"})
+    texts = ["The station is closed on Sundays.", "Open the file.", "Hello, world."]
+
+    async def go():
+        async with serving(translator.with_glossary(glossary)) as client:
+            asked = {"text": texts, "constraints": [["일요일"], [], []], "return_tokens": True}
+            with_glossary = await client.post("/v1/translate", json=asked)
+            without = await client.post("/v1/translate", json={**asked, "glossary": False})
+            return with_glossary.json(), without.json()
+
+    with_glossary, without = run(go())
+    first, second, third = with_glossary["translations"]
+    assert first["constraints"] == ["일요일", "역"]
+    assert second["constraints"] == ["파일"]
+    for t in (first, second):
+        assert t["missing_constraints"] == []
+        assert all(phrase in t["text"] for phrase in t["constraints"])
+        assert t["constrained_tokens"]
+    assert "constraints" not in third and "missing_constraints" not in third
+    assert third["text"] == translator.translate([texts[2]])[0].text
+    expected = translator.translate(texts, constraints=[["일요일"], [], []])
+    assert [t["text"] for t in without["translations"]] == [t.text for t in expected]
+    assert without["translations"][0]["constraints"] == ["일요일"]
 
 
 def test_limits_are_413_naming_the_limit(translator):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -202,3 +203,80 @@ def test_translator_bad_input_is_one_line(ckpt, tmp_path, case):
     message = str(raised.value)
     assert len(message.splitlines()) == 1
     assert (str(path) in message) if case != "beam_size" else message.startswith("search.beam_size")
+
+
+# -- constraints and glossaries ----------------------------------------------------------------
+
+
+def test_glossary_and_jsonl_constraints_reach_the_output(ckpt, tmp_path):
+    glossary = tmp_path / "terms.tsv"
+    glossary.write_text("# UI\nstation\t역\nfile\t파일\n", encoding="utf-8")
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        '{"text": "The station is closed on Sundays.", "constraints": ["일요일"]}\n'
+        "\n"  # blank lines are skipped
+        '{"text": "Open the file."}\n'
+        '{"text": "Hello, world."}\n',
+        encoding="utf-8",
+    )
+    out = tmp_path / "out.jsonl"
+    result = translate(
+        ckpt, f"input={quote(src)}", f"output={quote(out)}", f"glossary={quote(glossary)}",
+        "input_format=jsonl", "search=beam", "search.n_best=2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r.get("constraints") for r in records] == [["일요일", "역"], ["파일"], None]
+    for record in records[:2]:
+        assert record["missing_constraints"] == []
+        assert all(p in record["text"] for p in record["constraints"])
+        assert len(record["nbest"]) == 2 and record["nbest"][0]["text"] == record["text"]
+    assert "constraints: 3 of 3 met, in 2 sentences" in result.stderr
+
+
+def test_a_constraint_that_cannot_fit_is_listed_on_stderr(ckpt, tmp_path, monkeypatch):
+    too_long = " ".join(["일요일"] * 40)
+    line = json.dumps({"text": "Open the file.", "constraints": [too_long]}, ensure_ascii=False)
+    monkeypatch.setattr(sys, "stdin", Stdin(line + "\n"))
+    result = translate(ckpt, "input_format=jsonl")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["missing_constraints"] == [too_long]
+    assert f"line 1: constraint not met: '{too_long}'" in result.stderr
+    assert "constraints: 0 of 1 met, in 1 sentences" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"text": "a"}\n[1]\n', "in.jsonl:2: expected a JSON object; got list"),
+        ('{"text": "a", "constraint": []}\n', "in.jsonl:1: constraint: unknown field"),
+        ('{"text": "a", "constraints": "역"}\n', "in.jsonl:1: constraints: expected a list of strings"),
+        ('{"text": "a", "constraints": [""]}\n', "in.jsonl:1: constraints[0]: expected a non-empty"),
+        ('{"text": "a"\n', "in.jsonl:1: not a JSON object"),
+    ],
+)  # fmt: skip
+def test_bad_jsonl_lines_name_the_line_and_field(ckpt, tmp_path, content, message):
+    src = tmp_path / "in.jsonl"
+    src.write_text(content, encoding="utf-8")
+    result = translate(ckpt, f"input={quote(src)}", "input_format=jsonl")
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_translator_constraints_api(ckpt):
+    from nmt import Translator
+    from nmt.core.errors import NMTError
+
+    translator = Translator.from_checkpoint(ckpt, device="cpu", beam_size=3)
+    plain, constrained = (
+        translator.translate(["Open the file.", "Hello."], constraints=c)
+        for c in (None, [[], ["파일", "녕"]])
+    )
+    assert constrained[0].text == plain[0].text and constrained[0].constraints == []
+    assert constrained[1].constraints == ["파일", "녕"] and "파일" in constrained[1].text
+    # 녕 is not in the tiny model's target vocabulary: no output can hold it
+    assert constrained[1].missing_constraints == ["녕"]
+    with pytest.raises(NMTError, match=r"constraints: expected one list per sentence \(2\); got 1"):
+        translator.translate(["a", "b"], constraints=[["x"]])
+    with pytest.raises(NMTError, match=r"constraints\[0\]\[1\]: expected a non-empty"):
+        translator.translate(["a"], constraints=[["x", " "]])

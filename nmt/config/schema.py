@@ -20,6 +20,7 @@ from nmt.core.runtime import DEVICES
 from nmt.core.settings import load_settings, partial_settings, setting
 from nmt.data.pipeline import DataSettings
 from nmt.inference.ensemble import EnsembleSettings
+from nmt.inference.jsonl import INPUT_FORMATS
 from nmt.inference.onnx_export import EXPORTERS
 from nmt.inference.search import SearchSettings
 from nmt.serving.settings import ServeSettings
@@ -61,6 +62,8 @@ class TranslateConfig(DecodeCommand):
     attention_plot: str | None = setting()
     progress: bool = setting()
     markup: bool = setting()  # protect inline markup (nmt.data.markup)
+    glossary: str | None = setting()  # a TSV of terms whose Korean side is imposed
+    input_format: str = setting(choices=INPUT_FORMATS)  # text | jsonl (with constraints)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +88,7 @@ class ServeConfig(DecodeCommand):
     port: int = setting(ge=0, le=65535)
     serve: ServeSettings = setting()
     markup: bool = setting()  # protect inline markup (nmt.data.markup)
+    glossary: str | None = setting()  # a TSV of terms whose Korean side is imposed
 
 
 @dataclass(frozen=True, kw_only=True)

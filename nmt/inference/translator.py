@@ -32,9 +32,12 @@ import torch
 
 from nmt.core.errors import NMTError
 from nmt.core.runtime import Precision, cpu_summary, pick_device
+from nmt.core.special_ids import UNK_ID
 from nmt.data.corpus import normalize
+from nmt.data.glossary import Glossary
 from nmt.data.markup import Protected, protect, restore_spans
 from nmt.data.vocab import Vocab
+from nmt.inference.constraints import missing_phrases, phrase_positions
 from nmt.inference.ensemble import Ensemble, EnsembleSettings, ensemble_card
 from nmt.inference.search import Hypothesis, SearchSettings, decode_ids, search_precision
 from nmt.models import Seq2Seq
@@ -64,6 +67,12 @@ class Translation:
         (:mod:`nmt.models.attention_stats`), computed on first access; ``None`` for an empty input.
     search_score: what the search ranked by (``score`` over GNMT's length penalty).
     token_ids: the target subword ids behind ``tokens``.
+    constraints: the target phrases this sentence's output had to contain (given, and found by
+        the glossary), as text; empty without constraints.
+    missing_constraints: those this output does not contain (a phrase that did not fit within
+        the length limit, or an n-best runner-up); empty when all are met.
+    constrained_tokens: positions in ``tokens`` that belong to a met constraint (its first
+        occurrence), for the explorer and the demo to mark.
     """
 
     text: str
@@ -76,6 +85,9 @@ class Translation:
     search_score: float
     token_ids: list[int]
     nbest: list[Translation] = field(default_factory=list)
+    constraints: list[str] = field(default_factory=list)
+    missing_constraints: list[str] = field(default_factory=list)
+    constrained_tokens: list[int] = field(default_factory=list)
 
     @functools.cached_property
     def _diagnostics(self) -> dict[str, float]:
@@ -185,6 +197,7 @@ class Translator:
         self.device = device if device is not None else next(model.parameters()).device
         self.info = info or ModelInfo(source="a model in memory", config={})
         self.markup = False  # protect inline markup (nmt.data.markup); with_markup() sets it
+        self.glossary: Glossary | None = None  # terms turned into constraints; with_glossary()
 
     @classmethod
     def from_checkpoint(
@@ -318,6 +331,54 @@ class Translator:
         other.markup = protect
         return other
 
+    def with_glossary(self, glossary: Glossary | str | Path | None) -> Translator:
+        """The same model and settings with a glossary (a :class:`~nmt.data.glossary.Glossary`
+        or the path of its TSV file; None: none): every term found in a source sentence makes
+        its Korean side a constraint of the translation (:meth:`constraints_for`)."""
+        if glossary is not None and not isinstance(glossary, Glossary):
+            glossary = Glossary.read(glossary)
+        other = copy.copy(self)
+        other.glossary = glossary
+        return other
+
+    def constraints_for(
+        self,
+        prepared: Sequence[Protected],
+        constraints: Sequence[Sequence[str]] | None = None,
+    ) -> list[list[str]] | None:
+        """Each sentence's constraints as text: ``constraints[i]`` (normalised, checked) and the
+        Korean terms :attr:`glossary` finds in its masked text (so a term inside protected
+        markup is left alone), each phrase once; None when no sentence has any."""
+        if isinstance(constraints, str):
+            raise TypeError("constraints: one list of phrases per sentence")
+        if constraints is not None and len(constraints) != len(prepared):
+            raise NMTError(
+                f"constraints: expected one list per sentence ({len(prepared)}); "
+                f"got {len(constraints)}"
+            )
+        result = []
+        for i, sentence in enumerate(prepared):
+            given = []
+            for j, phrase in enumerate(constraints[i] if constraints is not None else []):
+                if not isinstance(phrase, str) or not normalize(phrase):
+                    raise NMTError(
+                        f"constraints[{i}][{j}]: expected a non-empty Korean phrase; got {phrase!r}"
+                    )
+                given.append(normalize(phrase))
+            found = self.glossary.targets(sentence.masked) if self.glossary is not None else []
+            result.append(list(dict.fromkeys(given + found)))
+        return result if any(result) else None
+
+    def encode_constraints(self, constraints: Sequence[Sequence[str]]) -> list[list[list[int]]]:
+        """The target subword ids of each sentence's phrases (a phrase encodes alone as at the
+        start of a word, which is where a term starts in Korean text). A phrase with a
+        character the target vocabulary lacks encodes to ``[]``: no output can contain it, so
+        the search is not asked to, and it is reported missing."""
+        flat = [phrase for phrases in constraints for phrase in phrases]
+        ids = iter(self.tgt_vocab.encode(flat))
+        encoded = [[next(ids) for _ in phrases] for phrases in constraints]
+        return [[[] if UNK_ID in p else p for p in phrases] for phrases in encoded]
+
     def prepare(self, sentences: Sequence[str]) -> list[Protected]:
         """Each sentence normalised as the corpus is (NFC, whitespace folded) and, with
         :attr:`markup`, its spans masked (:func:`nmt.data.markup.protect`)."""
@@ -369,17 +430,24 @@ class Translator:
         sentences: Sequence[str],
         progress: bool = False,
         interrupt: Callable[[], None] | None = None,
+        constraints: Sequence[Sequence[str]] | None = None,
     ) -> list[Translation]:
         """Translate English sentences; one :class:`Translation` each, in input order.
 
         Each sentence is normalised as the corpus is (NFC, whitespace folded), its markup masked
         when :attr:`markup` is on (:meth:`prepare`), encoded (:meth:`encode`), decoded as
         :meth:`translate_ids` decodes, and its spans put back (:meth:`restore`).
+        ``constraints[i]``: Korean phrases sentence i's translation must contain, added to what
+        :attr:`glossary` finds (:meth:`constraints_for`); each :class:`Translation` lists the
+        ones it misses.
         """
         if isinstance(sentences, str):
             raise TypeError("translate() takes a sequence of sentences; wrap one in a list")
         prepared = self.prepare(sentences)
-        translations = self.translate_ids(self.encode_prepared(prepared), progress, interrupt)
+        phrases = self.constraints_for(prepared, constraints)
+        translations = self.translate_ids(
+            self.encode_prepared(prepared), progress, interrupt, constraints=phrases
+        )
         return self.restore(translations, prepared)
 
     def translate_ids(
@@ -387,6 +455,7 @@ class Translator:
         encoded: Sequence[Sequence[int]],
         progress: bool = False,
         interrupt: Callable[[], None] | None = None,
+        constraints: Sequence[Sequence[str]] | None = None,
     ) -> list[Translation]:
         """Translate sentences already encoded by :meth:`encode` (source ids without ``</s>``);
         one :class:`Translation` each, in input order.
@@ -395,9 +464,15 @@ class Translator:
         CPU, ``settings.batch_tokens`` (:func:`nmt.inference.search.decode_ids`; sentences
         already within those limits are one batch). ``progress`` shows a tqdm bar on stderr.
         ``interrupt()`` is called after each batch; what it raises ends the call (the
-        trainer's validation stops so on a preemption signal).
+        trainer's validation stops so on a preemption signal). ``constraints[i]``: the phrases
+        (text, from :meth:`constraints_for`) sentence i's output must contain; they are decoded
+        by the constrained search (:mod:`nmt.inference.constraints`).
         """
         encoded = [list(ids) for ids in encoded]
+        if constraints is not None and len(constraints) != len(encoded):
+            raise NMTError(f"constraints: {len(constraints)} lists for {len(encoded)} sentences")
+        phrase_ids = self.encode_constraints(constraints) if constraints is not None else None
+        producible = [[p for p in ps if p] for ps in phrase_ids] if phrase_ids else None
         bar = None
         if progress:
             from tqdm import tqdm
@@ -412,14 +487,46 @@ class Translator:
 
         try:
             nbest_lists = decode_ids(
-                self.model, encoded, self.settings, self.device, after_batch, self.precision
+                self.model,
+                encoded,
+                self.settings,
+                self.device,
+                after_batch,
+                self.precision,
+                constraints=producible,
             )
         finally:
             if bar is not None:
                 bar.close()
-        return [
+        translations = [
             self._translation(ids, nbest) for ids, nbest in zip(encoded, nbest_lists, strict=True)
         ]
+        if constraints is None or phrase_ids is None:
+            return translations
+        return [
+            self._constrained(t, list(texts), ids)
+            for t, texts, ids in zip(translations, constraints, phrase_ids, strict=True)
+        ]
+
+    @staticmethod
+    def _constrained(
+        translation: Translation, texts: list[str], phrase_ids: list[list[int]]
+    ) -> Translation:
+        """``translation`` with what every n-best entry met and missed of ``texts`` (a phrase
+        that encoded to ``[]`` is missed by every output)."""
+
+        def marked(t: Translation) -> Translation:
+            missing = set(missing_phrases(t.token_ids, phrase_ids))
+            missing |= {c for c, ids in enumerate(phrase_ids) if not ids}
+            return replace(
+                t,
+                constraints=texts,
+                missing_constraints=[text for c, text in enumerate(texts) if c in missing],
+                constrained_tokens=phrase_positions(t.token_ids, [p for p in phrase_ids if p]),
+            )
+
+        options = [marked(t) for t in translation.nbest]
+        return replace(options[0], nbest=options)
 
     def translate_text(self, sentences: Sequence[str], progress: bool = False) -> list[str]:
         """Only the best translation's text of each sentence."""

@@ -79,7 +79,12 @@ EXPECTED = {
     "n_best": "an integer >= 1",
     "return_attention": "true or false",
     "return_tokens": "true or false",
+    "constraints": "Korean phrases the translation must contain: a list of strings for one "
+    "sentence, a list of such lists for a list of sentences",
+    "glossary": "true or false",
 }
+
+MAX_CONSTRAINTS = 32  # phrases per sentence a request may impose (the beam grows by one each)
 
 
 def validation_problem(err: RequestValidationError) -> HTTPProblem:
@@ -133,6 +138,16 @@ class TranslateRequest(BaseModel):
         False, description="attention weights (target + </s>) × (source + </s>), and the tokens"
     )
     return_tokens: bool = Field(False, description="the target and source subwords")
+    constraints: list | None = Field(
+        None,
+        description="Korean phrases the translation must contain (lexically constrained beam "
+        "search): a list of strings when `text` is one sentence, one such list per sentence "
+        "when it is a list",
+        examples=[["다른 이름으로 저장"]],
+    )
+    glossary: bool = Field(
+        True, description="apply the server's glossary (nmt-serve glossary=FILE), if it has one"
+    )
 
 
 class Hypothesis(BaseModel):
@@ -143,10 +158,19 @@ class Hypothesis(BaseModel):
     attention: list[list[float]] | None = Field(
         None, description="(tokens + </s>) × (source_tokens + </s>); with return_attention"
     )
+    missing_constraints: list[str] | None = Field(
+        None, description="the constraints this output does not contain (when it had any)"
+    )
+    constrained_tokens: list[int] | None = Field(
+        None, description="positions in `tokens` of the constraints met; with tokens"
+    )
 
 
 class TranslationOut(Hypothesis):
     source_tokens: list[str] | None = None
+    constraints: list[str] | None = Field(
+        None, description="the phrases imposed on this sentence: the request's and the glossary's"
+    )
     nbest: list[Hypothesis] | None = Field(
         None, description="best first; each with its own tokens and attention when asked"
     )
@@ -171,9 +195,15 @@ def translation_json(t: Translation, n_best: int, tokens: bool, attention: bool)
             out["tokens"] = h.tokens
         if attention:
             out["attention"] = h.attention.tolist()
+        if h.constraints:
+            out["missing_constraints"] = h.missing_constraints
+            if tokens or attention:
+                out["constrained_tokens"] = h.constrained_tokens
         return out
 
     out = hypothesis(t)
+    if t.constraints:
+        out["constraints"] = t.constraints
     if tokens or attention:
         out["source_tokens"] = t.source_tokens
     if n_best > 1:
@@ -348,7 +378,9 @@ def create_app(
         sentences = [body.text] if isinstance(body.text, str) else body.text
         _check_sentences(sentences, limits)
         settings = service.settings_for(body.beam_size, body.n_best)
+        requested = _check_constraints(body.constraints, body.text)
         prepared, encoded = service.encode(sentences)  # once: the queue and the decoder take these
+        constraints = service.constraints_for(prepared, requested, body.glossary)
         for i, ids in enumerate(encoded):
             if len(ids) > limits.max_sentence_tokens:
                 where = "text" if isinstance(body.text, str) else f"text[{i}]"
@@ -358,7 +390,7 @@ def create_app(
                     f"{limits.max_sentence_tokens}",
                     "text",
                 )
-        results, job = await service.translate(encoded, settings)
+        results, job = await service.translate(encoded, settings, constraints)
         results = service.restore(results, prepared)  # the protected markup back in the text
         done = time.perf_counter()
         start = job.started if job.started is not None else done
@@ -390,6 +422,42 @@ def _check_sentences(sentences: list[str], limits: ServeSettings) -> None:
             f"{limits.max_sentences_per_request}",
             "text",
         )
+
+
+def _check_constraints(constraints: list | None, text: str | list[str]) -> list[list[str]] | None:
+    """A request's ``constraints`` as one list of phrases per sentence; 422 naming the first
+    element that is not what :data:`EXPECTED` says."""
+    if constraints is None:
+        return None
+    one = isinstance(text, str)
+    per_sentence = [constraints] if one else constraints
+    if not one and len(constraints) != len(text):
+        raise HTTPProblem(
+            422,
+            f"constraints: expected one list of phrases per sentence of text ({len(text)}); "
+            f"got {len(constraints)}",
+            "constraints",
+        )
+    for i, phrases in enumerate(per_sentence):
+        where = "constraints" if one else f"constraints[{i}]"
+        if not isinstance(phrases, list):
+            raise HTTPProblem(
+                422, f"{where}: expected a list of Korean phrases; got {phrases!r}", "constraints"
+            )
+        if len(phrases) > MAX_CONSTRAINTS:
+            raise HTTPProblem(
+                422,
+                f"{where}: {len(phrases)} phrases, over the limit of {MAX_CONSTRAINTS}",
+                "constraints",
+            )
+        for j, phrase in enumerate(phrases):
+            if not isinstance(phrase, str) or not phrase.strip():
+                raise HTTPProblem(
+                    422,
+                    f"{where}[{j}]: expected a non-empty Korean phrase; got {phrase!r}",
+                    "constraints",
+                )
+    return per_sentence
 
 
 def _api_key_check(api_key: str | None) -> Callable:

@@ -89,6 +89,9 @@ class Job:
     encoded: list[list[int]]
     settings: SearchSettings
     future: asyncio.Future
+    constraints: list[list[str]] | None = (
+        None  # each sentence's phrases (Translator.constraints_for)
+    )
     arrived: float = field(default_factory=time.perf_counter)
     started: float | None = None  # its first sentences began decoding
     decode_s: float = 0.0  # the decoder calls that held its sentences
@@ -230,6 +233,21 @@ class TranslationService:
         prepared = self.base.prepare(sentences)
         return prepared, self.base.encode_prepared(prepared)
 
+    def constraints_for(
+        self,
+        prepared: list[Protected],
+        constraints: list[list[str]] | None,
+        glossary: bool = True,
+    ) -> list[list[str]] | None:
+        """The phrases each sentence's translation must contain: a request's ``constraints``
+        and, with ``glossary``, the server's glossary terms in its source
+        (:meth:`Translator.constraints_for`); 422 naming the bad phrase."""
+        translator = self.base if glossary else self.base.with_glossary(None)
+        try:
+            return translator.constraints_for(prepared, constraints)
+        except NMTError as err:
+            raise HTTPProblem(422, str(err), "constraints") from None
+
     def restore(
         self, translations: list[Translation], prepared: list[Protected]
     ) -> list[Translation]:
@@ -237,10 +255,15 @@ class TranslationService:
         return self.base.restore(translations, prepared)
 
     async def translate(
-        self, encoded: list[list[int]], settings: SearchSettings
+        self,
+        encoded: list[list[int]],
+        settings: SearchSettings,
+        constraints: list[list[str]] | None = None,
     ) -> tuple[list[Translation], Job]:
         """Queue the encoded sentences (:meth:`encode`) and wait for their batch; 503 when the
-        queue is full, 504 past ``timeout_s``, 500 when decoding raised."""
+        queue is full, 504 past ``timeout_s``, 500 when decoding raised. ``constraints``: each
+        sentence's phrases (:meth:`constraints_for`); they share batches with other requests'
+        sentences, constrained or not."""
         if not self.ready or self.draining:
             state = "shutting down" if self.draining else "warming up"
             raise HTTPProblem(
@@ -257,7 +280,7 @@ class TranslationService:
                 f"{self.limits.retry_after_s} s",
                 headers={"Retry-After": str(self.limits.retry_after_s)},
             )
-        job = Job(encoded, settings, asyncio.get_running_loop().create_future())
+        job = Job(encoded, settings, asyncio.get_running_loop().create_future(), constraints)
         self.pending.append(job)
         self.pending_sentences += len(encoded)
         self.stats.requests += 1
@@ -373,18 +396,26 @@ class TranslationService:
             self.translators[settings] = self.base.with_settings(**asdict(settings))
         return self.translators[settings]
 
-    def decode(self, settings: SearchSettings, encoded: list[list[int]]) -> list[Translation]:
+    def decode(
+        self,
+        settings: SearchSettings,
+        encoded: list[list[int]],
+        constraints: list[list[str]] | None = None,
+    ) -> list[Translation]:
         """Runs in the decoding thread: :meth:`Translator.translate_ids` of the chunk's source
-        ids under ``settings`` (a chunk the batcher took is within the settings' batch limits,
-        cut by the same rule: one decoder call)."""
-        return self._translator(settings).translate_ids(encoded)
+        ids (and their constraints) under ``settings`` (a chunk the batcher took is within the
+        settings' batch limits, cut by the same rule: one decoder call)."""
+        return self._translator(settings).translate_ids(encoded, constraints=constraints)
 
     def _timed_decode(
-        self, settings: SearchSettings, encoded: list[list[int]]
+        self,
+        settings: SearchSettings,
+        encoded: list[list[int]],
+        constraints: list[list[str]] | None,
     ) -> tuple[list[Translation], float]:
         """:meth:`decode`, and the CPU seconds the decoding thread spent on it."""
         start = time.thread_time()
-        results = self.decode(settings, encoded)
+        results = self.decode(settings, encoded, constraints)
         return results, time.thread_time() - start
 
     async def _decode(self, chunk: list[tuple[Job, int]]) -> None:
@@ -400,6 +431,7 @@ class TranslationService:
                 self._timed_decode,
                 jobs[0].settings,
                 [job.encoded[i] for job, i in chunk],
+                _chunk_constraints(chunk),
             )
         except Exception as err:  # the requests get 500; the server goes on
             self.stats.decode_errors += 1
@@ -423,3 +455,9 @@ class TranslationService:
             job.decode_s += elapsed
             if job.answered and not job.future.done():
                 job.future.set_result(job.results)
+
+
+def _chunk_constraints(chunk: list[tuple[Job, int]]) -> list[list[str]] | None:
+    """The phrases of a chunk's sentences, in its order; None when none of them has any."""
+    phrases = [job.constraints[i] if job.constraints else [] for job, i in chunk]
+    return phrases if any(phrases) else None

@@ -1,0 +1,125 @@
+"""Glossaries: English terms whose Korean translation is fixed, found in the source text.
+
+A glossary is a UTF-8 TSV file, one term per line::
+
+    # comments and blank lines are skipped
+    Save As<TAB>다른 이름으로 저장
+    Writer<TAB>Writer
+    keyword argument<TAB>키워드 인자
+
+Where a source sentence contains an English term, its Korean side becomes a constraint of that
+sentence's translation (:mod:`nmt.inference.constraints`). The rules of "contains":
+
+* **Word boundaries.** A term matches only as whole words: ``Save`` does not match in
+  ``Saved`` and ``As`` not in ``Ask`` (an end of the term that is a letter, digit or ``_`` may
+  not touch another one; ``.NET`` or ``C++`` match wherever their punctuation ends allow).
+* **Case.** A term written all in lower case matches in any case (``keyword argument`` matches
+  ``Keyword argument`` at a sentence's start); a term with a capital letter matches only as
+  written (``Save As`` is a menu item, ``save as`` in running text is not; ``Writer`` the
+  program, not ``writer``).
+* **Longest match, no overlaps.** The text is read left to right; at each position the longest
+  term that matches there wins, and the next match starts after it: with ``Save`` and
+  ``Save As``, "choose Save As" yields ``Save As`` only.
+* Each Korean term is imposed once per sentence, however often its English term occurs.
+
+Text is NFC-normalised with folded whitespace, as the corpus and the translator normalise it.
+Errors name the file and line: a line without exactly one tab, an empty side, or a term listed
+twice with different translations.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from nmt.core.errors import NMTError
+from nmt.data.corpus import normalize, read_text_lines
+
+
+@dataclass(frozen=True)
+class GlossaryMatch:
+    """One occurrence of a term in a text: ``text[start:end] `` matched ``term``."""
+
+    start: int
+    end: int
+    term: str
+    target: str
+
+
+class Glossary:
+    """English terms and their Korean translations; :meth:`find` them in a sentence."""
+
+    def __init__(self, entries: dict[str, str], source: str = "a glossary in memory"):
+        """``entries``: English term → Korean term (both non-empty)."""
+        self.source = source
+        self.entries = {normalize(term): normalize(target) for term, target in entries.items()}
+        for term, target in self.entries.items():
+            if not term or not target:
+                raise NMTError(f"{source}: empty term in {term!r} → {target!r}")
+        self._exact = {term for term in self.entries if term != term.lower()}
+        self._lower = {term.lower(): term for term in self.entries if term == term.lower()}
+        self._pattern = self._compile(self.entries)
+
+    @staticmethod
+    def _compile(entries: dict[str, str]) -> re.Pattern[str] | None:
+        """One alternation, longest term first, so the regex engine's leftmost-first choice is
+        the longest match at the leftmost position."""
+        if not entries:
+            return None
+        alternatives = []
+        for term in sorted(entries, key=lambda t: (-len(t), t)):
+            body = re.escape(term)
+            if term == term.lower():
+                body = f"(?i:{body})"
+            before = r"(?<!\w)" if re.match(r"\w", term[0]) else ""
+            after = r"(?!\w)" if re.match(r"\w", term[-1]) else ""
+            alternatives.append(f"{before}{body}{after}")
+        return re.compile("|".join(alternatives))
+
+    @classmethod
+    def read(cls, path: str | Path, field_name: str = "glossary") -> Glossary:
+        """A glossary file (the module docstring's format); errors name ``path:line``."""
+        entries: dict[str, str] = {}
+        first_line: dict[str, int] = {}
+        for number, line in enumerate(read_text_lines(path, field_name), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            columns = line.split("\t")
+            if len(columns) != 2:
+                raise NMTError(
+                    f"{path}:{number}: expected 'English term<TAB>Korean term' (one tab); got "
+                    f"{len(columns)} column{'s' if len(columns) != 1 else ''}: {line[:60]!r}"
+                )
+            term, target = (normalize(c) for c in columns)
+            if not term or not target:
+                side = "English" if not term else "Korean"
+                raise NMTError(f"{path}:{number}: the {side} term is empty: {line[:60]!r}")
+            if term in entries and entries[term] != target:
+                raise NMTError(
+                    f"{path}:{number}: {term!r} is listed twice with different translations: "
+                    f"{entries[term]!r} (line {first_line[term]}) and {target!r}"
+                )
+            entries[term] = target
+            first_line.setdefault(term, number)
+        if not entries:
+            raise NMTError(f"{field_name}={path}: no terms (expected 'English<TAB>Korean' lines)")
+        return cls(entries, str(path))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def find(self, text: str) -> list[GlossaryMatch]:
+        """The terms in ``text`` (already normalised), left to right, by the module's rules."""
+        if self._pattern is None:
+            return []
+        matches = []
+        for found in self._pattern.finditer(text):
+            term = found.group(0)
+            term = term if term in self.entries else self._lower[term.lower()]
+            matches.append(GlossaryMatch(found.start(), found.end(), term, self.entries[term]))
+        return matches
+
+    def targets(self, text: str) -> list[str]:
+        """The Korean terms ``text`` calls for, each once, in order of first occurrence."""
+        return list(dict.fromkeys(m.target for m in self.find(text)))

@@ -43,6 +43,7 @@ def main(cfg: DictConfig) -> None:
         device=config.device,
         progress=config.progress,
         ensemble=config.ensemble,
+        glossary=config.glossary,
     )
     size = Path(config.out).stat().st_size
     if payload["note"]:

@@ -394,3 +394,29 @@ def test_a_screenshot_of_the_compare_view(page, tmp_path):
     path = tmp_path / "compare.png"
     page.page.screenshot(path=str(path), full_page=True)
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and path.stat().st_size > 10_000
+
+
+def test_a_glossary_constrains_the_outputs_and_the_page_underlines_them(
+    browser, sweep, texts, tmp_path
+):
+    glossary = tmp_path / "terms.tsv"
+    glossary.write_text("file\t파일\nstation\t역\n", encoding="utf-8")
+    out = tmp_path / "glossary.html"
+    payload = explore(
+        [str(ckpts(sweep)[0])], texts[0], texts[1], out, search=PAGE_SEARCH, glossary=glossary
+    )
+    first, second, third = (s["outputs"][0]["nbest"][0] for s in payload["sentences"])
+    assert first["constraints"] == ["파일"] and second["constraints"] == ["역"]
+    assert "constraints" not in third
+    for hyp in (first, second):
+        assert hyp["missing_constraints"] == [] and hyp["constraints"][0] in hyp["text"]
+        assert hyp["constrained_tokens"]
+    tab = OfflinePage(browser, out)
+    try:
+        marked = tab.panel(0).locator(".row.tgt .tok.constrained")
+        shown = [int(i) for i in tab.attr(marked, "data-tgt-index")]
+        assert shown == first["constrained_tokens"]
+        line = tab.panel(0).locator("p.constraints .met").inner_text()
+        assert line.startswith("파일")
+    finally:
+        tab.close()

@@ -120,6 +120,7 @@ class ExploreConfig(DecodeCommand):
     bleu_tokenizer: str = setting(nonempty=True)
     title: str | None = setting()
     progress: bool = setting()
+    glossary: str | None = setting()  # a TSV of terms whose Korean side is imposed
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -68,6 +68,11 @@ const AttentionGrid = (() => {
       chip("", "src", sourceTokens.length, true));
     const tgt = el("div", { class: "row tgt", lang: "ko" }, el("span", { class: "label", text: "tgt" }),
       ...h.tokens.map((p, i) => chip(p, "tgt", i, false)));
+    // the subwords of a constraint the output met (a glossary term, a requested phrase)
+    for (const i of h.constrained_tokens || []) {
+      const node = tgt.querySelector(`[data-tgt-index="${i}"]`);
+      if (node) { node.classList.add("constrained"); node.title = "constraint"; }
+    }
     if (h.attention.length > h.tokens.length) tgt.append(chip("", "tgt", h.tokens.length, true));
     return [src, tgt];
   }

@@ -36,6 +36,7 @@ from nmt.core.errors import NMTError, str_list
 from nmt.core.io import write_text_atomic
 from nmt.core.run_dir import checkpoint_of, run_of_checkpoint
 from nmt.data.corpus import read_text_lines
+from nmt.data.glossary import Glossary
 from nmt.evaluation.attention_grid import inline_attention_grid, json_for_script, read_asset
 from nmt.evaluation.metrics import SentenceScorer, score_corpus
 from nmt.evaluation.sweep import find_sweep_runs
@@ -217,6 +218,10 @@ def hypothesis_entry(
         "diagonal_mass": _number(hyp.diagonal_mass),
         "coverage_deviation": _number(hyp.coverage_deviation),
     }
+    if hyp.constraints:  # the phrases imposed, those missed, and the subwords of those met
+        entry["constraints"] = list(hyp.constraints)
+        entry["missing_constraints"] = list(hyp.missing_constraints)
+        entry["constrained_tokens"] = list(hyp.constrained_tokens)
     if reference is not None and scorer is not None:
         entry.update({k: _number(v) for k, v in scorer(hyp.text, reference).items()})
     return entry
@@ -316,9 +321,12 @@ def explore(
     device: str = "auto",
     progress: bool = False,
     ensemble: EnsembleSettings | None = None,
+    glossary: str | Path | None = None,
 ) -> dict[str, Any]:
     """Translate, build the payload and write the page to ``out_path``; return the payload.
-    ``ensemble``: how an inner list of ``ckpt`` is combined (the default: mean log-probability)."""
+    ``ensemble``: how an inner list of ``ckpt`` is combined (the default: mean log-probability).
+    ``glossary``: a glossary file whose terms constrain every model's outputs; the page marks
+    the constrained subwords and lists the phrases each output met and missed."""
     out_path = Path(out_path)
     if out_path.is_dir():
         raise NMTError(f"out={out_path}: a directory; expected the HTML file to write")
@@ -327,6 +335,9 @@ def explore(
     sentences, total = read_sentences(input_path, ref_path, max_sentences)
     models = resolve_checkpoints(ckpt)
     translators = load_translators(models, device, search or {}, n_best, ensemble)
+    if glossary is not None:
+        terms = Glossary.read(glossary)
+        translators = [t.with_glossary(terms) for t in translators]
     texts = [s.text for s in sentences]
     results = [t.translate(texts, progress=progress) for t in translators]
     note = None

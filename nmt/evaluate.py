@@ -65,6 +65,7 @@ def main(cfg: DictConfig) -> None:
             config.device,
             config.ensemble,
             config.markup,
+            config.glossary,
             split=config.split,
             src_path=config.src,
             ref_path=None if config.ref is None else _one_ref(config.ref),

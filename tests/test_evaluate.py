@@ -123,6 +123,7 @@ def test_checkpoint_mode_decodes_then_scores(tiny_prepared, tmp_path):
         info = types.SimpleNamespace(source="best.pt", config=train_cfg)
         settings = SearchSettings(name="greedy", beam_size=1)
         markup = False
+        glossary = None
 
         def translate(self, lines, progress=False):
             calls.append(list(lines))
@@ -168,3 +169,30 @@ def test_checkpoint_mode_decodes_then_scores(tiny_prepared, tmp_path):
     translator.info = types.SimpleNamespace(source="best.pt", config=no_test)
     with pytest.raises(NMTError, match="no test split"):
         evaluate_translator(translator, split="test")
+
+
+def test_checkpoint_mode_with_a_glossary_counts_the_terms_met(tiny_checkpoint, tmp_path):
+    from nmt.evaluation.testset import evaluate_checkpoint, format_report
+
+    (tmp_path / "terms.tsv").write_text("file\t파일\nstation\t역\n", encoding="utf-8")
+    sources = ["Open the file.", "The station is closed.", "Hello.", "Close the file."]
+    (tmp_path / "src.en").write_text("\n".join(sources) + "\n", encoding="utf-8")
+    (tmp_path / "ref.ko").write_text(
+        "파일을 엽니다.\n역은 닫혔다.\n안녕.\n파일을 닫습니다.\n", "utf-8"
+    )
+    report = evaluate_checkpoint(
+        tiny_checkpoint,
+        {"name": "greedy"},
+        "cpu",
+        glossary=tmp_path / "terms.tsv",
+        src_path=tmp_path / "src.en",
+        ref_path=tmp_path / "ref.ko",
+        out_path=tmp_path / "hyp.ko",
+    )
+    used = report["systems"][0]["glossary"]
+    assert (used["sentences"], used["constraints"], used["met"], used["missed"]) == (3, 3, 3, [])
+    hypotheses = read_text_lines(tmp_path / "hyp.ko", "hyp")
+    assert "파일" in hypotheses[0] and "역" in hypotheses[1] and "파일" in hypotheses[3]
+    assert f"glossary {tmp_path / 'terms.tsv'}: 3 of 3 terms met in 3 sentences" in format_report(
+        report
+    )

@@ -79,6 +79,7 @@ class EvaluateConfig(DecodeCommand):
     tokenizers: str | list[str] = setting(nonempty=True)
     record: bool = setting()
     markup: bool = setting()  # ckpt mode: protect inline markup (nmt.data.markup)
+    glossary: str | None = setting()  # ckpt mode: a TSV of terms whose Korean side is imposed
 
 
 @dataclass(frozen=True, kw_only=True)

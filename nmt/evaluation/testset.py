@@ -47,7 +47,7 @@ from nmt.models.checkpoint import load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from nmt.inference.ensemble import EnsembleSettings
-    from nmt.inference.translator import Translator
+    from nmt.inference.translator import Translation, Translator
 
 
 def _to_stderr(line: str) -> None:
@@ -101,17 +101,20 @@ def evaluate_checkpoint(
     device: str = "auto",
     ensemble: EnsembleSettings | None = None,
     markup: bool = False,
+    glossary: str | Path | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Load ``ckpt_path`` (its search settings with the ``search`` overrides, plain keys and
     values; a list of paths: their ensemble, combined as ``ensemble`` says) and
     :func:`evaluate_translator` it, protecting inline markup with ``markup``
-    (:meth:`~nmt.inference.translator.Translator.with_markup`); ``kwargs`` as there."""
+    (:meth:`~nmt.inference.translator.Translator.with_markup`) and constraining the outputs to
+    ``glossary``'s terms (:meth:`~nmt.inference.translator.Translator.with_glossary`);
+    ``kwargs`` as there."""
     from nmt.inference.translator import Translator
 
     paths = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
     translator = Translator.from_checkpoints(paths, device, ensemble=ensemble, **(search or {}))
-    translator = translator.with_markup(markup)
+    translator = translator.with_markup(markup).with_glossary(glossary)
     return evaluate_translator(translator, **kwargs)
 
 
@@ -164,7 +167,27 @@ def evaluate_translator(
     system["decoding"] = translator.decoding_summary()  # the precision beside the signatures
     system["search"] = asdict(translator.settings)
     system["markup"] = translator.markup  # spans masked and put back, or translated as text
+    if translator.glossary is not None:
+        system["glossary"] = glossary_summary(translator.glossary.source, translations)
     return {"ref": ref_name, "src": src_name, "ckpt": name, "split": split, "systems": [system]}
+
+
+def glossary_summary(source: str, translations: Sequence[Translation]) -> dict[str, Any]:
+    """What a glossary did to a test set: the phrases imposed and met, the sentences with any,
+    and each miss (line number, 1-based, and phrase)."""
+    imposed = sum(len(t.constraints) for t in translations)
+    misses = [
+        {"line": i + 1, "phrase": phrase}
+        for i, t in enumerate(translations)
+        for phrase in t.missing_constraints
+    ]
+    return {
+        "file": source,
+        "sentences": sum(1 for t in translations if t.constraints),
+        "constraints": imposed,
+        "met": imposed - len(misses),
+        "missed": misses,
+    }
 
 
 def record_test_scores(ckpt_path: str | Path, report: dict[str, Any]) -> str:
@@ -177,6 +200,8 @@ def record_test_scores(ckpt_path: str | Path, report: dict[str, Any]) -> str:
     headline = Headline.of(scores)
     beam = f"beam{search['beam_size']}" if search["name"] == "beam" else "greedy"
     key = f"{report['split']} {beam}" + ("" if system["markup"] else " markup=off")
+    if "glossary" in system:
+        key += f" glossary={Path(system['glossary']['file']).name}"
     entry = {
         "bleu": headline.bleu,
         "chrf": scores["chrf"]["score"],
@@ -206,5 +231,11 @@ def format_report(report: dict[str, Any]) -> str:
             )
             if "markup" in system:
                 heading += "; markup " + ("protected" if system["markup"] else "translated as text")
+            if "glossary" in system:
+                used = system["glossary"]
+                heading += (
+                    f"\nglossary {used['file']}: {used['met']} of {used['constraints']} terms met "
+                    f"in {used['sentences']} sentences"
+                )
         blocks.append(heading + "\n" + format_table(system["scores"], system["degeneracy"]))
     return "\n\n".join(blocks)

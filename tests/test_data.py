@@ -265,6 +265,7 @@ def test_fingerprint_follows_inputs_and_settings_but_not_batching(tiny_tsv_corpu
     assert changed("data.batching.max_tokens", 123) == key
     assert changed("data.clean.max_len", 50) != key
     assert changed("data.vocab.model_type", "bpe") != key
+    assert changed("data.mask_markup", True) != key
     stat = c.valid.stat()
     os.utime(c.valid, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert fingerprint(as_settings(DataSettings, cfg.data)) == key  # touched, same bytes
@@ -274,6 +275,23 @@ def test_fingerprint_follows_inputs_and_settings_but_not_batching(tiny_tsv_corpu
     with open(c.valid, "a", encoding="utf-8") as f:
         f.write("one more\t한 줄 더\n")
     assert fingerprint(as_settings(DataSettings, cfg.data)) != key
+
+
+def test_mask_markup_masks_what_the_model_learns_from_not_the_references(tiny_tsv_corpus, tmp_path):
+    from nmt.data.markup import find_spans, mask_pair
+
+    cfg = tiny_tsv_corpus.cfg("data.mask_markup=true", out_dir=tmp_path / "masked")
+    data = prepare(as_settings(DataSettings, cfg.data), seed=1, log=lambda _: None)
+    raw_train = read_tsv(tiny_tsv_corpus.train)
+    assert any(find_spans(s) for s, _ in raw_train)  # the guard: the slice has markup
+    train = data.splits["train"]  # masked, as trained on (after cleaning)
+    masked_train = {mask_pair(normalize(s), normalize(t)) for s, t in raw_train}
+    assert set(zip(train.src_text, train.tgt_text, strict=True)) <= masked_train
+    assert any("ZZ1" in s for s in train.src_text) and any("ZZ1" in t for t in train.tgt_text)
+    valid = data.splits["valid"]
+    assert valid.src_text == [normalize(s) for s, _ in read_tsv(tiny_tsv_corpus.valid)]  # raw
+    masked = [mask_pair(s, t) for s, t in zip(valid.src_text, valid.tgt_text, strict=True)]
+    assert [ids[:-1] for ids in valid.src_ids] == data.src_vocab.encode([s for s, _ in masked])
 
 
 class Interrupted(Exception):

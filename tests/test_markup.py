@@ -9,7 +9,14 @@ import pytest
 import torch
 from conftest import quote, run_main
 
-from nmt.data.markup import Protected, count_kept, find_spans, protect, restore_spans
+from nmt.data.markup import (
+    Protected,
+    count_kept,
+    find_spans,
+    mask_pair,
+    protect,
+    restore_spans,
+)
 
 # one sentence per kind of span, and the spans it must yield
 SPANS = {
@@ -100,6 +107,18 @@ def test_stray_placeholders_are_removed_and_unknown_numbers_too():
 def test_the_placeholder_letter_is_one_the_sentence_lacks():
     protected = protect("ZZ Top plays ``x``")
     assert protected.stem == "QQ" and protected.masked == "ZZ Top plays QQ1"
+
+
+def test_a_training_pair_is_masked_on_both_sides():
+    source = "Call :func:`open` with ``mode`` and see :ref:`the guide <io-guide>` or %s."
+    target = "``mode``와 함께 :func:`open`을 호출하고 :ref:`안내서 <io-guide>`를 보세요."
+    masked_source, masked_target = mask_pair(source, target)
+    assert masked_source == "Call ZZ1 with ZZ2 and see ZZ3 or ZZ4."
+    # the labelled role matched with its translated shown text; %s is not in the target
+    assert masked_target == "ZZ2와 함께 ZZ1을 호출하고 ZZ3를 보세요."
+    # a letter that either side holds is not the stem; a pair without markup is unchanged
+    assert mask_pair("Zoom to %d.", "Zoom %d")[0] == "Zoom to QQ1."
+    assert mask_pair("No markup.", "마크업 없음.") == ("No markup.", "마크업 없음.")
 
 
 def test_kept_spans_are_counted_by_the_references_rule():

@@ -36,6 +36,9 @@ from pathlib import Path
 from nmt.core.errors import NMTError
 from nmt.data.corpus import normalize, read_text_lines
 
+TOKEN = re.compile(r"\w+|[^\w\s]")  # where a term may start: a word, or one other character
+WORD = re.compile(r"\w")
+
 
 @dataclass(frozen=True)
 class GlossaryMatch:
@@ -57,25 +60,12 @@ class Glossary:
         for term, target in self.entries.items():
             if not term or not target:
                 raise NMTError(f"{source}: empty term in {term!r} → {target!r}")
-        self._exact = {term for term in self.entries if term != term.lower()}
-        self._lower = {term.lower(): term for term in self.entries if term == term.lower()}
-        self._pattern = self._compile(self.entries)
-
-    @staticmethod
-    def _compile(entries: dict[str, str]) -> re.Pattern[str] | None:
-        """One alternation, longest term first, so the regex engine's leftmost-first choice is
-        the longest match at the leftmost position."""
-        if not entries:
-            return None
-        alternatives = []
-        for term in sorted(entries, key=lambda t: (-len(t), t)):
-            body = re.escape(term)
-            if term == term.lower():
-                body = f"(?i:{body})"
-            before = r"(?<!\w)" if re.match(r"\w", term[0]) else ""
-            after = r"(?!\w)" if re.match(r"\w", term[-1]) else ""
-            alternatives.append(f"{before}{body}{after}")
-        return re.compile("|".join(alternatives))
+        # first token (lower-cased) → the terms that start with it, longest first
+        self._by_first: dict[str, list[str]] = {}
+        for term in sorted(self.entries, key=lambda t: (-len(t), t)):
+            first = TOKEN.match(term)
+            assert first is not None  # a non-empty normalised term starts with a token
+            self._by_first.setdefault(first.group().lower(), []).append(term)
 
     @classmethod
     def read(cls, path: str | Path, field_name: str = "glossary") -> Glossary:
@@ -110,14 +100,28 @@ class Glossary:
         return len(self.entries)
 
     def find(self, text: str) -> list[GlossaryMatch]:
-        """The terms in ``text`` (already normalised), left to right, by the module's rules."""
-        if self._pattern is None:
-            return []
-        matches = []
-        for found in self._pattern.finditer(text):
-            term = found.group(0)
-            term = term if term in self.entries else self._lower[term.lower()]
-            matches.append(GlossaryMatch(found.start(), found.end(), term, self.entries[term]))
+        """The terms in ``text`` (already normalised), left to right, by the module's rules.
+
+        Only token starts are tried (a run of letters, digits and ``_``, or one other non-space
+        character), each against the terms that begin with that token, longest first: the cost
+        grows with the text, not with the glossary's size.
+        """
+        matches: list[GlossaryMatch] = []
+        resume = 0  # matches do not overlap
+        for token in TOKEN.finditer(text):
+            start = token.start()
+            if start < resume:
+                continue
+            for term in self._by_first.get(token.group().lower(), ()):
+                end = start + len(term)
+                candidate = text[start:end]
+                if candidate != term and (term != term.lower() or candidate.lower() != term):
+                    continue
+                if WORD.match(term[-1]) and end < len(text) and WORD.match(text[end]):
+                    continue  # the term would end inside a word
+                matches.append(GlossaryMatch(start, end, term, self.entries[term]))
+                resume = end
+                break
         return matches
 
     def targets(self, text: str) -> list[str]:

@@ -67,9 +67,15 @@ class Protected:
         return f"{self.stem}{i + 1}"
 
 
-def protect(text: str) -> Protected:
-    """``text`` with each span replaced by its placeholder (unchanged when it has none)."""
-    stem = next((s for s in PLACEHOLDER_STEMS if s[0] not in text), PLACEHOLDER_STEMS[0])
+def placeholder_stem(text: str) -> str:
+    """The first of :data:`PLACEHOLDER_STEMS` whose letter ``text`` lacks."""
+    return next((s for s in PLACEHOLDER_STEMS if s[0] not in text), PLACEHOLDER_STEMS[0])
+
+
+def protect(text: str, stem: str | None = None) -> Protected:
+    """``text`` with each span replaced by its placeholder (unchanged when it has none);
+    ``stem`` by default :func:`placeholder_stem`'s."""
+    stem = stem or placeholder_stem(text)
     spans: list[str] = []
 
     def mask(match: re.Match) -> str:
@@ -79,6 +85,27 @@ def protect(text: str) -> Protected:
         return f"{stem}{len(spans)}"
 
     return Protected(SPAN.sub(mask, text), tuple(spans), stem)
+
+
+def mask_pair(source: str, target: str) -> tuple[str, str]:
+    """A training pair with the source's spans masked on both sides (``data.mask_markup``).
+
+    Each span of ``source`` becomes its placeholder there and, at its first occurrence, in
+    ``target`` too (a labelled role in the target with any shown text, as :func:`count_kept`
+    accepts it), so a model trained on the pairs learns to copy placeholders. A span the target
+    lacks stays masked in the source only; spans only the target has stay as they are.
+    """
+    stem = placeholder_stem(source + target)
+    protected = protect(source, stem)
+    for i, span in enumerate(protected.spans):
+        labelled = LABELLED_ROLE.fullmatch(span)
+        pattern = (
+            re.escape(labelled.group(1)) + r"[^`\n]*?" + re.escape(labelled.group(2))
+            if labelled
+            else re.escape(span)
+        )
+        target = re.sub(pattern, protected.placeholder(i), target, count=1)
+    return protected.masked, target
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from nmt.data.corpus import (
     read_aligned,
     read_tsv,
 )
+from nmt.data.markup import mask_pair
 from nmt.data.recipes import run_recipe
 from nmt.data.vocab import Vocab, VocabSettings, train_sentencepiece
 
@@ -68,6 +69,8 @@ class DataSettings:
     vocab: VocabSettings = setting()
     clean: CleanSettings = setting()
     batching: BatchingSettings = setting()
+    # mask inline markup in the pairs the model learns from (nmt.data.markup.mask_pair)
+    mask_markup: bool = setting(default=False)
 
 
 @dataclass
@@ -183,6 +186,8 @@ def fingerprint(data: DataSettings) -> str:
     settings = asdict(data)
     for key in ("out_dir", "batching", "root"):
         settings.pop(key, None)
+    if not data.mask_markup:  # data prepared before the option existed keeps its fingerprint
+        settings.pop("mask_markup")
     inputs = []
     if data.format == "recipe":
         inputs = [data.mirror]
@@ -263,8 +268,12 @@ def _train_vocabs(
 
 
 def _encode(
-    pairs: list[Pair], src_vocab: Vocab, tgt_vocab: Vocab
+    pairs: list[Pair], src_vocab: Vocab, tgt_vocab: Vocab, mask_markup: bool = False
 ) -> tuple[list[list[int]], list[list[int]]]:
+    """The ids of both sides; with ``mask_markup`` those of the masked pairs (the text files
+    keep the references as they are: what is scored)."""
+    if mask_markup:
+        pairs = [mask_pair(s, t) for s, t in pairs]
     src = src_vocab.encode([s for s, _ in pairs])
     tgt = tgt_vocab.encode([t for _, t in pairs])
     return src, tgt
@@ -278,6 +287,9 @@ def _build(data: DataSettings, out_dir: Path, seed: int, log: Callable[[str], No
         raise NMTError(
             f"data.train: no usable sentence pairs left after cleaning ({report.total} read)"
         )
+    if data.mask_markup:  # the model and its vocabularies learn from the masked pairs
+        train = [mask_pair(s, t) for s, t in train]
+        log("train: inline markup masked on both sides (data.mask_markup)")
     log(
         f"training SentencePiece ({data.vocab.model_type}, joint={data.vocab.joint}) on {len(train):,} pairs"
     )
@@ -296,7 +308,7 @@ def _build(data: DataSettings, out_dir: Path, seed: int, log: Callable[[str], No
         empty = sum(1 for s, t in pairs if not s or not t)
         if empty:
             log(f"warning: {name} has {empty} pairs with an empty side; they are kept and scored")
-        splits[name] = (pairs, *_encode(pairs, src_vocab, tgt_vocab))
+        splits[name] = (pairs, *_encode(pairs, src_vocab, tgt_vocab, data.mask_markup))
 
     for name, (pairs, src, tgt) in splits.items():
         packed = {

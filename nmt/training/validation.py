@@ -144,6 +144,8 @@ class Validator:
         self.writer = EventsWriter(run_dir / TENSORBOARD, purge_step)
         self.history_path = run_dir / VALIDATIONS
         self.settings = self.validation.search
+        # a model trained on masked markup sees masked markup in validation too
+        self.mask_markup = config.data.mask_markup
         self.signatures: dict[str, str] = {}  # sacrebleu's, of the last validation's BLEU and chrF
 
     # ------------------------------------------------------------------ training scalars
@@ -176,7 +178,9 @@ class Validator:
         model.eval()
         try:
             loss = self.valid_loss(model, interrupt)
-            translator = Translator(model, self.data.src_vocab, self.data.tgt_vocab, self.settings)
+            translator = Translator(
+                model, self.data.src_vocab, self.data.tgt_vocab, self.settings
+            ).with_markup(self.mask_markup)
             # a second bar, while it runs
             best = translator.translate(self.src_lines, progress=True, interrupt=interrupt)
         finally:

@@ -88,3 +88,26 @@ def test_a_missing_or_binary_glossary_file_is_one_line(tmp_path):
     (tmp_path / "bin.tsv").write_bytes(b"Save\t\xff\xfe\n")
     with pytest.raises(NMTError, match="bin.tsv:1"):
         Glossary.read(tmp_path / "bin.tsv")
+
+
+def test_a_term_in_a_labelled_roles_shown_text_is_translated_there(glossary):
+    assert glossary.translate_shown_text(":ref:`Save As <save-as>`") == (
+        ":ref:`다른 이름으로 저장 <save-as>`"
+    )
+    shown = glossary.translate_shown_text(":ref:`Use Save, then keyword argument <k>`")
+    assert shown == ":ref:`Use 저장, then 키워드 인자 <k>`"
+    # an unlabelled role, a literal, a URL: byte-identical
+    for span in (":ref:`save-as`", "``Save As``", ":func:`Save`", "https://x.org/Save"):
+        assert glossary.translate_shown_text(span) == span
+
+
+def test_the_translator_applies_it_to_protected_spans(tiny_checkpoint):
+    from nmt.inference.translator import Translator
+
+    translator = Translator.from_checkpoint(tiny_checkpoint, device="cpu", name="greedy")
+    text = "See :ref:`Save As <save-as>` and ``Save As``."
+    [plain] = translator.with_markup(True).translate([text])
+    [termed] = translator.with_markup(True).with_glossary(Glossary(TERMS)).translate([text])
+    assert ":ref:`Save As <save-as>`" in plain.text
+    assert ":ref:`다른 이름으로 저장 <save-as>`" in termed.text and "``Save As``" in termed.text
+    assert termed.constraints == []  # the masked text holds no term: nothing was imposed

@@ -21,6 +21,10 @@ sentence's translation (:mod:`nmt.inference.constraints`). The rules of "contain
   term that matches there wins, and the next match starts after it: with ``Save`` and
   ``Save As``, "choose Save As" yields ``Save As`` only.
 * Each Korean term is imposed once per sentence, however often its English term occurs.
+* Terms inside protected markup (:mod:`nmt.data.markup`) are not imposed: the span comes back
+  byte-identical. A labelled role's shown text is the exception, since it may be translated:
+  ``:ref:`Save As <save-as>``` comes back as ``:ref:`다른 이름으로 저장 <save-as>```
+  (:meth:`Glossary.translate_shown_text`).
 
 Text is NFC-normalised with folded whitespace, as the corpus and the translator normalise it.
 Errors name the file and line: a line without exactly one tab, an empty side, or a term listed
@@ -35,6 +39,7 @@ from pathlib import Path
 
 from nmt.core.errors import NMTError
 from nmt.data.corpus import normalize, read_text_lines
+from nmt.data.markup import LABELLED_ROLE
 
 TOKEN = re.compile(r"\w+|[^\w\s]")  # where a term may start: a word, or one other character
 WORD = re.compile(r"\w")
@@ -123,6 +128,19 @@ class Glossary:
                 resume = end
                 break
         return matches
+
+    def translate_shown_text(self, span: str) -> str:
+        """A labelled reStructuredText role (``:ref:`Save As <save-as>```) with the glossary's
+        terms in its shown text replaced by their Korean sides; any other span as it is. The
+        role and its target stay: a shown text may be translated (:mod:`nmt.data.markup`)."""
+        labelled = LABELLED_ROLE.fullmatch(span)
+        if labelled is None:
+            return span
+        head, tail = labelled.group(1), labelled.group(2)
+        shown = span[len(head) : len(span) - len(tail)]
+        for match in reversed(self.find(shown)):
+            shown = shown[: match.start] + match.target + shown[match.end :]
+        return head + shown + tail
 
     def targets(self, text: str) -> list[str]:
         """The Korean terms ``text`` calls for, each once, in order of first occurrence."""

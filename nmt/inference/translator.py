@@ -381,13 +381,20 @@ class Translator:
 
     def prepare(self, sentences: Sequence[str]) -> list[Protected]:
         """Each sentence normalised as the corpus is (NFC, whitespace folded) and, with
-        :attr:`markup`, its spans masked (:func:`nmt.data.markup.protect`)."""
+        :attr:`markup`, its spans masked (:func:`nmt.data.markup.protect`); with a
+        :attr:`glossary` too, its terms in a labelled role's shown text translated
+        (:meth:`~nmt.data.glossary.Glossary.translate_shown_text`)."""
         if isinstance(sentences, str):
             raise TypeError("prepare() takes a sequence of sentences; wrap one in a list")
         normalized = [normalize(s) for s in sentences]
         if not self.markup:
             return [Protected(text, (), "") for text in normalized]
-        return [protect(text) for text in normalized]
+        protected = [protect(text) for text in normalized]
+        if self.glossary is None:
+            return protected
+        # a glossary term in a labelled role's shown text is translated there
+        shown = self.glossary.translate_shown_text
+        return [replace(p, spans=tuple(shown(span) for span in p.spans)) for p in protected]
 
     def encode(self, sentences: Sequence[str]) -> list[list[int]]:
         """The source subword ids of each sentence, as the model sees them (without ``</s>``):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import time
 from collections import Counter, defaultdict
@@ -54,6 +55,7 @@ _FUNCTION_WORDS = (
 )
 FUNCTION_WORDS = frozenset(_FUNCTION_WORDS.split())  # a term may not start or end with one
 HANGUL = re.compile(r"[\uac00-\ud7a3]")
+MARKUP = re.compile(r"[`:<>{}%/]")  # a word with these may be (part of) a markup span
 
 
 def ui_shaped(english: str) -> bool:
@@ -165,6 +167,63 @@ def build_ui_glossary(
     return dict(sorted(agreed.items()))
 
 
+def gold_phrases(references: Sequence[str], per_sentence: int, seed: int) -> list[list[str]]:
+    """``per_sentence`` words of each reference, chosen at random (``seed``): whole words with
+    Hangul, 2+ characters, no markup, trailing punctuation cut. What a perfect glossary would
+    impose: the test of the search's satisfaction rate and speed at scale (Post & Vilar's
+    experiment with reference phrases)."""
+    rng = random.Random(seed)
+    phrases = []
+    for reference in references:
+        words = {w.strip(".,;:!?()\"'") for w in reference.split()}
+        words = sorted(
+            w for w in words if HANGUL.search(w) and len(w) >= 2 and not MARKUP.search(w)
+        )
+        phrases.append(rng.sample(words, min(per_sentence, len(words))))
+    return phrases
+
+
+def gold_run(
+    base: Translator, sources: list[str], references: list[str], per_sentence: int
+) -> dict[str, object]:
+    """Decode ``sources`` without and with :func:`gold_phrases` (one after the other): the
+    phrases met, BLEU/chrF and sentences/s of each."""
+    phrases = gold_phrases(references, per_sentence, seed=1)
+    before, before_speed = timed(base, sources)
+    start = time.perf_counter()
+    after = base.translate(sources, constraints=phrases)
+    after_speed = len(sources) / (time.perf_counter() - start)
+    imposed = sum(len(p) for p in phrases)
+    missing = sum(len(t.missing_constraints) for t in after)
+    in_text = sum(p in t.text for t, ps in zip(after, phrases, strict=True) for p in ps)
+    in_text_before = sum(p in t.text for t, ps in zip(before, phrases, strict=True) for p in ps)
+    return {
+        "per_sentence": per_sentence,
+        "imposed": imposed,
+        "in_output_before": in_text_before,
+        "met_after": imposed - missing,
+        "in_text_after": in_text,
+        "before": scores([t.text for t in before], references),
+        "after": scores([t.text for t in after], references),
+        "sentences_per_s_before": before_speed,
+        "sentences_per_s_after": after_speed,
+        "misses": [
+            {"sentence": i, "phrase": p, "why": why_missed(base, t, p)}
+            for i, t in enumerate(after)
+            for p in t.missing_constraints
+        ],
+    }
+
+
+def why_missed(translator: Translator, translation: Translation, phrase: str) -> str:
+    """Why the search did not fit ``phrase`` into ``translation``."""
+    if translator.encode_constraints([[phrase]]) == [[[]]]:
+        return "a character the target vocabulary lacks (<unk>): no output can hold it"
+    if translation.hit_max_len:
+        return "the length limit came first"
+    return "outscored: no hypothesis that held it survived"
+
+
 def write_glossary(entries: dict[str, str], path: Path, header: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# {header}"] + [f"{term}\t{korean}" for term, korean in sorted(entries.items())]
@@ -210,6 +269,9 @@ def main() -> None:
     parser.add_argument("--min-help-occurrences", type=int, default=3)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument(
+        "--gold", type=int, default=0, help="also impose N random words of each reference"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -279,7 +341,7 @@ def main() -> None:
         if korean not in t.constraints:
             why = "not imposed (the English term is inside protected markup)"
         elif korean in t.missing_constraints:
-            why = "not fitted by the search (in missing_constraints)"
+            why = why_missed(glossed, t, korean)
         else:
             why = "in the output's subwords, but the text differs"
         misses.append({"sentence": i, "term": korean, "english": found[i][korean], "why": why,
@@ -344,8 +406,25 @@ def main() -> None:
                 f"  [{i}] {k}; reference: {references[i][:80]}; after: {runs['after'][i].text[:80]}"
             )
 
+    gold = None
+    if args.gold:
+        gold = gold_run(base, sources, references, args.gold)
+        b, a = gold["before"], gold["after"]
+        print(
+            f"\ngold: {args.gold} random reference word(s) per sentence, {gold['imposed']} in all: "
+            f"in the output before {gold['in_output_before']} "
+            f"({100 * gold['in_output_before'] / gold['imposed']:.1f}%), met after "
+            f"{gold['met_after']} ({100 * gold['met_after'] / gold['imposed']:.2f}%; in the text "
+            f"{gold['in_text_after']}); BLEU / chrF {pair(b)} → {pair(a)}; sentences/s "
+            f"{gold['sentences_per_s_before']:.1f} → {gold['sentences_per_s_after']:.1f} "
+            f"({gold['sentences_per_s_after'] / gold['sentences_per_s_before']:.2f}×)"
+        )
+        for why, n in Counter(m["why"] for m in gold["misses"]).most_common():
+            print(f"  missed, {why}: {n}")
+
     if args.json:
         report = {
+            "gold": gold,
             "ckpt": args.ckpt, "train": str(args.train), "test": str(args.test),
             "limit": args.limit, "beam": args.beam, "markup": True,
             "glossary": {"path": str(args.glossary_out), "terms": len(entries),

@@ -184,3 +184,18 @@ def test_the_server_puts_the_spans_back(tiny_checkpoint):
     assert count_kept(text, first["text"]) == (3, 3)
     assert first["text"] == translator.translate([text])[0].text
     assert second["text"] == translator.translate(["plain"])[0].text
+
+
+def test_a_model_trained_on_masked_pairs_protects_markup_by_default(tiny_checkpoint):
+    from dataclasses import replace as copy_with
+
+    from nmt.inference.translator import ModelInfo, Translator
+
+    plain = Translator.from_checkpoint(tiny_checkpoint, device="cpu")
+    assert plain.markup is False  # trained on raw text: the API translates markup as text
+    config = {**plain.info.config, "data": {**plain.info.config["data"], "mask_markup": True}}
+    info = copy_with(plain.info, config=config)
+    masked = Translator(plain.model, plain.src_vocab, plain.tgt_vocab, plain.settings, info=info)
+    assert masked.markup is True
+    assert masked.with_markup(False).markup is False
+    assert isinstance(masked.info, ModelInfo)

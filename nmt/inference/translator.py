@@ -196,7 +196,9 @@ class Translator:
         self.settings = settings
         self.device = device if device is not None else next(model.parameters()).device
         self.info = info or ModelInfo(source="a model in memory", config={})
-        self.markup = False  # protect inline markup (nmt.data.markup); with_markup() sets it
+        # protect inline markup (nmt.data.markup): with_markup() sets it; a model trained on
+        # masked pairs (data.mask_markup) has only ever seen placeholders, so it starts on
+        self.markup = bool((self.info.config.get("data") or {}).get("mask_markup", False))
         self.glossary: Glossary | None = None  # terms turned into constraints; with_glossary()
 
     @classmethod
@@ -326,7 +328,8 @@ class Translator:
     def with_markup(self, protect: bool = True) -> Translator:
         """The same model and settings, with inline markup protected (``True``: reST roles and
         literals, placeholders, tags and URLs come through byte-identical, :mod:`nmt.data.markup`)
-        or translated as text (``False``, a Translator's default)."""
+        or translated as text (``False``: a Translator's default, unless its model was trained
+        on masked pairs, ``data.mask_markup``)."""
         other = copy.copy(self)
         other.markup = protect
         return other

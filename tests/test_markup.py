@@ -80,21 +80,27 @@ def test_two_identical_spans_and_spans_at_the_start_and_end():
     assert count_kept(text, out) == (3, 3)
 
 
-def test_a_dropped_span_goes_after_the_target_subword_that_attends_to_it():
+def test_a_dropped_span_goes_before_the_word_that_attends_to_it_never_inside():
     protected = protect("Open :file:`a.txt` now")  # masked: "Open ZZ1 now"
     source = ["▁Open", "▁ZZ", "1", "▁now"]
     target = ["▁열", "기", "▁지금"]  # "열기 지금": the model dropped ZZ1
-    attention = torch.tensor(
-        [  # rows: target pieces + </s>; columns: source pieces + </s>
-            [0.9, 0.05, 0.0, 0.05, 0.0],
-            [0.1, 0.6, 0.2, 0.1, 0.0],  # "기" attends to ZZ 1
-            [0.0, 0.1, 0.0, 0.9, 0.0],
-            [0.0, 0.0, 0.0, 0.0, 1.0],
-        ]
+
+    def attending(row: int) -> torch.Tensor:
+        """Rows: target pieces + </s>; columns: source pieces + </s>; target piece ``row``
+        attends to ZZ 1 most."""
+        attention = torch.tensor(
+            [[0.9, 0.05, 0.0, 0.05, 0.0], [0.1, 0.1, 0.0, 0.8, 0.0], [0.0, 0.1, 0.0, 0.9, 0.0]]
+            + [[0.0, 0.0, 0.0, 0.0, 1.0]]
+        )
+        attention[row] = torch.tensor([0.1, 0.6, 0.2, 0.1, 0.0])
+        return attention
+
+    # "기" is inside the word 열기: the span goes before the word, not into it (열 span 기)
+    assert restore_spans("열기 지금", protected, source, target, attending(1)) == (
+        ":file:`a.txt` 열기 지금"
     )
-    assert (
-        restore_spans("열기 지금", protected, source, target, attention)
-        == "열기 :file:`a.txt` 지금"
+    assert restore_spans("열기 지금", protected, source, target, attending(2)) == (
+        "열기 :file:`a.txt` 지금"
     )
 
 

@@ -195,3 +195,24 @@ def test_decode_ids_takes_constraints_per_sentence_greedy_and_beam(model, batch)
         if name == "greedy":  # one hypothesis takes every phrase as soon as it is offered
             assert found[0][0].tokens[:1] in ([6], [12])
     assert EOS_ID not in found[0][0].tokens
+
+
+@pytest.mark.parametrize("name", ["greedy", "beam"])
+def test_decoding_keeps_the_plain_output_when_it_already_meets_the_constraints(model, batch, name):
+    """Through decode_ids (the Translator's path): a phrase the plain best output contains —
+    any piece of it, not only its start — leaves the output exactly as it was; a phrase it
+    lacks is met by the constrained search."""
+    src, src_lengths = batch
+    encoded = [src[i, : int(src_lengths[i]) - 1].tolist() for i in range(src.size(0))]
+    settings = SearchSettings(name=name, beam_size=4, n_best=1, batch_size=8, max_len_ratio=2.0)
+    plain = decode_ids(model, encoded, settings, "cpu")
+    met_already = [[h[0].tokens[len(h[0].tokens) // 2 :][:2]] if h[0].tokens else [] for h in plain]
+    again = decode_ids(model, encoded, settings, "cpu", constraints=met_already)
+    for before, after in zip(plain, again, strict=True):
+        assert after[0].tokens == before[0].tokens
+        assert after[0].score == pytest.approx(before[0].score, abs=1e-6)
+        assert after[0].missing_constraints == []
+    lacking = [[[t for t in range(5, TGT_VOCAB) if t not in h[0].tokens][:1]] for h in plain]
+    forced = decode_ids(model, encoded, settings, "cpu", constraints=lacking)
+    for phrases, nbest in zip(lacking, forced, strict=True):
+        assert nbest[0].missing_constraints == [] and phrases[0][0] in nbest[0].tokens

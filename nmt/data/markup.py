@@ -137,9 +137,7 @@ def restore_spans(
     for i, span in enumerate(protected.spans):
         if i in copies:
             continue
-        at = _attended_position(
-            i, protected, source_pieces, target_pieces, target_ends, attention
-        )
+        at = _attended_position(i, protected, source_pieces, target_pieces, target_ends, attention)
         for start, end, _ in edits:  # never inside a placeholder's copy or a leftover
             if start < at < end:
                 at = end

@@ -832,10 +832,48 @@ def _search_batch(
     settings: SearchSettings,
     constraints: Sequence[Phrases] | None = None,
 ) -> SearchResult:
-    """Run the search that ``settings.name`` names on one padded batch. With ``constraints``,
-    greedy search is the constrained beam search with one hypothesis."""
-    constrained = constraints is not None and any(constraints)
-    if settings.name == "greedy" and not constrained:
+    """Run the search that ``settings.name`` names on one padded batch.
+
+    With ``constraints``, the plain search runs first: a sentence whose best output already
+    contains every one of its phrases keeps that output (so a constraint the model meets anyway
+    changes nothing, which dynamic beam allocation alone does not promise: it deals some of the
+    beam's slots to hypotheses that have met fewer phrases). The sentences whose best output
+    misses a phrase are decoded again by the constrained beam search (greedy search: with one
+    hypothesis), alone in a batch of their own — the searches are batch independent. Every
+    hypothesis lists the phrases it misses.
+    """
+    found = _plain_search(model, src, src_lengths, settings)
+    if constraints is None or not any(constraints):
+        return found
+    for phrases, nbest in zip(constraints, found.hypotheses, strict=True):
+        for hyp in nbest:
+            hyp.missing_constraints = missing_phrases(hyp.tokens, phrases)
+    again = [i for i, nbest in enumerate(found.hypotheses) if nbest[0].missing_constraints]
+    if again:
+        rows = torch.tensor(again, device=src.device)
+        lengths = src_lengths[rows]
+        redone = beam_search(
+            model,
+            src[rows, : int(lengths.max())],
+            lengths,
+            beam_size=settings.hypotheses,
+            length_penalty=settings.length_penalty,
+            max_len_ratio=settings.max_len_ratio,
+            max_len_offset=settings.max_len_offset,
+            n_best=settings.n_best,
+            no_repeat_ngram_size=settings.no_repeat_ngram_size,
+            constraints=[constraints[i] for i in again],
+        )
+        for i, nbest in zip(again, redone.hypotheses, strict=True):
+            found.hypotheses[i] = nbest
+    return found
+
+
+def _plain_search(
+    model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, settings: SearchSettings
+) -> SearchResult:
+    """The search ``settings.name`` names, without constraints."""
+    if settings.name == "greedy":
         return greedy_search(
             model,
             src,
@@ -849,13 +887,12 @@ def _search_batch(
         model,
         src,
         src_lengths,
-        beam_size=settings.hypotheses,
+        beam_size=settings.beam_size,
         length_penalty=settings.length_penalty,
         max_len_ratio=settings.max_len_ratio,
         max_len_offset=settings.max_len_offset,
         n_best=settings.n_best,
         no_repeat_ngram_size=settings.no_repeat_ngram_size,
-        constraints=constraints if constrained else None,
     )
 
 

@@ -622,10 +622,10 @@ def test_decoding_failure_is_500_then_the_next_requests_work(translator, monkeyp
             decode = service.decode
             boom = translator.encode(["boom"])[0]
 
-            def failing(settings, encoded):  # an injected fault in the decoding thread
+            def failing(settings, encoded, constraints=None):  # a fault in the decoding thread
                 if boom in encoded:
                     raise RuntimeError("injected failure")
-                return decode(settings, encoded)
+                return decode(settings, encoded, constraints)
 
             monkeypatch.setattr(service, "decode", failing)
             failed = await client.post("/v1/translate", json={"text": "boom"})

@@ -10,9 +10,10 @@ that has none).
 from __future__ import annotations
 
 import pytest
+import test_search
 import torch
 from conftest import build_model
-from test_search import model_cfg, pad, teacher_forced, toy_pairs, train_briefly
+from test_search import model_cfg, teacher_forced, train_briefly
 
 from nmt.core.special_ids import EOS_ID, PAD_ID
 from nmt.inference.constraints import (
@@ -38,11 +39,7 @@ def model(request):
     return net
 
 
-@pytest.fixture(scope="module")
-def batch():
-    src, src_lengths = pad([s for s, _ in toy_pairs(8, torch.Generator().manual_seed(7))])
-    return src, src_lengths
-
+toy_batch = test_search.batch  # the fixture "batch": test_search's eight toy sentences
 
 # two phrases per sentence, of ids the toy task produces (5..14), one of them two tokens long
 PHRASES = [[[6, 9], [12]], [[5]], [], [[13, 13]], [[7], [8, 4 + 6]], [[11, 5]], [[10]], [[14, 6]]]

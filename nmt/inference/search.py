@@ -852,18 +852,8 @@ def _search_batch(
     if again:
         rows = torch.tensor(again, device=src.device)
         lengths = src_lengths[rows]
-        redone = beam_search(
-            model,
-            src[rows, : int(lengths.max())],
-            lengths,
-            beam_size=settings.hypotheses,
-            length_penalty=settings.length_penalty,
-            max_len_ratio=settings.max_len_ratio,
-            max_len_offset=settings.max_len_offset,
-            n_best=settings.n_best,
-            no_repeat_ngram_size=settings.no_repeat_ngram_size,
-            constraints=[constraints[i] for i in again],
-        )
+        phrases = [constraints[i] for i in again]
+        redone = _beam(model, src[rows, : int(lengths.max())], lengths, settings, phrases)
         for i, nbest in zip(again, redone.hypotheses, strict=True):
             found.hypotheses[i] = nbest
     return found
@@ -883,16 +873,28 @@ def _plain_search(
             length_penalty=settings.length_penalty,
             no_repeat_ngram_size=settings.no_repeat_ngram_size,
         )
+    return _beam(model, src, src_lengths, settings)
+
+
+def _beam(
+    model: Seq2Seq,
+    src: torch.Tensor,
+    src_lengths: torch.Tensor,
+    settings: SearchSettings,
+    constraints: Sequence[Phrases] | None = None,
+) -> SearchResult:
+    """:func:`beam_search` with ``settings``' hypotheses (one for greedy) and parameters."""
     return beam_search(
         model,
         src,
         src_lengths,
-        beam_size=settings.beam_size,
+        beam_size=settings.hypotheses,
         length_penalty=settings.length_penalty,
         max_len_ratio=settings.max_len_ratio,
         max_len_offset=settings.max_len_offset,
         n_best=settings.n_best,
         no_repeat_ngram_size=settings.no_repeat_ngram_size,
+        constraints=constraints,
     )
 
 

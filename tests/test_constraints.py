@@ -39,7 +39,7 @@ def model(request):
     return net
 
 
-toy_batch = test_search.batch  # the fixture "batch": test_search's eight toy sentences
+batch = test_search.batch  # the fixture: test_search's eight toy sentences
 
 # two phrases per sentence, of ids the toy task produces (5..14), one of them two tokens long
 PHRASES = [[[6, 9], [12]], [[5]], [], [[13, 13]], [[7], [8, 4 + 6]], [[11, 5]], [[10]], [[14, 6]]]

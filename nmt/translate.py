@@ -19,7 +19,8 @@ Output, one line per hypothesis, tab-separated columns (``n_best`` lines per inp
 
 Constraints: ``glossary=FILE.tsv`` (English term<TAB>Korean term, :mod:`nmt.data.glossary`)
 makes the Korean side of every term found in a sentence a phrase its translation must contain;
-``input_format=jsonl`` reads ``{"text": …, "constraints": [...]}`` lines and writes one JSON
+``input_format=jsonl`` reads ``{"text": …, "constraints": [...], "avoid": [...]}`` lines
+(phrases to contain, phrases not to contain) and writes one JSON
 object per translation (:mod:`nmt.inference.jsonl`). A phrase the search could not fit is
 listed on stderr with its line number, and a summary line counts the phrases met.
 
@@ -158,13 +159,13 @@ def main(cfg: DictConfig) -> None:
         interactive(translator, config, plot_dir)
         return
     lines = read_input("-" if config.input is None else config.input)
-    constraints = None
+    constraints = avoid = None
     if jsonl:
-        lines, constraints = parse_jsonl(lines, config.input or "stdin")
+        lines, constraints, avoid = parse_jsonl(lines, config.input or "stdin")
     if not lines:
         raise NMTError(f"input={config.input or '-'}: no lines to translate")
     print(describe_decoding(translator), file=sys.stderr)  # once the input is known to be good
-    result = translator.translate(lines, progress=config.progress, constraints=constraints)
+    result = translator.translate(lines, config.progress, None, constraints, avoid)
     report_constraints(result)
     if plot_dir:
         plot_attention(plot_dir, 1, result)

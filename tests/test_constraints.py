@@ -26,7 +26,7 @@ from nmt.inference.constraints import (
     next_tokens,
     phrase_positions,
 )
-from nmt.inference.search import SearchSettings, beam_search, decode_ids
+from nmt.inference.search import SearchSettings, beam_search, decode_ids, greedy_search
 
 SRC_VOCAB, TGT_VOCAB = 14, 15
 
@@ -213,3 +213,40 @@ def test_decoding_keeps_the_plain_output_when_it_already_meets_the_constraints(m
     forced = decode_ids(model, encoded, settings, "cpu", constraints=lacking)
     for phrases, nbest in zip(lacking, forced, strict=True):
         assert nbest[0].missing_constraints == [] and phrases[0][0] in nbest[0].tokens
+
+
+# -- negative constraints ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_an_avoided_phrase_never_appears_and_the_rest_is_scored_as_ever(model, batch, search):
+    """Avoid each plain output's most common bigram, and a one-token phrase: no hypothesis of
+    the n-best holds them; scores stay the teacher-forced log-probabilities; a sentence with
+    nothing to avoid decodes as before."""
+    src, src_lengths = batch
+
+    def run(avoid=None):
+        if search == "greedy":
+            return greedy_search(model, src, src_lengths, 2.0, 4, 1.0, avoid=avoid).hypotheses
+        return beam_search(
+            model, src, src_lengths, 4, 1.0, 2.0, 4, n_best=3, avoid=avoid
+        ).hypotheses
+
+    plain = run()
+    avoid = []
+    for i, nbest in enumerate(plain):
+        tokens = nbest[0].tokens
+        bigrams = list(zip(tokens, tokens[1:], strict=False))
+        avoid.append([] if i == 2 else [list(bigrams[0])] if bigrams else [tokens[:1] or [7]])
+    avoid[0].append([9])
+    avoided = run(avoid)
+    assert avoided[2] and [h.tokens for h in avoided[2]] == [h.tokens for h in plain[2]]
+    assert any(a[0].tokens != p[0].tokens for a, p in zip(avoided, plain, strict=True))
+    rows, hyps = [], []
+    for i, (phrases, nbest) in enumerate(zip(avoid, avoided, strict=True)):
+        for hyp in nbest:
+            assert missing_phrases(hyp.tokens, phrases) == list(range(len(phrases)))
+            rows.append(i)
+            hyps.append(hyp)
+    for hyp, forced in zip(hyps, teacher_forced(model, src, src_lengths, rows, hyps), strict=True):
+        assert hyp.log_prob == pytest.approx(float(forced.log_probs.sum()), abs=1e-4)

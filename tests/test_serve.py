@@ -350,9 +350,9 @@ def test_a_request_is_encoded_once_and_each_chunk_is_one_decoder_call(translator
     searches: list[int] = []
     real_search = search._search_batch
 
-    def counting_search(model, src, src_lengths, settings, constraints=None):
+    def counting_search(model, src, src_lengths, settings, *phrases):
         searches.append(src.shape[0])
-        return real_search(model, src, src_lengths, settings, constraints)
+        return real_search(model, src, src_lengths, settings, *phrases)
 
     async def go():
         async with serving(small, max_wait_ms=200) as client:
@@ -363,11 +363,11 @@ def test_a_request_is_encoded_once_and_each_chunk_is_one_decoder_call(translator
                 encodes.append([p.masked for p in prepared])
                 return real_encode(prepared)
 
-            def decode(settings, encoded, constraints=None):
+            def decode(settings, encoded, *phrases):
                 assert all(isinstance(i, int) for ids in encoded for i in ids)
                 before = len(searches)
                 chunks.append((settings, encoded))
-                results = real_decode(settings, encoded, constraints)
+                results = real_decode(settings, encoded, *phrases)
                 calls_per_chunk.append(len(searches) - before)
                 return results
 
@@ -499,6 +499,12 @@ BAD_REQUESTS = [
         "constraints: 33 phrases, over the limit of 32",
     ),
     ({"text": "a", "glossary": "no"}, "glossary", "glossary: expected true or false; got 'no'"),
+    ({"text": "a", "avoid": ["화일", ""]}, "avoid", "avoid[1]: expected a non-empty Korean phrase"),
+    (
+        {"text": ["a", "b"], "avoid": [["화일"]]},
+        "avoid",
+        "avoid: expected one list of phrases per sentence of text (2); got 1",
+    ),
 ]
 
 
@@ -545,6 +551,23 @@ def test_constraints_and_the_glossary_in_a_request(translator):
     expected = translator.translate(texts, constraints=[["일요일"], [], []])
     assert [t["text"] for t in without["translations"]] == [t.text for t in expected]
     assert without["translations"][0]["constraints"] == ["일요일"]
+
+
+def test_avoided_phrases_in_a_request(translator):
+    texts = ["Open the file.", "The station is closed on Sundays."]
+    plain = translator.translate(texts)
+    # a word the first output spells with one piece
+    avoid = [[next(p[1:] for p in plain[0].tokens if p.startswith("▁") and len(p) > 1)], []]
+
+    async def go():
+        async with serving(translator) as client:
+            answer = await client.post("/v1/translate", json={"text": texts, "avoid": avoid})
+            return answer.json()
+
+    first, second = run(go())["translations"]
+    assert first["text"] != plain[0].text
+    assert first["text"] == translator.translate(texts, avoid=avoid)[0].text
+    assert second["text"] == plain[1].text
 
 
 def test_limits_are_413_naming_the_limit(translator):
@@ -622,10 +645,10 @@ def test_decoding_failure_is_500_then_the_next_requests_work(translator, monkeyp
             decode = service.decode
             boom = translator.encode(["boom"])[0]
 
-            def failing(settings, encoded, constraints=None):  # a fault in the decoding thread
+            def failing(settings, encoded, *phrases):  # a fault in the decoding thread
                 if boom in encoded:
                     raise RuntimeError("injected failure")
-                return decode(settings, encoded, constraints)
+                return decode(settings, encoded, *phrases)
 
             monkeypatch.setattr(service, "decode", failing)
             failed = await client.post("/v1/translate", json={"text": "boom"})

@@ -253,6 +253,7 @@ def test_a_constraint_that_cannot_fit_is_listed_on_stderr(ckpt, tmp_path, monkey
         ('{"text": "a", "constraints": "역"}\n', "in.jsonl:1: constraints: expected a list of strings"),
         ('{"text": "a", "constraints": [""]}\n', "in.jsonl:1: constraints[0]: expected a non-empty"),
         ('{"text": "a"\n', "in.jsonl:1: not a JSON object"),
+        ('{"text": "a", "avoid": [" "]}\n', "in.jsonl:1: avoid[0]: expected a non-empty"),
     ],
 )  # fmt: skip
 def test_bad_jsonl_lines_name_the_line_and_field(ckpt, tmp_path, content, message):
@@ -261,6 +262,33 @@ def test_bad_jsonl_lines_name_the_line_and_field(ckpt, tmp_path, content, messag
     result = translate(ckpt, f"input={quote(src)}", "input_format=jsonl")
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_avoided_words_are_not_produced_nor_a_longer_piece_that_starts_with_them(ckpt, tmp_path):
+    from nmt import Translator
+
+    translator = Translator.from_checkpoint(ckpt, device="cpu")  # greedy, as translate() runs
+    sources = ["Open the file.", "Close the file.", "The station is closed on Sundays."]
+    plain = translator.translate(sources)
+    # the words the plain outputs spell with one piece each: avoided, none may come back, as
+    # that piece or as a longer one that starts with it (a word and its particle)
+    words = [sorted({p[1:] for p in t.tokens if p.startswith("▁") and len(p) > 1}) for t in plain]
+    assert all(words)  # the guard: something to avoid in every sentence
+    avoided = translator.translate(sources, avoid=words)
+    for phrases, before, after in zip(words, plain, avoided, strict=True):
+        assert after.tokens != before.tokens
+        for piece in after.tokens:
+            assert not any(piece.startswith("▁" + w) for w in phrases), (phrases, after.tokens)
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        "".join(json.dumps({"text": s, "avoid": w}, ensure_ascii=False) + "\n"
+                for s, w in zip(sources, words, strict=True)),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = translate(ckpt, f"input={quote(src)}", "input_format=jsonl")
+    assert result.returncode == 0, result.stderr
+    texts = [json.loads(line)["text"] for line in result.stdout.splitlines()]
+    assert texts == [t.text for t in avoided]
 
 
 def test_translator_constraints_api(ckpt):

@@ -24,6 +24,9 @@ Scores stay the model's: a hypothesis's ``log_prob`` is the teacher-forced sum o
 log-probabilities whichever way a token was proposed. Greedy search with constraints is this
 search with one hypothesis, which takes each phrase as soon as it is proposed.
 
+*Negative* constraints — phrases an output must not contain — are cheaper: the token that would
+complete one is never chosen (:func:`block_avoided`, as repeated n-grams are blocked).
+
 A phrase that the search could not fit (longer than what is left of the length limit, or
 outscored everywhere) is reported by :func:`missing_phrases`, which checks the final tokens
 themselves: a hypothesis contains a phrase when the phrase's ids occur in it contiguously.
@@ -201,6 +204,26 @@ def allocate(values: Tensor, banks: Tensor, num_banks: int, beam_size: int) -> T
     key = key.masked_fill(values.gather(1, order) == -float("inf"), float("inf"))
     slots = key.topk(beam_size, dim=1, largest=False, sorted=True).indices  # (S, beam)
     return order.gather(1, slots)
+
+
+def block_avoided(log_probs: Tensor, history: Tensor, table: PhraseTable) -> None:
+    """Negative constraints: set to -inf, in place, every token that would complete one of its
+    row's avoided phrases.
+
+    log_probs: (rows, V); history: (rows, t) the tokens each row has produced; table: the
+    avoided phrases of the same rows. A phrase of ``m + 1`` tokens is completed by its last
+    token when the row's last ``m`` tokens are its first ``m`` (a one-token phrase: always), so
+    no output ever contains it (as subwords: the phrase as it segments at a word's start).
+    """
+    longest, produced = table.tokens.size(2), history.size(1)
+    for m in range(min(longest, produced + 1)):  # m: the length of the prefix already produced
+        completes = table.lengths == m + 1  # (rows, A)
+        if m:
+            tail = history[:, None, produced - m :]  # (rows, 1, m)
+            completes &= (table.tokens[:, :, :m] == tail).all(dim=-1)
+        # a phrase that is not completed writes to <pad>, which is -inf already
+        last = table.tokens[:, :, m].masked_fill(~completes, PAD_ID)  # (rows, A)
+        log_probs.scatter_(1, last, -float("inf"))
 
 
 def find_phrase(tokens: Sequence[int], phrase: Sequence[int]) -> int | None:

@@ -3,11 +3,13 @@
 ``nmt-translate input_format=jsonl`` reads one JSON object per line::
 
     {"text": "Choose File - Save As.", "constraints": ["다른 이름으로 저장"]}
+    {"text": "Open the file.", "avoid": ["화일"]}
     {"text": "Where is the station?"}
 
 ``text`` (required) is the English sentence; ``constraints`` (optional) the Korean phrases its
-translation must contain, added to what a glossary finds. Blank lines are skipped. An error
-names the file, the line and the field.
+translation must contain, added to what a glossary finds; ``avoid`` (optional) the Korean
+phrases it must not contain. Blank lines are skipped. An error names the file, the line and
+the field.
 
 Each output line is one object, in input order::
 
@@ -29,11 +31,15 @@ from nmt.inference.translator import Translation
 INPUT_FORMATS = ("text", "jsonl")
 
 
-def parse_jsonl(lines: Sequence[str], source: str) -> tuple[list[str], list[list[str]]]:
-    """The sentences and each one's constraints from JSON lines (the module docstring's
-    format); ``source`` names the input in errors (``FILE:LINE: field: …``)."""
+def parse_jsonl(
+    lines: Sequence[str], source: str
+) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """The sentences, each one's constraints and each one's avoided phrases from JSON lines
+    (the module docstring's format); ``source`` names the input in errors
+    (``FILE:LINE: field: …``)."""
     sentences: list[str] = []
     constraints: list[list[str]] = []
+    avoid: list[list[str]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -46,21 +52,28 @@ def parse_jsonl(lines: Sequence[str], source: str) -> tuple[list[str], list[list
             ) from None
         if not isinstance(record, dict):
             raise NMTError(f"{where}: expected a JSON object; got {type(record).__name__}")
-        unknown = sorted(set(record) - {"text", "constraints"})
+        unknown = sorted(set(record) - {"text", "constraints", "avoid"})
         if unknown:
-            raise NMTError(f"{where}: {unknown[0]}: unknown field; expected text, constraints")
+            raise NMTError(
+                f"{where}: {unknown[0]}: unknown field; expected text, constraints, avoid"
+            )
         text = record.get("text")
         if not isinstance(text, str):
             raise NMTError(f"{where}: text: expected a string; got {text!r}")
-        phrases = record.get("constraints", [])
-        if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
-            raise NMTError(f"{where}: constraints: expected a list of strings; got {phrases!r}")
-        for j, phrase in enumerate(phrases):
-            if not phrase.strip():
-                raise NMTError(f"{where}: constraints[{j}]: expected a non-empty Korean phrase")
         sentences.append(text)
-        constraints.append(phrases)
-    return sentences, constraints
+        constraints.append(_phrases(record, "constraints", where))
+        avoid.append(_phrases(record, "avoid", where))
+    return sentences, constraints, avoid
+
+
+def _phrases(record: dict[str, Any], field_name: str, where: str) -> list[str]:
+    phrases = record.get(field_name, [])
+    if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
+        raise NMTError(f"{where}: {field_name}: expected a list of strings; got {phrases!r}")
+    for j, phrase in enumerate(phrases):
+        if not phrase.strip():
+            raise NMTError(f"{where}: {field_name}[{j}]: expected a non-empty Korean phrase")
+    return phrases
 
 
 def translation_record(translation: Translation, n_best: int) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from nmt.inference.constraints import (
     PhraseTable,
     advance,
     allocate,
+    block_avoided,
     missing_phrases,
     next_tokens,
 )
@@ -200,15 +201,32 @@ def max_lengths(
 
 
 def _predictable_log_probs(
-    logits: torch.Tensor, history: torch.Tensor | None, no_repeat_ngram_size: int
+    logits: torch.Tensor,
+    history: torch.Tensor | None,
+    no_repeat_ngram_size: int,
+    avoid: PhraseTable | None = None,
 ) -> torch.Tensor:
     """log_softmax of ``logits`` (rows, V), in fp32, with the forbidden ids set to -inf, and
-    the tokens that would repeat an n-gram of the row's ``history`` (rows, steps) too."""
+    the tokens that would repeat an n-gram of the row's ``history`` (rows, steps) or complete
+    one of its ``avoid`` phrases too."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # (rows, V)
     log_probs[:, list(FORBIDDEN_IDS)] = -math.inf
     if history is not None:
         block_repeated_ngrams(log_probs, history, no_repeat_ngram_size)
+        if avoid is not None:
+            block_avoided(log_probs, history, avoid)
     return log_probs
+
+
+def _avoid_table(
+    avoid: Sequence[Phrases] | None, batch: int, per_sentence: int, device: torch.device
+) -> PhraseTable | None:
+    """The avoided phrases of each row (``per_sentence`` rows a sentence); None without any."""
+    if avoid is None or not any(avoid):
+        return None
+    if len(avoid) != batch:
+        raise ValueError(f"avoid: {len(avoid)} lists for {batch} sentences")
+    return PhraseTable.build(avoid, device).repeat(per_sentence)
 
 
 def block_repeated_ngrams(log_probs: torch.Tensor, history: torch.Tensor, n: int) -> None:
@@ -333,6 +351,10 @@ def _decoding_steps(decoding: _Decoding, done: torch.Tensor, max_steps: int):
         yield step
 
 
+def _rows_of(table: PhraseTable | None, rows: torch.Tensor) -> PhraseTable | None:
+    return table.take(rows) if table is not None else None
+
+
 def _spread(values: torch.Tensor, rows: torch.Tensor, num_rows: int, fill: float) -> torch.Tensor:
     """values (n, ...) of ``rows`` (n,) → (num_rows, ...) with ``fill`` in the other rows."""
     out = values.new_full((num_rows, *values.shape[1:]), fill)
@@ -354,22 +376,25 @@ def greedy_search(
     max_len_offset: float,
     length_penalty: float = 0.0,
     no_repeat_ngram_size: int = 0,
+    avoid: Sequence[Phrases] | None = None,
 ) -> SearchResult:
     """Pick the most probable token at every step until ``</s>`` or the sentence's length limit.
 
     src: (batch, src_len) long, padded with ``<pad>``; src_lengths: (batch,).
     ``length_penalty`` (alpha) changes only the reported ``score`` (greedy's choice does not
     depend on it); pass the beam's alpha to compare scores with :func:`beam_search`.
-    ``no_repeat_ngram_size`` > 0 picks among the tokens that repeat no n-gram of the hypothesis.
+    ``no_repeat_ngram_size`` > 0 picks among the tokens that repeat no n-gram of the hypothesis;
+    ``avoid[i]``, phrases of target ids sentence ``i``'s output must not contain, among those
+    that complete none (:func:`~nmt.inference.constraints.block_avoided`).
     A finished sentence leaves the decoder's batch. The caller puts the model in eval mode.
     """
     _check_no_repeat_ngram_size(no_repeat_ngram_size)
     batch, src_len = src.shape
     device = src.device
     max_lens = max_lengths(src_lengths, max_len_ratio, max_len_offset).to(device)  # (batch,)
-    decoding = _Decoding.start(
-        model, src, src_lengths, per_sentence=1, keep_history=no_repeat_ngram_size > 0
-    )
+    avoided = _avoid_table(avoid, batch, 1, device)
+    keep_history = no_repeat_ngram_size > 0 or avoided is not None
+    decoding = _Decoding.start(model, src, src_lengths, per_sentence=1, keep_history=keep_history)
     log_prob = torch.zeros(batch, device=device)  # (batch,)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)  # (batch,)
     finished = max_lens == 0  # (batch,)
@@ -379,7 +404,9 @@ def greedy_search(
     for step in _decoding_steps(decoding, finished, int(max_lens.max()) if batch else 0):
         rows = decoding.rows  # (active,) every one of them unfinished
         logits, attn_weights = decoding.step(model)  # (active, V), (active, src_len)
-        log_probs = _predictable_log_probs(logits, decoding.history, no_repeat_ngram_size)
+        log_probs = _predictable_log_probs(
+            logits, decoding.history, no_repeat_ngram_size, _rows_of(avoided, rows)
+        )
         best_log_prob, token = log_probs.max(dim=-1)  # (active,), (active,)
         log_prob[rows] = log_prob[rows] + best_log_prob
         lengths[rows] = step + 1
@@ -446,6 +473,7 @@ def beam_search(
     n_best: int = 1,
     no_repeat_ngram_size: int = 0,
     constraints: Sequence[Phrases] | None = None,
+    avoid: Sequence[Phrases] | None = None,
 ) -> SearchResult:
     """Batched beam search with GNMT length penalty; returns each sentence's ``n_best`` best.
 
@@ -478,6 +506,7 @@ def beam_search(
     :mod:`nmt.inference.constraints`); a sentence's rows are then ordered hypotheses that meet
     all its constraints first, and every hypothesis lists the ones it misses
     (``missing_constraints``). A sentence with no constraints decodes as without them.
+    ``avoid[i]``: phrases sentence ``i``'s outputs must not contain (as :func:`greedy_search`).
     """
     _check_no_repeat_ngram_size(no_repeat_ngram_size)
     if beam_size < 1:
@@ -491,8 +520,10 @@ def beam_search(
     device = src.device
     max_lens = max_lengths(src_lengths, max_len_ratio, max_len_offset).to(device)  # (batch,)
     row_max_lens = max_lens.repeat_interleave(beam_size)  # (batch*beam,)
+    avoided = _avoid_table(avoid, batch, beam_size, device)
+    keep_history = no_repeat_ngram_size > 0 or avoided is not None
     decoding = _Decoding.start(
-        model, src, src_lengths, per_sentence=beam_size, keep_history=no_repeat_ngram_size > 0
+        model, src, src_lengths, per_sentence=beam_size, keep_history=keep_history
     )
     beams = _initial_beams(batch, beam_size, max_lens, device)
     done = max_lens == 0  # (batch,)
@@ -508,7 +539,9 @@ def beam_search(
     for step in _decoding_steps(decoding, done, int(max_lens.max()) if batch else 0):
         rows = decoding.rows  # (active*beam,)
         logits, attn_weights = decoding.step(model)  # (active*beam, V), (active*beam, src_len)
-        log_probs = _predictable_log_probs(logits, decoding.history, no_repeat_ngram_size)
+        log_probs = _predictable_log_probs(
+            logits, decoding.history, no_repeat_ngram_size, _rows_of(avoided, rows)
+        )
         if table is None:
             parent, token, part = _beam_step(
                 log_probs, beams.take(rows), step, beam_size, length_penalty, row_max_lens[rows]
@@ -831,8 +864,10 @@ def _search_batch(
     src_lengths: torch.Tensor,
     settings: SearchSettings,
     constraints: Sequence[Phrases] | None = None,
+    avoid: Sequence[Phrases] | None = None,
 ) -> SearchResult:
-    """Run the search that ``settings.name`` names on one padded batch.
+    """Run the search that ``settings.name`` names on one padded batch; ``avoid[i]``: phrases
+    sentence ``i``'s outputs must not contain, in both passes.
 
     With ``constraints``, the plain search runs first: a sentence whose best output already
     contains every one of its phrases keeps that output (so a constraint the model meets anyway
@@ -842,7 +877,7 @@ def _search_batch(
     hypothesis), alone in a batch of their own — the searches are batch independent. Every
     hypothesis lists the phrases it misses.
     """
-    found = _plain_search(model, src, src_lengths, settings)
+    found = _plain_search(model, src, src_lengths, settings, avoid)
     if constraints is None or not any(constraints):
         return found
     for phrases, nbest in zip(constraints, found.hypotheses, strict=True):
@@ -853,16 +888,21 @@ def _search_batch(
         rows = torch.tensor(again, device=src.device)
         lengths = src_lengths[rows]
         phrases = [constraints[i] for i in again]
-        redone = _beam(model, src[rows, : int(lengths.max())], lengths, settings, phrases)
+        avoided = [avoid[i] for i in again] if avoid is not None else None
+        redone = _beam(model, src[rows, : int(lengths.max())], lengths, settings, phrases, avoided)
         for i, nbest in zip(again, redone.hypotheses, strict=True):
             found.hypotheses[i] = nbest
     return found
 
 
 def _plain_search(
-    model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, settings: SearchSettings
+    model: Seq2Seq,
+    src: torch.Tensor,
+    src_lengths: torch.Tensor,
+    settings: SearchSettings,
+    avoid: Sequence[Phrases] | None = None,
 ) -> SearchResult:
-    """The search ``settings.name`` names, without constraints."""
+    """The search ``settings.name`` names, without (positive) constraints."""
     if settings.name == "greedy":
         return greedy_search(
             model,
@@ -872,8 +912,9 @@ def _plain_search(
             max_len_offset=settings.max_len_offset,
             length_penalty=settings.length_penalty,
             no_repeat_ngram_size=settings.no_repeat_ngram_size,
+            avoid=avoid,
         )
-    return _beam(model, src, src_lengths, settings)
+    return _beam(model, src, src_lengths, settings, avoid=avoid)
 
 
 def _beam(
@@ -882,6 +923,7 @@ def _beam(
     src_lengths: torch.Tensor,
     settings: SearchSettings,
     constraints: Sequence[Phrases] | None = None,
+    avoid: Sequence[Phrases] | None = None,
 ) -> SearchResult:
     """:func:`beam_search` with ``settings``' hypotheses (one for greedy) and parameters."""
     return beam_search(
@@ -895,6 +937,7 @@ def _beam(
         n_best=settings.n_best,
         no_repeat_ngram_size=settings.no_repeat_ngram_size,
         constraints=constraints,
+        avoid=avoid,
     )
 
 
@@ -953,6 +996,7 @@ def decode_ids(
     on_batch: Callable[[int], None] | None = None,
     precision: Precision | None = None,
     constraints: Sequence[Phrases] | None = None,
+    avoid: Sequence[Phrases] | None = None,
 ) -> list[list[Hypothesis]]:
     """Decode encoded source sentences; return the n-best hypotheses of each, in input order.
 
@@ -967,10 +1011,12 @@ def decode_ids(
     defaults to the model's. ``precision`` (default: ``search.precision`` resolved,
     :func:`search_precision`) sets the autocast the searches run under. ``constraints[i]``:
     the phrases (target ids) sentence i's output must contain (:mod:`nmt.inference.constraints`);
-    an empty sentence misses all of its own.
+    an empty sentence misses all of its own. ``avoid[i]``: phrases (target ids) sentence i's
+    outputs must not contain.
     """
-    if constraints is not None and len(constraints) != len(encoded):
-        raise ValueError(f"constraints: {len(constraints)} lists for {len(encoded)} sentences")
+    for name, lists in (("constraints", constraints), ("avoid", avoid)):
+        if lists is not None and len(lists) != len(encoded):
+            raise ValueError(f"{name}: {len(lists)} lists for {len(encoded)} sentences")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     precision = precision or search_precision(settings, device)
     autocast = autocast_context(precision, device)
@@ -989,8 +1035,9 @@ def decode_ids(
             src = pad(seqs).to(device)  # (batch, src_len)
             src_lengths = torch.tensor([len(seq) for seq in seqs], device=device)
             phrases = [constraints[i] for i in batch_idx] if constraints is not None else None
+            avoided = [avoid[i] for i in batch_idx] if avoid is not None else None
             with autocast:  # products in bf16 under autocast; the log-softmax stays fp32
-                found = _search_batch(model, src, src_lengths, settings, phrases)
+                found = _search_batch(model, src, src_lengths, settings, phrases, avoided)
             for i, nbest in zip(batch_idx, found.hypotheses, strict=True):
                 results[i] = nbest
             if on_batch is not None:

@@ -352,24 +352,11 @@ class Translator:
         """Each sentence's constraints as text: ``constraints[i]`` (normalised, checked) and the
         Korean terms :attr:`glossary` finds in its masked text (so a term inside protected
         markup is left alone), each phrase once; None when no sentence has any."""
-        if isinstance(constraints, str):
-            raise TypeError("constraints: one list of phrases per sentence")
-        if constraints is not None and len(constraints) != len(prepared):
-            raise NMTError(
-                f"constraints: expected one list per sentence ({len(prepared)}); "
-                f"got {len(constraints)}"
-            )
+        given = checked_phrases(constraints, len(prepared), "constraints")
         result = []
-        for i, sentence in enumerate(prepared):
-            given = []
-            for j, phrase in enumerate(constraints[i] if constraints is not None else []):
-                if not isinstance(phrase, str) or not normalize(phrase):
-                    raise NMTError(
-                        f"constraints[{i}][{j}]: expected a non-empty Korean phrase; got {phrase!r}"
-                    )
-                given.append(normalize(phrase))
+        for phrases, sentence in zip(given, prepared, strict=True):
             found = self.glossary.targets(sentence.masked) if self.glossary is not None else []
-            result.append(list(dict.fromkeys(given + found)))
+            result.append(list(dict.fromkeys(phrases + found)))
         return result if any(result) else None
 
     def encode_constraints(self, constraints: Sequence[Sequence[str]]) -> list[list[list[int]]]:
@@ -441,6 +428,7 @@ class Translator:
         progress: bool = False,
         interrupt: Callable[[], None] | None = None,
         constraints: Sequence[Sequence[str]] | None = None,
+        avoid: Sequence[Sequence[str]] | None = None,
     ) -> list[Translation]:
         """Translate English sentences; one :class:`Translation` each, in input order.
 
@@ -449,14 +437,15 @@ class Translator:
         :meth:`translate_ids` decodes, and its spans put back (:meth:`restore`).
         ``constraints[i]``: Korean phrases sentence i's translation must contain, added to what
         :attr:`glossary` finds (:meth:`constraints_for`); each :class:`Translation` lists the
-        ones it misses.
+        ones it misses. ``avoid[i]``: Korean phrases no output of sentence i may contain.
         """
         if isinstance(sentences, str):
             raise TypeError("translate() takes a sequence of sentences; wrap one in a list")
         prepared = self.prepare(sentences)
         phrases = self.constraints_for(prepared, constraints)
+        avoided = checked_phrases(avoid, len(prepared), "avoid") if avoid is not None else None
         translations = self.translate_ids(
-            self.encode_prepared(prepared), progress, interrupt, constraints=phrases
+            self.encode_prepared(prepared), progress, interrupt, phrases, avoided
         )
         return self.restore(translations, prepared)
 
@@ -466,6 +455,7 @@ class Translator:
         progress: bool = False,
         interrupt: Callable[[], None] | None = None,
         constraints: Sequence[Sequence[str]] | None = None,
+        avoid: Sequence[Sequence[str]] | None = None,
     ) -> list[Translation]:
         """Translate sentences already encoded by :meth:`encode` (source ids without ``</s>``);
         one :class:`Translation` each, in input order.
@@ -476,13 +466,18 @@ class Translator:
         ``interrupt()`` is called after each batch; what it raises ends the call (the
         trainer's validation stops so on a preemption signal). ``constraints[i]``: the phrases
         (text, from :meth:`constraints_for`) sentence i's output must contain; they are decoded
-        by the constrained search (:mod:`nmt.inference.constraints`).
+        by the constrained search (:mod:`nmt.inference.constraints`); ``avoid[i]``: phrases no
+        output of sentence i contains (one with a character the target vocabulary lacks cannot
+        be produced anyway).
         """
         encoded = [list(ids) for ids in encoded]
         if constraints is not None and len(constraints) != len(encoded):
             raise NMTError(f"constraints: {len(constraints)} lists for {len(encoded)} sentences")
         phrase_ids = self.encode_constraints(constraints) if constraints is not None else None
         producible = [[p for p in ps if p] for ps in phrase_ids] if phrase_ids else None
+        if avoid is not None and len(avoid) != len(encoded):
+            raise NMTError(f"avoid: {len(avoid)} lists for {len(encoded)} sentences")
+        avoided = self._avoided_ids(avoid) if avoid else None
         bar = None
         if progress:
             from tqdm import tqdm
@@ -504,6 +499,7 @@ class Translator:
                 after_batch,
                 self.precision,
                 constraints=producible,
+                avoid=avoided,
             )
         finally:
             if bar is not None:
@@ -517,6 +513,26 @@ class Translator:
             self._constrained(t, list(texts), ids)
             for t, texts, ids in zip(translations, constraints, phrase_ids, strict=True)
         ]
+
+    def _avoided_ids(self, avoid: Sequence[Sequence[str]]) -> list[list[list[int]]]:
+        """The id sequences no output may contain, for each sentence's avoided phrases: each
+        phrase (without one it cannot spell), and the phrase with its last piece replaced by
+        every longer piece that starts with it, so that 파일 is avoided in 파일을 and 파일의
+        too (the tokenizer spells a word and its particle as one piece where it can)."""
+        pieces = self._target_pieces
+        result = []
+        for phrases in self.encode_constraints(avoid):
+            variants = []
+            for ids in (p for p in phrases if p):
+                last = pieces[ids[-1]]
+                longer = [j for j, piece in enumerate(pieces) if piece.startswith(last)]
+                variants += [ids[:-1] + [j] for j in longer]
+            result.append(variants)
+        return result
+
+    @functools.cached_property
+    def _target_pieces(self) -> list[str]:
+        return self.tgt_vocab.pieces(list(range(len(self.tgt_vocab))))
 
     @staticmethod
     def _constrained(
@@ -562,3 +578,30 @@ class Translator:
             search_score=hyp.score,
             token_ids=list(hyp.tokens),
         )
+
+
+def checked_phrases(
+    lists: Sequence[Sequence[str]] | None, sentences: int, field_name: str
+) -> list[list[str]]:
+    """One list of Korean phrases per sentence (``[]`` each when ``lists`` is None), each
+    normalised; :class:`NMTError` naming ``field_name[i][j]`` for a phrase that is not a
+    non-empty string, or for a count that is not ``sentences``."""
+    if lists is None:
+        return [[] for _ in range(sentences)]
+    if isinstance(lists, str):
+        raise TypeError(f"{field_name}: one list of phrases per sentence")
+    if len(lists) != sentences:
+        raise NMTError(
+            f"{field_name}: expected one list per sentence ({sentences}); got {len(lists)}"
+        )
+    result = []
+    for i, phrases in enumerate(lists):
+        normalised = []
+        for j, phrase in enumerate(phrases):
+            if not isinstance(phrase, str) or not normalize(phrase):
+                raise NMTError(
+                    f"{field_name}[{i}][{j}]: expected a non-empty Korean phrase; got {phrase!r}"
+                )
+            normalised.append(normalize(phrase))
+        result.append(normalised)
+    return result

@@ -82,6 +82,8 @@ EXPECTED = {
     "constraints": "Korean phrases the translation must contain: a list of strings for one "
     "sentence, a list of such lists for a list of sentences",
     "glossary": "true or false",
+    "avoid": "Korean phrases the translation must not contain: a list of strings for one "
+    "sentence, a list of such lists for a list of sentences",
 }
 
 MAX_CONSTRAINTS = 32  # phrases per sentence a request may impose (the beam grows by one each)
@@ -147,6 +149,12 @@ class TranslateRequest(BaseModel):
     )
     glossary: bool = Field(
         True, description="apply the server's glossary (nmt-serve glossary=FILE), if it has one"
+    )
+    avoid: list | None = Field(
+        None,
+        description="Korean phrases the translation must not contain (as `constraints`: a list "
+        "of strings for one sentence, one such list per sentence for a list)",
+        examples=[["화일"]],
     )
 
 
@@ -378,7 +386,8 @@ def create_app(
         sentences = [body.text] if isinstance(body.text, str) else body.text
         _check_sentences(sentences, limits)
         settings = service.settings_for(body.beam_size, body.n_best)
-        requested = _check_constraints(body.constraints, body.text)
+        requested = _check_phrase_lists(body.constraints, body.text)
+        avoid = _check_phrase_lists(body.avoid, body.text, "avoid")
         prepared, encoded = service.encode(sentences)  # once: the queue and the decoder take these
         constraints = service.constraints_for(prepared, requested, body.glossary)
         for i, ids in enumerate(encoded):
@@ -390,7 +399,7 @@ def create_app(
                     f"{limits.max_sentence_tokens}",
                     "text",
                 )
-        results, job = await service.translate(encoded, settings, constraints)
+        results, job = await service.translate(encoded, settings, constraints, avoid)
         results = service.restore(results, prepared)  # the protected markup back in the text
         done = time.perf_counter()
         start = job.started if job.started is not None else done
@@ -424,38 +433,40 @@ def _check_sentences(sentences: list[str], limits: ServeSettings) -> None:
         )
 
 
-def _check_constraints(constraints: list | None, text: str | list[str]) -> list[list[str]] | None:
-    """A request's ``constraints`` as one list of phrases per sentence; 422 naming the first
-    element that is not what :data:`EXPECTED` says."""
-    if constraints is None:
+def _check_phrase_lists(
+    given: list | None, text: str | list[str], field_name: str = "constraints"
+) -> list[list[str]] | None:
+    """A request's ``constraints`` or ``avoid`` as one list of phrases per sentence; 422
+    naming the first element that is not what :data:`EXPECTED` says."""
+    if given is None:
         return None
     one = isinstance(text, str)
-    per_sentence = [constraints] if one else constraints
-    if not one and len(constraints) != len(text):
+    per_sentence = [given] if one else given
+    if not one and len(given) != len(text):
         raise HTTPProblem(
             422,
-            f"constraints: expected one list of phrases per sentence of text ({len(text)}); "
-            f"got {len(constraints)}",
-            "constraints",
+            f"{field_name}: expected one list of phrases per sentence of text ({len(text)}); "
+            f"got {len(given)}",
+            field_name,
         )
     for i, phrases in enumerate(per_sentence):
-        where = "constraints" if one else f"constraints[{i}]"
+        where = field_name if one else f"{field_name}[{i}]"
         if not isinstance(phrases, list):
             raise HTTPProblem(
-                422, f"{where}: expected a list of Korean phrases; got {phrases!r}", "constraints"
+                422, f"{where}: expected a list of Korean phrases; got {phrases!r}", field_name
             )
         if len(phrases) > MAX_CONSTRAINTS:
             raise HTTPProblem(
                 422,
                 f"{where}: {len(phrases)} phrases, over the limit of {MAX_CONSTRAINTS}",
-                "constraints",
+                field_name,
             )
         for j, phrase in enumerate(phrases):
             if not isinstance(phrase, str) or not phrase.strip():
                 raise HTTPProblem(
                     422,
                     f"{where}[{j}]: expected a non-empty Korean phrase; got {phrase!r}",
-                    "constraints",
+                    field_name,
                 )
     return per_sentence
 

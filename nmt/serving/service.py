@@ -89,9 +89,9 @@ class Job:
     encoded: list[list[int]]
     settings: SearchSettings
     future: asyncio.Future
-    constraints: list[list[str]] | None = (
-        None  # each sentence's phrases (Translator.constraints_for)
-    )
+    # each sentence's phrases to contain (Translator.constraints_for) and to avoid
+    constraints: list[list[str]] | None = None
+    avoid: list[list[str]] | None = None
     arrived: float = field(default_factory=time.perf_counter)
     started: float | None = None  # its first sentences began decoding
     decode_s: float = 0.0  # the decoder calls that held its sentences
@@ -259,11 +259,12 @@ class TranslationService:
         encoded: list[list[int]],
         settings: SearchSettings,
         constraints: list[list[str]] | None = None,
+        avoid: list[list[str]] | None = None,
     ) -> tuple[list[Translation], Job]:
         """Queue the encoded sentences (:meth:`encode`) and wait for their batch; 503 when the
         queue is full, 504 past ``timeout_s``, 500 when decoding raised. ``constraints``: each
-        sentence's phrases (:meth:`constraints_for`); they share batches with other requests'
-        sentences, constrained or not."""
+        sentence's phrases (:meth:`constraints_for`), ``avoid`` the phrases it must not
+        contain; they share batches with other requests' sentences, constrained or not."""
         if not self.ready or self.draining:
             state = "shutting down" if self.draining else "warming up"
             raise HTTPProblem(
@@ -280,7 +281,8 @@ class TranslationService:
                 f"{self.limits.retry_after_s} s",
                 headers={"Retry-After": str(self.limits.retry_after_s)},
             )
-        job = Job(encoded, settings, asyncio.get_running_loop().create_future(), constraints)
+        future = asyncio.get_running_loop().create_future()
+        job = Job(encoded, settings, future, constraints, avoid)
         self.pending.append(job)
         self.pending_sentences += len(encoded)
         self.stats.requests += 1
@@ -401,21 +403,24 @@ class TranslationService:
         settings: SearchSettings,
         encoded: list[list[int]],
         constraints: list[list[str]] | None = None,
+        avoid: list[list[str]] | None = None,
     ) -> list[Translation]:
         """Runs in the decoding thread: :meth:`Translator.translate_ids` of the chunk's source
-        ids (and their constraints) under ``settings`` (a chunk the batcher took is within the
-        settings' batch limits, cut by the same rule: one decoder call)."""
-        return self._translator(settings).translate_ids(encoded, constraints=constraints)
+        ids (and their phrases to contain and to avoid) under ``settings`` (a chunk the batcher
+        took is within the settings' batch limits, cut by the same rule: one decoder call)."""
+        translator = self._translator(settings)
+        return translator.translate_ids(encoded, constraints=constraints, avoid=avoid)
 
     def _timed_decode(
         self,
         settings: SearchSettings,
         encoded: list[list[int]],
         constraints: list[list[str]] | None,
+        avoid: list[list[str]] | None,
     ) -> tuple[list[Translation], float]:
         """:meth:`decode`, and the CPU seconds the decoding thread spent on it."""
         start = time.thread_time()
-        results = self.decode(settings, encoded, constraints)
+        results = self.decode(settings, encoded, constraints, avoid)
         return results, time.thread_time() - start
 
     async def _decode(self, chunk: list[tuple[Job, int]]) -> None:
@@ -431,7 +436,8 @@ class TranslationService:
                 self._timed_decode,
                 jobs[0].settings,
                 [job.encoded[i] for job, i in chunk],
-                _chunk_constraints(chunk),
+                _chunk_phrases(chunk, "constraints"),
+                _chunk_phrases(chunk, "avoid"),
             )
         except Exception as err:  # the requests get 500; the server goes on
             self.stats.decode_errors += 1
@@ -457,7 +463,8 @@ class TranslationService:
                 job.future.set_result(job.results)
 
 
-def _chunk_constraints(chunk: list[tuple[Job, int]]) -> list[list[str]] | None:
-    """The phrases of a chunk's sentences, in its order; None when none of them has any."""
-    phrases = [job.constraints[i] if job.constraints else [] for job, i in chunk]
+def _chunk_phrases(chunk: list[tuple[Job, int]], kind: str) -> list[list[str]] | None:
+    """The phrases (``kind``: the jobs' ``constraints`` or ``avoid``) of a chunk's sentences, in
+    its order; None when none of them has any."""
+    phrases = [getattr(job, kind)[i] if getattr(job, kind) else [] for job, i in chunk]
     return phrases if any(phrases) else None

@@ -344,6 +344,28 @@ def test_a_card_in_v1_model_is_rendered_as_nested_sections(tab):
     assert "fake@344" in tab.page.inner_text("#model-name")
 
 
+def test_a_server_glossary_is_underlined_on_the_page(browser, peaked_checkpoint, tmp_path):
+    glossary = tmp_path / "terms.tsv"
+    glossary.write_text("file\t파일\n", encoding="utf-8")
+    process = ServerProcess(
+        f"ckpt={quote(peaked_checkpoint)}", f"glossary={quote(glossary)}", "serve.threads=1"
+    )
+    try:
+        process.wait_ready(timeout=90)
+        expected = api_translate(process, SENTENCE).json()["translations"][0]
+        assert expected["constraints"] == ["파일"] and "파일" in expected["text"]
+        tab = DemoTab(browser, process.url + "/")
+        try:
+            tab.translate(SENTENCE)
+            marked = tab.result().locator(".grid .row.tgt .tok.constrained")
+            shown = marked.evaluate_all("nodes => nodes.map(n => Number(n.dataset.tgtIndex))")
+            assert shown == expected["nbest"][0]["constrained_tokens"] != []
+        finally:
+            tab.close()
+    finally:
+        assert process.stop() == 0, process.output()
+
+
 def test_with_an_api_key_the_page_asks_for_it_and_sends_it(browser, peaked_checkpoint):
     keyed = ServerProcess(f"ckpt={quote(peaked_checkpoint)}", "serve.api_key=s3cret")
     try:

@@ -61,7 +61,7 @@ def test_progress_follows_a_phrase_unwinds_and_restarts():
         assert next_tokens(table, state).tolist()[0] in ([5, 9], [6, -1], [7, -1], [-1, 9])
         grown = advance(table, state, torch.tensor([[token]]), frozen=torch.tensor([False]))
         state = ConstraintState(grown.met[:, 0], grown.current[:, 0], grown.progress[:, 0])
-        seen.append((int(state.banks(table)), bool(state.all_met(table))))
+        seen.append((int(state.banks(table)), bool(state.all_met())))
     # 5 6 (2 tokens met), 8 unwinds to 0, 5 6 7 completes the first (3), 9 the second (4)
     assert seen == [
         (1, False),

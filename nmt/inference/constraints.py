@@ -119,10 +119,12 @@ class ConstraintState:
         self.progress[rows] = part.progress
 
     def banks(self, table: PhraseTable) -> Tensor:
-        """(rows,) constraint tokens met: the completed phrases' lengths plus the progress."""
-        return (self.met.long() * table.lengths).sum(dim=-1) + self.progress
+        """(rows,) constraint tokens met: the completed phrases' lengths plus the progress; for
+        a state of candidates, (rows, K), as :func:`advance` returns it."""
+        lengths = table.lengths.view(len(table.lengths), *[1] * (self.met.dim() - 2), -1)
+        return (self.met.long() * lengths).sum(dim=-1) + self.progress
 
-    def all_met(self, table: PhraseTable) -> Tensor:
+    def all_met(self) -> Tensor:
         """(rows,) bool: every phrase completed (always true without constraints)."""
         return self.met.all(dim=-1)
 

@@ -689,29 +689,52 @@ def _beam_step(
     per_row = min(beam_size, vocab)
     row_log_probs, row_tokens = log_probs.topk(per_row, dim=1)
     cand = beams.log_prob[:, None] + row_log_probs  # (rows, per_row)
-    # A finished row offers one candidate: itself, token <pad>, its score at length step + 1.
-    live_penalty = ((5.0 + step + 1) / 6.0) ** alpha
-    finished_value = beams.log_prob * (live_penalty / gnmt_length_penalty(beams.lengths, alpha))
-    finished_cand = torch.full_like(cand, -math.inf)
-    finished_cand[:, 0] = finished_value
-    cand = torch.where(beams.finished[:, None], finished_cand, cand)  # (rows, per_row)
-    row_tokens = row_tokens.masked_fill(beams.finished[:, None], PAD_ID)  # (rows, per_row)
+    cand, row_tokens = _finished_rows_stay(cand, row_tokens, beams, step, alpha)
 
     flat = cand.view(sentences, beam_size * per_row)
     top_value, top_idx = flat.topk(beam_size, dim=1)  # (sentences, beam)
     first_row = torch.arange(sentences, device=log_probs.device)[:, None] * beam_size
     parent = (first_row + top_idx // per_row).view(-1)  # (rows,)
     token = row_tokens.view(sentences, -1).gather(1, top_idx).view(-1)  # (rows,)
-    was_finished = beams.finished[parent]  # (rows,)
-    log_prob = torch.where(was_finished, beams.log_prob[parent], top_value.view(-1))
-    lengths = torch.where(was_finished, beams.lengths[parent], step + 1)
+    return parent, token, _next_beams(beams, parent, token, top_value.view(-1), step, max_lens)
 
+
+def _finished_rows_stay(
+    cand: torch.Tensor, tokens: torch.Tensor, beams: _Beams, step: int, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates (rows, K) and their tokens (rows, K) where a finished row offers one
+    candidate: itself, token ``<pad>``, its score rescaled to length ``step + 1`` (so that it
+    ranks among the live candidates as its own score would); -inf for its other columns."""
+    live_penalty = ((5.0 + step + 1) / 6.0) ** alpha
+    finished_value = beams.log_prob * (live_penalty / gnmt_length_penalty(beams.lengths, alpha))
+    finished_cand = torch.full_like(cand, -math.inf)
+    finished_cand[:, 0] = finished_value
+    cand = torch.where(beams.finished[:, None], finished_cand, cand)  # (rows, K)
+    tokens = tokens.masked_fill(beams.finished[:, None], PAD_ID)  # (rows, K)
+    return cand, tokens
+
+
+def _next_beams(
+    beams: _Beams,
+    parent: torch.Tensor,
+    token: torch.Tensor,
+    value: torch.Tensor,
+    step: int,
+    max_lens: torch.Tensor,
+    constraint: ConstraintState | None = None,
+) -> _Beams:
+    """The rows after a step: row ``j`` extends ``parent[j]`` with ``token[j]``, its candidate
+    value ``value[j]`` (all (rows,)); a finished parent stays as it was. A row ends on ``</s>``,
+    at its length limit ``max_lens``, or as an empty slot (-inf: fewer candidates than rows)."""
+    was_finished = beams.finished[parent]  # (rows,)
+    log_prob = torch.where(was_finished, beams.log_prob[parent], value)
+    lengths = torch.where(was_finished, beams.lengths[parent], step + 1)
     ended = ~was_finished & (token == EOS_ID)
     stopped_by_length = ~was_finished & ~ended & (lengths >= max_lens)
-    empty = log_prob == -math.inf  # fewer than beam_size possible candidates
+    empty = log_prob == -math.inf
     finished = was_finished | ended | stopped_by_length | empty
     hit_max = beams.hit_max[parent] | stopped_by_length
-    return parent, token, _Beams(log_prob, lengths, finished, hit_max)
+    return _Beams(log_prob, lengths, finished, hit_max, constraint)
 
 
 def _constrained_beam_step(
@@ -742,7 +765,7 @@ def _constrained_beam_step(
     sentences = rows // beam_size
     state = beams.constraint
     assert state is not None
-    log_probs[:, EOS_ID] = log_probs[:, EOS_ID].masked_fill(~state.all_met(table), -math.inf)
+    log_probs[:, EOS_ID] = log_probs[:, EOS_ID].masked_fill(~state.all_met(), -math.inf)
     per_row = min(beam_size, vocab)
     row_log_probs, row_tokens = log_probs.topk(per_row, dim=1)  # (rows, per_row)
 
@@ -756,16 +779,11 @@ def _constrained_beam_step(
     )  # (rows, C)
     tokens = torch.cat([row_tokens, advancing.clamp(min=0)], dim=1)  # (rows, K)
     cand = beams.log_prob[:, None] + torch.cat([row_log_probs, advancing_log_probs], dim=1)
-    live_penalty = ((5.0 + step + 1) / 6.0) ** alpha
-    finished_value = beams.log_prob * (live_penalty / gnmt_length_penalty(beams.lengths, alpha))
-    finished_cand = torch.full_like(cand, -math.inf)
-    finished_cand[:, 0] = finished_value
-    cand = torch.where(beams.finished[:, None], finished_cand, cand)  # (rows, K)
-    tokens = tokens.masked_fill(beams.finished[:, None], PAD_ID)
+    cand, tokens = _finished_rows_stay(cand, tokens, beams, step, alpha)
 
     cands = tokens.size(1)
     grown = advance(table, state, tokens, frozen=beams.finished)  # (rows, K, ...)
-    banks = (grown.met.long() * table.lengths[:, None, :]).sum(dim=-1) + grown.progress
+    banks = grown.banks(table)  # (rows, K)
     flat_values = cand.view(sentences, beam_size * cands)
     flat_banks = banks.view(sentences, beam_size * cands)
     kept = allocate(flat_values, flat_banks, num_banks, beam_size)  # (sentences, beam)
@@ -779,22 +797,13 @@ def _constrained_beam_step(
     parent = (first_row + kept // cands).view(-1)  # (rows,)
     flat_kept = (first_row * cands + kept).view(-1)  # (rows,) into rows * K
     token = tokens.view(-1)[flat_kept]
-    top_value = cand.view(-1)[flat_kept]
-    was_finished = beams.finished[parent]
-    log_prob = torch.where(was_finished, beams.log_prob[parent], top_value)
-    lengths = torch.where(was_finished, beams.lengths[parent], step + 1)
     constraint = ConstraintState(
         met=grown.met.reshape(rows * cands, -1)[flat_kept],
         current=grown.current.reshape(-1)[flat_kept],
         progress=grown.progress.reshape(-1)[flat_kept],
     )
-
-    ended = ~was_finished & (token == EOS_ID)
-    stopped_by_length = ~was_finished & ~ended & (lengths >= max_lens)
-    empty = log_prob == -math.inf
-    finished = was_finished | ended | stopped_by_length | empty
-    hit_max = beams.hit_max[parent] | stopped_by_length
-    return parent, token, _Beams(log_prob, lengths, finished, hit_max, constraint)
+    value = cand.view(-1)[flat_kept]
+    return parent, token, _next_beams(beams, parent, token, value, step, max_lens, constraint)
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ and whatever else in the translation looks like a placeholder (a second copy, a 
 is removed.
 
 So every span is kept by construction; the attention decides only where a span the model did
-not copy goes. A labelled role's shown text is left untranslated with the rest of the span.
+not copy goes. A labelled role's shown text is left untranslated with the rest of the span
+(unless a glossary translates it: :meth:`nmt.data.glossary.Glossary.translate_shown_text`).
 
 :func:`count_kept` measures what a translation kept, by the rule the references follow: a span
 is kept when it appears byte-identical, or, for a role with an explicit target
@@ -99,14 +100,18 @@ def mask_pair(source: str, target: str) -> tuple[str, str]:
     stem = placeholder_stem(source + target)
     protected = protect(source, stem)
     for i, span in enumerate(protected.spans):
-        labelled = LABELLED_ROLE.fullmatch(span)
-        pattern = (
-            re.escape(labelled.group(1)) + r"[^`\n]*?" + re.escape(labelled.group(2))
-            if labelled
-            else re.escape(span)
-        )
-        target = re.sub(pattern, protected.placeholder(i), target, count=1)
+        target = re.sub(kept_form(span), protected.placeholder(i), target, count=1)
     return protected.masked, target
+
+
+def kept_form(span: str) -> str:
+    """A regex for ``span`` as a translation keeps it: byte-identical, or for a role with an
+    explicit target (``:ref:`shown text <target>```) the role and the target with any shown
+    text (the rule of :func:`count_kept`)."""
+    labelled = LABELLED_ROLE.fullmatch(span)
+    if labelled is None:
+        return re.escape(span)
+    return re.escape(labelled.group(1)) + r"[^`\n]*?" + re.escape(labelled.group(2))
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,11 +274,5 @@ def count_kept(source: str, output: str) -> tuple[int, int]:
     spans = Counter(find_spans(source))
     kept = 0
     for span, wanted in spans.items():
-        labelled = LABELLED_ROLE.fullmatch(span) if "<" in span else None
-        if labelled:
-            pattern = re.escape(labelled.group(1)) + r"[^`\n]*?" + re.escape(labelled.group(2))
-            found = len(re.findall(pattern, output))
-        else:
-            found = output.count(span)
-        kept += min(wanted, found)
+        kept += min(wanted, len(re.findall(kept_form(span), output)))
     return kept, sum(spans.values())

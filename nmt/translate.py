@@ -165,7 +165,9 @@ def main(cfg: DictConfig) -> None:
     if not lines:
         raise NMTError(f"input={config.input or '-'}: no lines to translate")
     print(describe_decoding(translator), file=sys.stderr)  # once the input is known to be good
-    result = translator.translate(lines, config.progress, None, constraints, avoid)
+    result = translator.translate(
+        lines, progress=config.progress, constraints=constraints, avoid=avoid
+    )
     report_constraints(result)
     if plot_dir:
         plot_attention(plot_dir, 1, result)

@@ -36,6 +36,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -190,9 +191,7 @@ def gold_run(
     phrases met, BLEU/chrF and sentences/s of each."""
     phrases = gold_phrases(references, per_sentence, seed=1)
     before, before_speed = timed(base, sources)
-    start = time.perf_counter()
-    after = base.translate(sources, constraints=phrases)
-    after_speed = len(sources) / (time.perf_counter() - start)
+    after, after_speed = timed(base, sources, constraints=phrases)
     imposed = sum(len(p) for p in phrases)
     missing = sum(len(t.missing_constraints) for t in after)
     in_text = sum(p in t.text for t, ps in zip(after, phrases, strict=True) for p in ps)
@@ -238,11 +237,14 @@ def scores(hypotheses: list[str], references: list[str]) -> dict[str, float] | N
     return {"bleu": headline.bleu, "chrf": headline.chrf}
 
 
-def timed(translator: Translator, sentences: list[str]) -> tuple[list[Translation], float]:
+def timed(
+    translator: Translator, sentences: list[str], **constraints: Any
+) -> tuple[list[Translation], float]:
     """The translations and the sentences/s of one call (one run: on a machine shared with
-    other work the figure is that work's too; the load average is reported beside it)."""
+    other work the figure is that work's too; the load average is reported beside it);
+    ``constraints``: the keyword arguments of ``translate`` (``constraints=``, ``avoid=``)."""
     start = time.perf_counter()
-    translations = translator.translate(sentences)
+    translations = translator.translate(sentences, **constraints)
     return translations, len(sentences) / (time.perf_counter() - start)
 
 

@@ -79,16 +79,15 @@ def _phrases(record: dict[str, Any], field_name: str, where: str) -> list[str]:
 def translation_record(translation: Translation, n_best: int) -> dict[str, Any]:
     """One output line's object (the module docstring's format)."""
 
-    def entry(t: Translation) -> dict[str, Any]:
+    def entry(t: Translation, constraints: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"text": t.text, "score": round(t.score, 4)}
+        if constraints and t.constraints:
+            out["constraints"] = t.constraints
         if t.constraints:
             out["missing_constraints"] = t.missing_constraints
         return out
 
-    record = entry(translation)
-    if translation.constraints:
-        record = {**record, "constraints": translation.constraints}
-        record["missing_constraints"] = record.pop("missing_constraints")
+    record = entry(translation, constraints=True)
     if n_best > 1:
         record["nbest"] = [entry(t) for t in translation.nbest[:n_best]]
     return record

@@ -308,3 +308,8 @@ def test_translator_constraints_api(ckpt):
         translator.translate(["a", "b"], constraints=[["x"]])
     with pytest.raises(NMTError, match=r"constraints\[0\]\[1\]: expected a non-empty"):
         translator.translate(["a"], constraints=[["x", " "]])
+    # a list of strings where a list of lists is expected: not one phrase per character
+    with pytest.raises(NMTError, match=r"constraints\[0\]: expected a list of Korean phrases"):
+        translator.translate(["a"], constraints=["저장"])
+    with pytest.raises(NMTError, match=r"avoid\[0\]: expected a list of Korean phrases"):
+        translator.translate(["a"], avoid=["저장"])

@@ -584,8 +584,9 @@ def checked_phrases(
     lists: Sequence[Sequence[str]] | None, sentences: int, field_name: str
 ) -> list[list[str]]:
     """One list of Korean phrases per sentence (``[]`` each when ``lists`` is None), each
-    normalised; :class:`NMTError` naming ``field_name[i][j]`` for a phrase that is not a
-    non-empty string, or for a count that is not ``sentences``."""
+    normalised; :class:`NMTError` naming ``field_name[i]`` for an entry that is not a list
+    (a bare string would otherwise be read as one phrase per character), ``field_name[i][j]``
+    for a phrase that is not a non-empty string, or the count when it is not ``sentences``."""
     if lists is None:
         return [[] for _ in range(sentences)]
     if isinstance(lists, str):
@@ -596,6 +597,8 @@ def checked_phrases(
         )
     result = []
     for i, phrases in enumerate(lists):
+        if isinstance(phrases, str) or not isinstance(phrases, Sequence):
+            raise NMTError(f"{field_name}[{i}]: expected a list of Korean phrases; got {phrases!r}")
         normalised = []
         for j, phrase in enumerate(phrases):
             if not isinstance(phrase, str) or not normalize(phrase):

@@ -87,7 +87,7 @@ def _build(schema: type[T], values: Any, prefix: str) -> T:
     # a registered part's own keys (declared: None for a plain group)
     declared = _declared_keys(schema, values, own, hints, prefix)
     known = [*own, *(declared or ())]
-    part = f" for {schema.PART_FIELD} {values[schema.PART_FIELD]!r}" if declared is not None else ""
+    part = f" for {schema.PART_FIELD} {values.get(schema.PART_FIELD)!r}" if declared is not None else ""
     for name in values:
         if name not in known:
             raise NMTError(
@@ -122,10 +122,14 @@ def _declared_keys(
     if registry is None:
         return None
     name_field = own[schema.PART_FIELD]
-    if schema.PART_FIELD not in values:
+    if schema.PART_FIELD in values:
+        value = values[schema.PART_FIELD]
+    elif name_field.default is not dataclasses.MISSING:  # configs saved before the field
+        value = name_field.default
+    else:
         raise NMTError(f"{_key(prefix, schema.PART_FIELD)}: missing")
     name = check_value(
-        values[schema.PART_FIELD],
+        value,
         hints[name_field.name],
         name_field.metadata,
         _key(prefix, schema.PART_FIELD),

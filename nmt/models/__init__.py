@@ -1,4 +1,4 @@
-"""Attentional recurrent encoder-decoder models.
+"""Attentional encoder-decoder models: recurrent, Transformer, and the pairs of the two.
 
     model = build_model(cfg.model, src_vocab_size, tgt_vocab_size)
     out = model(src, src_lengths, tgt_in)               # Seq2SeqOutput(logits, attn_weights)
@@ -18,12 +18,14 @@ from nmt.models.attention import (
     build_attention,
 )
 from nmt.models.decoder import DECODER_STYLES, Decoder, DecoderState, Memory
-from nmt.models.encoder import Encoder, EncoderOutput
+from nmt.models.encoder import ENCODER_TYPES, Encoder, EncoderOutput
 from nmt.models.seq2seq import Seq2Seq, Seq2SeqOutput, StepOutput, build_model, init_uniform_
+from nmt.models.transformer import TransformerDecoder, TransformerEncoder  # registers them
 
 __all__ = [
     "ATTENTION_TYPES",
     "DECODER_STYLES",
+    "ENCODER_TYPES",
     "SCORES",
     "Attention",
     "AttentionOutput",
@@ -36,6 +38,8 @@ __all__ = [
     "Seq2Seq",
     "Seq2SeqOutput",
     "StepOutput",
+    "TransformerDecoder",
+    "TransformerEncoder",
     "build_attention",
     "build_model",
     "init_uniform_",

@@ -39,12 +39,12 @@ class DecoderSettings:
     PART_FIELD: ClassVar[str] = "style"
 
     style: str = setting(choices=lambda: DECODER_STYLES)
-    rnn_type: str = setting(choices=RNN_TYPES)
+    rnn_type: str | None = setting(choices=RNN_TYPES, default=None)  # the recurrent styles'
     embed_dim: int = setting(ge=1)
     hidden_size: int = setting(ge=1)
     num_layers: int = setting(ge=1)
     dropout: float = setting(ge=0, lt=1)
-    bridge: bool = setting()
+    bridge: bool = setting(default=False)  # the recurrent styles' initial state
     options: dict[str, Any] = field(default_factory=dict)  # the style's declared keys
 
 
@@ -62,20 +62,23 @@ class Memory(NamedTuple):
 
 
 class DecoderState(NamedTuple):
-    """The recurrent state between two decoder steps."""
+    """The decoder's state between two steps: a recurrent style's RNN state, or the
+    Transformer's cache of the earlier steps' self-attention keys and values."""
 
-    hidden: Tensor  # (num_layers, batch, hidden): s_{t-1} per layer (LSTM: h)
+    hidden: Tensor | None  # (num_layers, batch, hidden): s_{t-1} per layer (LSTM: h); RNN only
     cell: Tensor | None  # (num_layers, batch, hidden): LSTM memory cell c_{t-1}; None for GRU
     attn_vector: Tensor | None  # (batch, hidden): h̃_{t-1} for Luong input feeding, else None
     position: Tensor  # (batch,) long: t, the 0-based target step the next step computes
+    cache: Tensor | None = None  # (batch, t, L·2·d): the Transformer's [K ; V] per layer
 
     def index_select(self, idx: Tensor) -> DecoderState:
         """Reorder/repeat along the batch dimension; idx: LongTensor (new_batch,)."""
         return DecoderState(
-            self.hidden.index_select(1, idx),
+            None if self.hidden is None else self.hidden.index_select(1, idx),
             None if self.cell is None else self.cell.index_select(1, idx),
             None if self.attn_vector is None else self.attn_vector.index_select(0, idx),
             self.position.index_select(0, idx),
+            None if self.cache is None else self.cache.index_select(0, idx),
         )
 
 
@@ -205,7 +208,7 @@ def lstm_cell_from_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
 class DecoderSizes:
     """The settings both decoder styles are built from (``model.decoder`` and the encoder's)."""
 
-    rnn_type: str  # gru | lstm
+    rnn_type: str | None  # gru | lstm; None for the Transformer
     embed_dim: int
     hidden_size: int
     num_layers: int
@@ -228,22 +231,60 @@ class DecoderFlops(NamedTuple):
 
 
 class Decoder(nn.Module, Declared, metaclass=ABCMeta):
-    """What both styles share: the RNN, the bridge, embedding dropout, the attention.
+    """A decoder style: what :class:`~nmt.models.seq2seq.Seq2Seq` and the search call.
+
+    A style is a subclass registered with ``@DECODER_STYLES.register(name)``
+    (``model.decoder.style: name``), built as ``cls(attention, sizes, **options)`` with the
+    ``model.decoder`` keys it declares beyond :class:`DecoderSizes`' (``config_keys``,
+    ``optional_keys``).  ``uses_score``: whether it reads ``model.attention`` (the recurrent
+    styles) or brings its own attention (``attention`` is then None).
+    """
+
+    uses_score: ClassVar[bool] = True
+    hidden_size: int  # of h̃_t
+
+    @classmethod
+    @abstractmethod
+    def flops(cls, sizes: DecoderSizes, **options: Any) -> DecoderFlops:
+        """Matmul FLOPs per target token (see :class:`DecoderFlops`)."""
+
+    def project_keys(self, values: Tensor) -> Tensor:
+        """What the steps read as ``Memory.keys``, from the encoder states, once per batch."""
+        return self.attention.project_keys(values)
+
+    @abstractmethod
+    def init_state(self, memory: Memory) -> DecoderState:
+        """The state before target step 0 from the encoder's ``memory``."""
+
+    @abstractmethod
+    def forward(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderOutput:
+        """Teacher-forced pass.  embedded (batch, tgt_len, embed_dim): E y_0..E y_{T-1}, before
+        dropout → h̃_1..h̃_T (batch, tgt_len, hidden), α (batch, tgt_len, src_len), the end state.
+        """
+
+    @abstractmethod
+    def step(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderStep:
+        """One target step.  embedded: (batch, embed_dim), the embedding of y_{t-1}."""
+
+
+class RecurrentDecoder(Decoder):
+    """What both recurrent styles share: the RNN, the bridge, embedding dropout, the attention.
 
     Bridge (``bridge=True``): s_0 = tanh(W_b · encoder final + b_b), one hidden-size slice per
     decoder layer, where encoder final is the top encoder layer's last state
     [→h_S ; ←h_1] (cf. Bahdanau et al. 2015, appendix A.2.2, s_0 = tanh(W_s ←h_1)).  An LSTM's
     memory cell starts equal to s_0.  ``bridge=False``: s_0 = 0.
 
-    A style is a subclass registered with ``@DECODER_STYLES.register(name)``
-    (``model.decoder.style: name``), built as ``cls(attention, sizes, **options)`` with the
-    ``model.decoder`` keys it declares beyond :class:`DecoderSizes`' (``config_keys``,
-    ``optional_keys``); it defines :meth:`rnn_input_size`, :meth:`flops`, :meth:`init_state`,
+    A recurrent style defines :meth:`rnn_input_size`, :meth:`flops`, :meth:`init_state`,
     :meth:`forward` and :meth:`step_after_dropout`.
     """
 
     def __init__(self, attention: Attention, sizes: DecoderSizes, rnn_input_size: int):
         super().__init__()
+        if sizes.rnn_type is None:
+            raise NMTError(
+                f"model.decoder.rnn_type: missing (expected one of {', '.join(RNN_TYPES)})"
+            )
         self.attention = attention
         self.hidden_size = sizes.hidden_size
         self.num_layers = sizes.num_layers
@@ -264,27 +305,11 @@ class Decoder(nn.Module, Declared, metaclass=ABCMeta):
         """The width of the decoder RNN's input x_t."""
 
     @classmethod
-    @abstractmethod
-    def flops(cls, sizes: DecoderSizes, **options: Any) -> DecoderFlops:
-        """Matmul FLOPs per target token (see :class:`DecoderFlops`)."""
-
-    @classmethod
     def rnn_flops(cls, sizes: DecoderSizes, **options: Any) -> int:
         """rnn(in, H) + (L_d − 1) · rnn(H, H), in = :meth:`rnn_input_size`."""
         first = rnn_flops(sizes.rnn_type, cls.rnn_input_size(sizes, **options), sizes.hidden_size)
         rest = rnn_flops(sizes.rnn_type, sizes.hidden_size, sizes.hidden_size)
         return first + (sizes.num_layers - 1) * rest
-
-    @abstractmethod
-    def init_state(self, memory: Memory) -> DecoderState:
-        """The state before target step 0 from the encoder's ``memory``: s_0 (and c_0) from the
-        bridge, each (num_layers, batch, hidden), and position 0 (batch,)."""
-
-    @abstractmethod
-    def forward(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderOutput:
-        """Teacher-forced pass.  embedded (batch, tgt_len, embed_dim): E y_0..E y_{T-1}, before
-        dropout → h̃_1..h̃_T (batch, tgt_len, hidden), α (batch, tgt_len, src_len), the end state.
-        """
 
     def init_rnn_state(self, memory: Memory) -> tuple[Tensor, Tensor | None]:
         """(s_0, c_0), each (num_layers, batch, hidden); c_0 is None for a GRU."""
@@ -323,7 +348,7 @@ DECODER_STYLES: Registry[type[Decoder]] = Registry("model.decoder.style")
 
 
 @DECODER_STYLES.register("luong")
-class LuongDecoder(Decoder):
+class LuongDecoder(RecurrentDecoder):
     """Step the RNN, then attend with its new state  (Luong et al. 2015, §3).
 
         x_t   = [E y_{t-1} ; h̃_{t-1}]  with input feeding (§3.3), else E y_{t-1}
@@ -419,7 +444,7 @@ class LuongDecoder(Decoder):
 
 
 @DECODER_STYLES.register("bahdanau")
-class BahdanauDecoder(Decoder):
+class BahdanauDecoder(RecurrentDecoder):
     """Attend with the previous state, then step the RNN on [E y_{t-1} ; c_t]  (Bahdanau et al. 2015).
 
         query = s_{t-1} (top layer);  context c_t, weights α_t = Attention(query, keys, values)

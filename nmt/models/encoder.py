@@ -13,8 +13,9 @@ the whole gradient buffer at every time step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from nmt.core.errors import NMTError
 from nmt.core.settings import setting
 from nmt.core.special_ids import PAD_ID
+from nmt.models.registry import Declared, Registry
 
 RNN_TYPES = ("gru", "lstm")
 RNN_GATES = {"gru": 3, "lstm": 4}
@@ -29,12 +31,43 @@ RNN_GATES = {"gru": 3, "lstm": 4}
 
 @dataclass(frozen=True, kw_only=True)
 class EncoderSettings:
-    rnn_type: str = setting(choices=RNN_TYPES)
+    """``type`` (``rnn``, the default, or ``transformer``), the keys every encoder reads, and
+    those the type's class declares (``heads``, ``ff_size``) in ``options``.  ``rnn_type`` and
+    ``bidirectional`` are the recurrent encoder's."""
+
+    REGISTRY: ClassVar[Callable[[], Mapping[str, Any]]] = staticmethod(lambda: ENCODER_TYPES)
+    PART_FIELD: ClassVar[str] = "type"
+
+    type: str = setting(choices=lambda: ENCODER_TYPES, default="rnn")
+    rnn_type: str | None = setting(choices=RNN_TYPES, default=None)
     embed_dim: int = setting(ge=1)
-    hidden_size: int = setting(ge=1)  # per direction
+    hidden_size: int = setting(ge=1)  # per direction (rnn); the model size d (transformer)
     num_layers: int = setting(ge=1)
-    bidirectional: bool = setting()
+    bidirectional: bool = setting(default=False)
     dropout: float = setting(ge=0, lt=1)
+    options: dict[str, Any] = field(default_factory=dict)  # the type's declared keys
+
+
+@dataclass(frozen=True)
+class EncoderSizes:
+    """The ``model.encoder`` keys every encoder type is built from."""
+
+    rnn_type: str | None
+    embed_dim: int
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+    dropout: float
+
+    @classmethod
+    def of(cls, enc: EncoderSettings) -> EncoderSizes:
+        return cls(
+            enc.rnn_type, enc.embed_dim, enc.hidden_size, enc.num_layers, enc.bidirectional,
+            enc.dropout,
+        )  # fmt: skip
+
+
+ENCODER_TYPES: Registry[type[Any]] = Registry("model.encoder.type")
 
 
 class EncoderOutput(NamedTuple):
@@ -89,12 +122,32 @@ def reverse_within_lengths(x: Tensor, lengths: Tensor) -> Tensor:
     return x.gather(1, index.unsqueeze(-1).expand_as(x))
 
 
-class Encoder(nn.Module):
+@ENCODER_TYPES.register("rnn")
+class Encoder(nn.Module, Declared):
     """Embed the source and run an N-layer (bi)directional GRU or LSTM over it.
 
     Each layer is one RNN per direction; dropout is applied to the embeddings and, for N > 1,
     between layers.
     """
+
+    @classmethod
+    def from_sizes(cls, vocab_size: int, sizes: EncoderSizes) -> Encoder:
+        """The encoder ``model.encoder`` describes (``type: rnn``)."""
+        if sizes.rnn_type is None:
+            raise NMTError(
+                f"model.encoder.rnn_type: missing (expected one of {', '.join(RNN_TYPES)})"
+            )
+        return cls(
+            vocab_size, sizes.rnn_type, sizes.embed_dim, sizes.hidden_size, sizes.num_layers,
+            sizes.bidirectional, sizes.dropout,
+        )  # fmt: skip
+
+    @classmethod
+    def flops(cls, sizes: EncoderSizes, src_len: float) -> float:
+        """Per source token: Σ_layers D · rnn(in, H_e), in = E_s (first layer) or D·H_e."""
+        directions = 2 if sizes.bidirectional else 1
+        inputs = [sizes.embed_dim] + [directions * sizes.hidden_size] * (sizes.num_layers - 1)
+        return sum(directions * rnn_flops(sizes.rnn_type, i, sizes.hidden_size) for i in inputs)
 
     def __init__(
         self,
@@ -148,3 +201,12 @@ class Encoder(nn.Module):
         return EncoderOutput(
             states, torch.cat(final, dim=-1)
         )  # final: (batch, num_directions*hidden)
+
+
+def build_encoder(enc: EncoderSettings, vocab_size: int) -> nn.Module:
+    """The encoder ``model.encoder`` names by its ``type``, with its declared keys."""
+    kind = ENCODER_TYPES.lookup(enc.type)
+    sizes = EncoderSizes.of(enc)
+    if kind is Encoder:
+        return Encoder.from_sizes(vocab_size, sizes)
+    return kind(vocab_size, sizes, **enc.options)

@@ -17,7 +17,7 @@ from nmt.core.special_ids import PAD_ID
 from nmt.data.batching import Batch
 from nmt.models.attention import SCORES, AttentionSettings, ScoreFlops
 from nmt.models.decoder import DECODER_STYLES, DecoderSizes
-from nmt.models.encoder import EncoderSettings, rnn_flops
+from nmt.models.encoder import ENCODER_TYPES, EncoderSettings, EncoderSizes
 from nmt.models.seq2seq import ModelSettings
 
 # Backward ≈ 2 × forward: each weight matmul y = W x needs one matmul for the gradient of x and
@@ -52,6 +52,11 @@ class LengthStats:
     def attn_src_len(self) -> float:
         """Mean source length a target token attends over (weighted by target length)."""
         return self.attended / self.tgt_tokens
+
+    @property
+    def tgt_len(self) -> float:
+        """Mean target length (a causal self-attention step reads about half of it)."""
+        return self.tgt_tokens / self.sentences
 
     @property
     def sentences_per_tgt(self) -> float:
@@ -105,14 +110,12 @@ def flops_per_target_token(
     (gate non-linearities, tanh, softmax, embeddings lookups) is left out.
     """
     enc, att, dec = model.encoder, model.attention, model.decoder
-    values = (2 if enc.bidirectional else 1) * enc.hidden_size  # V
+    values = encoder_output_size(enc)  # V
     hidden, embed = dec.hidden_size, dec.embed_dim  # H, E_t
     if model.tie_embeddings and hidden != embed:
         output_proj = 2 * hidden * embed + 2 * embed * tgt_vocab_size
     else:
         output_proj = 2 * hidden * tgt_vocab_size
-    score = SCORES.lookup(att.score)
-    attention = score.flops(hidden, values, lengths.attn_src_len, **att.options)
     style = DECODER_STYLES.lookup(dec.style)
     sizes = DecoderSizes(
         dec.rnn_type,
@@ -124,33 +127,43 @@ def flops_per_target_token(
         values,
         dec.bridge,
     )
-    decoder = style.flops(sizes, **dec.options)
+    decoder = style.flops(sizes, tgt_len=lengths.tgt_len, **dec.options)
+    if style.uses_score:
+        score = SCORES.lookup(att.score)
+        attention = score.flops(hidden, values, lengths.attn_src_len, **att.options)
+        keys = attention.keys
+        attending = attention_flops(att, attention, values, hidden, lengths.attn_src_len)
+    else:  # the style's own attention (the Transformer's cross-attention)
+        keys = style.key_flops(sizes, **dec.options)
+        attending = style.attention_flops(sizes, lengths.attn_src_len, **dec.options)
+    encoder = "encoder_rnn" if enc.type == "rnn" else f"encoder_{enc.type}"
     return FlopCount(
         {
-            "encoder_rnn": encoder_rnn_flops(enc) * lengths.src_per_tgt,
-            "attention_keys": attention.keys * lengths.src_per_tgt,
+            encoder: encoder_flops(enc, lengths.src_tokens / lengths.sentences)
+            * lengths.src_per_tgt,
+            "attention_keys": keys * lengths.src_per_tgt,
             "bridge": (2 * values * dec.num_layers * hidden if dec.bridge else 0)
             * lengths.sentences_per_tgt,
-            "decoder_rnn": float(decoder.rnn),
-            "attention": attention_flops(att, attention, values, hidden, lengths.attn_src_len),
+            "decoder_rnn" if style.uses_score else "decoder_self_attention": float(decoder.rnn),
+            "attention": attending,
             "combine": float(decoder.combine),
             "output_proj": float(output_proj),
         }
     )
 
 
-def encoder_rnn_flops(enc: EncoderSettings) -> int:
-    """Per source token: Σ_layers D · rnn(in, H_e), in = E_s (first layer) or D·H_e."""
-    directions = 2 if enc.bidirectional else 1
-    return sum(
-        directions
-        * rnn_flops(
-            enc.rnn_type,
-            enc.embed_dim if layer == 0 else directions * enc.hidden_size,
-            enc.hidden_size,
-        )
-        for layer in range(enc.num_layers)
-    )
+def encoder_output_size(enc: EncoderSettings) -> int:
+    """V, the width of the encoder states: D·H_e (rnn) or d (transformer)."""
+    if enc.type == "rnn":
+        return (2 if enc.bidirectional else 1) * enc.hidden_size
+    return enc.hidden_size
+
+
+def encoder_flops(enc: EncoderSettings, src_len: float) -> float:
+    """Per source token, from the encoder type's class (``src_len``: the mean source length,
+    which self-attention reads)."""
+    kind = ENCODER_TYPES.lookup(enc.type)
+    return kind.flops(EncoderSizes.of(enc), src_len=src_len, **enc.options)
 
 
 def attention_flops(

@@ -35,7 +35,7 @@ from nmt.models.decoder import (
     DecoderState,
     Memory,
 )
-from nmt.models.encoder import Encoder, EncoderSettings
+from nmt.models.encoder import EncoderSettings, build_encoder
 
 # the keys of model.decoder every style reads (DecoderSizes); a style declares its own others
 DECODER_KEYS = ("style", "rnn_type", "embed_dim", "hidden_size", "num_layers", "dropout", "bridge")
@@ -65,7 +65,7 @@ class Seq2Seq(nn.Module):
 
     def __init__(
         self,
-        encoder: Encoder,
+        encoder: nn.Module,
         decoder: Decoder,
         tgt_vocab_size: int,
         tgt_embed_dim: int,
@@ -102,7 +102,7 @@ class Seq2Seq(nn.Module):
     def encode(self, src: Tensor, src_lengths: Tensor) -> Memory:
         """src (batch, src_len) long, PAD_ID-padded; src_lengths (batch,) in any order."""
         values, final = self.encoder(src, src_lengths)  # (batch, src_len, value_size)
-        keys = self.decoder.attention.project_keys(values)  # once per batch
+        keys = self.decoder.project_keys(values)  # once per batch
         same = keys is values  # dot/scaled_dot with equal sizes, location
         values = cast_for_decoding(values)
         keys = values if same else cast_for_decoding(keys)
@@ -189,22 +189,19 @@ def build_model(
     the score's and the decoder style's own keys by what their classes declare.
     """
     enc, att, dec = m.encoder, m.attention, m.decoder
-    encoder = Encoder(
-        vocab_size=src_vocab_size,
-        rnn_type=enc.rnn_type,
-        embed_dim=enc.embed_dim,
-        hidden_size=enc.hidden_size,
-        num_layers=enc.num_layers,
-        bidirectional=enc.bidirectional,
-        dropout=enc.dropout,
-    )
-    attention = build_attention(
-        att.score,
-        query_size=dec.hidden_size,
-        value_size=encoder.output_size,
-        attention_type=att.type,
-        window=att.window,
-        **att.options,
+    encoder = build_encoder(enc, src_vocab_size)
+    style = DECODER_STYLES.lookup(dec.style)
+    attention = (
+        build_attention(
+            att.score,
+            query_size=dec.hidden_size,
+            value_size=encoder.output_size,
+            attention_type=att.type,
+            window=att.window,
+            **att.options,
+        )
+        if style.uses_score
+        else None  # the style brings its own attention (the Transformer's)
     )
     sizes = DecoderSizes(
         rnn_type=dec.rnn_type,
@@ -216,7 +213,7 @@ def build_model(
         encoder_final_size=encoder.output_size,
         bridge=dec.bridge,
     )
-    decoder = DECODER_STYLES[dec.style](attention, sizes, **dec.options)
+    decoder = style(attention, sizes, **dec.options)
     model = Seq2Seq(encoder, decoder, tgt_vocab_size, dec.embed_dim, m.tie_embeddings, dec.dropout)
     if param_init is not None:
         init_uniform_(model, param_init)
@@ -226,10 +223,13 @@ def build_model(
 def init_uniform_(model: nn.Module, bound: float) -> None:
     """Draw every parameter from U(−bound, bound), the embeddings' padding rows then zero
     (OpenNMT-py's ``param_init``; ``trainer.param_init``).  PyTorch's per-layer defaults give
-    a 512-unit GRU ±0.044 and a 1024-input linear ±0.031, and ``nn.Embedding`` N(0, 1)."""
+    a 512-unit GRU ±0.044 and a 1024-input linear ±0.031, and ``nn.Embedding`` N(0, 1).
+    Layer norms keep their gain 1 and bias 0: a random gain would scale each feature at random."""
+    norms = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
     with torch.no_grad():
         for param in model.parameters():
-            param.uniform_(-bound, bound)
+            if id(param) not in norms:  # a layer norm keeps its gain 1 and bias 0
+                param.uniform_(-bound, bound)
         for module in model.modules():
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
                 module.weight[module.padding_idx].zero_()

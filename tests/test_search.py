@@ -45,35 +45,49 @@ SETUPS = [
     # independence and teacher-forced rescoring hold as for global attention
     ("luong", "general", "gru", "local_p"),
     ("bahdanau", "dot", "lstm", "local_m"),
+    # the Transformer (its own attention: the score is not read), and the mixed pairs
+    ("transformer", "general", "transformer"),
+    ("luong", "general", "transformer"),  # Transformer encoder, GRU decoder
+    ("transformer", "general", "gru"),  # biGRU encoder, Transformer decoder
 ]
+TRANSFORMER = {"embed_dim": 16, "hidden_size": 16, "num_layers": 2, "heads": 4, "ff_size": 32}
 SETUP_IDS = ["-".join(s) for s in SETUPS]
 FORBIDDEN_MASK = torch.isin(torch.arange(TGT_VOCAB), torch.tensor(FORBIDDEN_IDS))
 ATTENTION_EXTRA = {"concat": {"hidden_size": 16}, "location": {"max_src_len": 12}}
 
 
 def model_cfg(style: str, score: str, rnn_type: str, attention_type: str = "global"):
+    """``rnn_type`` "transformer": a Transformer encoder (a recurrent decoder beside it: GRU)."""
     attention = {"score": score, "type": attention_type, "window": 2}
+    if rnn_type == "transformer":
+        encoder = {"type": "transformer", **TRANSFORMER, "dropout": 0.0}
+    else:
+        encoder = {
+            "rnn_type": rnn_type,
+            "embed_dim": 16,
+            "hidden_size": 16,
+            "num_layers": 1,
+            "bidirectional": True,
+            "dropout": 0.0,
+        }
+    if style == "transformer":
+        decoder = {"style": style, **TRANSFORMER, "dropout": 0.0}
+    else:
+        decoder = {
+            "style": style,
+            "rnn_type": "gru" if rnn_type == "transformer" else rnn_type,
+            "embed_dim": 16,
+            "hidden_size": 16,
+            "num_layers": 1,
+            "dropout": 0.0,
+            "input_feeding": style == "luong",
+            "bridge": True,
+        }
     return OmegaConf.create(
         {
-            "encoder": {
-                "rnn_type": rnn_type,
-                "embed_dim": 16,
-                "hidden_size": 16,
-                "num_layers": 1,
-                "bidirectional": True,
-                "dropout": 0.0,
-            },
+            "encoder": encoder,
             "attention": {**attention, **ATTENTION_EXTRA.get(score, {})},
-            "decoder": {
-                "style": style,
-                "rnn_type": rnn_type,
-                "embed_dim": 16,
-                "hidden_size": 16,
-                "num_layers": 1,
-                "dropout": 0.0,
-                "input_feeding": style == "luong",
-                "bridge": True,
-            },
+            "decoder": decoder,
             "tie_embeddings": False,
         }
     )
@@ -422,7 +436,8 @@ def test_zero_length_limit_gives_empty_hypothesis(model, batch):
 @pytest.mark.parametrize("search", ["greedy", "beam"])
 def test_attention_matrix_per_hypothesis(model, batch, search):
     src, src_lengths = batch
-    local = model.decoder.attention.local
+    attention = getattr(model.decoder, "attention", None)  # the Transformer has its own
+    local = attention.local if attention is not None else None
     local_p = local is not None and local.attention_type == "local_p"
     if search == "greedy":
         result = greedy_search(model, src, src_lengths, 1.5, 3)

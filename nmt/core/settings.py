@@ -87,7 +87,11 @@ def _build(schema: type[T], values: Any, prefix: str) -> T:
     # a registered part's own keys (declared: None for a plain group)
     declared = _declared_keys(schema, values, own, hints, prefix)
     known = [*own, *(declared or ())]
-    part = f" for {schema.PART_FIELD} {values.get(schema.PART_FIELD)!r}" if declared is not None else ""
+    part = (
+        f" for {schema.PART_FIELD} {values.get(schema.PART_FIELD)!r}"
+        if declared is not None
+        else ""
+    )
     for name in values:
         if name not in known:
             raise NMTError(

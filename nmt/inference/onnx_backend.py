@@ -58,6 +58,7 @@ class StateLayout:
     hidden_size: int
     has_cell: bool  # LSTM memory cell
     has_attn_vector: bool  # Luong input feeding: h̃_{t-1} is part of the state
+    has_cache: bool = False  # the Transformer: [K ; V] of the steps so far instead of an RNN state
 
     @classmethod
     def from_model_config(cls, model_cfg: dict[str, Any]) -> StateLayout:
@@ -65,18 +66,30 @@ class StateLayout:
         return cls(
             num_layers=dec["num_layers"],
             hidden_size=dec["hidden_size"],
-            has_cell=dec["rnn_type"] == "lstm",
+            has_cell=dec.get("rnn_type") == "lstm",
             has_attn_vector=dec["style"] == "luong" and dec["input_feeding"],
+            has_cache=dec["style"] == "transformer",
         )
+
+    @property
+    def cache_width(self) -> int:
+        """L·2·d: every layer's self-attention keys and values of one step."""
+        return self.num_layers * 2 * self.hidden_size
 
     def state_names(self) -> list[str]:
         """The state tensors in graph order (inputs; the step graph outputs them + ``_out``)."""
+        if self.has_cache:
+            return ["cache", "position"]
         return [
             "hidden",
             *(["cell"] if self.has_cell else []),
             *(["attn_vector"] if self.has_attn_vector else []),
             "position",  # the target step t (local attention's window centre; counted always)
         ]
+
+    def encoder_outputs(self) -> list[str]:
+        """What the encoder graph returns: the memory, and s_0 for a recurrent decoder."""
+        return ["values", "keys", "src_mask", *([] if self.has_cache else ["hidden"])]
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -162,24 +175,31 @@ class OnnxSeq2Seq:
 
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> Memory:
         """src (batch, src_len) long; src_lengths (batch,) → Memory, ``final`` = s_0 batch-first."""
-        values, keys, src_mask, hidden = self.encoder.run(
+        values, keys, src_mask, *hidden = self.encoder.run(
             None, {"src": _numpy(src), "src_lengths": _numpy(src_lengths.long())}
         )
-        s0 = torch.from_numpy(hidden).transpose(0, 1).reshape(src.size(0), -1)  # (batch, L*H)
+        if hidden:  # s_0 of a recurrent decoder, batch first: (batch, L*H)
+            final = torch.from_numpy(hidden[0]).transpose(0, 1).reshape(src.size(0), -1)
+        else:  # the Transformer decoder reads no final state
+            final = torch.zeros(src.size(0), 0)
         return Memory(
-            torch.from_numpy(values), torch.from_numpy(keys), torch.from_numpy(src_mask), s0
+            torch.from_numpy(values), torch.from_numpy(keys), torch.from_numpy(src_mask), final
         )
 
     def init_state(self, memory: Memory) -> DecoderState:
         """s_0 (num_layers, batch, hidden); an LSTM's cell starts equal to it; h̃_0 = 0."""
         batch = memory.final.size(0)
         layout = self.layout
+        position = torch.zeros(batch, dtype=torch.long)  # t = 0, as the decoder's first_position
+        if layout.has_cache:  # nothing cached yet: (batch, 0, L·2·d)
+            return DecoderState(
+                None, None, None, position, torch.zeros(batch, 0, layout.cache_width)
+            )
         hidden = memory.final.view(batch, layout.num_layers, layout.hidden_size)
         hidden = hidden.transpose(0, 1).contiguous()  # (num_layers, batch, hidden)
         attn_vector = (
             hidden.new_zeros(batch, layout.hidden_size) if layout.has_attn_vector else None
         )
-        position = torch.zeros(batch, dtype=torch.long)  # t = 0, as the decoder's first_position
         return DecoderState(hidden, hidden if layout.has_cell else None, attn_vector, position)
 
     def step(self, prev_tokens: torch.Tensor, state: DecoderState, memory: Memory) -> StepOutput:
@@ -191,6 +211,7 @@ class OnnxSeq2Seq:
             "cell": state.cell,
             "attn_vector": state.attn_vector,
             "position": state.position,
+            "cache": state.cache,
             "values": memory.values,
             "keys": memory.keys,
             "src_mask": memory.src_mask,
@@ -201,7 +222,11 @@ class OnnxSeq2Seq:
         logits, attn_weights, *state_out = (torch.from_numpy(o) for o in outputs)
         named = dict(zip(self.layout.state_names(), state_out, strict=True))
         new_state = DecoderState(
-            named["hidden"], named.get("cell"), named.get("attn_vector"), named["position"]
+            named.get("hidden"),
+            named.get("cell"),
+            named.get("attn_vector"),
+            named["position"],
+            named.get("cache"),
         )
         return StepOutput(logits, attn_weights, new_state)
 

@@ -72,14 +72,18 @@ CHECK_LENGTHS = ((13, 4, 11, 1, 9), (3,), (6, 6, 2))
 
 
 class EncoderGraph(nn.Module):
-    """src, src_lengths → values, keys, src_mask, s_0 (the bridge runs here)."""
+    """src, src_lengths → values, keys, src_mask, and s_0 for a recurrent decoder (the bridge
+    runs here); a Transformer decoder's keys are its layers' cross-attention [K ; V]."""
 
-    def __init__(self, model: Seq2Seq):
+    def __init__(self, model: Seq2Seq, layout: StateLayout):
         super().__init__()
         self.model = model
+        self.layout = layout
 
-    def forward(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, ...]:
         memory = self.model.encode(src, src_lengths)
+        if self.layout.has_cache:
+            return memory.values, memory.keys, memory.src_mask
         state = self.model.init_state(memory)
         return memory.values, memory.keys, memory.src_mask, state.hidden
 
@@ -92,17 +96,28 @@ class StepGraph(nn.Module):
         self.model = model
         self.layout = layout
 
-    def forward(self, prev_tokens: Tensor, hidden: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, prev_tokens: Tensor, first: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+        """``first`` is the cache (Transformer) or ``hidden``; ``rest`` the other state tensors
+        of :meth:`StateLayout.state_names`, then values, keys, src_mask."""
         rest_list = list(rest)
-        cell = rest_list.pop(0) if self.layout.has_cell else None
-        attn_vector = rest_list.pop(0) if self.layout.has_attn_vector else None
-        position, values, keys, src_mask = rest_list
+        if self.layout.has_cache:
+            state_in = DecoderState(None, None, None, rest_list.pop(0), first)
+        else:
+            cell = rest_list.pop(0) if self.layout.has_cell else None
+            attn_vector = rest_list.pop(0) if self.layout.has_attn_vector else None
+            state_in = DecoderState(first, cell, attn_vector, rest_list.pop(0))
+        values, keys, src_mask = rest_list
         # Memory.final feeds only the bridge, which ran in the encoder graph: unused here
         memory = Memory(values, keys, src_mask, values[:, 0])
-        state_in = DecoderState(hidden, cell, attn_vector, position)
         out = self.model.step(prev_tokens, state_in, memory)
-        state = [out.state.hidden, out.state.cell, out.state.attn_vector, out.state.position]
-        return (out.logits, out.attn_weights, *(t for t in state if t is not None))
+        state = {
+            "hidden": out.state.hidden,
+            "cell": out.state.cell,
+            "attn_vector": out.state.attn_vector,
+            "position": out.state.position,
+            "cache": out.state.cache,
+        }
+        return (out.logits, out.attn_weights, *(state[n] for n in self.layout.state_names()))
 
 
 def example_batch(lengths: Sequence[int], vocab_size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -129,11 +144,11 @@ def export_graphs(
     src, src_lengths = example_batch(EXPORT_LENGTHS, model.encoder.embed.num_embeddings)
     batch_src = {0: "batch", 1: "src_len"}
     _export(
-        EncoderGraph(model),
+        EncoderGraph(model, layout),
         (src, src_lengths),
         folder / ENCODER_GRAPH,
         ["src", "src_lengths"],
-        ["values", "keys", "src_mask", "hidden"],
+        layout.encoder_outputs(),
         {
             "src": batch_src,
             "src_lengths": {0: "batch"},
@@ -148,18 +163,24 @@ def export_graphs(
     with torch.no_grad():
         memory = model.encode(src, src_lengths)
         state = model.init_state(memory)
+        prev = torch.full((src.size(0),), BOS_ID)
+        if layout.has_cache:  # traced with a cache of 2 steps, so its length is not frozen at 0
+            for _ in range(2):
+                state = model.step(prev, state, memory).state
     names = layout.state_names()
     tensors = {
         "hidden": state.hidden,
         "cell": state.cell,
         "attn_vector": state.attn_vector,
         "position": state.position,
+        "cache": state.cache,
     }
     batch_axis = {
         "hidden": {1: "batch"},
         "cell": {1: "batch"},
         "attn_vector": {0: "batch"},
         "position": {0: "batch"},
+        "cache": {0: "batch", 1: "steps"},
     }
     axes = {
         "prev_tokens": {0: "batch"},
@@ -171,7 +192,9 @@ def export_graphs(
     }
     for name in names:
         axes[name] = axes[f"{name}_out"] = batch_axis[name]
-    prev = torch.full((src.size(0),), BOS_ID)
+    axes.pop("cache_out", None)  # one step longer than the input: its own name
+    if layout.has_cache:
+        axes["cache_out"] = {0: "batch", 1: "steps_out"}
     _export(
         StepGraph(model, layout),
         (prev, *(tensors[n] for n in names), memory.values, memory.keys, memory.src_mask),

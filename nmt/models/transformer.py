@@ -201,6 +201,14 @@ class TransformerEncoder(nn.Module, Declared):
         return EncoderOutput(states, states.sum(1) / counts)
 
 
+def causal_mask(past: int, steps: int, device: torch.device) -> Tensor:
+    """Which keys each new position may attend to: query i (absolute position past + i) sees
+    keys 0 .. past + i, never a later one.  → bool (1, steps, past + steps), True = may attend."""
+    keys_at = torch.arange(past + steps, device=device)  # (past + steps,)
+    queries_at = past + torch.arange(steps, device=device).unsqueeze(1)  # (steps, 1)
+    return (keys_at <= queries_at).unsqueeze(0)
+
+
 class DecoderLayer(nn.Module):
     """Causal self-attention, cross-attention over the source, feed-forward; each pre-norm."""
 
@@ -217,19 +225,18 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        past_kv: Tensor | None,
+        past_kv: Tensor,
         self_mask: Tensor,
         cross_kv: Tensor,
         src_mask: Tensor,
     ) -> tuple[Tensor, Tensor, LayerAttention]:
         """x (batch, steps, d): the new positions; past_kv (batch, past, 2d) the cached earlier
-        ones or None; self_mask (batch or 1, steps, past + steps); cross_kv (batch, S, 2d);
+        ones (past may be 0); self_mask (batch or 1, steps, past + steps); cross_kv (batch, S, 2d);
         src_mask (batch, 1, S) → x, this layer's [K ; V] of all positions (batch, past+steps,
         2d), the attention weights."""
         normed = self.self_norm(x)
-        kv = self.self_attn.project_kv(normed)  # (batch, steps, 2d)
-        if past_kv is not None:
-            kv = torch.cat([past_kv, kv], dim=1)
+        new_kv = self.self_attn.project_kv(normed)  # (batch, steps, 2d)
+        kv = torch.cat([past_kv, new_kv], dim=1)  # (batch, past + steps, 2d)
         attended, self_weights = self.self_attn(normed, kv, self_mask)
         x = x + self.dropout(attended)
         attended, cross_weights = self.cross_attn(self.cross_norm(x), cross_kv, src_mask)
@@ -330,14 +337,12 @@ class TransformerDecoder(Decoder):
         past = state.cache.size(1)
         positions = state.position.unsqueeze(1) + torch.arange(steps, device=embedded.device)
         x = self.dropout(embed_with_positions(embedded, positions))
-        # query i (absolute past + i) sees keys 0 .. past + i: (1, steps, past + steps)
-        keys_at = torch.arange(past + steps, device=x.device)
-        self_mask = (keys_at <= past + torch.arange(steps, device=x.device).unsqueeze(1))[None]
+        self_mask = causal_mask(past, steps, x.device)  # (1, steps, past + steps)
         src_mask = memory.src_mask.unsqueeze(1)  # (batch, 1, S)
         width = 2 * self.hidden_size
         caches, maps = [], []
         for i, layer in enumerate(self.layers):
-            past_kv = state.cache[..., i * width : (i + 1) * width] if past else None
+            past_kv = state.cache[..., i * width : (i + 1) * width]  # (batch, past, 2d)
             cross_kv = memory.keys[..., i * width : (i + 1) * width]
             x, kv, weights = layer(x, past_kv, self_mask, cross_kv, src_mask)
             caches.append(kv)

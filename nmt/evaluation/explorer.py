@@ -152,12 +152,16 @@ def read_sentences(
 
 
 def model_label(config: dict[str, Any]) -> tuple[str, str, str]:
-    """(attention score, encoder RNN, decoder style) from a checkpoint's config."""
+    """(attention score, encoder, decoder style) from a checkpoint's config: the encoder is its
+    RNN cell or ``transformer``; a Transformer decoder's attention is ``multi-head``."""
     model = config.get("model") or {}
+    encoder = model.get("encoder") or {}
+    decoder = str((model.get("decoder") or {}).get("style", "?"))
+    score = str((model.get("attention") or {}).get("score", "?"))
     return (
-        str((model.get("attention") or {}).get("score", "?")),
-        str((model.get("encoder") or {}).get("rnn_type", "?")),
-        str((model.get("decoder") or {}).get("style", "?")),
+        "multi-head" if decoder == "transformer" else score,
+        str(encoder.get("rnn_type") or encoder.get("type", "?")),
+        decoder,
     )
 
 

@@ -156,7 +156,7 @@ def read_variant(run_dir: Path) -> dict[str, Any]:
         attention_type = model.attention.get("type", "global")  # absent before local attention
         fields = {
             "attention": model.attention.score,
-            "encoder": model.encoder.rnn_type,
+            "encoder": model.encoder.get("rnn_type") or model.encoder.get("type"),
             "decoder": model.decoder.style,
             "attention_type": attention_type,
             "window": model.attention.get("window") if attention_type != "global" else None,

@@ -420,3 +420,67 @@ def test_a_glossary_constrains_the_outputs_and_the_page_underlines_them(
         assert line.startswith("파일")
     finally:
         tab.close()
+
+
+# --------------------------------------------------------------------------------------------
+# A Transformer: every layer's and head's attention
+# --------------------------------------------------------------------------------------------
+
+TINY_TRANSFORMER = [
+    "model/encoder=transformer",
+    "model/decoder=transformer",
+    "model.encoder.num_layers=1",
+    "model.encoder.heads=2",
+    "model.encoder.ff_size=32",
+    "model.decoder.num_layers=2",
+    "model.decoder.heads=2",
+    "model.decoder.ff_size=32",
+]
+
+
+@pytest.fixture(scope="module")
+def transformer_page(tiny_prepared, texts, tmp_path_factory) -> tuple[Path, dict, Path]:
+    root = tmp_path_factory.mktemp("explore_transformer")
+    ckpt = train_tiny(
+        tiny_cfg(tiny_prepared, "dot", *TINY_TRANSFORMER), root / "run", tiny_prepared.data
+    )
+    out = root / "transformer.html"
+    return out, explore([str(ckpt)], texts[0], texts[1], out, search=PAGE_SEARCH), ckpt
+
+
+def test_a_transformers_payload_holds_every_layer_and_head(transformer_page):
+    out, payload, ckpt = transformer_page
+    assert payload["models"][0]["label"] == "multi-head · transformer · transformer"
+    translator = Translator.from_checkpoint(ckpt, "cpu", **PAGE_SEARCH, n_best=2)
+    best = translator.translate([SOURCES[0]])[0]
+    maps = translator.attention_heads(best)
+    entry = read_payload(out)["sentences"][0]["outputs"][0]["nbest"]
+    heads = entry[0]["heads"]
+    assert "heads" not in entry[1]  # the best hypothesis only
+    assert (heads["layers"], heads["heads"]) == (2, 2)
+    rows, cols = best.attention.shape
+    for layer, expected in zip(heads["cross"], maps, strict=True):
+        shown = torch.tensor(layer, dtype=torch.float64) / WEIGHT_SCALE  # (heads, rows, cols)
+        assert shown.shape == (2, rows, cols)
+        assert (shown - expected.cross_weights.double()).abs().max() <= 0.0005 + 1e-9
+    self_top = torch.tensor(heads["self"][1], dtype=torch.float64) / WEIGHT_SCALE
+    assert self_top.shape == (2, rows, rows) and self_top.triu(1).abs().max() == 0.0
+    # what the grid shows by default is the reported attention: the top layer's mean
+    assert torch.allclose(maps[-1].cross_weights.mean(0), best.attention, atol=1e-6)
+
+
+def test_the_page_shows_the_chosen_layer_and_head(browser, transformer_page):
+    out, _, ckpt = transformer_page
+    tab = OfflinePage(browser, out)
+    translator = Translator.from_checkpoint(ckpt, "cpu", **PAGE_SEARCH, n_best=2)
+    maps = translator.attention_heads(translator.translate([SOURCES[0]])[0])
+    picker = tab.panel(0).locator("select.head-picker")
+    assert picker.input_value() == "mean"
+    picker.select_option("cross:0:1")  # layer 1, head 2
+    tab.panel(0).locator(".row.tgt [data-tgt-index]").nth(0).hover()
+    assert close_to(tab.source_weights(0), maps[0].cross_weights[1, 0])
+    tab.panel(0).locator("select.head-picker").select_option("self:1:0")
+    matrix = tab.panel(0).locator("table.matrix")
+    assert matrix.count() == 1
+    assert matrix.locator("thead th").nth(1).inner_text() == "<s>"
+    tab.close()

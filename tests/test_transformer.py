@@ -229,3 +229,65 @@ def test_export_matches_eager_within_tolerance(encoder, decoder, tmp_path):
     parity = tiny_parity(config(encoder, decoder), tmp_path)
     assert parity["log_prob"] <= TOLERANCE
     assert parity["eager_precision"] == "fp32"
+
+
+@torch.no_grad()
+def test_cached_decoding_under_bf16_autocast_follows_the_full_pass():
+    """bf16 (emulated where the CPU has no bf16 units): the cache is kept in the autocast dtype
+    and the softmax in fp32; cached steps and the teacher-forced pass agree to bf16 rounding."""
+    model = tiny(config())
+    src, lengths = source_batch()
+    tgt = torch.randint(4, TGT_VOCAB, (3, 8), generator=torch.Generator().manual_seed(9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = model(src, lengths, tgt).logits.float()
+        memory = model.encode(src, lengths)
+        state = model.init_state(memory)
+        for t in range(tgt.size(1)):
+            out = model.step(tgt[:, t], state, memory)
+            state = out.state
+            assert (out.logits.float() - full[:, t]).abs().max() <= 0.1
+    assert torch.isfinite(full).all()
+
+
+# --------------------------------------------------------------------------------------------
+# A trained checkpoint through the commands: translate, export, the exported folder
+
+
+@pytest.fixture(scope="module")
+def transformer_ckpt(tiny_prepared, tmp_path_factory):
+    from conftest import train_tiny_checkpoint
+
+    run_dir = tmp_path_factory.mktemp("transformer_run")
+    return train_tiny_checkpoint(
+        tiny_prepared,
+        run_dir,
+        "model/encoder=transformer",
+        "model/decoder=transformer",
+        "model.encoder.heads=2",
+        "model.encoder.ff_size=32",
+        "model.encoder.num_layers=1",
+        "model.decoder.heads=2",
+        "model.decoder.ff_size=32",
+        "model.decoder.num_layers=2",
+    )
+
+
+def test_a_transformer_checkpoint_exports_and_its_folder_translates_the_same(
+    transformer_ckpt, tmp_path
+):
+    from conftest import quote, run_main
+
+    from nmt.inference.translator import Translator
+
+    out = tmp_path / "exported"
+    result = run_main("nmt.export", f"ckpt={quote(transformer_ckpt)}", f"out={quote(out)}")
+    assert result.returncode == 0, result.stderr
+    lines = ["Open the file.", "The station is closed on Sundays.", "Hello"]
+    search = {"beam_size": 3, "n_best": 2, "precision": "fp32"}
+    eager = Translator.from_checkpoint(transformer_ckpt, "cpu", **search)
+    exported = Translator.from_checkpoint(out, "cpu", **search)
+    assert exported.backend == "onnx"
+    for a, b in zip(eager.translate(lines), exported.translate(lines), strict=True):
+        assert [h.text for h in a.nbest] == [h.text for h in b.nbest]
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+    assert eager.info.config["model"]["decoder"]["style"] == "transformer"

@@ -78,8 +78,10 @@ const AttentionGrid = (() => {
   }
 
   /** The whole matrix as a heat map: target rows × source columns, each cell shaded. */
-  function matrixTable(sourceTokens, h) {
-    const srcLabels = [...sourceTokens, "</s>"];
+  /** The heat map of h.attention; `columns` labels the columns (default: the source subwords
+      and </s>; a decoder's self-attention passes its inputs). */
+  function matrixTable(sourceTokens, h, columns) {
+    const srcLabels = columns || [...sourceTokens, "</s>"];
     const tgtLabels = [...h.tokens, "</s>"].slice(0, h.attention.length);
     const head = el("tr", {}, el("th"), ...srcLabels.map((p, j) =>
       el("th", { scope: "col", data: { col: String(j) }, text: p })));

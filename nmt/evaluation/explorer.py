@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from nmt.core.errors import NMTError, str_list
 from nmt.core.io import write_text_atomic
 from nmt.core.run_dir import checkpoint_of, run_of_checkpoint
@@ -42,6 +44,7 @@ from nmt.evaluation.metrics import SentenceScorer, score_corpus
 from nmt.evaluation.sweep import find_sweep_runs
 from nmt.inference.ensemble import EnsembleSettings
 from nmt.inference.translator import Translation, Translator, check_same_vocabularies
+from nmt.models.transformer import LayerAttention
 
 TEMPLATE = "explorer.html"  # beside this module, in the nmt.evaluation package
 DATA_MARKER = "__EXPLORER_DATA__"
@@ -201,19 +204,40 @@ def model_entries(translators: Sequence[Translator]) -> list[dict[str, Any]]:
     return entries
 
 
+def scaled(weights: torch.Tensor) -> list[Any]:
+    """Attention weights as nested lists of integers: weight × :data:`WEIGHT_SCALE`."""
+    return (weights * WEIGHT_SCALE).round().int().tolist()
+
+
+def heads_entry(maps: Sequence[LayerAttention]) -> dict[str, Any]:
+    """A Transformer's attention per layer and head: ``cross[l][h]`` has the rows and columns
+    of the hypothesis's ``attention``; ``self[l][h]`` is rows × rows (the decoder's inputs
+    ``<s>`` y_1 … as columns)."""
+    return {
+        "layers": len(maps),
+        "heads": int(maps[0].cross_weights.size(0)),
+        "cross": [scaled(m.cross_weights) for m in maps],
+        "self": [scaled(m.self_weights) for m in maps],
+    }
+
+
 def hypothesis_entry(
-    hyp: Translation, reference: str | None, scorer: SentenceScorer | None
+    hyp: Translation,
+    reference: str | None,
+    scorer: SentenceScorer | None,
+    heads: Sequence[LayerAttention] | None = None,
 ) -> dict[str, Any]:
     """One hypothesis for the page: text, subwords, attention rows and scores.
 
     ``attention`` is (len(tokens) + 1) × (len(source_tokens) + 1) (``</s>`` last on both axes),
     or len(tokens) rows for a hypothesis cut at the length limit, as integers: weight ×
-    :data:`WEIGHT_SCALE`; each row sums to 1 (to rounding).
+    :data:`WEIGHT_SCALE`; each row sums to 1 (to rounding). ``heads``: every layer's and head's
+    attention (:func:`heads_entry`), for a Transformer decoder's best hypothesis.
     """
     entry: dict[str, Any] = {
         "text": hyp.text,
         "tokens": list(hyp.tokens),
-        "attention": [[round(w * WEIGHT_SCALE) for w in row] for row in hyp.attention.tolist()],
+        "attention": scaled(hyp.attention),
         "score": _number(hyp.score),
         "confidence": _number(hyp.confidence),
         "search_score": _number(hyp.search_score),
@@ -228,6 +252,8 @@ def hypothesis_entry(
         entry["constrained_tokens"] = list(hyp.constrained_tokens)
     if reference is not None and scorer is not None:
         entry.update({k: _number(v) for k, v in scorer(hyp.text, reference).items()})
+    if heads:
+        entry["heads"] = heads_entry(heads)
     return entry
 
 
@@ -270,11 +296,16 @@ def build_payload(
         outputs = [
             {
                 "nbest": [
-                    hypothesis_entry(hyp, sentence.reference, scorer)
-                    for hyp in translations[k].nbest
+                    hypothesis_entry(
+                        hyp,
+                        sentence.reference,
+                        scorer,
+                        translator.attention_heads(hyp) if rank == 0 else None,
+                    )
+                    for rank, hyp in enumerate(translations[k].nbest)
                 ]
             }
-            for translations in results
+            for translator, translations in zip(translators, results, strict=True)
         ]
         items.append(
             {

@@ -32,7 +32,7 @@ import torch
 
 from nmt.core.errors import NMTError
 from nmt.core.runtime import Precision, cpu_summary, pick_device
-from nmt.core.special_ids import UNK_ID
+from nmt.core.special_ids import BOS_ID, EOS_ID, UNK_ID
 from nmt.data.corpus import normalize
 from nmt.data.glossary import Glossary
 from nmt.data.markup import Protected, protect, restore_spans
@@ -44,6 +44,7 @@ from nmt.models import Seq2Seq
 from nmt.models.attention_stats import attention_statistics
 from nmt.models.card import card_of
 from nmt.models.checkpoint import load_checkpoint, model_from_checkpoint
+from nmt.models.transformer import LayerAttention
 
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -73,6 +74,7 @@ class Translation:
         the length limit, or an n-best runner-up); empty when all are met.
     constrained_tokens: positions in ``tokens`` that belong to a met constraint (its first
         occurrence), for the explorer and the demo to mark.
+    source_ids: the source subword ids behind ``source_tokens`` (without ``</s>``).
     """
 
     text: str
@@ -88,6 +90,7 @@ class Translation:
     constraints: list[str] = field(default_factory=list)
     missing_constraints: list[str] = field(default_factory=list)
     constrained_tokens: list[int] = field(default_factory=list)
+    source_ids: list[int] = field(default_factory=list)
 
     @functools.cached_property
     def _diagnostics(self) -> dict[str, float]:
@@ -561,8 +564,37 @@ class Translator:
     def _translation(self, src_ids: list[int], nbest: list[Hypothesis]) -> Translation:
         source_tokens = self.src_vocab.pieces(src_ids)
         texts = self.tgt_vocab.decode([h.tokens for h in nbest])
-        options = [self._one(h, text, source_tokens) for h, text in zip(nbest, texts, strict=True)]
+        options = [
+            replace(self._one(h, text, source_tokens), source_ids=list(src_ids))
+            for h, text in zip(nbest, texts, strict=True)
+        ]
         return replace(options[0], nbest=options)  # a copy: no Translation contains itself
+
+    @torch.inference_mode()
+    def attention_heads(self, translation: Translation) -> list[LayerAttention] | None:
+        """Every decoder layer's self- and cross-attention, per head, behind ``translation``
+        (its tokens forced through the model, rows as in :attr:`Translation.attention`), for a
+        model whose decoder has them (the Transformer's); None for the others (a recurrent
+        decoder's one attention is :attr:`Translation.attention`; an ensemble; an exported
+        folder).  Computed in fp32, in eval mode."""
+        decoder = getattr(self.model, "decoder", None)
+        if not hasattr(decoder, "attention_maps") or translation.num_predicted == 0:
+            return None
+        training = self.model.training
+        self.model.eval()
+        try:
+            return self._attention_heads(decoder, translation)
+        finally:
+            self.model.train(training)
+
+    def _attention_heads(self, decoder: Any, translation: Translation) -> list[LayerAttention]:
+        device = self.device
+        src = torch.tensor([[*translation.source_ids, EOS_ID]], device=device)
+        rows = translation.num_predicted  # the inputs: <s> y_1 .. y_{rows-1}
+        tgt_in = torch.tensor([[BOS_ID, *translation.token_ids][:rows]], device=device)
+        memory = self.model.encode(src, torch.tensor([src.size(1)], device=device))
+        maps = decoder.attention_maps(self.model.tgt_embed(tgt_in), memory)
+        return [LayerAttention(m.self_weights[0].float(), m.cross_weights[0].float()) for m in maps]
 
     def _one(self, hyp: Hypothesis, text: str, source_tokens: list[str]) -> Translation:
         attention = hyp.attn_weights

@@ -122,3 +122,33 @@ def test_a_multirun_makes_one_flat_folder_per_job(tiny_prepared, tmp_path):
     assert result.returncode == 0, result.stderr
     names = [r["name"] for r in json.loads((sweep / "comparison.json").read_text(encoding="utf-8"))]
     assert names == ["model.attention=dot", "model.attention=general"]
+
+
+TINY_TRANSFORMER = [
+    *(f"model.{side}.{key}={value}" for side in ("encoder", "decoder")
+      for key, value in (("embed_dim", 16), ("hidden_size", 16), ("num_layers", 1),
+                         ("heads", 2), ("ff_size", 32))),
+]  # fmt: skip
+
+
+def test_transformer_sweep_runs_every_seed_and_compares(tiny_prepared, tmp_path):
+    sweep = tmp_path / "transformer"
+    env = {"SWEEP_DIR": str(sweep), "VARIANTS": "preset dropout0.2", "SEEDS": "1 2"}
+    data = tiny_prepared.corpus.overrides(tiny_prepared.data.out_dir)
+    result = run_script("sweep_transformer.sh", env, *data, *TINY_RUN, *TINY_TRANSFORMER)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = run_config(sweep / "dropout0.2" / "seed2")
+    assert config.model.decoder.style == "transformer" and config.model.decoder.dropout == 0.2
+    assert config.seed == 2 and config.trainer.max_minutes == 30
+    report = (sweep / "comparison.md").read_text(encoding="utf-8")
+    variants_table = report.split("## ")[2].split("\n\n")[1]
+    rows = [line.split(" | ")[0] for line in variants_table.splitlines()][2:]
+    assert rows == [
+        "| multi-head/transformer/transformer (preset) (baseline)",
+        "| multi-head/transformer/transformer (dropout0.2)",
+    ]
+
+
+def test_transformer_sweep_rejects_an_unknown_variant(tmp_path):
+    result = run_script("sweep_transformer.sh", {"SWEEP_DIR": str(tmp_path), "VARIANTS": "x"})
+    assert result.returncode == 2 and "unknown variant 'x'" in result.stderr

@@ -155,7 +155,10 @@ def read_variant(run_dir: Path) -> dict[str, Any]:
         model = config.model
         attention_type = model.attention.get("type", "global")  # absent before local attention
         fields = {
-            "attention": model.attention.score,
+            # the Transformer decoder's own attention, not the score of model.attention
+            "attention": "multi-head"
+            if model.decoder.style == "transformer"
+            else model.attention.score,
             "encoder": model.encoder.get("rnn_type") or model.encoder.get("type"),
             "decoder": model.decoder.style,
             "attention_type": attention_type,

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Tuning the Transformer preset (+experiment=transformer) on valid: one change at a time, each
+# variant trained for the same wall-clock budget with every seed of SEEDS, then nmt-compare's table
+# (mean ± std over seeds, sacrebleu's paired bootstrap against the preset). docs/transformer.md
+# has what was run and what it showed.
+#
+#   MINUTES=30 SEEDS="1 2" SWEEP_DIR=multirun/transformer bash scripts/sweep_transformer.sh
+#   VARIANTS="preset dec3 warmup800" bash scripts/sweep_transformer.sh   # a subset
+#
+# Extra arguments go to every run. A timed sweep: run it alone on the machine.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+MINUTES="${MINUTES:-30}"
+SEEDS="${SEEDS:-1 2}"
+SWEEP_DIR="${SWEEP_DIR:-multirun/transformer}"
+
+declare -A VARIANTS_OF=(
+    [preset]=""
+    [enc4]="model.encoder.num_layers=4"                                  # depth
+    [dec3]="model.decoder.num_layers=3"
+    [dec1]="model.decoder.num_layers=1"
+    [ff512]="model.encoder.ff_size=512 model.decoder.ff_size=512"        # width
+    [d192]="model.encoder.embed_dim=192 model.encoder.hidden_size=192 model.decoder.embed_dim=192 model.decoder.hidden_size=192"
+    [warmup800]="optim.warmup_steps=800"                                 # warm-up
+    [lr2e-3]="optim.lr=2e-3"
+    [dropout0.2]="model.encoder.dropout=0.2 model.decoder.dropout=0.2"   # dropout
+    [batch8k]="data.batching.max_tokens=8192"                            # batch
+)
+VARIANTS="${VARIANTS:-preset dec1 dec3 ff512 warmup800 lr2e-3 dropout0.2 batch8k}"
+
+for name in $VARIANTS; do
+    if [[ ! -v "VARIANTS_OF[$name]" ]]; then
+        echo "sweep_transformer.sh: unknown variant '$name' (known: ${!VARIANTS_OF[*]})" >&2
+        exit 2
+    fi
+    for seed in $SEEDS; do
+        # shellcheck disable=SC2086  # the overrides are meant to split on spaces
+        python -m nmt.train +experiment=transformer ${VARIANTS_OF[$name]} seed="$seed" \
+            trainer.max_minutes="$MINUTES" hydra.run.dir="$SWEEP_DIR/$name/seed$seed" "$@"
+    done
+done
+
+if [[ "${COMPARE:-1}" != 0 ]]; then
+    python -m nmt.compare sweep="$SWEEP_DIR" evaluate_test=true
+fi

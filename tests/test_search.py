@@ -49,16 +49,21 @@ SETUPS = [
     ("transformer", "general", "transformer"),
     ("luong", "general", "transformer"),  # Transformer encoder, GRU decoder
     ("transformer", "general", "gru"),  # biGRU encoder, Transformer decoder
+    # multi-head attention over a score function (model.attention.heads)
+    ("luong", "concat", "gru", "global", 4),
+    ("bahdanau", "general", "lstm", "local_p", 2),
 ]
 TRANSFORMER = {"embed_dim": 16, "hidden_size": 16, "num_layers": 2, "heads": 4, "ff_size": 32}
-SETUP_IDS = ["-".join(s) for s in SETUPS]
+SETUP_IDS = ["-".join(map(str, s)) for s in SETUPS]
 FORBIDDEN_MASK = torch.isin(torch.arange(TGT_VOCAB), torch.tensor(FORBIDDEN_IDS))
 ATTENTION_EXTRA = {"concat": {"hidden_size": 16}, "location": {"max_src_len": 12}}
 
 
-def model_cfg(style: str, score: str, rnn_type: str, attention_type: str = "global"):
+def model_cfg(
+    style: str, score: str, rnn_type: str, attention_type: str = "global", heads: int = 1
+):
     """``rnn_type`` "transformer": a Transformer encoder (a recurrent decoder beside it: GRU)."""
-    attention = {"score": score, "type": attention_type, "window": 2}
+    attention = {"score": score, "type": attention_type, "window": 2, "heads": heads}
     if rnn_type == "transformer":
         encoder = {"type": "transformer", **TRANSFORMER, "dropout": 0.0}
     else:

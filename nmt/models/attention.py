@@ -70,6 +70,7 @@ class AttentionSettings:
     score: str = setting(choices=lambda: SCORES)
     type: str = setting(choices=ATTENTION_TYPES, default="global")
     window: int | None = setting(ge=1, default=None)  # local attention's D
+    heads: int = setting(ge=1, default=1)  # H > 1: MultiHeadScoreAttention; 1: Attention
     options: dict[str, Any] = field(default_factory=dict)  # the score's declared keys
 
 
@@ -484,24 +485,125 @@ class Attention(nn.Module):
         return AttentionOutput(self._context(attn_weights, values), attn_weights)
 
 
+class MultiHeadScoreAttention(Attention):
+    """H heads of one score function (``model.attention.heads``; cf. Vaswani et al. 2017, §3.2.2,
+    with any registered score in place of the scaled dot product; RNMT+ uses additive heads):
+
+        q_h = W_q^h q,   v_{h,j} = W_v^h h_j               (query_size / H, value_size / H)
+        α_h = softmax_j(score_h(q_h, k_{h,j})),  k_{h,j} = score_h.project_keys(v_{h,j})
+        c   = W_o [Σ_j α_{1,j} v_{1,j} ; … ; Σ_j α_{H,j} v_{H,j}]          (value_size)
+
+    Each head is its own instance of the score (its own W, v …).  The projected values and every
+    head's keys are computed once per batch (:meth:`project_keys`, (batch, S, value_size + Σ key
+    sizes)).  A local window (``type`` local_m / local_p) is placed once from the whole query and
+    applied to every head.  The weights it reports are the mean over heads, so each row still
+    sums to 1.  ``heads: 1`` builds the plain :class:`Attention`, today's exactly.
+    """
+
+    def __init__(
+        self,
+        score: str,
+        query_size: int,
+        value_size: int,
+        heads: int,
+        local: LocalWindow | None,
+        **options: Any,
+    ):
+        for name, size in (("query", query_size), ("value", value_size)):
+            if size % heads:
+                raise NMTError(
+                    f"model.attention.heads: {heads} does not divide the {name} size {size}"
+                )
+        head_query, head_value = query_size // heads, value_size // heads
+        scores = [build_score(score, head_query, head_value, **options) for _ in range(heads)]
+        nn.Module.__init__(self)  # not Attention's: its one score is here one per head
+        self.local = local
+        self._deferred = None
+        self.heads = heads
+        self.head_value = head_value
+        self.head_scores = nn.ModuleList(scores)
+        self.query_proj = nn.Linear(query_size, query_size, bias=False)  # [W_q^1 ; … ; W_q^H]
+        self.value_proj = nn.Linear(value_size, value_size, bias=False)  # [W_v^1 ; … ; W_v^H]
+        self.out_proj = nn.Linear(value_size, value_size, bias=False)  # W_o
+        with torch.no_grad():  # each head's key width, from its score
+            probe = torch.zeros(1, 1, head_value)
+            self.key_sizes = [s.project_keys(probe).size(-1) for s in scores]
+
+    @staticmethod
+    def flops(
+        score: type[Score], query_size: int, value_size: int, src_len: float, heads: int,
+        **options: Any,
+    ) -> ScoreFlops:  # fmt: skip
+        """keys: W_v 2·V² and every head's keys; scores: W_q 2·Q², every head's scores and W_o
+        2·V² (the context over the heads is the single-head 2·S·V, counted by the caller)."""
+        head = score.flops(query_size // heads, value_size // heads, src_len, **options)
+        return ScoreFlops(
+            2 * value_size * value_size + heads * head.keys,
+            2 * query_size * query_size + heads * head.scores + 2 * value_size * value_size,
+        )
+
+    @contextlib.contextmanager
+    def deferred_value_grads(self, values: Tensor) -> Iterator[Tensor]:
+        """The heads attend over projected values: nothing to defer."""
+        yield values
+
+    def project_keys(self, values: Tensor) -> Tensor:
+        """values (batch, S, value_size) → [v_1 … v_H ; k_1 … k_H] (batch, S, value_size + Σ key)."""
+        projected = self.value_proj(values)  # (batch, S, value_size)
+        per_head = projected.split(self.head_value, dim=-1)
+        keys = [s.project_keys(v) for s, v in zip(self.head_scores, per_head, strict=True)]
+        return torch.cat([projected, *keys], dim=-1)
+
+    def forward(
+        self,
+        query: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        src_mask: Tensor,
+        positions: Tensor | None = None,
+    ) -> AttentionOutput:
+        """As :meth:`Attention.forward`; ``keys`` from :meth:`project_keys` (``values``, the
+        unprojected encoder states, are not read)."""
+        batch, heads = query.size(0), self.heads
+        projected, *head_keys = keys.split([self.heads * self.head_value, *self.key_sizes], -1)
+        queries = self.query_proj(query).chunk(heads, dim=-1)  # H × (batch, tgt_len, Q/H)
+        scores = torch.stack(
+            [s(q, k) for s, q, k in zip(self.head_scores, queries, head_keys, strict=True)], 1
+        )  # (batch, H, tgt_len, src_len)
+        flat = scores.flatten(0, 1)  # the heads as more rows of the batch: (batch·H, tgt, src)
+        mask = src_mask.repeat_interleave(heads, dim=0)
+        if self.local is None:
+            attn_weights = masked_softmax(flat, mask)
+        else:  # one window per query, from the whole query, for every head
+            repeat = lambda t: None if t is None else t.repeat_interleave(heads, dim=0)  # noqa: E731
+            attn_weights = self.local(flat, mask, repeat(query), repeat(positions))
+        head_values = projected.unflatten(-1, (heads, self.head_value)).transpose(1, 2)
+        context = torch.bmm(attn_weights, head_values.flatten(0, 1))  # (batch·H, tgt, V/H)
+        context = context.unflatten(0, (batch, heads)).transpose(1, 2).flatten(-2)
+        weights = attn_weights.unflatten(0, (batch, heads))  # (batch, H, tgt_len, src_len)
+        return AttentionOutput(self.out_proj(context), weights.mean(1))
+
+
 def build_attention(
     score: str,
     query_size: int,
     value_size: int,
     attention_type: str = "global",
     window: int | None = None,
+    heads: int = 1,
     **options: Any,
 ) -> Attention:
-    """The attention module for ``model.attention.score`` and ``model.attention.type``.
+    """The attention module for ``model.attention.score``, ``.type`` and ``.heads``.
 
     ``options`` are the score's own keys (``hidden_size`` for ``concat``, ``max_src_len`` for
     ``location``: its class's ``config_keys``); keys the score does not declare are ignored.
-    ``window`` (D ≥ 1) is used by the local types only.
+    ``window`` (D ≥ 1) is used by the local types only.  ``heads`` > 1: a
+    :class:`MultiHeadScoreAttention`; 1: the plain :class:`Attention`.
     """
-    return Attention(
-        build_score(score, query_size, value_size, **options),
-        build_local_window(attention_type, window, query_size),
-    )
+    local = build_local_window(attention_type, window, query_size)
+    if heads > 1:
+        return MultiHeadScoreAttention(score, query_size, value_size, heads, local, **options)
+    return Attention(build_score(score, query_size, value_size, **options), local)
 
 
 def build_score(score: str, query_size: int, value_size: int, **options: Any) -> Score:

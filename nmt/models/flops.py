@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from nmt.core.special_ids import PAD_ID
 from nmt.data.batching import Batch
-from nmt.models.attention import SCORES, AttentionSettings, ScoreFlops
+from nmt.models.attention import SCORES, AttentionSettings, MultiHeadScoreAttention, ScoreFlops
 from nmt.models.decoder import DECODER_STYLES, DecoderSizes
 from nmt.models.encoder import ENCODER_TYPES, EncoderSettings, EncoderSizes
 from nmt.models.seq2seq import ModelSettings
@@ -130,7 +130,12 @@ def flops_per_target_token(
     decoder = style.flops(sizes, tgt_len=lengths.tgt_len, **dec.options)
     if style.uses_score:
         score = SCORES.lookup(att.score)
-        attention = score.flops(hidden, values, lengths.attn_src_len, **att.options)
+        if att.heads > 1:
+            attention = MultiHeadScoreAttention.flops(
+                score, hidden, values, lengths.attn_src_len, att.heads, **att.options
+            )
+        else:
+            attention = score.flops(hidden, values, lengths.attn_src_len, **att.options)
         keys = attention.keys
         attending = attention_flops(att, attention, values, hidden, lengths.attn_src_len)
     else:  # the style's own attention (the Transformer's cross-attention)

@@ -198,6 +198,7 @@ def build_model(
             value_size=encoder.output_size,
             attention_type=att.type,
             window=att.window,
+            heads=att.heads,
             **att.options,
         )
         if style.uses_score

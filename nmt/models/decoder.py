@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from nmt.core.errors import NMTError
 from nmt.core.settings import setting
 from nmt.models.attention import Attention
+from nmt.models.cells import LAYER_NORMS, LayerNormRNN, LayerNorms, uses_residual
 from nmt.models.encoder import RNN_TYPES, rnn_class, rnn_flops, run_rnn
 from nmt.models.registry import Declared, Registry
 
@@ -45,6 +46,8 @@ class DecoderSettings:
     num_layers: int = setting(ge=1)
     dropout: float = setting(ge=0, lt=1)
     bridge: bool = setting(default=False)  # the recurrent styles' initial state
+    layer_norm: str = setting(choices=LAYER_NORMS, default="none")  # the recurrent styles'
+    residual_from: int | None = setting(ge=2, default=None)  # 1-based layer; the recurrent styles'
     options: dict[str, Any] = field(default_factory=dict)  # the style's declared keys
 
 
@@ -104,45 +107,101 @@ class DecoderRNN(nn.Module):
     all steps at once by :meth:`project_known`) and the part fed back inside it; the upper
     layers step with ``torch.gru_cell``/``torch.lstm_cell``.  Dropout between layers, as in
     ``nn.GRU``.
+
+    ``layer_norm`` (:data:`~nmt.models.cells.LAYER_NORMS`) and ``residual_from`` build the
+    stack layer by layer instead of one fused module: ``cell`` uses the per-gate layer-normalised
+    cells of :mod:`nmt.models.cells`, ``between`` normalises each layer's output before the next
+    layer, and from layer ``residual_from`` (1-based, ≥ 2) up each layer's input is added to its
+    output on the way to the next layer.  The decoder's output (the query, h_t) is the top
+    layer's state itself, so that a step and a whole sequence read the same state.
     """
 
     def __init__(
-        self, rnn_type: str, input_size: int, hidden_size: int, num_layers: int, dropout: float
+        self,
+        rnn_type: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float,
+        layer_norm: str = "none",
+        residual_from: int | None = None,
     ):
         super().__init__()
         self.is_lstm = rnn_type == "lstm"
         self.num_layers = num_layers
-        self.layers = rnn_class(rnn_type, "model.decoder.rnn_type")(
-            input_size,
-            hidden_size,
-            num_layers=num_layers,
-            batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+        self.layer_norm = layer_norm
+        self.residual_from = residual_from
+        rnn = rnn_class(rnn_type, "model.decoder.rnn_type")
+        self.fused = layer_norm == "none" and residual_from is None  # today's one module
+        if self.fused:
+            self.layers = rnn(
+                input_size,
+                hidden_size,
+                num_layers=num_layers,
+                batch_first=True,
+                dropout=dropout if num_layers > 1 else 0.0,
+            )
+        else:
+            sizes = [input_size] + [hidden_size] * (num_layers - 1)
+            self.stack = nn.ModuleList(
+                LayerNormRNN(rnn_type, size, hidden_size)
+                if layer_norm == "cell"
+                else rnn(size, hidden_size, batch_first=True)
+                for size in sizes
+            )
+            self.norms = LayerNorms(layer_norm, hidden_size, num_layers)
         self.dropout = nn.Dropout(dropout)
 
     def layer_weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """W_ih, W_hh, b_ih, b_hh of a fused or plain stacked layer (not ``cell``)."""
         names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        return tuple(getattr(self.layers, f"{name}_l{layer}") for name in names)
+        if self.fused:
+            return tuple(getattr(self.layers, f"{name}_l{layer}") for name in names)
+        return tuple(getattr(self.stack[layer], f"{name}_l0") for name in names)
+
+    def between_layers(self, output: Tensor, layer_input: Tensor, layer: int) -> Tensor:
+        """Layer ``layer``'s output on its way to the next layer: + its input (residual),
+        normalised (``between``), dropout."""
+        if uses_residual(self.residual_from, layer):
+            output = output + layer_input
+        return self.dropout(self.norms(output, layer))
 
     def sequence(
         self, inputs: Tensor, hidden: Tensor, cell: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """inputs (batch, steps, input_size) → top layer's outputs (batch, steps, hidden) and
         the final (hidden, cell), each (num_layers, batch, hidden)."""
-        if self.is_lstm:
-            outputs, (hidden, cell) = run_rnn(self.layers, inputs, (hidden, cell))
-            return outputs, hidden, cell
-        outputs, hidden = run_rnn(self.layers, inputs, hidden)
-        return outputs, hidden, None
+        if self.fused:
+            if self.is_lstm:
+                outputs, (hidden, cell) = run_rnn(self.layers, inputs, (hidden, cell))
+                return outputs, hidden, cell
+            outputs, hidden = run_rnn(self.layers, inputs, hidden)
+            return outputs, hidden, None
+        x, hiddens, cells = inputs, [], []
+        for layer, rnn in enumerate(self.stack):
+            if layer > 0:
+                x = self.between_layers(outputs, x, layer - 1)
+            state = (
+                (hidden[layer : layer + 1], cell[layer : layer + 1])
+                if self.is_lstm
+                else hidden[layer : layer + 1]
+            )
+            outputs, state = run_rnn(rnn, x, state)
+            hiddens.append(state[0] if self.is_lstm else state)
+            if self.is_lstm:
+                cells.append(state[1])
+        return outputs, torch.cat(hiddens), (torch.cat(cells) if self.is_lstm else None)
 
     def project_known(self, known: Tensor) -> Tensor:
-        """W_k x + b_ih for the first input columns of layer 0, the ones known before the loop.
+        """W_k x + b_ih for the first input columns of layer 0, the ones known before the loop
+        (``cell``: W_k x, normalised with the rest of the input inside the step).
 
         known (..., k) → (..., gates*hidden).  In a teacher-forced pass the known inputs are the
         target embeddings of every step, so this is one large matrix product per batch instead
         of a small one per step.
         """
+        if self.layer_norm == "cell":
+            return F.linear(known, self.stack[0].weight_ih.weight[:, : known.size(-1)])
         w_ih, _, b_ih, _ = self.layer_weights(0)
         return F.linear(known, w_ih[:, : known.size(-1)], b_ih)
 
@@ -155,6 +214,8 @@ class DecoderRNN(nn.Module):
         computed inside the loop (h̃_{t-1} or c_t), or None; hidden, cell (num_layers, batch,
         hidden).  Returns the new (hidden, cell).
         """
+        if self.layer_norm == "cell":
+            return self.layer_normed_step(known, fed_back, hidden, cell)
         w_ih, w_hh, _, b_hh = self.layer_weights(0)
         gates_in = known
         if fed_back is not None:
@@ -169,8 +230,12 @@ class DecoderRNN(nn.Module):
         else:
             x = gru_cell_from_gates(gates_in, gates_hidden, hidden[0])
             hiddens, cells = [x], []
+        layer_input = None  # layer 0's input is not one tensor here: no residual around it
         for layer in range(1, self.num_layers):
-            x = self.dropout(x)
+            if self.fused:
+                x = self.dropout(x)
+            else:
+                x = layer_input = self.between_layers(x, layer_input, layer - 1)
             if self.is_lstm:
                 x, c = torch.lstm_cell(x, (hidden[layer], cell[layer]), *self.layer_weights(layer))
                 cells.append(c)
@@ -178,6 +243,27 @@ class DecoderRNN(nn.Module):
                 x = torch.gru_cell(x, hidden[layer], *self.layer_weights(layer))
             hiddens.append(x)
         # stacked: (num_layers, batch, hidden)
+        return torch.stack(hiddens), (torch.stack(cells) if self.is_lstm else None)
+
+    def layer_normed_step(
+        self, known: Tensor, fed_back: Tensor | None, hidden: Tensor, cell: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`forward` with the ``cell`` layers: layer 0 normalises [W_k x ; W_f f] whole."""
+        first = self.stack[0]
+        gates_in = known
+        if fed_back is not None:
+            w_ih = first.weight_ih.weight
+            gates_in = gates_in + F.linear(fed_back, w_ih[:, w_ih.size(1) - fed_back.size(-1) :])
+        x, c = first.step(first.norm_ih(gates_in), hidden[0], None if cell is None else cell[0])
+        hiddens, cells = [x], [c]
+        layer_input = None  # layer 0's input is not one tensor here: no residual around it
+        for layer in range(1, self.num_layers):
+            rnn = self.stack[layer]
+            layer_input = self.between_layers(x, layer_input, layer - 1)
+            layer_cell = None if cell is None else cell[layer]
+            x, c = rnn.step(rnn.input_gates(layer_input), hidden[layer], layer_cell)
+            hiddens.append(x)
+            cells.append(c)
         return torch.stack(hiddens), (torch.stack(cells) if self.is_lstm else None)
 
 
@@ -216,6 +302,8 @@ class DecoderSizes:
     value_size: int  # of the encoder states the attention reads
     encoder_final_size: int  # input of the bridge
     bridge: bool
+    layer_norm: str = "none"  # none | between | cell (nmt.models.cells)
+    residual_from: int | None = None  # residual connections from this layer (1-based) up
 
 
 def first_position(memory: Memory) -> Tensor:
@@ -290,7 +378,13 @@ class RecurrentDecoder(Decoder):
         self.num_layers = sizes.num_layers
         self.is_lstm = sizes.rnn_type == "lstm"
         self.rnn = DecoderRNN(
-            sizes.rnn_type, rnn_input_size, sizes.hidden_size, sizes.num_layers, sizes.dropout
+            sizes.rnn_type,
+            rnn_input_size,
+            sizes.hidden_size,
+            sizes.num_layers,
+            sizes.dropout,
+            sizes.layer_norm,
+            sizes.residual_from,
         )
         self.bridge = (
             nn.Linear(sizes.encoder_final_size, sizes.num_layers * sizes.hidden_size)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from nmt.core.errors import NMTError
 from nmt.core.settings import setting
 from nmt.core.special_ids import PAD_ID
+from nmt.models.cells import LAYER_NORMS, LayerNormRNN, LayerNorms, uses_residual
 from nmt.models.registry import Declared, Registry
 
 RNN_TYPES = ("gru", "lstm")
@@ -45,6 +46,8 @@ class EncoderSettings:
     num_layers: int = setting(ge=1)
     bidirectional: bool = setting(default=False)
     dropout: float = setting(ge=0, lt=1)
+    layer_norm: str = setting(choices=LAYER_NORMS, default="none")  # the recurrent encoder's
+    residual_from: int | None = setting(ge=2, default=None)  # 1-based layer; the recurrent's
     options: dict[str, Any] = field(default_factory=dict)  # the type's declared keys
 
 
@@ -58,12 +61,14 @@ class EncoderSizes:
     num_layers: int
     bidirectional: bool
     dropout: float
+    layer_norm: str = "none"
+    residual_from: int | None = None
 
     @classmethod
     def of(cls, enc: EncoderSettings) -> EncoderSizes:
         return cls(
             enc.rnn_type, enc.embed_dim, enc.hidden_size, enc.num_layers, enc.bidirectional,
-            enc.dropout,
+            enc.dropout, enc.layer_norm, enc.residual_from,
         )  # fmt: skip
 
 
@@ -139,7 +144,7 @@ class Encoder(nn.Module, Declared):
             )
         return cls(
             vocab_size, sizes.rnn_type, sizes.embed_dim, sizes.hidden_size, sizes.num_layers,
-            sizes.bidirectional, sizes.dropout,
+            sizes.bidirectional, sizes.dropout, sizes.layer_norm, sizes.residual_from,
         )  # fmt: skip
 
     @classmethod
@@ -158,39 +163,47 @@ class Encoder(nn.Module, Declared):
         num_layers: int,
         bidirectional: bool,
         dropout: float,
+        layer_norm: str = "none",
+        residual_from: int | None = None,
     ):
         super().__init__()
         self.num_layers = num_layers
+        self.residual_from = residual_from
         self.num_directions = 2 if bidirectional else 1
         self.output_size = self.num_directions * hidden_size
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
         self.dropout = nn.Dropout(dropout)
-        rnn = rnn_class(rnn_type, "model.encoder.rnn_type")
+        fused = rnn_class(rnn_type, "model.encoder.rnn_type")
+
+        def rnn(size: int) -> nn.Module:
+            if layer_norm == "cell":  # per-gate layer norm inside the cell (nmt.models.cells)
+                return LayerNormRNN(rnn_type, size, hidden_size)
+            return fused(size, hidden_size, batch_first=True)
+
         input_sizes = [embed_dim] + [self.output_size] * (num_layers - 1)
-        self.forward_rnns = nn.ModuleList(
-            rnn(size, hidden_size, batch_first=True) for size in input_sizes
-        )
-        self.backward_rnns = nn.ModuleList(
-            rnn(size, hidden_size, batch_first=True)
-            for size in (input_sizes if bidirectional else [])
-        )
+        self.forward_rnns = nn.ModuleList(rnn(size) for size in input_sizes)
+        self.backward_rnns = nn.ModuleList(rnn(size) for size in input_sizes if bidirectional)
+        self.norms = LayerNorms(layer_norm, self.output_size, num_layers)
 
     def forward(self, src: Tensor, src_lengths: Tensor) -> EncoderOutput:
         """src (batch, src_len) long padded with PAD_ID; src_lengths (batch,), any order."""
         lengths = src_lengths.to(src.device)
         x = self.dropout(self.embed(src))  # (batch, src_len, embed_dim)
         for layer in range(self.num_layers):
+            layer_input = x
             if layer > 0:
-                x = self.dropout(x)
+                x = self.dropout(self.norms(x, layer - 1))  # between: LN of the layer below
             forward_states, _ = run_rnn(self.forward_rnns[layer], x)  # (batch, src_len, hidden)
             if self.num_directions == 1:
                 x = forward_states
-                continue
-            backward_states, _ = run_rnn(
-                self.backward_rnns[layer], reverse_within_lengths(x, lengths)
-            )
-            backward_states = reverse_within_lengths(backward_states, lengths)
-            x = torch.cat([forward_states, backward_states], dim=-1)  # (batch, src_len, 2*hidden)
+            else:
+                backward_states, _ = run_rnn(
+                    self.backward_rnns[layer], reverse_within_lengths(x, lengths)
+                )
+                backward_states = reverse_within_lengths(backward_states, lengths)
+                x = torch.cat([forward_states, backward_states], dim=-1)  # (batch, S, 2*hidden)
+            if uses_residual(self.residual_from, layer):  # from layer residual_from (≥ 2) up
+                x = x + layer_input
         real = torch.arange(src.size(1), device=src.device).unsqueeze(0) < lengths.unsqueeze(1)
         states = x.masked_fill(~real.unsqueeze(-1), 0.0)  # (batch, src_len, num_directions*hidden)
         hidden = forward_states.size(-1)

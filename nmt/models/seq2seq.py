@@ -213,6 +213,8 @@ def build_model(
         value_size=encoder.output_size,
         encoder_final_size=encoder.output_size,
         bridge=dec.bridge,
+        layer_norm=dec.layer_norm,
+        residual_from=dec.residual_from,
     )
     decoder = style(attention, sizes, **dec.options)
     model = Seq2Seq(encoder, decoder, tgt_vocab_size, dec.embed_dim, m.tie_embeddings, dec.dropout)

@@ -161,7 +161,14 @@ def test_bad_values_are_one_line(change, message):
         build(cfg)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=["cell-residual", "between"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=["decoder-cell-residual", "between"])
 def test_a_deep_model_exports_within_tolerance(case, tmp_path):
-    parity = tiny_parity(deep_config(*case), tmp_path)
+    cfg = deep_config(*case)
+    cfg["encoder"]["layer_norm"] = "between"  # the decoder keeps its case's layer norm
+    parity = tiny_parity(cfg, tmp_path)
     assert parity["log_prob"] <= TOLERANCE
+
+
+def test_an_encoder_with_layer_normed_cells_is_refused_by_export_in_one_line(tmp_path):
+    with pytest.raises(NMTError, match="model.encoder.layer_norm=cell: an encoder with"):
+        tiny_parity(deep_config(*CASES[0]), tmp_path)

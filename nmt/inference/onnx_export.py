@@ -416,6 +416,14 @@ def export_model(
     import onnx
     import onnxruntime
 
+    encoder = config["model"].get("encoder") or {}
+    if encoder.get("layer_norm") == "cell":
+        # its time loop runs in Python: a traced graph would keep the example's source length
+        raise NMTError(
+            "model.encoder.layer_norm=cell: an encoder with layer-normalised cells cannot be "
+            "exported yet (its time loop is Python, which tracing unrolls to one source "
+            "length); layer_norm=between exports, and so does a decoder with cell"
+        )
     layout = StateLayout.from_model_config(config["model"])
     export_graphs(model, layout, folder, exporter, opset)
     manifest = {"config": config}

@@ -172,3 +172,26 @@ def test_a_deep_model_exports_within_tolerance(case, tmp_path):
 def test_an_encoder_with_layer_normed_cells_is_refused_by_export_in_one_line(tmp_path):
     with pytest.raises(NMTError, match="model.encoder.layer_norm=cell: an encoder with"):
         tiny_parity(deep_config(*CASES[0]), tmp_path)
+
+
+def test_word_dropout_replaces_real_tokens_only_and_only_in_training():
+    from nmt.models.seq2seq import drop_words
+
+    torch.manual_seed(0)
+    ids = torch.tensor([[2, 5, 6, 7, 8, 3, 0, 0]] * 200)  # <s> four words </s> <pad> <pad>
+    dropped = drop_words(ids, 0.5)
+    assert torch.equal(dropped[:, [0, 5, 6, 7]], ids[:, [0, 5, 6, 7]])  # the specials stay
+    changed = dropped[:, 1:5] != ids[:, 1:5]
+    assert (dropped[:, 1:5][changed] == 1).all()  # <unk>
+    assert 0.4 < changed.float().mean().item() < 0.6
+    assert torch.equal(drop_words(ids, 0.0), ids)
+
+    cfg = tiny_model_config("gru", "general", "luong", True)
+    cfg["encoder"]["word_dropout"] = 0.3
+    cfg["decoder"]["word_dropout"] = 0.2
+    model = build(cfg)
+    assert model.word_dropout == (0.3, 0.2)
+    src, lengths, tgt = batch()
+    model.eval()
+    with torch.no_grad():  # evaluation: no word dropout, the same logits twice
+        assert torch.equal(model(src, lengths, tgt).logits, model(src, lengths, tgt).logits)

@@ -48,6 +48,7 @@ class EncoderSettings:
     dropout: float = setting(ge=0, lt=1)
     layer_norm: str = setting(choices=LAYER_NORMS, default="none")  # the recurrent encoder's
     residual_from: int | None = setting(ge=2, default=None)  # 1-based layer; the recurrent's
+    word_dropout: float = setting(ge=0, lt=1, default=0.0)  # whole tokens → <unk>, training
     options: dict[str, Any] = field(default_factory=dict)  # the type's declared keys
 
 

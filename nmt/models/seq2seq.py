@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from nmt.core.settings import setting
-from nmt.core.special_ids import PAD_ID
+from nmt.core.special_ids import EOS_ID, PAD_ID, UNK_ID
 from nmt.models.attention import AttentionSettings, build_attention
 from nmt.models.decoder import (
     DECODER_STYLES,
@@ -71,8 +71,10 @@ class Seq2Seq(nn.Module):
         tgt_embed_dim: int,
         tie_embeddings: bool,
         dropout: float,
+        word_dropout: tuple[float, float] = (0.0, 0.0),
     ):
         super().__init__()
+        self.word_dropout = word_dropout  # (source, target) rates, training only
         self.encoder = encoder
         self.decoder = decoder
         self.tgt_embed = nn.Embedding(tgt_vocab_size, tgt_embed_dim, padding_idx=PAD_ID)
@@ -133,6 +135,9 @@ class Seq2Seq(nn.Module):
         teacher_forcing < 1: at each step, each sentence independently feeds the model's own
         argmax instead of the reference token with probability 1 - teacher_forcing.
         """
+        if self.training:  # whole source and target words replaced by <unk> (word dropout)
+            src = drop_words(src, self.word_dropout[0])
+            tgt_in = drop_words(tgt_in, self.word_dropout[1])
         memory = self.encode(src, src_lengths)
         state = self.init_state(memory)
         if teacher_forcing >= 1.0:
@@ -158,6 +163,17 @@ class Seq2Seq(nn.Module):
                 tokens = torch.where(use_reference, tgt_in[:, t + 1], predicted)
         # stacked: (batch, tgt_len, tgt_vocab), (batch, tgt_len, src_len)
         return Seq2SeqOutput(torch.stack(logits, 1), torch.stack(attn_weights, 1))
+
+
+def drop_words(ids: Tensor, rate: float) -> Tensor:
+    """Word dropout (Gal & Ghahramani 2016; Sennrich & Zhang 2019): each real token of ``ids``
+    (not ``<pad>``, ``<s>``, ``</s>``) becomes ``<unk>`` with probability ``rate``.  The
+    sentence keeps its length, so the batch's lengths and masks stay as they are."""
+    if rate <= 0.0:
+        return ids
+    droppable = ids > EOS_ID  # the specials are 0..3 (nmt.core.special_ids)
+    dropped = torch.rand(ids.shape, device=ids.device) < rate
+    return ids.masked_fill(droppable & dropped, UNK_ID)
 
 
 def cast_for_decoding(memory: Tensor) -> Tensor:
@@ -217,7 +233,15 @@ def build_model(
         residual_from=dec.residual_from,
     )
     decoder = style(attention, sizes, **dec.options)
-    model = Seq2Seq(encoder, decoder, tgt_vocab_size, dec.embed_dim, m.tie_embeddings, dec.dropout)
+    model = Seq2Seq(
+        encoder,
+        decoder,
+        tgt_vocab_size,
+        dec.embed_dim,
+        m.tie_embeddings,
+        dec.dropout,
+        (enc.word_dropout, dec.word_dropout),
+    )
     if param_init is not None:
         init_uniform_(model, param_init)
     return model

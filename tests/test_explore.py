@@ -484,3 +484,20 @@ def test_the_page_shows_the_chosen_layer_and_head(browser, transformer_page):
     assert matrix.count() == 1
     assert matrix.locator("thead th").nth(1).inner_text() == "<s>"
     tab.close()
+
+
+def test_a_multi_head_recurrent_models_heads_are_in_the_payload(tiny_prepared, texts, tmp_path):
+    """model.attention.heads=2 with a GRU decoder: one layer of cross-attention heads (no
+    self-attention), their mean the attention the model reports."""
+    cfg = tiny_cfg(tiny_prepared, "general", "model.attention.heads=2")
+    ckpt = train_tiny(cfg, tmp_path / "run", tiny_prepared.data)
+    out = tmp_path / "multi_head.html"
+    payload = explore([str(ckpt)], texts[0], None, out, search=PAGE_SEARCH)
+    best = payload["sentences"][0]["outputs"][0]["nbest"][0]
+    heads = best["heads"]
+    assert (heads["layers"], heads["heads"]) == (1, 2) and "self" not in heads
+    shown = torch.tensor(heads["cross"][0], dtype=torch.float64) / WEIGHT_SCALE
+    assert (shown.mean(0) - weights(best)).abs().max() <= 0.001 + 1e-9
+    assert torch.allclose(
+        shown.sum(-1), torch.ones(shown.shape[:2], dtype=torch.float64), atol=0.01
+    )

@@ -210,15 +210,17 @@ def scaled(weights: torch.Tensor) -> list[Any]:
 
 
 def heads_entry(maps: Sequence[LayerAttention]) -> dict[str, Any]:
-    """A Transformer's attention per layer and head: ``cross[l][h]`` has the rows and columns
-    of the hypothesis's ``attention``; ``self[l][h]`` is rows × rows (the decoder's inputs
-    ``<s>`` y_1 … as columns)."""
-    return {
+    """The attention per layer and head: ``cross[l][h]`` has the rows and columns of the
+    hypothesis's ``attention``; a Transformer's ``self[l][h]`` is rows × rows (the decoder's
+    inputs ``<s>`` y_1 … as columns), absent for a recurrent decoder's multi-head attention."""
+    entry = {
         "layers": len(maps),
         "heads": int(maps[0].cross_weights.size(0)),
         "cross": [scaled(m.cross_weights) for m in maps],
-        "self": [scaled(m.self_weights) for m in maps],
     }
+    if maps[0].self_weights is not None:
+        entry["self"] = [scaled(m.self_weights) for m in maps]
+    return entry
 
 
 def hypothesis_entry(

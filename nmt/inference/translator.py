@@ -41,6 +41,7 @@ from nmt.inference.constraints import missing_phrases, phrase_positions
 from nmt.inference.ensemble import Ensemble, EnsembleSettings, ensemble_card
 from nmt.inference.search import Hypothesis, SearchSettings, decode_ids, search_precision
 from nmt.models import Seq2Seq
+from nmt.models.attention import MultiHeadScoreAttention
 from nmt.models.attention_stats import attention_statistics
 from nmt.models.card import card_of
 from nmt.models.checkpoint import load_checkpoint, model_from_checkpoint
@@ -572,29 +573,52 @@ class Translator:
 
     @torch.inference_mode()
     def attention_heads(self, translation: Translation) -> list[LayerAttention] | None:
-        """Every decoder layer's self- and cross-attention, per head, behind ``translation``
-        (its tokens forced through the model, rows as in :attr:`Translation.attention`), for a
-        model whose decoder has them (the Transformer's); None for the others (a recurrent
-        decoder's one attention is :attr:`Translation.attention`; an ensemble; an exported
-        folder).  Computed in fp32, in eval mode."""
+        """The attention per head behind ``translation`` (its tokens forced through the model,
+        rows and columns as in :attr:`Translation.attention`): every decoder layer's self- and
+        cross-attention for a Transformer decoder; the one layer of cross-attention heads for a
+        recurrent decoder with ``model.attention.heads`` > 1 (``self_weights`` None).  None for
+        a single-head recurrent decoder (its attention is :attr:`Translation.attention`), an
+        ensemble or an exported folder.  Computed in fp32, in eval mode."""
         decoder = getattr(self.model, "decoder", None)
-        if not hasattr(decoder, "attention_maps") or translation.num_predicted == 0:
+        transformer = hasattr(decoder, "attention_maps")
+        multi_head = isinstance(getattr(decoder, "attention", None), MultiHeadScoreAttention)
+        if not (transformer or multi_head) or translation.num_predicted == 0:
             return None
         training = self.model.training
         self.model.eval()
         try:
-            return self._attention_heads(decoder, translation)
+            return self._attention_heads(decoder, translation, transformer)
         finally:
             self.model.train(training)
 
-    def _attention_heads(self, decoder: Any, translation: Translation) -> list[LayerAttention]:
+    def _attention_heads(
+        self, decoder: Any, translation: Translation, transformer: bool
+    ) -> list[LayerAttention]:
         device = self.device
         src = torch.tensor([[*translation.source_ids, EOS_ID]], device=device)
+        src_lengths = torch.tensor([src.size(1)], device=device)
         rows = translation.num_predicted  # the inputs: <s> y_1 .. y_{rows-1}
         tgt_in = torch.tensor([[BOS_ID, *translation.token_ids][:rows]], device=device)
-        memory = self.model.encode(src, torch.tensor([src.size(1)], device=device))
-        maps = decoder.attention_maps(self.model.tgt_embed(tgt_in), memory)
-        return [LayerAttention(m.self_weights[0].float(), m.cross_weights[0].float()) for m in maps]
+        if transformer:
+            memory = self.model.encode(src, src_lengths)
+            maps = decoder.attention_maps(self.model.tgt_embed(tgt_in), memory)
+            return [
+                LayerAttention(m.self_weights[0].float(), m.cross_weights[0].float()) for m in maps
+            ]
+        attention, collected = decoder.attention, []
+
+        def collect(module: Any, args: tuple[Any, ...], kwargs: dict, output: Any) -> None:
+            # the call's query, keys, src_mask and positions give every head's weights
+            query, keys, _, src_mask, *rest = (*args, *kwargs.values())
+            collected.append(module.head_weights(query, keys, src_mask, *rest[:1]))
+
+        hook = attention.register_forward_hook(collect, with_kwargs=True)
+        try:
+            self.model(src, src_lengths, tgt_in)  # teacher-forced: one call or one per step
+        finally:
+            hook.remove()
+        heads = torch.cat(collected, dim=2)[0].float()  # (H, rows, src_len)
+        return [LayerAttention(None, heads)]
 
     def _one(self, hyp: Hypothesis, text: str, source_tokens: list[str]) -> Translation:
         attention = hyp.attn_weights

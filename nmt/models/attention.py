@@ -565,7 +565,20 @@ class MultiHeadScoreAttention(Attention):
         """As :meth:`Attention.forward`; ``keys`` from :meth:`project_keys` (``values``, the
         unprojected encoder states, are not read)."""
         batch, heads = query.size(0), self.heads
-        projected, *head_keys = keys.split([self.heads * self.head_value, *self.key_sizes], -1)
+        attn_weights = self.head_weights(query, keys, src_mask, positions)  # (batch, H, tgt, src)
+        projected = keys[..., : heads * self.head_value]  # (batch, src_len, value_size)
+        head_values = projected.unflatten(-1, (heads, self.head_value)).transpose(1, 2)
+        context = attn_weights.flatten(0, 1) @ head_values.flatten(0, 1)  # (batch·H, tgt, V/H)
+        context = context.unflatten(0, (batch, heads)).transpose(1, 2).flatten(-2)
+        return AttentionOutput(self.out_proj(context), attn_weights.mean(1))
+
+    def head_weights(
+        self, query: Tensor, keys: Tensor, src_mask: Tensor, positions: Tensor | None = None
+    ) -> Tensor:
+        """Every head's weights α_h: (batch, H, tgt_len, src_len), each row summing to 1 (the
+        explorer shows them one by one; :meth:`forward` reports their mean)."""
+        heads = self.heads
+        _, *head_keys = keys.split([heads * self.head_value, *self.key_sizes], -1)
         queries = self.query_proj(query).chunk(heads, dim=-1)  # H × (batch, tgt_len, Q/H)
         scores = torch.stack(
             [s(q, k) for s, q, k in zip(self.head_scores, queries, head_keys, strict=True)], 1
@@ -573,15 +586,11 @@ class MultiHeadScoreAttention(Attention):
         flat = scores.flatten(0, 1)  # the heads as more rows of the batch: (batch·H, tgt, src)
         mask = src_mask.repeat_interleave(heads, dim=0)
         if self.local is None:
-            attn_weights = masked_softmax(flat, mask)
+            weights = masked_softmax(flat, mask)
         else:  # one window per query, from the whole query, for every head
             repeat = lambda t: None if t is None else t.repeat_interleave(heads, dim=0)  # noqa: E731
-            attn_weights = self.local(flat, mask, repeat(query), repeat(positions))
-        head_values = projected.unflatten(-1, (heads, self.head_value)).transpose(1, 2)
-        context = torch.bmm(attn_weights, head_values.flatten(0, 1))  # (batch·H, tgt, V/H)
-        context = context.unflatten(0, (batch, heads)).transpose(1, 2).flatten(-2)
-        weights = attn_weights.unflatten(0, (batch, heads))  # (batch, H, tgt_len, src_len)
-        return AttentionOutput(self.out_proj(context), weights.mean(1))
+            weights = self.local(flat, mask, repeat(query), repeat(positions))
+        return weights.unflatten(0, (query.size(0), heads))
 
 
 def build_attention(

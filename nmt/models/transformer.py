@@ -248,7 +248,7 @@ class DecoderLayer(nn.Module):
 class LayerAttention(NamedTuple):
     """One decoder layer's attention weights, per head."""
 
-    self_weights: Tensor  # (batch, heads, steps, past + steps)
+    self_weights: Tensor | None  # (batch, heads, steps, past + steps); None: a recurrent decoder
     cross_weights: Tensor  # (batch, heads, steps, src_len)
 
 

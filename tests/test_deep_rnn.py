@@ -88,6 +88,10 @@ CASES = [
     ("gru", "luong", False, "between", 3),
     ("lstm", "bahdanau", False, "between", 2),
     ("gru", "bahdanau", False, "none", 2),
+    # RNMT+'s decoder: the bottom layer queries, the context feeds every layer above
+    ("gru", "rnmt", False, "none", 2),
+    ("lstm", "rnmt", False, "cell", 3),
+    ("gru", "rnmt", False, "between", None),
 ]
 
 
@@ -161,7 +165,9 @@ def test_bad_values_are_one_line(change, message):
         build(cfg)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=["decoder-cell-residual", "between"])
+@pytest.mark.parametrize(
+    "case", [CASES[0], CASES[2], CASES[6]], ids=["decoder-cell-residual", "between", "rnmt-cell"]
+)
 def test_a_deep_model_exports_within_tolerance(case, tmp_path):
     cfg = deep_config(*case)
     cfg["encoder"]["layer_norm"] = "between"  # the decoder keeps its case's layer norm

@@ -518,7 +518,7 @@ def test_every_config_file_builds_a_model():
          f"{', '.join(SCORES)}; got 'foo'"),  # the registry's names, in registration order
         (("encoder", "rnn_type", "rnn"), "model.encoder.rnn_type: expected one of gru, lstm or null; got 'rnn'"),
         (("decoder", "rnn_type", "GRU"), "model.decoder.rnn_type: expected one of gru, lstm or null; got 'GRU'"),
-        (("decoder", "style", "joey"), "model.decoder.style: expected one of luong, bahdanau, transformer; got 'joey'"),
+        (("decoder", "style", "joey"), "model.decoder.style: expected one of luong, bahdanau, rnmt, transformer; got 'joey'"),
         (("decoder", "num_layers", 0), "model.decoder.num_layers: expected an integer >= 1; got 0"),
         (("encoder", "dropout", 1.5), "model.encoder.dropout: expected a number in [0, 1); got 1.5"),
         (("encoder", "bidirectional", "yes"), "model.encoder.bidirectional: expected true or false"),

@@ -52,6 +52,7 @@ SETUPS = [
     # multi-head attention over a score function (model.attention.heads)
     ("luong", "concat", "gru", "global", 4),
     ("bahdanau", "general", "lstm", "local_p", 2),
+    ("rnmt", "concat", "lstm"),  # RNMT+'s decoder style (one layer here: the bottom one)
 ]
 TRANSFORMER = {"embed_dim": 16, "hidden_size": 16, "num_layers": 2, "heads": 4, "ff_size": 32}
 SETUP_IDS = ["-".join(map(str, s)) for s in SETUPS]

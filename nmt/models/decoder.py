@@ -14,6 +14,7 @@ for beam search.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -626,3 +627,153 @@ class BahdanauDecoder(RecurrentDecoder):
         contexts = torch.stack(contexts, 1)  # (batch, tgt_len, value_size)
         attn_vectors = self.output(tops, contexts, embedded)  # (batch, tgt_len, hidden)
         return DecoderOutput(attn_vectors, torch.stack(attn_weights, 1), state)
+
+
+@DECODER_STYLES.register("rnmt")
+class RNMTDecoder(RecurrentDecoder):
+    """The RNMT+ decoder (Chen et al. 2018, §3.1): attend with the bottom layer, feed the
+    context to every layer above it and to the output.
+
+        h¹_t  = RNN₁(E y_{t-1}, h¹_{t-1})                            the bottom layer
+        c_t, α_t = Attention(h¹_t, keys, values)                    its output is the query
+        hˡ_t  = RNNₗ([xˡ_t ; c_t], hˡ_{t-1}),  xˡ_t = h^{l-1}_t (+ x^{l-1}_t from residual_from up)
+        h̃_t  = tanh(W_o [x^{L+1}_t ; c_t])                          to the softmax
+
+    No step depends on an earlier step's attention, so the teacher-forced :meth:`forward` runs
+    each layer over the whole target in one call (``nn.GRU`` / ``nn.LSTM``, or the layer-
+    normalised cells with ``layer_norm: cell``); search steps every layer once per position.
+    ``residual_from`` (1-based, ≥ 2): each layer from it up adds its input x (not the context)
+    to its output; ``layer_norm: between`` normalises each layer's output before the next.
+    ``input_feeding`` is accepted as false only (configs/train.yaml sets it).
+    """
+
+    optional_keys = {"input_feeding": bool}
+
+    def __init__(self, attention: Attention, sizes: DecoderSizes, input_feeding: bool = False):
+        if input_feeding:
+            raise NMTError(
+                "model.decoder.input_feeding: expected false for style 'rnmt' "
+                "(every layer above the bottom one reads the step's context); got true"
+            )
+        bottom = dataclasses.replace(sizes, num_layers=1, residual_from=None)
+        super().__init__(attention, bottom, self.rnn_input_size(sizes))
+        self.num_layers = sizes.num_layers
+        hidden, width = sizes.hidden_size, sizes.hidden_size + sizes.value_size
+        if sizes.bridge:  # s_0 for every layer, as the other styles
+            self.bridge = nn.Linear(sizes.encoder_final_size, sizes.num_layers * hidden)
+        self.layer_norm, self.residual_from = sizes.layer_norm, sizes.residual_from
+        rnn = rnn_class(sizes.rnn_type, "model.decoder.rnn_type")
+        self.upper = nn.ModuleList(
+            LayerNormRNN(sizes.rnn_type, width, hidden)
+            if sizes.layer_norm == "cell"
+            else rnn(width, hidden, batch_first=True)
+            for _ in range(sizes.num_layers - 1)
+        )
+        self.norms = LayerNorms(sizes.layer_norm, hidden, sizes.num_layers)
+        self.pre_output = nn.Linear(hidden + sizes.value_size, hidden)  # W_o
+
+    @classmethod
+    def rnn_input_size(cls, sizes: DecoderSizes, **options: Any) -> int:
+        """E_t: the bottom layer reads the embedding alone."""
+        return sizes.embed_dim
+
+    @classmethod
+    def flops(cls, sizes: DecoderSizes, **options: Any) -> DecoderFlops:
+        """rnn(E_t, H) + (L_d − 1)·rnn(H + V, H); W_o: 2·(H + V)·H."""
+        hidden, width = sizes.hidden_size, sizes.hidden_size + sizes.value_size
+        rnn = rnn_flops(sizes.rnn_type, sizes.embed_dim, hidden)
+        rnn += (sizes.num_layers - 1) * rnn_flops(sizes.rnn_type, width, hidden)
+        return DecoderFlops(rnn, 2 * width * hidden)
+
+    def init_state(self, memory: Memory) -> DecoderState:
+        hidden, cell = self.init_rnn_state(memory)
+        return DecoderState(hidden, cell, None, first_position(memory))
+
+    def next_input(self, output: Tensor, layer_input: Tensor, layer: int) -> Tensor:
+        """Layer ``layer``'s (0-based) output on its way up: + its input from residual_from
+        up, normalised with ``between``."""
+        if uses_residual(self.residual_from, layer):
+            output = output + layer_input
+        return self.norms(output, layer)
+
+    def output(self, top: Tensor, context: Tensor) -> Tensor:
+        """h̃ = tanh(W_o [x^{L+1} ; c])."""
+        return torch.tanh(self.pre_output(torch.cat([top, context], dim=-1)))
+
+    def forward(self, embedded: Tensor, state: DecoderState, memory: Memory) -> DecoderOutput:
+        """Teacher-forced: every layer over the whole target in one call."""
+        embedded = self.dropout(embedded)
+        lstm = self.is_lstm
+        bottom, h, c = self.rnn.sequence(
+            embedded, state.hidden[:1], state.cell[:1] if lstm else None
+        )  # (batch, tgt_len, hidden)
+        steps = torch.arange(embedded.size(1), device=embedded.device)
+        positions = state.position.unsqueeze(1) + steps  # (batch, tgt_len)
+        context, attn_weights = self.attention(
+            bottom, memory.keys, memory.values, memory.src_mask, positions
+        )  # (batch, tgt_len, value_size), (batch, tgt_len, src_len)
+        x, hiddens, cells = self.norms(bottom, 0), [h], [c]
+        for layer, rnn in enumerate(self.upper, start=1):
+            layer_state = (
+                (state.hidden[layer : layer + 1], state.cell[layer : layer + 1])
+                if lstm
+                else state.hidden[layer : layer + 1]
+            )
+            out, layer_state = run_rnn(rnn, torch.cat([self.dropout(x), context], -1), layer_state)
+            hiddens.append(layer_state[0] if lstm else layer_state)
+            cells.append(layer_state[1] if lstm else None)
+            x = self.next_input(out, x, layer)
+        end = DecoderState(
+            torch.cat(hiddens),
+            torch.cat(cells) if lstm else None,
+            None,
+            state.position + embedded.size(1),
+        )
+        return DecoderOutput(self.output(x, context), attn_weights, end)
+
+    def step_after_dropout(
+        self, embedded: Tensor, state: DecoderState, memory: Memory
+    ) -> DecoderStep:
+        lstm = self.is_lstm
+        bottom_h, bottom_c = self.rnn(
+            self.rnn.project_known(embedded),
+            None,
+            state.hidden[:1],
+            state.cell[:1] if lstm else None,
+        )  # (1, batch, hidden)
+        context, attn_weights = self.attention(
+            bottom_h[0].unsqueeze(1),
+            memory.keys,
+            memory.values,
+            memory.src_mask,
+            state.position.unsqueeze(1),
+        )
+        context = context.squeeze(1)  # (batch, value_size)
+        x, hiddens = self.norms(bottom_h[0], 0), [bottom_h[0]]
+        cells = [bottom_c[0]] if lstm else []
+        for layer, rnn in enumerate(self.upper, start=1):
+            inputs = torch.cat([self.dropout(x), context], -1)  # (batch, hidden + value_size)
+            cell = state.cell[layer] if lstm else None
+            h, cell = self.upper_step(rnn, inputs, state.hidden[layer], cell)
+            hiddens.append(h)
+            if lstm:
+                cells.append(cell)
+            x = self.next_input(h, x, layer)
+        new_state = DecoderState(
+            torch.stack(hiddens),  # (num_layers, batch, hidden)
+            torch.stack(cells) if lstm else None,
+            None,
+            state.position + 1,
+        )
+        return DecoderStep(self.output(x, context), attn_weights.squeeze(1), new_state)
+
+    def upper_step(
+        self, rnn: nn.Module, inputs: Tensor, hidden: Tensor, cell: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """One step of an upper layer: inputs (batch, H + V); hidden, cell (batch, H)."""
+        if isinstance(rnn, LayerNormRNN):
+            return rnn.step(rnn.input_gates(inputs), hidden, cell)
+        weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        if self.is_lstm:
+            return torch.lstm_cell(inputs, (hidden, cell), *weights)
+        return torch.gru_cell(inputs, hidden, *weights), None

@@ -42,5 +42,7 @@ for name in $VARIANTS; do
 done
 
 if [[ "${COMPARE:-1}" != 0 ]]; then
-    python -m nmt.compare sweep="$SWEEP_DIR" evaluate_test=true
+    baseline=()  # the preset's first seed names the baseline variant, when it ran
+    if [[ " $VARIANTS " == *" preset "* ]]; then baseline=("baseline=preset/seed${SEEDS%% *}"); fi
+    python -m nmt.compare sweep="$SWEEP_DIR" evaluate_test=true "${baseline[@]}"
 fi

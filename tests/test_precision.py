@@ -129,7 +129,7 @@ def test_autocast_context_is_cpu_bf16_autocast():
 
 
 @pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("setup", SETUPS, ids=["-".join(s) for s in SETUPS])
+@pytest.mark.parametrize("setup", SETUPS, ids=["-".join(map(str, s)) for s in SETUPS])
 def test_bf16_loss_and_gradients_are_close_to_fp32(setup, layers):
     """One batch through every decoder style and RNN type (LSTM included: oneDNN's bf16 LSTM
     does not build on CPUs without AVX-512, so the recurrences run in fp32), 1 and 2 layers."""
@@ -201,7 +201,7 @@ def test_auto_precision_is_logged_with_its_reason(tiny_prepared, tmp_path, caplo
 # Decoding under bf16
 
 
-@pytest.fixture(scope="module", params=SETUPS, ids=["-".join(s) for s in SETUPS])
+@pytest.fixture(scope="module", params=SETUPS, ids=["-".join(map(str, s)) for s in SETUPS])
 def trained(request):
     torch.manual_seed(1234)
     net = build_model(model_cfg(*request.param), SRC_VOCAB, TGT_VOCAB)

@@ -254,7 +254,7 @@ def test_a_score_registered_in_a_test_trains_a_step_through_the_config(
     assert "stopped at step 1: trainer.max_steps=1 reached" in (run_dir / "train.log").read_text()
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["config"]["model"]["attention"] == {
-        "score": TOY, "rank": 3, "type": "global", "window": 10
+        "score": TOY, "rank": 3, "type": "global", "window": 10, "heads": 1
     }  # fmt: skip
     assert ckpt["model"]["decoder.attention.score.query_proj.weight"].shape == (3, 16)  # U
     assert ckpt["model"]["decoder.attention.score.key_proj.bias"].shape == (3,)

@@ -143,10 +143,12 @@ def test_transformer_sweep_runs_every_seed_and_compares(tiny_prepared, tmp_path)
     report = (sweep / "comparison.md").read_text(encoding="utf-8")
     variants_table = report.split("## ")[2].split("\n\n")[1]
     rows = [line.split(" | ")[0] for line in variants_table.splitlines()][2:]
-    assert rows == [
-        "| multi-head/transformer/transformer (preset) (baseline)",
-        "| multi-head/transformer/transformer (dropout0.2)",
+    assert rows == [  # one variant per folder, both seeds in it; the preset is the baseline
+        "| multi-head/transformer/transformer (dropout0.2/seed1)",
+        "| multi-head/transformer/transformer (preset/seed1) (baseline)",
     ]
+    runs = json.loads((sweep / "variants.json").read_text(encoding="utf-8"))
+    assert [len(variant["runs"]) for variant in runs] == [2, 2]
 
 
 def test_transformer_sweep_rejects_an_unknown_variant(tmp_path):

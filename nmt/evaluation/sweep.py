@@ -76,6 +76,7 @@ from nmt.evaluation.significance import (
 from nmt.evaluation.testset import evaluate_checkpoint
 from nmt.models import ATTENTION_TYPES, SCORES
 from nmt.models.attention_stats import STATISTICS
+from nmt.models.seq2seq import attention_label
 
 TEST_SCORES = "test_scores.json"
 TEST_HYPS = "test_hyps.txt"
@@ -155,10 +156,7 @@ def read_variant(run_dir: Path) -> dict[str, Any]:
         model = config.model
         attention_type = model.attention.get("type", "global")  # absent before local attention
         fields = {
-            # the Transformer decoder's own attention, not the score of model.attention
-            "attention": "multi-head"
-            if model.decoder.style == "transformer"
-            else model.attention.score,
+            "attention": attention_label(model.attention.score, model.decoder.style),
             "encoder": model.encoder.get("rnn_type") or model.encoder.get("type"),
             "decoder": model.decoder.style,
             "attention_type": attention_type,

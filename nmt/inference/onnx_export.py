@@ -192,8 +192,7 @@ def export_graphs(
     }
     for name in names:
         axes[name] = axes[f"{name}_out"] = batch_axis[name]
-    axes.pop("cache_out", None)  # one step longer than the input: its own name
-    if layout.has_cache:
+    if layout.has_cache:  # one step longer than the input: its own name
         axes["cache_out"] = {0: "batch", 1: "steps_out"}
     _export(
         StepGraph(model, layout),

@@ -118,3 +118,18 @@ def uses_residual(residual_from: int | None, layer: int) -> bool:
     """Whether 0-based ``layer`` adds its input to its output: from the ``residual_from``-th
     layer (1-based, RNMT+ "from the third layer up" is 3) up; never when None."""
     return residual_from is not None and layer + 1 >= residual_from
+
+
+def step_layer(
+    rnn: nn.Module, inputs: Tensor, hidden: Tensor, cell: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """One step of one layer built as a module of its own: a :class:`LayerNormRNN`, or a
+    one-layer ``nn.GRU`` / ``nn.LSTM`` stepped with ``torch.gru_cell`` / ``torch.lstm_cell`` on
+    its weights.  inputs (batch, input); hidden, cell (batch, H) → (hidden, cell); cell None
+    for a GRU."""
+    if isinstance(rnn, LayerNormRNN):
+        return rnn.step(rnn.input_gates(inputs), hidden, cell)
+    weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+    if isinstance(rnn, nn.LSTM):
+        return torch.lstm_cell(inputs, (hidden, cell), *weights)
+    return torch.gru_cell(inputs, hidden, *weights), None

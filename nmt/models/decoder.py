@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from nmt.core.errors import NMTError
 from nmt.core.settings import setting
 from nmt.models.attention import Attention
-from nmt.models.cells import LAYER_NORMS, LayerNormRNN, LayerNorms, uses_residual
+from nmt.models.cells import LAYER_NORMS, LayerNormRNN, LayerNorms, step_layer, uses_residual
 from nmt.models.encoder import RNN_TYPES, rnn_class, rnn_flops, run_rnn
 from nmt.models.registry import Declared, Registry
 
@@ -216,57 +216,51 @@ class DecoderRNN(nn.Module):
         computed inside the loop (h̃_{t-1} or c_t), or None; hidden, cell (num_layers, batch,
         hidden).  Returns the new (hidden, cell).
         """
-        if self.layer_norm == "cell":
-            return self.layer_normed_step(known, fed_back, hidden, cell)
-        w_ih, w_hh, _, b_hh = self.layer_weights(0)
+        x, c = self.first_layer_step(known, fed_back, hidden[0], None if cell is None else cell[0])
+        hiddens, cells = [x], [c]
+        layer_input = None  # layer 0's input is not one tensor here: no residual around it
+        for layer in range(1, self.num_layers):
+            layer_cell = None if cell is None else cell[layer]
+            if self.fused:
+                x = self.dropout(x)
+                if self.is_lstm:
+                    x, c = torch.lstm_cell(
+                        x, (hidden[layer], layer_cell), *self.layer_weights(layer)
+                    )
+                else:
+                    x = torch.gru_cell(x, hidden[layer], *self.layer_weights(layer))
+            else:
+                x = layer_input = self.between_layers(x, layer_input, layer - 1)
+                x, c = step_layer(self.stack[layer], x, hidden[layer], layer_cell)
+            hiddens.append(x)
+            cells.append(c)
+        # stacked: (num_layers, batch, hidden)
+        return torch.stack(hiddens), (torch.stack(cells) if self.is_lstm else None)
+
+    def first_layer_step(
+        self, known: Tensor, fed_back: Tensor | None, hidden: Tensor, cell: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Layer 0's step from its input split in two: hidden, cell (batch, hidden) → the new
+        (hidden, cell); ``cell`` normalises [W_k x ; W_f f] whole, after the sum."""
+        w_ih = (
+            self.stack[0].weight_ih.weight
+            if self.layer_norm == "cell"
+            else self.layer_weights(0)[0]
+        )
         gates_in = known
         if fed_back is not None:
             gates_in = gates_in + F.linear(fed_back, w_ih[:, w_ih.size(1) - fed_back.size(-1) :])
-        gates_hidden = F.linear(hidden[0], w_hh, b_hh)  # (batch, gates*hidden)
+        if self.layer_norm == "cell":
+            first = self.stack[0]
+            return first.step(first.norm_ih(gates_in), hidden, cell)
+        _, w_hh, _, b_hh = self.layer_weights(0)
+        gates_hidden = F.linear(hidden, w_hh, b_hh)  # (batch, gates*hidden)
         # Under autocast the products arrive in bf16; the gates and the state are kept in fp32
         # (no-ops in fp32), so rounding does not build up along the recurrence.
         gates_in, gates_hidden = gates_in.float(), gates_hidden.float()
         if self.is_lstm:
-            x, c = lstm_cell_from_gates(gates_in + gates_hidden, cell[0])
-            hiddens, cells = [x], [c]
-        else:
-            x = gru_cell_from_gates(gates_in, gates_hidden, hidden[0])
-            hiddens, cells = [x], []
-        layer_input = None  # layer 0's input is not one tensor here: no residual around it
-        for layer in range(1, self.num_layers):
-            if self.fused:
-                x = self.dropout(x)
-            else:
-                x = layer_input = self.between_layers(x, layer_input, layer - 1)
-            if self.is_lstm:
-                x, c = torch.lstm_cell(x, (hidden[layer], cell[layer]), *self.layer_weights(layer))
-                cells.append(c)
-            else:
-                x = torch.gru_cell(x, hidden[layer], *self.layer_weights(layer))
-            hiddens.append(x)
-        # stacked: (num_layers, batch, hidden)
-        return torch.stack(hiddens), (torch.stack(cells) if self.is_lstm else None)
-
-    def layer_normed_step(
-        self, known: Tensor, fed_back: Tensor | None, hidden: Tensor, cell: Tensor | None
-    ) -> tuple[Tensor, Tensor | None]:
-        """:meth:`forward` with the ``cell`` layers: layer 0 normalises [W_k x ; W_f f] whole."""
-        first = self.stack[0]
-        gates_in = known
-        if fed_back is not None:
-            w_ih = first.weight_ih.weight
-            gates_in = gates_in + F.linear(fed_back, w_ih[:, w_ih.size(1) - fed_back.size(-1) :])
-        x, c = first.step(first.norm_ih(gates_in), hidden[0], None if cell is None else cell[0])
-        hiddens, cells = [x], [c]
-        layer_input = None  # layer 0's input is not one tensor here: no residual around it
-        for layer in range(1, self.num_layers):
-            rnn = self.stack[layer]
-            layer_input = self.between_layers(x, layer_input, layer - 1)
-            layer_cell = None if cell is None else cell[layer]
-            x, c = rnn.step(rnn.input_gates(layer_input), hidden[layer], layer_cell)
-            hiddens.append(x)
-            cells.append(c)
-        return torch.stack(hiddens), (torch.stack(cells) if self.is_lstm else None)
+            return lstm_cell_from_gates(gates_in + gates_hidden, cell)
+        return gru_cell_from_gates(gates_in, gates_hidden, hidden), None
 
 
 def gru_cell_from_gates(gates_in: Tensor, gates_hidden: Tensor, h: Tensor) -> Tensor:
@@ -754,7 +748,7 @@ class RNMTDecoder(RecurrentDecoder):
         for layer, rnn in enumerate(self.upper, start=1):
             inputs = torch.cat([self.dropout(x), context], -1)  # (batch, hidden + value_size)
             cell = state.cell[layer] if lstm else None
-            h, cell = self.upper_step(rnn, inputs, state.hidden[layer], cell)
+            h, cell = step_layer(rnn, inputs, state.hidden[layer], cell)
             hiddens.append(h)
             if lstm:
                 cells.append(cell)
@@ -766,14 +760,3 @@ class RNMTDecoder(RecurrentDecoder):
             state.position + 1,
         )
         return DecoderStep(self.output(x, context), attn_weights.squeeze(1), new_state)
-
-    def upper_step(
-        self, rnn: nn.Module, inputs: Tensor, hidden: Tensor, cell: Tensor | None
-    ) -> tuple[Tensor, Tensor | None]:
-        """One step of an upper layer: inputs (batch, H + V); hidden, cell (batch, H)."""
-        if isinstance(rnn, LayerNormRNN):
-            return rnn.step(rnn.input_gates(inputs), hidden, cell)
-        weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
-        if self.is_lstm:
-            return torch.lstm_cell(inputs, (hidden, cell), *weights)
-        return torch.gru_cell(inputs, hidden, *weights), None

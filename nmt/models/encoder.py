@@ -73,6 +73,7 @@ class EncoderSizes:
         )  # fmt: skip
 
 
+# an encoder type is built as cls.from_sizes(vocab_size, EncoderSizes, **its declared keys)
 ENCODER_TYPES: Registry[type[Any]] = Registry("model.encoder.type")
 
 
@@ -220,7 +221,4 @@ class Encoder(nn.Module, Declared):
 def build_encoder(enc: EncoderSettings, vocab_size: int) -> nn.Module:
     """The encoder ``model.encoder`` names by its ``type``, with its declared keys."""
     kind = ENCODER_TYPES.lookup(enc.type)
-    sizes = EncoderSizes.of(enc)
-    if kind is Encoder:
-        return Encoder.from_sizes(vocab_size, sizes)
-    return kind(vocab_size, sizes, **enc.options)
+    return kind.from_sizes(vocab_size, EncoderSizes.of(enc), **enc.options)

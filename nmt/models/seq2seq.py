@@ -165,6 +165,13 @@ class Seq2Seq(nn.Module):
         return Seq2SeqOutput(torch.stack(logits, 1), torch.stack(attn_weights, 1))
 
 
+def attention_label(score: str, decoder_style: str) -> str:
+    """The attention a model's label names: its score, or ``multi-head`` for a decoder style
+    that brings its own attention (the Transformer's, ``uses_score`` false)."""
+    style = DECODER_STYLES.get(decoder_style)
+    return "multi-head" if style is not None and not style.uses_score else score
+
+
 def drop_words(ids: Tensor, rate: float) -> Tensor:
     """Word dropout (Gal & Ghahramani 2016; Sennrich & Zhang 2019): each real token of ``ids``
     (not ``<pad>``, ``<s>``, ``</s>``) becomes ``<unk>`` with probability ``rate``.  The

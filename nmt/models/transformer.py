@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from nmt.core.errors import NMTError
 from nmt.core.special_ids import PAD_ID
-from nmt.models.attention import Attention
+from nmt.models.attention import Attention, masked_softmax
 from nmt.models.decoder import (
     DECODER_STYLES,
     Decoder,
@@ -94,8 +94,7 @@ class MultiHeadAttention(nn.Module):
         q = self.split_heads(self.q_proj(x))  # (batch, heads, q_len, head_dim)
         k, v = self.split_heads(keys), self.split_heads(values)  # (batch, heads, kv_len, head_dim)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (batch, heads, q, kv)
-        scores = scores.float().masked_fill(~mask.unsqueeze(1), float("-inf"))
-        weights = scores.softmax(-1)  # fp32, then the products in the input's dtype
+        weights = masked_softmax(scores, mask.unsqueeze(1))  # normalised in fp32, every head
         context = self.dropout(weights).to(v.dtype) @ v  # (batch, heads, q_len, head_dim)
         context = context.transpose(1, 2).flatten(-2)  # (batch, q_len, d)
         return self.out_proj(context), weights
@@ -179,6 +178,13 @@ class TransformerEncoder(nn.Module, Declared):
             EncoderLayer(d_model, heads, ff_size, sizes.dropout) for _ in range(sizes.num_layers)
         )
         self.final_norm = nn.LayerNorm(d_model)
+
+    @classmethod
+    def from_sizes(
+        cls, vocab_size: int, sizes: EncoderSizes, heads: int, ff_size: int
+    ) -> TransformerEncoder:
+        """The encoder ``model.encoder`` describes (``type: transformer``)."""
+        return cls(vocab_size, sizes, heads, ff_size)
 
     @classmethod
     def flops(cls, sizes: EncoderSizes, src_len: float, heads: int, ff_size: int) -> float:

@@ -5,6 +5,10 @@
 #
 #   MINUTES=12 SWEEP_DIR=multirun/recipes bash scripts/sweep_recipes.sh trainer.num_threads=1
 #   VARIANTS="untied ls0" bash scripts/sweep_recipes.sh     # a subset, e.g. one of two parallel halves
+#   SEEDS="1 2" SIDE_BY_SIDE=1 VARIANTS="default heads4 rnmt2" bash scripts/sweep_recipes.sh
+#
+# SEEDS: each variant once per seed, in <variant>/seed<N>; SIDE_BY_SIDE: scripts/sweep_lib.sh. The
+# deep-model variants (heads4 … word_dropout0.1) are the pieces of docs/models.md.
 #
 # Extra arguments go to every run. The baseline (the default config, unchanged) is "default".
 set -euo pipefail
@@ -12,6 +16,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 MINUTES="${MINUTES:-30}"
 SWEEP_DIR="${SWEEP_DIR:-multirun/recipes}"
+# shellcheck source=scripts/sweep_lib.sh
+source scripts/sweep_lib.sh
 
 declare -A RECIPES=(
     [default]=""
@@ -25,6 +31,12 @@ declare -A RECIPES=(
     [dropout0.1]="model.encoder.dropout=0.1 model.decoder.dropout=0.1"
     [batch8k]="data.batching.max_tokens=8192"
     [input_feeding]="model.decoder.input_feeding=true"
+    [heads4]="model.attention.heads=4"
+    [layers2]="model.encoder.num_layers=2 model.decoder.num_layers=2"
+    [layers2_ln]="model.encoder.num_layers=2 model.decoder.num_layers=2 model.encoder.layer_norm=between model.decoder.layer_norm=between"
+    [ln_cell]="model.encoder.layer_norm=cell model.decoder.layer_norm=cell"
+    [rnmt2]="model/decoder=rnmt model.decoder.num_layers=2"
+    [word_dropout0.1]="model.encoder.word_dropout=0.1 model.decoder.word_dropout=0.1"
 )
 VARIANTS="${VARIANTS:-default warmup200 lr3e-3 vocab4k untied ls0}"
 
@@ -34,8 +46,7 @@ for name in $VARIANTS; do
         exit 2
     fi
     # shellcheck disable=SC2086  # the overrides are meant to split on spaces
-    python -m nmt.train ${RECIPES[$name]} trainer.max_minutes="$MINUTES" \
-        hydra.run.dir="$SWEEP_DIR/$name" "$@"
+    train_variant "$SWEEP_DIR/$name" ${RECIPES[$name]} "$@"
 done
 
 # COMPARE=0: leave the table for later, e.g. while a second half of the sweep still runs

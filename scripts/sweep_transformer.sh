@@ -7,10 +7,7 @@
 #   MINUTES=30 SEEDS="1 2" SWEEP_DIR=multirun/transformer bash scripts/sweep_transformer.sh
 #   VARIANTS="preset dec3 warmup800" bash scripts/sweep_transformer.sh   # a subset
 #   SIDE_BY_SIDE=1 MINUTES=15 bash scripts/sweep_transformer.sh         # seeds at once, a core each
-#
-# SIDE_BY_SIDE=1 trains a variant's seeds at the same time, each pinned to its own core with one
-# torch thread: every variant then runs under the same conditions as the others, in half the wall
-# time on 2 cores, but each run gets fewer steps than a 2-thread run of the same minutes.
+# (SIDE_BY_SIDE: scripts/sweep_lib.sh.)
 #
 # Extra arguments go to every run. A timed sweep: run it alone on the machine.
 set -euo pipefail
@@ -19,6 +16,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MINUTES="${MINUTES:-30}"
 SEEDS="${SEEDS:-1 2}"
 SWEEP_DIR="${SWEEP_DIR:-multirun/transformer}"
+# shellcheck source=scripts/sweep_lib.sh
+source scripts/sweep_lib.sh
 
 declare -A VARIANTS_OF=(
     [preset]=""
@@ -28,6 +27,7 @@ declare -A VARIANTS_OF=(
     [ff512]="model.encoder.ff_size=512 model.decoder.ff_size=512"        # width
     [d192]="model.encoder.embed_dim=192 model.encoder.hidden_size=192 model.decoder.embed_dim=192 model.decoder.hidden_size=192"
     [warmup800]="optim.warmup_steps=800"                                 # warm-up
+    [warmup200]="optim.warmup_steps=200"
     [lr2e-3]="optim.lr=2e-3"
     [dropout0.2]="model.encoder.dropout=0.2 model.decoder.dropout=0.2"   # dropout
     [dropout0]="model.encoder.dropout=0.0 model.decoder.dropout=0.0"
@@ -41,22 +41,8 @@ for name in $VARIANTS; do
         echo "sweep_transformer.sh: unknown variant '$name' (known: ${!VARIANTS_OF[*]})" >&2
         exit 2
     fi
-    core=0
-    pids=()
-    for seed in $SEEDS; do
-        run=(python -m nmt.train +experiment=transformer)
-        # shellcheck disable=SC2206  # the overrides are meant to split on spaces
-        run+=(${VARIANTS_OF[$name]} seed="$seed" trainer.max_minutes="$MINUTES")
-        run+=(hydra.run.dir="$SWEEP_DIR/$name/seed$seed" "$@")
-        if [[ "${SIDE_BY_SIDE:-0}" != 0 ]]; then
-            taskset -c "$core" "${run[@]}" trainer.num_threads=1 &
-            pids+=($!)
-            core=$(((core + 1) % $(nproc)))
-        else
-            "${run[@]}"
-        fi
-    done
-    for pid in "${pids[@]}"; do wait "$pid"; done  # a failed run stops the sweep (set -e)
+    # shellcheck disable=SC2086  # the overrides are meant to split on spaces
+    train_variant "$SWEEP_DIR/$name" +experiment=transformer ${VARIANTS_OF[$name]} "$@"
 done
 
 if [[ "${COMPARE:-1}" != 0 ]]; then

@@ -29,12 +29,12 @@ declare -A VARIANTS_OF=(
     [warmup800]="optim.warmup_steps=800"                                 # warm-up
     [warmup200]="optim.warmup_steps=200"
     [lr2e-3]="optim.lr=2e-3"
-    [dropout0.2]="model.encoder.dropout=0.2 model.decoder.dropout=0.2"   # dropout
-    [dropout0]="model.encoder.dropout=0.0 model.decoder.dropout=0.0"
+    [dropout0.1]="model.encoder.dropout=0.1 model.decoder.dropout=0.1"   # dropout (the preset: 0)
+    [dropout0.2]="model.encoder.dropout=0.2 model.decoder.dropout=0.2"
     [batch8k]="data.batching.max_tokens=8192"                            # batch
     [batch2k]="data.batching.max_tokens=2048"
 )
-VARIANTS="${VARIANTS:-preset dec1 dec3 ff512 warmup800 lr2e-3 dropout0.2 batch8k}"
+VARIANTS="${VARIANTS:-preset dec1 ff512 warmup200 lr2e-3 dropout0.1 batch2k}"
 
 for name in $VARIANTS; do
     if [[ ! -v "VARIANTS_OF[$name]" ]]; then

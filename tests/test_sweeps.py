@@ -158,16 +158,16 @@ def test_transformer_sweep_rejects_an_unknown_variant(tmp_path):
 
 def test_transformer_sweep_side_by_side_gives_each_seed_one_thread(tiny_prepared, tmp_path):
     sweep = tmp_path / "side_by_side"
-    env = {"SWEEP_DIR": str(sweep), "VARIANTS": "dropout0", "SEEDS": "1 2",
+    env = {"SWEEP_DIR": str(sweep), "VARIANTS": "dropout0.1", "SEEDS": "1 2",
            "SIDE_BY_SIDE": "1", "COMPARE": "0"}  # fmt: skip
     data = tiny_prepared.corpus.overrides(tiny_prepared.data.out_dir)
     result = run_script("sweep_transformer.sh", env, *data, *TINY_RUN, *TINY_TRANSFORMER)
     assert result.returncode == 0, result.stderr[-3000:]
     for seed in (1, 2):
-        run = sweep / "dropout0" / f"seed{seed}"
+        run = sweep / "dropout0.1" / f"seed{seed}"
         config = run_config(run)
         assert config.seed == seed and config.trainer.num_threads == 1
-        assert config.model.decoder.dropout == 0.0
+        assert config.model.decoder.dropout == 0.1
         assert (run / "checkpoints" / "last.pt").is_file()
     assert not (sweep / "comparison.md").exists()  # COMPARE=0
 

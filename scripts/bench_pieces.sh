@@ -12,21 +12,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-runs/pieces}"
 mkdir -p "$OUT"
 
-declare -A PIECE=(
-    [default]=""
-    [heads4]="model.attention.heads=4"
-    [concat_heads4]="model/attention=concat model.attention.heads=4"
-    [ln_between]="model.encoder.num_layers=2 model.decoder.num_layers=2 model.encoder.layer_norm=between model.decoder.layer_norm=between"
-    [layers2]="model.encoder.num_layers=2 model.decoder.num_layers=2"
-    [ln_cell]="model.encoder.layer_norm=cell model.decoder.layer_norm=cell"
-    [residual3]="model.encoder.num_layers=3 model.decoder.num_layers=3 model.encoder.residual_from=2 model.decoder.residual_from=2"
-    [rnmt2]="model/decoder=rnmt model.decoder.num_layers=2"
-    [word_dropout]="model.encoder.word_dropout=0.1 model.decoder.word_dropout=0.1"
-    [transformer]="+experiment=transformer"
-)
-PIECES="${PIECES:-default heads4 concat_heads4 layers2 ln_between ln_cell residual3 rnmt2 word_dropout transformer}"
+# shellcheck source=scripts/sweep_lib.sh
+source scripts/sweep_lib.sh
+declare -A PIECE=([default]="" [transformer]="+experiment=transformer")
+for name in "${!DEEP_PIECES[@]}"; do PIECE[$name]=${DEEP_PIECES[$name]}; done
+PIECES="${PIECES:-default heads4 concat_heads4 layers2 layers2_ln ln_cell residual3 rnmt2 word_dropout0.1 transformer}"
 PRECISIONS="${PRECISIONS:-fp32 bf16}"
 
+for name in $PIECES; do
+    if [[ ! -v "PIECE[$name]" ]]; then
+        echo "bench_pieces.sh: unknown piece '$name' (known: ${!PIECE[*]})" >&2
+        exit 2
+    fi
+done
 for precision in $PRECISIONS; do
     for name in $PIECES; do
         # shellcheck disable=SC2086  # the overrides are meant to split on spaces

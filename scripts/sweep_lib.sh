@@ -1,5 +1,19 @@
 # shellcheck shell=bash
-# What the sweep scripts share (source it): training one variant for every seed.
+# What the sweep scripts share (source it): the deep-model pieces and training one variant for
+# every seed.
+
+# The deep-model pieces of docs/models.md, each as the overrides that turn the default recipe into
+# it: the variants of sweep_recipes.sh and the rows of bench_pieces.sh.
+declare -A DEEP_PIECES=(
+    [heads4]="model.attention.heads=4"
+    [concat_heads4]="model/attention=concat model.attention.heads=4"
+    [layers2]="model.encoder.num_layers=2 model.decoder.num_layers=2"
+    [layers2_ln]="model.encoder.num_layers=2 model.decoder.num_layers=2 model.encoder.layer_norm=between model.decoder.layer_norm=between"
+    [ln_cell]="model.encoder.layer_norm=cell model.decoder.layer_norm=cell"
+    [residual3]="model.encoder.num_layers=3 model.decoder.num_layers=3 model.encoder.residual_from=2 model.decoder.residual_from=2"
+    [rnmt2]="model/decoder=rnmt model.decoder.num_layers=2"
+    [word_dropout0.1]="model.encoder.word_dropout=0.1 model.decoder.word_dropout=0.1"
+)
 
 # train_variant RUN_DIR [ARG...]: `python -m nmt.train ARG... trainer.max_minutes=$MINUTES`, once
 # per seed of $SEEDS into RUN_DIR/seed<N>; with SEEDS empty, once into RUN_DIR with the config's

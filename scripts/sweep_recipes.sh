@@ -8,7 +8,8 @@
 #   SEEDS="1 2" SIDE_BY_SIDE=1 VARIANTS="default heads4 rnmt2" bash scripts/sweep_recipes.sh
 #
 # SEEDS: each variant once per seed, in <variant>/seed<N>; SIDE_BY_SIDE: scripts/sweep_lib.sh. The
-# deep-model variants (heads4 … word_dropout0.1) are the pieces of docs/models.md.
+# deep-model variants (heads4, layers2_ln, rnmt2, …) are the pieces of docs/models.md,
+# DEEP_PIECES in scripts/sweep_lib.sh.
 #
 # Extra arguments go to every run. The baseline (the default config, unchanged) is "default".
 set -euo pipefail
@@ -31,13 +32,8 @@ declare -A RECIPES=(
     [dropout0.1]="model.encoder.dropout=0.1 model.decoder.dropout=0.1"
     [batch8k]="data.batching.max_tokens=8192"
     [input_feeding]="model.decoder.input_feeding=true"
-    [heads4]="model.attention.heads=4"
-    [layers2]="model.encoder.num_layers=2 model.decoder.num_layers=2"
-    [layers2_ln]="model.encoder.num_layers=2 model.decoder.num_layers=2 model.encoder.layer_norm=between model.decoder.layer_norm=between"
-    [ln_cell]="model.encoder.layer_norm=cell model.decoder.layer_norm=cell"
-    [rnmt2]="model/decoder=rnmt model.decoder.num_layers=2"
-    [word_dropout0.1]="model.encoder.word_dropout=0.1 model.decoder.word_dropout=0.1"
 )
+for name in "${!DEEP_PIECES[@]}"; do RECIPES[$name]=${DEEP_PIECES[$name]}; done
 VARIANTS="${VARIANTS:-default warmup200 lr3e-3 vocab4k untied ls0}"
 
 for name in $VARIANTS; do

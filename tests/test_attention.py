@@ -153,6 +153,75 @@ def test_concat_is_v_tanh_W_of_query_and_key_concatenated():
     torch.testing.assert_close(weights, masked_softmax(textbook, src_mask))
 
 
+def _concat_scores_and_grads(monkeypatch, chunk_elements: int, dtype=torch.float32):
+    """The concat scores of a longer target and their gradients w.r.t. query, values and every
+    parameter, with the hidden layer chunked above ``chunk_elements`` cells."""
+    import nmt.models.attention as attention_module
+
+    monkeypatch.setattr(attention_module, "ADDITIVE_CHUNK_ELEMENTS", chunk_elements)
+    attention = make_attention("concat", 5, 8).to(dtype)
+    torch.manual_seed(1)
+    query = torch.randn(BATCH, 11, 5, dtype=dtype, requires_grad=True)
+    values = torch.randn(BATCH, SRC_LEN, 8, dtype=dtype, requires_grad=True)
+    scores = attention.score(query, attention.project_keys(values))
+    (scores * torch.randn_like(scores)).sum().backward()
+    grads = [query.grad, values.grad, *(p.grad for p in attention.parameters())]
+    return scores.detach(), grads
+
+
+def test_chunked_concat_scores_equal_the_whole_hidden_layer(monkeypatch):
+    """fp32: the hidden layer made 2 target positions at a time (forward, and again in the
+    backward pass) gives the scores and every gradient of the one-piece computation."""
+    whole, whole_grads = _concat_scores_and_grads(monkeypatch, 1 << 30)
+    chunked, chunked_grads = _concat_scores_and_grads(monkeypatch, 2 * BATCH * SRC_LEN * 7)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
+    for got, expected in zip(chunked_grads, whole_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_concat_gradients_pass_gradcheck(monkeypatch):
+    """fp64: the hand-written backward pass against finite differences, 3 target chunks."""
+    import nmt.models.attention as attention_module
+
+    monkeypatch.setattr(attention_module, "ADDITIVE_CHUNK_ELEMENTS", 2 * 2 * 3 * 4)
+    torch.manual_seed(0)
+    q = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    keys = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
+    assert len(attention_module._target_chunks(q, keys)) == 3
+    assert torch.autograd.gradcheck(attention_module._ChunkedAdditiveScores.apply, (q, keys, v))
+
+
+def test_chunked_concat_keeps_no_hidden_layer_for_the_backward_pass(monkeypatch):
+    """What autograd saves for the backward pass: the (batch, tgt, src, hidden) layer in one
+    piece, and only the query, keys and v (a few (batch, len, hidden) tensors) when chunked."""
+
+    def saved_elements(chunk_elements: int) -> int:
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: sizes.append(t.numel()) or t, lambda t: t
+        ):
+            _concat_scores_and_grads(monkeypatch, chunk_elements)
+        return max(sizes)
+
+    hidden_layer = BATCH * 11 * SRC_LEN * 7
+    assert saved_elements(1 << 30) == hidden_layer
+    assert saved_elements(2 * BATCH * SRC_LEN * 7) < hidden_layer / 4
+
+
+def test_chunked_concat_under_bf16_autocast_equals_the_whole_layer_in_bf16(monkeypatch):
+    """bf16 autocast, as training with ``precision=bf16`` runs it: the chunked scores and
+    gradients within bf16 rounding of the one-piece computation under the same autocast."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        whole, whole_grads = _concat_scores_and_grads(monkeypatch, 1 << 30)
+        chunked, chunked_grads = _concat_scores_and_grads(monkeypatch, 2 * BATCH * SRC_LEN * 7)
+    assert chunked.dtype == whole.dtype == torch.bfloat16
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+    for got, expected in zip(chunked_grads, whole_grads, strict=True):
+        assert got.dtype == expected.dtype == torch.float32
+        torch.testing.assert_close(got, expected, rtol=0.02, atol=0.02)
+
+
 def test_location_ignores_key_contents():
     attention = make_attention("location")
     query, values, src_mask = make_inputs()

@@ -26,7 +26,7 @@ from nmt.models.seq2seq import ModelSettings
 
 BATCH, TGT_LEN, SRC_LEN = 3, 2, 6
 LENGTHS = torch.tensor([6, 2, 4])
-OPTIONS = {"hidden_size": 6, "max_src_len": 10}  # concat's A, location's rows
+OPTIONS = {"hidden_size": 8, "max_src_len": 10}  # concat's A (A/4 per head), location's rows
 
 
 def inputs(query_size: int = 8, value_size: int = 12):
@@ -134,6 +134,22 @@ def test_flops_of_h_heads():
     assert pieces["attention_keys"] == pytest.approx((2 * v * v + 4 * 2 * 4 * 3) * 200 / 250)
     assert pieces["attention"] == pytest.approx(2 * q * q + 4 * 2 * 3 * s + 2 * v * v + 2 * s * v)
     assert single["attention"] == pytest.approx(2 * q * s + 2 * s * v)
+
+
+def test_additive_heads_split_the_hidden_width():
+    """concat's hidden_size A is a width: 4 heads of A/4 each, so their additive layers together
+    are as wide as one head's, and so are their FLOPs (Q = 8, V = 12, A = 8, S = 20)."""
+    concat = SCORES.lookup("concat")
+    attention = build_attention("concat", 8, 12, heads=4, hidden_size=8)
+    assert [tuple(head.v.weight.shape) for head in attention.head_scores] == [(1, 2)] * 4
+    assert [tuple(head.key_proj.weight.shape) for head in attention.head_scores] == [(2, 3)] * 4
+    flops = MultiHeadScoreAttention.flops(concat, 8, 12, 20.0, 4, hidden_size=8)
+    assert flops.keys == 2 * 12 * 12 + 4 * (2 * 3 * 2)  # W_v, then each head's W_k: V/H → A/H
+    assert flops.scores == 2 * 8 * 8 + 4 * (2 * 2 * 2 + 2 * 2 * 20) + 2 * 12 * 12
+    with pytest.raises(
+        NMTError, match="model.attention.heads: 3 does not divide the hidden_size 8"
+    ):
+        build_attention("concat", 12, 12, heads=3, hidden_size=8)
 
 
 def test_heads_that_do_not_divide_the_sizes_are_one_line():

@@ -187,6 +187,10 @@ class Score(nn.Module, Declared, metaclass=ABCMeta):
     context are :func:`attend`'s, the same for every score.
     """
 
+    # the keys of ``config_keys`` that are widths: H heads split them as they split the query and
+    # the values, each head 1/H (so that H heads cost about what one does)
+    per_head_widths: ClassVar[tuple[str, ...]] = ()
+
     def project_keys(self, values: Tensor) -> Tensor:
         """values (batch, src_len, value_size) → keys (batch, src_len, key_size), once per batch.
 
@@ -277,6 +281,65 @@ class ScaledDotScore(DotScore):
         return torch.bmm(query * self.scale, keys.transpose(1, 2))  # (batch, tgt_len, src_len)
 
 
+# Trained on a whole target at once (the Luong decoder without input feeding), the additive
+# score's hidden layer is a (batch, tgt_len, src_len, hidden_size) tensor that autograd would keep
+# for the backward pass: 4 heads of width 256 over a 4k-token batch take GiBs. Above this many
+# cells it is made a few target positions at a time, and made again in the backward pass.
+ADDITIVE_CHUNK_ELEMENTS = 1 << 22  # 16 MiB in fp32
+
+
+def _additive_scores(q: Tensor, keys: Tensor, v: Tensor) -> Tensor:
+    """2 vᵀ σ(2 (q_t + k_j)) for every target t and source j: q (batch, T, A), keys (batch, S, A),
+    v (1, A) → (batch, T, S).  σ(2q + 2k) = (tanh(q + k) + 1) / 2: one pass to add, one in place."""
+    hidden = torch.add(2 * q.unsqueeze(2), keys.unsqueeze(1), alpha=2).sigmoid_()
+    # hidden: (batch, T, S, A)
+    return 2 * nn.functional.linear(hidden, v).squeeze(-1)
+
+
+class _ChunkedAdditiveScores(torch.autograd.Function):
+    """:func:`_additive_scores` with the memory of one chunk of target positions: the forward pass
+    keeps only q, keys and v, the backward pass makes each chunk's hidden layer h = σ(2 (q + k))
+    again.  With G = ∂L/∂scores and s_tj = 2 Σ_a v_a h_tja:
+
+        ∂L/∂x_tja = 2 G_tj v_a h_tja (1 − h_tja)            (x = 2 (q_t + k_j), σ' = h (1 − h))
+        ∂L/∂q_t = 2 Σ_j ∂L/∂x_tj,   ∂L/∂k_j = 2 Σ_t ∂L/∂x_tj,   ∂L/∂v = 2 Σ_tj G_tj h_tj
+
+    The forward pass runs under the caller's autocast (the product with v as ``nn.Linear``
+    would); the backward pass is elementwise work and sums in the saved tensors' dtypes.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, keys: Tensor, v: Tensor) -> Tensor:
+        ctx.save_for_backward(q, keys, v)
+        return torch.cat([_additive_scores(part, keys, v) for part in _target_chunks(q, keys)], 1)
+
+    @staticmethod
+    def backward(ctx, grad_scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, keys, v = ctx.saved_tensors
+        # the sums over chunks accumulate in at least fp32: bf16 would round once per chunk
+        wide = torch.promote_types(keys.dtype, torch.float32)
+        grad_q = torch.empty_like(q)
+        grad_keys = torch.zeros_like(keys, dtype=wide)
+        grad_v = torch.zeros_like(v, dtype=torch.promote_types(v.dtype, torch.float32))
+        start = 0
+        for part in _target_chunks(q, keys):
+            end = start + part.size(1)
+            hidden = torch.add(2 * part.unsqueeze(2), keys.unsqueeze(1), alpha=2).sigmoid_()
+            grad = grad_scores[:, start:end].unsqueeze(-1).to(hidden.dtype)  # (batch, c, S, 1)
+            grad_v += 2 * (grad * hidden).sum((0, 1, 2), dtype=grad_v.dtype)
+            grad_x = (2 * grad * v.to(hidden.dtype)) * hidden * (1 - hidden)  # (batch, c, S, A)
+            grad_q[:, start:end] = 2 * grad_x.sum(2)
+            grad_keys += 2 * grad_x.sum(1, dtype=wide)
+            start = end
+        return grad_q, grad_keys.to(keys.dtype), grad_v.to(v.dtype)
+
+
+def _target_chunks(q: Tensor, keys: Tensor) -> tuple[Tensor, ...]:
+    """q split along its target axis into pieces of at most ADDITIVE_CHUNK_ELEMENTS hidden cells."""
+    per_position = q.size(0) * keys.size(1) * q.size(2)
+    return q.split(max(1, ADDITIVE_CHUNK_ELEMENTS // per_position), dim=1)
+
+
 @SCORES.register("concat")
 class ConcatScore(Score):
     """score(q, h_j) = vᵀ tanh(W [q; h_j] + b) = vᵀ tanh(W_q q + W_k h_j + b)  (additive attention).
@@ -294,6 +357,7 @@ class ConcatScore(Score):
     """
 
     config_keys = {"hidden_size": int}
+    per_head_widths = ("hidden_size",)
 
     def __init__(self, query_size: int, value_size: int, hidden_size: int):
         super().__init__()
@@ -305,11 +369,12 @@ class ConcatScore(Score):
         return self.key_proj(values)  # (batch, src_len, hidden_size)
 
     def forward(self, query: Tensor, keys: Tensor) -> Tensor:
-        q = self.query_proj(query).unsqueeze(2)  # (batch, tgt_len, 1, hidden_size)
-        # σ(2q + 2k) = (tanh(q + k) + 1) / 2: one pass to add, one in place for σ
-        hidden = torch.add(2 * q, keys.unsqueeze(1), alpha=2).sigmoid_()
-        # hidden: (batch, tgt_len, src_len, hidden_size)
-        return 2 * self.v(hidden).squeeze(-1)  # (batch, tgt_len, src_len)
+        q = self.query_proj(query)  # (batch, tgt_len, hidden_size)
+        batch, tgt_len, width = q.shape
+        saved_elements = batch * tgt_len * keys.size(1) * width
+        if torch.is_grad_enabled() and saved_elements > ADDITIVE_CHUNK_ELEMENTS:
+            return _ChunkedAdditiveScores.apply(q, keys, self.v.weight)
+        return _additive_scores(q, keys, self.v.weight)
 
     @classmethod
     def flops(
@@ -493,7 +558,10 @@ class MultiHeadScoreAttention(Attention):
         α_h = softmax_j(score_h(q_h, k_{h,j})),  k_{h,j} = score_h.project_keys(v_{h,j})
         c   = W_o [Σ_j α_{1,j} v_{1,j} ; … ; Σ_j α_{H,j} v_{H,j}]          (value_size)
 
-    Each head is its own instance of the score (its own W, v …).  The projected values and every
+    Each head is its own instance of the score (its own W, v …); the score's widths
+    (:attr:`Score.per_head_widths`: concat's ``hidden_size``) are split between the heads as the
+    query and the values are, so H additive heads of width A/H cost about one of width A.  The
+    projected values and every
     head's keys are computed once per batch (:meth:`project_keys`, (batch, S, value_size + Σ key
     sizes)).  A local window (``type`` local_m / local_p) is placed once from the whole query and
     applied to every head.  The weights it reports are the mean over heads, so each row still
@@ -515,6 +583,7 @@ class MultiHeadScoreAttention(Attention):
                     f"model.attention.heads: {heads} does not divide the {name} size {size}"
                 )
         head_query, head_value = query_size // heads, value_size // heads
+        options = per_head_options(SCORES.lookup(score), options, heads)
         scores = [build_score(score, head_query, head_value, **options) for _ in range(heads)]
         nn.Module.__init__(self)  # not Attention's: its one score is here one per head
         self.local = local
@@ -536,6 +605,7 @@ class MultiHeadScoreAttention(Attention):
     ) -> ScoreFlops:  # fmt: skip
         """keys: W_v 2·V² and every head's keys; scores: W_q 2·Q², every head's scores and W_o
         2·V² (the context over the heads is the single-head 2·S·V, counted by the caller)."""
+        options = per_head_options(score, options, heads)
         head = score.flops(query_size // heads, value_size // heads, src_len, **options)
         return ScoreFlops(
             2 * value_size * value_size + heads * head.keys,
@@ -591,6 +661,19 @@ class MultiHeadScoreAttention(Attention):
             repeat = lambda t: None if t is None else t.repeat_interleave(heads, dim=0)  # noqa: E731
             weights = self.local(flat, mask, repeat(query), repeat(positions))
         return weights.unflatten(0, (query.size(0), heads))
+
+
+def per_head_options(score: type[Score], options: Mapping[str, Any], heads: int) -> dict[str, Any]:
+    """``options`` for one of H heads: each of the score's :attr:`~Score.per_head_widths` / H."""
+    head_options = dict(options)
+    for key in score.per_head_widths:
+        width = options.get(key)
+        if width is None:  # build_score names the missing key
+            continue
+        if width % heads:
+            raise NMTError(f"model.attention.heads: {heads} does not divide the {key} {width}")
+        head_options[key] = width // heads
+    return head_options
 
 
 def build_attention(

@@ -97,6 +97,25 @@ def test_attention_sweep_names_runs_by_variant(tiny_prepared, tmp_path):
     assert not (sweep / "comparison.md").exists()  # COMPARE=0
 
 
+def test_attention_sweep_over_heads_names_and_labels_each_count(tiny_prepared, tmp_path):
+    """HEADS: the multi-head rows of the attention comparison; each H its own run name and its
+    own variant label in nmt-compare (concat, concat-H2)."""
+    from nmt.evaluation.sweep import Run, read_variant
+
+    sweep = tmp_path / "heads"
+    env = {"SWEEP_DIR": str(sweep), "ATTENTIONS": "concat", "ENCODERS": "gru", "HEADS": "1,2",
+           "SEEDS": "1", "COMPARE": "0"}  # fmt: skip
+    data = tiny_prepared.corpus.overrides(tiny_prepared.data.out_dir)
+    result = run_script("sweep_attention.sh", env, *data, *TINY_RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    runs = sorted(p.name for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    assert runs == ["0_global-concat-h1-gru-luong-seed1", "1_global-concat-h2-gru-luong-seed1"]
+    assert run_config(sweep / runs[1]).model.attention.heads == 2
+    labels = [Run(name, **read_variant(sweep / name)).key for name in runs]
+    assert labels == ["concat/gru/luong", "concat-H2/gru/luong"]
+
+
 def test_a_multirun_makes_one_flat_folder_per_job(tiny_prepared, tmp_path):
     """configs/train.yaml's hydra.sweep.subdir turns each / of a group override into '.', so
     model/attention=dot,general makes two sibling folders (Hydra's override_dirname alone

@@ -94,6 +94,7 @@ class Run:
     decoder: str
     attention_type: str = "global"  # global | local_m | local_p
     window: int | None = None  # D, for the local types
+    heads: int = 1  # model.attention.heads (1 for a decoder that brings its own attention)
     seed: int | None = None
     group: str = ""  # digest of the config without the seed: equal for runs of one variant
     steps: int | None = None  # of the last validation
@@ -112,10 +113,12 @@ class Run:
 
     @property
     def attention_label(self) -> str:
-        """The score, and for local attention its type and window: ``local_p-general-D10``."""
+        """The score with its heads when more than one, and for local attention its type and
+        window: ``general``, ``concat-H4``, ``local_p-general-D10``."""
+        score = self.attention if self.heads == 1 else f"{self.attention}-H{self.heads}"
         if self.attention_type == "global":
-            return self.attention
-        return f"{self.attention_type}-{self.attention}-D{self.window}"
+            return score
+        return f"{self.attention_type}-{score}-D{self.window}"
 
     @property
     def variant(self) -> str:
@@ -155,8 +158,11 @@ def read_variant(run_dir: Path) -> dict[str, Any]:
         config = OmegaConf.load(path)
         model = config.model
         attention_type = model.attention.get("type", "global")  # absent before local attention
+        attention = attention_label(model.attention.score, model.decoder.style)
+        uses_score = attention == model.attention.score  # not a Transformer decoder
         fields = {
-            "attention": attention_label(model.attention.score, model.decoder.style),
+            "attention": attention,
+            "heads": model.attention.get("heads", 1) if uses_score else 1,
             "encoder": model.encoder.get("rnn_type") or model.encoder.get("type"),
             "decoder": model.decoder.style,
             "attention_type": attention_type,

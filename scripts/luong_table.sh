@@ -6,6 +6,7 @@
 #
 #   bash scripts/luong_table.sh                       # seeds 1 and 2, one run after another
 #   SEEDS=1 COMPARE=0 bash scripts/luong_table.sh & SEEDS=2 bash scripts/luong_table.sh  # in parallel
+#   HEADS=1,4,8 bash scripts/luong_table.sh          # every row with 1, 4 and 8 heads (sweep_attention.sh)
 #
 # STEPS (300), WARMUP (100) and THREADS (1: two seeds side by side on a 2-core machine) set the
 # protocol; extra arguments go to every nmt.train run.

@@ -6,7 +6,8 @@ each run it reads the variant and seed (its config), the validations, the traini
 (TensorBoard), the parameters (its checkpoint) and ``test_scores.json``; ``evaluate_test=true``
 first decodes each run's ``best.pt`` on the test split into ``test_scores.json``,
 ``test_hyps.txt`` and ``test_refs.txt`` (existing ones are reused; ``max_sentences=N``: only the
-first N sentences). What is read and how: :mod:`nmt.evaluation.sweep`.
+first N sentences; ``markup=false``: inline markup translated as text, not protected as
+``nmt-evaluate`` protects it by default). What is read and how: :mod:`nmt.evaluation.sweep`.
 
 Runs whose configs are equal but for ``seed`` are one *variant*: mean ± standard deviation over
 its runs, and a significance test of its test BLEU (ko-mecab) and chrF against the baseline
@@ -51,6 +52,7 @@ def main(cfg: DictConfig) -> None:
         test=config.significance,
         samples=config.samples,
         max_sentences=config.max_sentences,
+        markup=config.markup,
     )
     print(markdown_table(runs))
     print()

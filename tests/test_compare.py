@@ -186,17 +186,26 @@ def test_evaluate_test_writes_missing_scores_and_keeps_existing_ones(
 ):
     root = tmp_path / "sweep"
     model = ("best.pt", {"w": torch.zeros(2)})
-    write_run(root / "scored", compose_config(), test_scores=(9.5, 40.0), checkpoint=model)
-    for name in (compare.TEST_HYPS, compare.TEST_REFS):
-        (root / "scored" / name).write_text("하나\n", encoding="utf-8")
+    for name in ("scored", "scored_as_text"):
+        write_run(root / name, compose_config(), test_scores=(9.5, 40.0), checkpoint=model)
+        for kept in (compare.TEST_HYPS, compare.TEST_REFS):
+            (root / name / kept).write_text("하나\n", encoding="utf-8")
+    # "scored" protected inline markup, as evaluate_test does by default; "scored_as_text"
+    # (a report without the key, from before) did not: decoded again
+    scores = root / "scored" / "test_scores.json"
+    report = json.loads(scores.read_text())
+    report["systems"][0]["markup"] = True
+    scores.write_text(json.dumps(report))
     # scores without the hypotheses (a sweep compared before they were kept): decoded again
     write_run(root / "no_hyps", compose_config(), test_scores=(1.0, 2.0), checkpoint=model)
     write_run(root / "unscored", compose_config("search=greedy"), checkpoint=model)
     write_run(root / "untrained", compose_config())
     calls = []
 
-    def fake_evaluate(ckpt, search_cfg, split, device, out_path, ref_out_path, max_sentences):
-        calls.append((Path(ckpt), search_cfg["name"], split, device, max_sentences))
+    def fake_evaluate(
+        ckpt, search_cfg, split, device, out_path, ref_out_path, max_sentences, markup
+    ):
+        calls.append((Path(ckpt), search_cfg["name"], split, device, max_sentences, markup))
         assert (out_path, ref_out_path) == (
             Path(ckpt).parents[1] / compare.TEST_HYPS,
             Path(ckpt).parents[1] / compare.TEST_REFS,
@@ -204,18 +213,19 @@ def test_evaluate_test_writes_missing_scores_and_keeps_existing_ones(
         Path(out_path).write_text("하나\n", encoding="utf-8")
         Path(ref_out_path).write_text("둘\n", encoding="utf-8")
         scores = {"bleu_ko-mecab": {"score": 3.5}, "chrf": {"score": 12.0}}
-        return {"systems": [{"lines": 1, "scores": scores}]}
+        return {"systems": [{"lines": 1, "scores": scores, "markup": markup}]}
 
     monkeypatch.setattr(compare, "evaluate_checkpoint", fake_evaluate)
     result = run_main(
         "nmt.compare", f"sweep={quote(root)}", "evaluate_test=true", "device=cpu", "max_sentences=1"
     )
     assert result.returncode == 0, result.stderr
-    # only the runs with a best.pt and no test_scores.json or hypotheses, with their own search
-    # settings
+    # only the runs with a best.pt and no test_scores.json (made with markup protected) or no
+    # hypotheses, with their own search settings
     assert calls == [
-        (root / "no_hyps" / "checkpoints" / "best.pt", "beam", "test", "cpu", 1),
-        (root / "unscored" / "checkpoints" / "best.pt", "greedy", "test", "cpu", 1),
+        (root / "no_hyps" / "checkpoints" / "best.pt", "beam", "test", "cpu", 1, True),
+        (root / "scored_as_text" / "checkpoints" / "best.pt", "beam", "test", "cpu", 1, True),
+        (root / "unscored" / "checkpoints" / "best.pt", "greedy", "test", "cpu", 1, True),
     ]
     assert (root / "unscored" / compare.TEST_REFS).read_text(encoding="utf-8") == "둘\n"
     runs = {r["name"]: r for r in json.loads((root / "comparison.json").read_text())}

@@ -157,6 +157,7 @@ class CompareConfig:
     evaluate_test: bool = setting()
     device: str = setting(choices=DEVICES, expected="auto, cpu or cuda")
     max_sentences: int | None = setting(ge=1)
+    markup: bool = setting()  # evaluate_test: protect inline markup (nmt.data.markup)
     baseline: str | None = setting()
     significance: str = setting(choices=("bs", "ar"))
     samples: int | None = setting(ge=1)

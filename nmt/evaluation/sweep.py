@@ -17,8 +17,9 @@ run dir it reads
 * ``test_scores.json``: the test split's scores. It is the report
   :mod:`nmt.evaluation.testset` makes, the same as ``nmt-evaluate
   ckpt=RUN/checkpoints/best.pt split=test json=RUN/test_scores.json`` with the run's search
-  settings; :func:`evaluate_test` writes it for a run that has a ``best.pt`` and no
-  ``test_scores.json`` yet (an existing one is reused);
+  settings (inline markup protected, as there by default; ``markup=false`` in both translates it
+  as text); :func:`evaluate_test` writes it for a run that has a ``best.pt`` and no
+  ``test_scores.json`` made with the same ``markup`` yet (an existing one is reused);
 * ``test_hyps.txt`` and ``test_refs.txt``: the test hypotheses and the references as scored,
   one per line, written by :func:`evaluate_test` beside ``test_scores.json`` (when either is
   missing the run is decoded again), read by the significance test.
@@ -270,14 +271,19 @@ def evaluate_test(
     device: str,
     log: Callable[[str], None] = print,
     max_sentences: int | None = None,
+    markup: bool = True,
 ) -> None:
     """Write ``test_scores.json``, ``test_hyps.txt`` and ``test_refs.txt``: ``best.pt`` decoded on
     the test split with the run's search settings and scored by
-    :func:`nmt.evaluation.testset.evaluate_checkpoint`. Kept when all three exist.
+    :func:`nmt.evaluation.testset.evaluate_checkpoint`, inline markup protected with ``markup``
+    as ``nmt-evaluate`` does by default. Kept when all three exist and the scores were made with
+    the same ``markup`` (a report without the key was made with markup translated as text).
     ``max_sentences``: only the first N test sentences (a quick look), recorded in the report."""
     outputs = [run_dir / name for name in (TEST_SCORES, TEST_HYPS, TEST_REFS)]
     best = checkpoint_path(run_dir, BEST)
-    if all(path.is_file() for path in outputs) or not best.is_file():
+    if not best.is_file():
+        return
+    if all(path.is_file() for path in outputs) and scored_with_markup(outputs[0]) == markup:
         return
     # the run's saved config, a file read: its search settings as plain values
     search = OmegaConf.to_container(OmegaConf.load(run_dir / RUN_CONFIG).search, resolve=True)
@@ -290,8 +296,17 @@ def evaluate_test(
         out_path=run_dir / TEST_HYPS,
         ref_out_path=run_dir / TEST_REFS,
         max_sentences=max_sentences,
+        markup=markup,
     )
     write_json(outputs[0], report | {"max_sentences": max_sentences})
+
+
+def scored_with_markup(scores_path: Path) -> bool | None:
+    """Whether a ``test_scores.json`` was made with inline markup protected; None: unreadable."""
+    try:
+        return bool(json.loads(scores_path.read_text(encoding="utf-8"))["systems"][0].get("markup"))
+    except (OSError, ValueError, LookupError, TypeError, AttributeError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -644,9 +659,10 @@ def compare(
     test: str = "bs",
     samples: int | None = None,
     max_sentences: int | None = None,
+    markup: bool = True,
 ) -> tuple[list[Run], list[Variant]]:
-    """Read (and with ``evaluate``, first test on ``max_sentences`` or all test sentences) every
-    run of ``sweep_dir``; write the report.
+    """Read (and with ``evaluate``, first test on ``max_sentences`` or all test sentences, inline
+    markup protected with ``markup``) every run of ``sweep_dir``; write the report.
 
     ``baseline``, ``test`` (bs | ar) and ``samples`` (None: sacrebleu's default) choose the
     significance test of :func:`summarise`."""
@@ -663,7 +679,7 @@ def compare(
     run_dirs = find_sweep_runs(sweep_dir)
     if evaluate:
         for run_dir in run_dirs:
-            evaluate_test(run_dir, device, log, max_sentences)
+            evaluate_test(run_dir, device, log, max_sentences, markup)
     runs = sorted((load_run(d, sweep_dir) for d in run_dirs), key=variant_order)
     variants = summarise(sweep_dir, runs, baseline, test, samples)
     out_dir = out_dir or sweep_dir

@@ -19,12 +19,8 @@ for name in "${!DEEP_PIECES[@]}"; do PIECE[$name]=${DEEP_PIECES[$name]}; done
 PIECES="${PIECES:-default heads4 concat_heads4 layers2 layers2_ln ln_cell residual3 rnmt2 word_dropout0.1 transformer}"
 PRECISIONS="${PRECISIONS:-fp32 bf16}"
 
-for name in $PIECES; do
-    if [[ ! -v "PIECE[$name]" ]]; then
-        echo "bench_pieces.sh: unknown piece '$name' (known: ${!PIECE[*]})" >&2
-        exit 2
-    fi
-done
+# shellcheck disable=SC2086  # the names are meant to split on spaces
+require_known piece PIECE $PIECES
 for precision in $PRECISIONS; do
     for name in $PIECES; do
         # shellcheck disable=SC2086  # the overrides are meant to split on spaces

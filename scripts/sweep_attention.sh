@@ -10,7 +10,8 @@
 # ATTENTIONS, ENCODERS, TYPES (global, local_m, local_p), SEEDS and HEADS (model.attention.heads;
 # comma-separated) choose the variants; every combination runs. With HEADS the run names gain
 # -h<H> after the score, e.g. 1_global-concat-h4-gru-luong-seed1234:
-#   ATTENTIONS=dot,general,scaled_dot,concat HEADS=1,4,8 bash scripts/sweep_attention.sh E.g. to finish an interrupted sweep, or to repeat with seeds:
+#   ATTENTIONS=dot,general,scaled_dot,concat HEADS=1,4,8 bash scripts/sweep_attention.sh
+# E.g. to finish an interrupted sweep, or to repeat with seeds:
 #   SWEEP_DIR=multirun/attention/rest ATTENTIONS=location ENCODERS=lstm bash scripts/sweep_attention.sh
 #   TYPES=local_m,local_p ATTENTIONS=dot,general SEEDS=1,2,3 bash scripts/sweep_attention.sh
 #   python -m nmt.compare sweep=multirun/attention   # finds run folders at any depth

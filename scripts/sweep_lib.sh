@@ -15,6 +15,20 @@ declare -A DEEP_PIECES=(
     [word_dropout0.1]="model.encoder.word_dropout=0.1 model.decoder.word_dropout=0.1"
 )
 
+# require_known KIND TABLE NAME...: exit 2 with one line naming the first NAME that is not a key
+# of the associative array TABLE, before anything runs (KIND: "variant", "piece", …).
+require_known() {
+    local kind=$1 name
+    local -n table=$2
+    shift 2
+    for name in "$@"; do
+        if [[ ! -v "table[$name]" ]]; then
+            echo "$(basename "$0"): unknown $kind '$name' (known: ${!table[*]})" >&2
+            exit 2
+        fi
+    done
+}
+
 # train_variant RUN_DIR [ARG...]: `python -m nmt.train ARG... trainer.max_minutes=$MINUTES`, once
 # per seed of $SEEDS into RUN_DIR/seed<N>; with SEEDS empty, once into RUN_DIR with the config's
 # seed. SIDE_BY_SIDE=1 trains the seeds at the same time, each pinned to its own core with one

@@ -36,11 +36,9 @@ declare -A RECIPES=(
 for name in "${!DEEP_PIECES[@]}"; do RECIPES[$name]=${DEEP_PIECES[$name]}; done
 VARIANTS="${VARIANTS:-default warmup200 lr3e-3 vocab4k untied ls0}"
 
+# shellcheck disable=SC2086  # the names are meant to split on spaces
+require_known variant RECIPES $VARIANTS
 for name in $VARIANTS; do
-    if [[ ! -v "RECIPES[$name]" ]]; then
-        echo "sweep_recipes.sh: unknown variant '$name' (known: ${!RECIPES[*]})" >&2
-        exit 2
-    fi
     # shellcheck disable=SC2086  # the overrides are meant to split on spaces
     train_variant "$SWEEP_DIR/$name" ${RECIPES[$name]} "$@"
 done

@@ -36,11 +36,9 @@ declare -A VARIANTS_OF=(
 )
 VARIANTS="${VARIANTS:-preset dec1 ff512 warmup200 lr2e-3 dropout0.1 batch2k}"
 
+# shellcheck disable=SC2086  # the names are meant to split on spaces
+require_known variant VARIANTS_OF $VARIANTS
 for name in $VARIANTS; do
-    if [[ ! -v "VARIANTS_OF[$name]" ]]; then
-        echo "sweep_transformer.sh: unknown variant '$name' (known: ${!VARIANTS_OF[*]})" >&2
-        exit 2
-    fi
     # shellcheck disable=SC2086  # the overrides are meant to split on spaces
     train_variant "$SWEEP_DIR/$name" +experiment=transformer ${VARIANTS_OF[$name]} "$@"
 done

@@ -288,12 +288,15 @@ class ScaledDotScore(DotScore):
 ADDITIVE_CHUNK_ELEMENTS = 1 << 22  # 16 MiB in fp32
 
 
+def _additive_hidden(q: Tensor, keys: Tensor) -> Tensor:
+    """σ(2 (q_t + k_j)) for every target t and source j: q (batch, T, A), keys (batch, S, A) →
+    (batch, T, S, A).  σ(2q + 2k) = (tanh(q + k) + 1) / 2: one pass to add, one in place."""
+    return torch.add(2 * q.unsqueeze(2), keys.unsqueeze(1), alpha=2).sigmoid_()
+
+
 def _additive_scores(q: Tensor, keys: Tensor, v: Tensor) -> Tensor:
-    """2 vᵀ σ(2 (q_t + k_j)) for every target t and source j: q (batch, T, A), keys (batch, S, A),
-    v (1, A) → (batch, T, S).  σ(2q + 2k) = (tanh(q + k) + 1) / 2: one pass to add, one in place."""
-    hidden = torch.add(2 * q.unsqueeze(2), keys.unsqueeze(1), alpha=2).sigmoid_()
-    # hidden: (batch, T, S, A)
-    return 2 * nn.functional.linear(hidden, v).squeeze(-1)
+    """2 vᵀ σ(2 (q_t + k_j)): q (batch, T, A), keys (batch, S, A), v (1, A) → (batch, T, S)."""
+    return 2 * nn.functional.linear(_additive_hidden(q, keys), v).squeeze(-1)
 
 
 class _ChunkedAdditiveScores(torch.autograd.Function):
@@ -324,7 +327,7 @@ class _ChunkedAdditiveScores(torch.autograd.Function):
         start = 0
         for part in _target_chunks(q, keys):
             end = start + part.size(1)
-            hidden = torch.add(2 * part.unsqueeze(2), keys.unsqueeze(1), alpha=2).sigmoid_()
+            hidden = _additive_hidden(part, keys)  # (batch, c, S, A)
             grad = grad_scores[:, start:end].unsqueeze(-1).to(hidden.dtype)  # (batch, c, S, 1)
             grad_v += 2 * (grad * hidden).sum((0, 1, 2), dtype=grad_v.dtype)
             grad_x = (2 * grad * v.to(hidden.dtype)) * hidden * (1 - hidden)  # (batch, c, S, A)
@@ -561,8 +564,7 @@ class MultiHeadScoreAttention(Attention):
     Each head is its own instance of the score (its own W, v …); the score's widths
     (:attr:`Score.per_head_widths`: concat's ``hidden_size``) are split between the heads as the
     query and the values are, so H additive heads of width A/H cost about one of width A.  The
-    projected values and every
-    head's keys are computed once per batch (:meth:`project_keys`, (batch, S, value_size + Σ key
+    projected values and every head's keys are computed once per batch (:meth:`project_keys`, (batch, S, value_size + Σ key
     sizes)).  A local window (``type`` local_m / local_p) is placed once from the whole query and
     applied to every head.  The weights it reports are the mean over heads, so each row still
     sums to 1.  ``heads: 1`` builds the plain :class:`Attention`, today's exactly.
